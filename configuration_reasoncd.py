@@ -1,0 +1,249 @@
+"""ReasonCD configuration.
+
+A ReasonCD model is a CLIP vision tower, a causal language model, a SAM image encoder / prompt encoder / mask
+decoder and a multi-scale feature fusion module. The two Hugging Face parts have their own configs
+(`text_config`, `vision_config`); SAM and the fusion module are plain dicts because they are not transformers
+models. Every size the modeling code needs is read from here.
+"""
+
+import copy
+
+from transformers import AutoConfig, CLIPVisionConfig, LlamaConfig, PretrainedConfig
+
+# SAM ViT-H, the paper's image encoder, with segment-anything's prompt encoder and mask decoder sizes.
+SAM_VIT_H = {
+    "image_size": 1024,
+    "patch_size": 16,
+    "encoder_embed_dim": 1280,
+    "encoder_depth": 32,
+    "encoder_num_heads": 16,
+    "encoder_global_attn_indexes": [7, 15, 23, 31],
+    "encoder_window_size": 14,
+    "prompt_embed_dim": 256,
+    "mask_in_chans": 16,
+    "decoder_depth": 2,
+    "decoder_mlp_dim": 2048,
+    "decoder_num_heads": 8,
+    "iou_head_depth": 3,
+    "iou_head_hidden_dim": 256,
+    "num_multimask_outputs": 3,
+    # segment-anything normalises 0..255 pixels with ImageNet statistics.
+    "pixel_mean": [123.675, 116.28, 103.53],
+    "pixel_std": [58.395, 57.12, 57.375],
+}
+
+# The paper's Multi-scale Feature Fusion module: ResNet34 + FPN on the SAM-preprocessed image.
+FUSION_RESNET34 = {
+    "enabled": True,
+    "resnet_depth": 34,
+    "resnet_image_size": 1024,
+    "fpn_channels": 256,
+    "attention_reduction": 16,
+    "ffn_hidden_dim": 512,
+}
+
+SAM_TINY = {
+    **SAM_VIT_H,
+    "image_size": 256,
+    "encoder_embed_dim": 64,
+    "encoder_depth": 2,
+    "encoder_num_heads": 2,
+    "encoder_global_attn_indexes": [1],
+    "encoder_window_size": 8,
+    "prompt_embed_dim": 64,
+    "decoder_depth": 2,
+    "decoder_mlp_dim": 256,
+    "decoder_num_heads": 4,
+    "iou_head_hidden_dim": 64,
+}
+
+FUSION_TINY = {
+    "enabled": True,
+    "resnet_depth": 18,
+    "resnet_image_size": 128,
+    "fpn_channels": 32,
+    "attention_reduction": 8,
+    "ffn_hidden_dim": 128,
+}
+
+# LLaMA-2's tokenizer has 32,000 entries; the five new tokens follow in this order.
+NEW_TOKENS = ("<T1>", "<T2>", "<p>", "</p>", "[SEG]")
+
+
+class ReasonCDConfig(PretrainedConfig):
+    r"""
+    Configuration of [`ReasonCDForChangeDetection`].
+
+    Args:
+        text_config (`dict` or `PretrainedConfig`, *optional*): the causal language model (LLaMA by default; any
+            model `AutoModelForCausalLM` can build).
+        vision_config (`dict` or `PretrainedConfig`, *optional*): the CLIP vision tower.
+        sam_config (`dict`, *optional*): SAM image encoder, prompt encoder and mask decoder sizes (see `SAM_VIT_H`).
+        fusion_module (`dict`, *optional*): the Multi-scale Feature Fusion module (see `FUSION_RESNET34`);
+            `enabled: False` gives the paper's ablation (SAM features of T1 and T2 concatenated, then the FFN).
+        vision_feature_layer (`int`): CLIP hidden layer used for the image tokens (-2: the penultimate one).
+        image_seq_length (`int`): image tokens per image, (image_size / patch_size)^2 of the vision tower.
+        t1_token_id, t2_token_id, p_start_token_id, p_end_token_id, seg_token_id (`int`): the new tokens.
+        pad_token_id, bos_token_id, eos_token_id (`int`): LLaMA's `<unk>` (used as padding), `<s>`, `</s>`.
+        seg_hidden_state (`str`): which hidden state prompts the mask decoder; only `"predicting"` (the last-layer
+            state of the position whose next token is `[SEG]`, LISA's convention) is implemented.
+        ce_loss_weight, bce_loss_weight, dice_loss_weight (`float`): weights of the three loss terms.
+        seg_token_loss_weight (`float`): CE weight of the `[SEG]` class for samples whose greedy prediction misses
+            a `[SEG]` that the label has.
+        bce_pos_weight (`float`): weight of the (rare) change class in the mask BCE.
+    """
+
+    model_type = "reasoncd"
+    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
+
+    def __init__(
+        self,
+        text_config=None,
+        vision_config=None,
+        sam_config=None,
+        fusion_module=None,
+        vision_feature_layer=-2,
+        image_seq_length=None,
+        t1_token_id=32000,
+        t2_token_id=32001,
+        p_start_token_id=32002,
+        p_end_token_id=32003,
+        seg_token_id=32004,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        seg_hidden_state="predicting",
+        ce_loss_weight=1.0,
+        bce_loss_weight=2.0,
+        dice_loss_weight=0.5,
+        seg_token_loss_weight=10.0,
+        bce_pos_weight=3.0,
+        initializer_range=0.02,
+        tie_word_embeddings=False,
+        **kwargs,
+    ):
+        if isinstance(text_config, dict):
+            text_config = AutoConfig.for_model(**{"model_type": "llama", **text_config})
+        elif text_config is None:
+            text_config = LlamaConfig(vocab_size=32000 + len(NEW_TOKENS), pad_token_id=0)
+        if isinstance(vision_config, dict):
+            vision_config = AutoConfig.for_model(**{"model_type": "clip_vision_model", **vision_config})
+        elif vision_config is None:
+            vision_config = CLIPVisionConfig(
+                hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                image_size=224, patch_size=14, projection_dim=768,
+            )
+        self.text_config = text_config
+        self.vision_config = vision_config
+        self.sam_config = {**SAM_VIT_H, **(sam_config or {})}
+        self.fusion_module = {**FUSION_RESNET34, **(fusion_module or {})}
+
+        patches = vision_config.image_size // vision_config.patch_size
+        if image_seq_length is None:
+            image_seq_length = patches * patches
+        if image_seq_length != patches * patches:
+            raise ValueError(
+                f"image_seq_length={image_seq_length} does not match the vision tower "
+                f"({vision_config.image_size}/{vision_config.patch_size})^2 = {patches * patches}"
+            )
+        if seg_hidden_state != "predicting":
+            raise ValueError(f"seg_hidden_state={seg_hidden_state!r}: only 'predicting' is supported")
+        self.vision_feature_layer = vision_feature_layer
+        self.image_seq_length = image_seq_length
+        self.t1_token_id = t1_token_id
+        self.t2_token_id = t2_token_id
+        self.p_start_token_id = p_start_token_id
+        self.p_end_token_id = p_end_token_id
+        self.seg_token_id = seg_token_id
+        self.seg_hidden_state = seg_hidden_state
+        self.ce_loss_weight = ce_loss_weight
+        self.bce_loss_weight = bce_loss_weight
+        self.dice_loss_weight = dice_loss_weight
+        self.seg_token_loss_weight = seg_token_loss_weight
+        self.bce_pos_weight = bce_pos_weight
+        self.initializer_range = initializer_range
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+
+    @property
+    def use_feature_fusion(self) -> bool:
+        return bool(self.fusion_module["enabled"])
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "ReasonCDConfig":
+        """`reasoncd-7b` (the paper: LLaMA-2-7b, CLIP ViT-L/14 at 224, SAM ViT-H, ResNet34) or `tiny`."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        kwargs = copy.deepcopy(PRESETS[name])
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(kwargs.get(key), dict):
+                kwargs[key] = {**kwargs[key], **value}
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+
+PRESETS = {
+    "reasoncd-7b": {
+        "text_config": {
+            "model_type": "llama",
+            "vocab_size": 32000 + len(NEW_TOKENS),
+            "hidden_size": 4096,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+            "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-5,
+            "pad_token_id": 0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        },
+        "vision_config": {
+            "model_type": "clip_vision_model",
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "image_size": 224,
+            "patch_size": 14,
+            "projection_dim": 768,
+        },
+        "sam_config": SAM_VIT_H,
+        "fusion_module": FUSION_RESNET34,
+    },
+    # Same architecture at a size that trains on two CPU cores: CLIP at 112 px gives 64 tokens per image.
+    "tiny": {
+        "text_config": {
+            "model_type": "llama",
+            "vocab_size": 2048,
+            "hidden_size": 256,
+            "intermediate_size": 688,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 512,
+            "rms_norm_eps": 1e-5,
+            "pad_token_id": 0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        },
+        "vision_config": {
+            "model_type": "clip_vision_model",
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 112,
+            "patch_size": 14,
+            "projection_dim": 64,
+        },
+        "sam_config": SAM_TINY,
+        "fusion_module": FUSION_TINY,
+    },
+}

@@ -1,0 +1,594 @@
+"""ReasonCD: reasoning change detection with CLIP, a causal language model and SAM.
+
+Data flow (top to bottom in this file):
+  1. CLIP encodes T1 and T2 (frozen, one batched call); a linear projector maps the penultimate-layer patch
+     features into the language model's embedding space, where they replace the `<T1>` / `<T2>` placeholders.
+  2. The language model (LoRA-tuned in training) reads the prompt and answers; the last-layer hidden state of the
+     position whose next token is `[SEG]` is the reasoned change-of-interest embedding.
+  3. SAM's image encoder (frozen) and a ResNet+FPN branch feed the Multi-scale Feature Fusion module, which fuses
+     both dates into the mask decoder's image embedding.
+  4. `text_hidden_fc` turns the `[SEG]` state into a sparse prompt for SAM's mask decoder, which outputs
+     low-resolution change logits.
+"""
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
+from segment_anything.modeling.image_encoder import Attention as SamAttention
+from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+try:
+    from .configuration_reasoncd import ReasonCDConfig
+    from .processing_reasoncd import upscale_mask_logits
+except ImportError:
+    from configuration_reasoncd import ReasonCDConfig
+    from processing_reasoncd import upscale_mask_logits
+
+
+@dataclass
+class ReasonCDFrozenFeatures(ModelOutput):
+    """
+    Outputs of the frozen encoders for P image pairs; what the training feature cache stores.
+
+    Args:
+        vision_features_t1, vision_features_t2 (`torch.FloatTensor` of shape `(P, image_seq_length, vision_hidden)`):
+            CLIP patch features of the configured layer, CLS dropped.
+        sam_features_t1, sam_features_t2 (`torch.FloatTensor` of shape `(P, prompt_embed_dim, h, w)`):
+            SAM image-encoder embeddings, `h = w = sam image_size / patch_size`.
+    """
+
+    vision_features_t1: torch.FloatTensor | None = None
+    vision_features_t2: torch.FloatTensor | None = None
+    sam_features_t1: torch.FloatTensor | None = None
+    sam_features_t2: torch.FloatTensor | None = None
+
+
+@dataclass
+class ReasonCDOutput(ModelOutput):
+    """
+    Output of [`ReasonCDForChangeDetection.forward`] (teacher-forced).
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): weighted sum of the three terms below.
+        ce_loss, bce_loss, dice_loss (`torch.FloatTensor` of shape `()`, *optional*): the unweighted loss terms;
+            the mask terms are 0 when no sample of the batch has a `[SEG]` and a mask.
+        logits (`torch.FloatTensor` of shape `(B, L, vocab_size)`): language-model logits.
+        pred_masks (`torch.FloatTensor` of shape `(B, h_low, w_low)`): low-resolution change logits in SAM's padded
+            frame (`h_low = 4 * h`); zeros where `seg_present` is False.
+        seg_present (`torch.BoolTensor` of shape `(B,)`): whether the sequence holds a `[SEG]` token.
+        seg_hidden_states (`torch.FloatTensor` of shape `(B, hidden_size)`): the last-layer state that predicts
+            `[SEG]`; zeros where `seg_present` is False.
+    """
+
+    loss: torch.FloatTensor | None = None
+    ce_loss: torch.FloatTensor | None = None
+    bce_loss: torch.FloatTensor | None = None
+    dice_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    pred_masks: torch.FloatTensor | None = None
+    seg_present: torch.BoolTensor | None = None
+    seg_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class ReasonCDGenerateOutput(ModelOutput):
+    """
+    Output of [`ReasonCDForChangeDetection.generate`]; `ReasonCDProcessor.post_process_generation` turns it into
+    answer texts and full-size masks.
+
+    Args:
+        sequences (`torch.LongTensor` of shape `(B, T)`): the generated token ids (prompt excluded), padded with
+            `pad_token_id` after `</s>`.
+        pred_masks (`torch.FloatTensor` of shape `(B, h_low, w_low)`): low-resolution change logits in SAM's padded
+            frame; zeros where `seg_present` is False.
+        seg_present (`torch.BoolTensor` of shape `(B,)`): whether the answer holds a `[SEG]` token.
+        seg_hidden_states (`torch.FloatTensor` of shape `(B, hidden_size)`): the state that predicted `[SEG]`.
+        reshaped_sizes (`torch.LongTensor` of shape `(B, 2)`): each input's size after SAM's longest-side resize.
+        image_sizes (`torch.LongTensor` of shape `(B, 2)`): each input's original `(height, width)`.
+    """
+
+    sequences: torch.LongTensor | None = None
+    pred_masks: torch.FloatTensor | None = None
+    seg_present: torch.BoolTensor | None = None
+    seg_hidden_states: torch.FloatTensor | None = None
+    reshaped_sizes: torch.LongTensor | None = None
+    image_sizes: torch.LongTensor | None = None
+
+
+def _per_row(per_pair_or_row: torch.Tensor | None, pair_index: torch.Tensor) -> torch.Tensor | None:
+    """Sizes given per pair (P rows) become per question (B rows); per-question sizes pass through."""
+    if per_pair_or_row is None or per_pair_or_row.shape[0] == pair_index.shape[0]:
+        return per_pair_or_row
+    return per_pair_or_row[pair_index]
+
+
+class ChannelAttention(nn.Module):
+    """Average- and max-pooled channel descriptors through one shared MLP, summed, sigmoid, multiplied in."""
+
+    def __init__(self, channels: int, reduction: int) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.mlp = nn.Sequential(
+            nn.Conv2d(channels, hidden, kernel_size=1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(hidden, channels, kernel_size=1, bias=False),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        scores = self.mlp(F.adaptive_avg_pool2d(features, 1)) + self.mlp(F.adaptive_max_pool2d(features, 1))
+        return features * torch.sigmoid(scores)
+
+
+class ConvFeedForward(nn.Module):
+    """Two 1x1 convolutions, each followed by BatchNorm and GELU (the paper's Figure 7(b))."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_channels, hidden_channels, kernel_size=1, bias=False),
+            nn.BatchNorm2d(hidden_channels),
+            nn.GELU(),
+            nn.Conv2d(hidden_channels, out_channels, kernel_size=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.GELU(),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features)
+
+
+class ResNetFPN(nn.Module):
+    """A torchvision ResNet (its official state dict loads into `backbone`) with an FPN over its four stages."""
+
+    def __init__(self, depth: int, out_channels: int) -> None:
+        super().__init__()
+        builders = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34}
+        if depth not in builders:
+            raise ValueError(f"fusion_module.resnet_depth={depth}: supported depths are {sorted(builders)}")
+        self.backbone = builders[depth](weights=None)
+        self.backbone.fc = nn.Identity()  # classification head unused; keeps official keys for the rest
+        stage_channels = [stage[-1].conv2.out_channels for stage in self._stages()]
+        self.fpn = torchvision.ops.FeaturePyramidNetwork(stage_channels, out_channels)
+
+    def _stages(self):
+        return [self.backbone.layer1, self.backbone.layer2, self.backbone.layer3, self.backbone.layer4]
+
+    def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        b = self.backbone
+        x = b.maxpool(b.relu(b.bn1(b.conv1(pixel_values))))
+        levels = {}
+        for index, stage in enumerate(self._stages()):
+            x = stage(x)
+            levels[str(index)] = x
+        return list(self.fpn(levels).values())
+
+
+class MultiScaleFeatureFusion(nn.Module):
+    """
+    Fuses SAM's high-level features with ResNet-FPN's low-level ones, per date and then across dates.
+
+    Per image: SAM features ++ FPN levels resized to SAM's grid -> channel attention. Then T1 ++ T2 -> channel
+    attention -> FFN -> the mask decoder's embedding. Disabled (the paper's ablation): SAM T1 ++ SAM T2 -> FFN.
+    """
+
+    def __init__(self, *, sam_channels: int, out_channels: int, settings: dict) -> None:
+        super().__init__()
+        self.enabled = bool(settings["enabled"])
+        self.resnet_image_size = int(settings["resnet_image_size"])
+        if self.enabled:
+            fpn_channels = settings["fpn_channels"]
+            self.resnet_fpn = ResNetFPN(settings["resnet_depth"], fpn_channels)
+            per_image = sam_channels + 4 * fpn_channels
+            self.image_attention = ChannelAttention(per_image, settings["attention_reduction"])
+            self.pair_attention = ChannelAttention(2 * per_image, settings["attention_reduction"])
+            ffn_in = 2 * per_image
+        else:
+            ffn_in = 2 * sam_channels
+        self.ffn = ConvFeedForward(ffn_in, settings["ffn_hidden_dim"], out_channels)
+
+    def forward(
+        self,
+        sam_features_t1: torch.Tensor,
+        sam_features_t2: torch.Tensor,
+        pixel_values_t1: torch.Tensor | None = None,
+        pixel_values_t2: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if not self.enabled:
+            return self.ffn(torch.cat([sam_features_t1, sam_features_t2], dim=1))
+        if pixel_values_t1 is None or pixel_values_t2 is None:
+            raise ValueError("the fusion module needs sam_pixel_values_t1/t2 for its ResNet branch")
+        pairs = sam_features_t1.shape[0]
+        # Both dates go through the ResNet in one batched call.
+        pixels = torch.cat([pixel_values_t1, pixel_values_t2], dim=0)
+        size = (self.resnet_image_size, self.resnet_image_size)
+        if pixels.shape[-2:] != size:
+            pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
+        grid = sam_features_t1.shape[-2:]
+        levels = [F.interpolate(level, size=grid, mode="bilinear", align_corners=False)
+                  for level in self.resnet_fpn(pixels.to(sam_features_t1.dtype))]
+        sam_features = torch.cat([sam_features_t1, sam_features_t2], dim=0)
+        per_image = self.image_attention(torch.cat([sam_features, *levels], dim=1))
+        pair = torch.cat([per_image[:pairs], per_image[pairs:]], dim=1)
+        return self.ffn(self.pair_attention(pair))
+
+
+class ReasonCDPreTrainedModel(PreTrainedModel):
+    config_class = ReasonCDConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer", "Block", "TwoWayAttentionBlock"]
+    # PEFT would otherwise train two copies of tied matrices (LLaMA-2 itself is untied).
+    _tied_weights_keys = {}
+    # The loss mixes CE and mask terms: Trainer must scale it for gradient accumulation itself.
+    accepts_loss_kwargs = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        # Parameters segment-anything creates outside Linear/Conv/Norm layers.
+        if isinstance(module, ImageEncoderViT) and module.pos_embed is not None:
+            init.zeros_(module.pos_embed)
+        elif isinstance(module, SamAttention) and module.use_rel_pos:
+            init.zeros_(module.rel_pos_h)
+            init.zeros_(module.rel_pos_w)
+        elif isinstance(module, PositionEmbeddingRandom):
+            init.normal_(module.positional_encoding_gaussian_matrix)
+
+
+class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
+    """
+    ReasonCD: answers a question about the change between two images with text and a change mask.
+
+    Trainable in the paper's recipe: `multi_modal_projector`, `text_hidden_fc`, `sam_mask_decoder`,
+    `feature_fusion`, LoRA on the language model and its new token rows; see `trainable_module_names`.
+    """
+
+    # Modules trained in full (besides LoRA and token rows); frozen: vision_tower, sam_image_encoder,
+    # sam_prompt_encoder and the language model's base weights.
+    trainable_module_names = ("multi_modal_projector", "text_hidden_fc", "sam_mask_decoder", "feature_fusion")
+    frozen_module_names = ("vision_tower", "sam_image_encoder", "sam_prompt_encoder")
+
+    def __init__(self, config: ReasonCDConfig) -> None:
+        super().__init__(config)
+        text_hidden = config.text_config.hidden_size
+        sam = config.sam_config
+        prompt_dim = sam["prompt_embed_dim"]
+        grid = sam["image_size"] // sam["patch_size"]
+
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = nn.Linear(config.vision_config.hidden_size, text_hidden)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.text_hidden_fc = nn.Sequential(
+            nn.Linear(text_hidden, text_hidden), nn.ReLU(), nn.Linear(text_hidden, prompt_dim)
+        )
+        self.sam_image_encoder = ImageEncoderViT(
+            img_size=sam["image_size"],
+            patch_size=sam["patch_size"],
+            embed_dim=sam["encoder_embed_dim"],
+            depth=sam["encoder_depth"],
+            num_heads=sam["encoder_num_heads"],
+            mlp_ratio=4,
+            out_chans=prompt_dim,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=sam["encoder_window_size"],
+            global_attn_indexes=tuple(sam["encoder_global_attn_indexes"]),
+        )
+        self.sam_prompt_encoder = PromptEncoder(
+            embed_dim=prompt_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(sam["image_size"], sam["image_size"]),
+            mask_in_chans=sam["mask_in_chans"],
+        )
+        self.sam_mask_decoder = MaskDecoder(
+            num_multimask_outputs=sam["num_multimask_outputs"],
+            transformer=TwoWayTransformer(
+                depth=sam["decoder_depth"],
+                embedding_dim=prompt_dim,
+                mlp_dim=sam["decoder_mlp_dim"],
+                num_heads=sam["decoder_num_heads"],
+            ),
+            transformer_dim=prompt_dim,
+            iou_head_depth=sam["iou_head_depth"],
+            iou_head_hidden_dim=sam["iou_head_hidden_dim"],
+        )
+        self.feature_fusion = MultiScaleFeatureFusion(
+            sam_channels=prompt_dim, out_channels=prompt_dim, settings=config.fusion_module
+        )
+        self.post_init()
+
+    # --- embeddings (delegated so resize_token_embeddings and PEFT find them) ---
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    # --- 1. frozen encoders ---
+    def encode_frozen(
+        self,
+        pixel_values_t1: torch.Tensor,
+        pixel_values_t2: torch.Tensor,
+        sam_pixel_values_t1: torch.Tensor,
+        sam_pixel_values_t2: torch.Tensor,
+    ) -> ReasonCDFrozenFeatures:
+        """Runs CLIP and SAM's image encoder once over both dates of P pairs (one batched call each)."""
+        pairs = pixel_values_t1.shape[0]
+        clip_in = torch.cat([pixel_values_t1, pixel_values_t2], dim=0).to(self.vision_tower.dtype)
+        hidden = self.vision_tower(clip_in, output_hidden_states=True).hidden_states
+        vision = hidden[self.config.vision_feature_layer][:, 1:]  # drop CLS
+        sam_in = torch.cat([sam_pixel_values_t1, sam_pixel_values_t2], dim=0)
+        sam_dtype = self.sam_image_encoder.patch_embed.proj.weight.dtype
+        sam = self.sam_image_encoder(sam_in.to(sam_dtype))
+        return ReasonCDFrozenFeatures(
+            vision_features_t1=vision[:pairs], vision_features_t2=vision[pairs:],
+            sam_features_t1=sam[:pairs], sam_features_t2=sam[pairs:],
+        )
+
+    def _frozen_features(self, features: ReasonCDFrozenFeatures | None, **pixels) -> ReasonCDFrozenFeatures:
+        if features is not None and features.vision_features_t1 is not None:
+            return features
+        missing = [name for name, value in pixels.items() if value is None]
+        if missing:
+            raise ValueError(f"ReasonCD needs the processor's image inputs; missing: {', '.join(missing)}")
+        return self.encode_frozen(**pixels)
+
+    # --- 2. language model inputs ---
+    def _merge_image_tokens(
+        self, input_ids: torch.Tensor, features: ReasonCDFrozenFeatures, pair_index: torch.Tensor
+    ) -> torch.Tensor:
+        """Token embeddings with the projected CLIP features of each row's pair at its `<T1>`/`<T2>` placeholders."""
+        embeds = self.get_input_embeddings()(input_ids)
+        n = self.config.image_seq_length
+        for token_id, vision in ((self.config.t1_token_id, features.vision_features_t1),
+                                 (self.config.t2_token_id, features.vision_features_t2)):
+            slots = input_ids == token_id
+            counts = slots.sum(dim=1)
+            if not bool((counts == n).all()):
+                raise ValueError(
+                    f"each prompt must hold {n} image placeholder tokens (id {token_id}) per date, found "
+                    f"{counts.tolist()}; build inputs with ReasonCDProcessor, which expands them"
+                )
+            tokens = self.multi_modal_projector(vision.to(self.multi_modal_projector.weight.dtype))[pair_index]
+            embeds = embeds.masked_scatter(slots.unsqueeze(-1), tokens.to(embeds.dtype))
+        return embeds
+
+    @staticmethod
+    def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+        # The same rule as `generate` uses, so teacher-forced and cached runs see identical positions.
+        return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+
+    # --- 3./4. fused image embedding and mask decoding ---
+    def mask_embeddings(self, features: ReasonCDFrozenFeatures, sam_pixel_values_t1, sam_pixel_values_t2):
+        """The mask decoder's image embedding per pair, `(P, prompt_embed_dim, h, w)`."""
+        return self.feature_fusion(
+            features.sam_features_t1, features.sam_features_t2, sam_pixel_values_t1, sam_pixel_values_t2
+        )
+
+    def decode_masks(self, image_embeddings: torch.Tensor, seg_hidden_states: torch.Tensor) -> torch.Tensor:
+        """
+        SAM's mask decoder for N prompts at once, each with its own image embedding.
+
+        Args:
+            image_embeddings: `(N, C, h, w)`, already gathered per prompt.
+            seg_hidden_states: `(N, hidden_size)`.
+        Returns: low-resolution change logits `(N, 4h, 4w)` (the single-mask output).
+        """
+        decoder = self.sam_mask_decoder
+        prompts = self.text_hidden_fc(seg_hidden_states.to(next(self.text_hidden_fc.parameters()).dtype))
+        n, channels, h, w = image_embeddings.shape
+        # segment-anything's prompt encoder takes no text: the sparse prompt is the projected [SEG] state alone,
+        # the dense prompt is its "no mask" embedding.
+        dense = self.sam_prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, h, w)
+        positional = self.sam_prompt_encoder.get_dense_pe().expand(n, -1, -1, -1)
+        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens.unsqueeze(0).expand(n, -1, -1), prompts.unsqueeze(1)], dim=1)
+        hs, src = decoder.transformer(image_embeddings + dense.to(image_embeddings.dtype),
+                                      positional.to(image_embeddings.dtype), tokens.to(image_embeddings.dtype))
+        mask_tokens = hs[:, 1 : 1 + decoder.num_mask_tokens]
+        upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(n, channels, h, w))
+        hyper = torch.stack(
+            [mlp(mask_tokens[:, i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+        )
+        b, c, uh, uw = upscaled.shape
+        masks = (hyper @ upscaled.reshape(b, c, uh * uw)).reshape(b, -1, uh, uw)
+        return masks[:, 0]
+
+    def _masks_for_rows(self, mask_embeds, pair_index, seg_present, seg_hidden):
+        n, _, h, w = mask_embeds.shape
+        out = seg_hidden.new_zeros(seg_present.shape[0], 4 * h, 4 * w, dtype=mask_embeds.dtype)
+        rows = seg_present.nonzero().squeeze(1)
+        if rows.numel():
+            out[rows] = self.decode_masks(mask_embeds[pair_index[rows]], seg_hidden[rows]).to(out.dtype)
+        return out
+
+    # --- the full teacher-forced pass ---
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values_t1: torch.FloatTensor | None = None,
+        pixel_values_t2: torch.FloatTensor | None = None,
+        sam_pixel_values_t1: torch.FloatTensor | None = None,
+        sam_pixel_values_t2: torch.FloatTensor | None = None,
+        pair_index: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        masks: torch.Tensor | None = None,
+        reshaped_sizes: torch.LongTensor | None = None,
+        image_sizes: torch.LongTensor | None = None,
+        frozen_features: ReasonCDFrozenFeatures | None = None,
+        return_dict: bool | None = None,
+    ) -> ReasonCDOutput:
+        r"""
+        Args:
+            input_ids (`(B, L)`): prompts (and, for training, answers) with placeholders expanded.
+            pixel_values_t1/t2 (`(P, 3, H_clip, W_clip)`) and sam_pixel_values_t1/t2 (`(P, 3, S, S)`): P image
+                pairs; row b of the batch is about pair `pair_index[b]` (default: row b is pair b).
+            labels (`(B, L)`): answer token ids, -100 elsewhere.
+            masks (`(B, H, W)`): ground-truth change masks at each input's own size (any value > 0.5 = change);
+                used for rows whose sequence holds `[SEG]`.
+            reshaped_sizes (`(B or P, 2)`): size after SAM's longest-side resize (needed with `masks`).
+            frozen_features: precomputed CLIP/SAM features (the training cache); skips the frozen encoders.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if pair_index is None:
+            pair_index = torch.arange(input_ids.shape[0], device=input_ids.device)
+        features = self._frozen_features(
+            frozen_features,
+            pixel_values_t1=pixel_values_t1, pixel_values_t2=pixel_values_t2,
+            sam_pixel_values_t1=sam_pixel_values_t1, sam_pixel_values_t2=sam_pixel_values_t2,
+        )
+        inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index)
+        lm_out = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=self._position_ids(attention_mask),
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        last_hidden = lm_out.hidden_states[-1]
+        seg_present, seg_hidden = self._seg_states_teacher_forced(input_ids, last_hidden)
+        mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
+        pred_masks = self._masks_for_rows(mask_embeds, pair_index, seg_present, seg_hidden)
+
+        loss = ce = bce = dice = None
+        if labels is not None:
+            ce = self._text_loss(lm_out.logits, labels)
+            bce, dice = self._mask_losses(pred_masks, seg_present, masks, reshaped_sizes, pair_index)
+            cfg = self.config
+            loss = cfg.ce_loss_weight * ce + cfg.bce_loss_weight * bce + cfg.dice_loss_weight * dice
+        return ReasonCDOutput(
+            loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice, logits=lm_out.logits,
+            pred_masks=pred_masks, seg_present=seg_present, seg_hidden_states=seg_hidden,
+        )
+
+    def _seg_states_teacher_forced(self, input_ids, last_hidden):
+        """The state at the position whose *next* token is the first `[SEG]` (computed on the expanded sequence)."""
+        is_seg = input_ids[:, 1:] == self.config.seg_token_id
+        seg_present = is_seg.any(dim=1)
+        position = is_seg.float().argmax(dim=1)  # first [SEG] at index position+1
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        seg_hidden = last_hidden[rows, position] * seg_present.unsqueeze(-1).to(last_hidden.dtype)
+        return seg_present, seg_hidden
+
+    def _text_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """CE over answer tokens; the `[SEG]` class weighs `seg_token_loss_weight` in rows that miss it greedily."""
+        logits = logits[:, :-1].float()
+        targets = labels[:, 1:]
+        valid = targets != -100
+        per_token = F.cross_entropy(
+            logits.transpose(1, 2), targets.masked_fill(~valid, 0), reduction="none"
+        )
+        seg = self.config.seg_token_id
+        is_seg_target = targets == seg
+        predicted_seg = ((logits.argmax(-1) == seg) & valid).any(dim=1)
+        missed = is_seg_target.any(dim=1) & ~predicted_seg
+        weights = valid.float()
+        weights = torch.where(is_seg_target & missed.unsqueeze(1), weights * self.config.seg_token_loss_weight, weights)
+        return (per_token * weights).sum() / weights.sum().clamp(min=1.0)
+
+    def _mask_losses(self, pred_masks, seg_present, masks, reshaped_sizes, pair_index):
+        zero = pred_masks.sum() * 0.0  # keeps the graph connected when no row has a mask
+        if masks is None or not bool(seg_present.any()):
+            return zero, zero
+        if reshaped_sizes is None:
+            raise ValueError("masks were given without reshaped_sizes; pass the processor's output unchanged")
+        reshaped_sizes = _per_row(reshaped_sizes, pair_index)
+        frame = self.config.sam_config["image_size"]
+        pos_weight = torch.tensor(self.config.bce_pos_weight, device=pred_masks.device)
+        bce_terms, dice_terms = [], []
+        for row in seg_present.nonzero().squeeze(1).tolist():
+            logits = upscale_mask_logits(pred_masks[row], reshaped_sizes[row], masks[row].shape[-2:], frame).float()
+            target = (masks[row] > 0.5).float()
+            bce_terms.append(F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight))
+            prob = logits.sigmoid()
+            dice_terms.append(1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1))
+        return torch.stack(bce_terms).mean(), torch.stack(dice_terms).mean()
+
+    # --- inference ---
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values_t1: torch.FloatTensor | None = None,
+        pixel_values_t2: torch.FloatTensor | None = None,
+        sam_pixel_values_t1: torch.FloatTensor | None = None,
+        sam_pixel_values_t2: torch.FloatTensor | None = None,
+        pair_index: torch.LongTensor | None = None,
+        reshaped_sizes: torch.LongTensor | None = None,
+        image_sizes: torch.LongTensor | None = None,
+        max_new_tokens: int = 64,
+        frozen_features: ReasonCDFrozenFeatures | None = None,
+        **generate_kwargs,
+    ) -> ReasonCDGenerateOutput:
+        """
+        Greedy decoding with the KV cache, then one mask per sample from the state that predicted `[SEG]`.
+
+        The images of each pair are encoded once, however many questions (rows) refer to it via `pair_index`.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if pair_index is None:
+            pair_index = torch.arange(input_ids.shape[0], device=input_ids.device)
+        features = self._frozen_features(
+            frozen_features,
+            pixel_values_t1=pixel_values_t1, pixel_values_t2=pixel_values_t2,
+            sam_pixel_values_t1=sam_pixel_values_t1, sam_pixel_values_t2=sam_pixel_values_t2,
+        )
+        inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index)
+        generated = self.language_model.generate(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            output_hidden_states=True,
+            return_dict_in_generate=True,
+            pad_token_id=self.config.pad_token_id,
+            eos_token_id=self.config.eos_token_id,
+            **generate_kwargs,
+        )
+        sequences = generated.sequences
+        # hidden_states[j][-1][:, -1] is the last-layer state that predicted generated token j.
+        step_states = torch.stack([states[-1][:, -1] for states in generated.hidden_states], dim=1)
+        seg_present, seg_hidden = self._seg_states_generated(sequences, step_states)
+        mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
+        pred_masks = self._masks_for_rows(mask_embeds, pair_index, seg_present, seg_hidden)
+        return ReasonCDGenerateOutput(
+            sequences=sequences, pred_masks=pred_masks, seg_present=seg_present, seg_hidden_states=seg_hidden,
+            reshaped_sizes=_per_row(reshaped_sizes, pair_index), image_sizes=_per_row(image_sizes, pair_index),
+        )
+
+    def _seg_states_generated(self, sequences, step_states):
+        """First `[SEG]` before `</s>` in each generated row, and the state that predicted it."""
+        is_seg = sequences == self.config.seg_token_id
+        ended_before = (sequences == self.config.eos_token_id).long().cumsum(dim=1) > 0
+        is_seg = is_seg & ~ended_before
+        seg_present = is_seg.any(dim=1)
+        step = is_seg.float().argmax(dim=1)
+        rows = torch.arange(sequences.shape[0], device=sequences.device)
+        seg_hidden = step_states[rows, step] * seg_present.unsqueeze(-1).to(step_states.dtype)
+        return seg_present, seg_hidden
+
+
+__all__ = ["ReasonCDForChangeDetection", "ReasonCDPreTrainedModel", "ReasonCDOutput", "ReasonCDGenerateOutput"]

@@ -1,0 +1,324 @@
+"""ReasonCD processor: prompt building, CLIP and SAM preprocessing of both dates, and post-processing.
+
+The prompt is the processor's chat template (the paper's wording in LLaMA-2 chat form); `<T1>`/`<T2>` placeholders
+are expanded to `image_seq_length` tokens each, which the model replaces with projected CLIP features.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+T1_TOKEN, T2_TOKEN, P_START_TOKEN, P_END_TOKEN, SEG_TOKEN = "<T1>", "<T2>", "<p>", "</p>", "[SEG]"
+NEW_TOKENS = (T1_TOKEN, T2_TOKEN, P_START_TOKEN, P_END_TOKEN, SEG_TOKEN)
+
+# The paper's prompt: the task first, the temporal order of the two placeholders, the CRoI between <p> and </p>,
+# and the closing request. An assistant turn is the answer followed by </s>.
+DEFAULT_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}"
+    "[INST] For the Change Detection task, <T1> is the image taken earlier (T1) and <T2> is the image taken "
+    "later (T2) of the same place. The change of interest is <p>{{ message['content'] }}</p>. "
+    "Please produce the changemap for me. [/INST]"
+    "{% elif message['role'] == 'assistant' %}"
+    " {{ message['content'] }}{{ eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def sam_resized_shape(height: int, width: int, longest_side: int) -> tuple[int, int]:
+    """segment-anything's `ResizeLongestSide.get_preprocess_shape`."""
+    scale = longest_side / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def upscale_mask_logits(low_res: torch.Tensor, reshaped_size, target_size, frame: int) -> torch.Tensor:
+    """Low-res logits `(h, w)` -> SAM's padded `frame` -> un-padded to `reshaped_size` -> `target_size` `(H, W)`."""
+    rh, rw = (int(v) for v in reshaped_size)
+    full = F.interpolate(low_res[None, None], size=(frame, frame), mode="bilinear", align_corners=False)
+    full = full[..., :rh, :rw]
+    target = tuple(int(v) for v in target_size)
+    return F.interpolate(full, size=target, mode="bilinear", align_corners=False)[0, 0]
+
+
+def to_rgb_array(image, *, name: str = "image") -> np.ndarray:
+    """A PIL image or HxW(x1/3/4) array as HxWx3 uint8; grayscale, alpha and 16-bit inputs are converted (logged)."""
+    if isinstance(image, Image.Image):
+        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            logger.warning(f"{name}: {image.mode} image scaled to 8 bit by its own min-max range")
+            image = np.asarray(image, dtype=np.float64)
+        elif image.mode != "RGB":
+            logger.info(f"{name}: {image.mode} image converted to RGB")
+            return np.asarray(image.convert("RGB"))
+        else:
+            return np.asarray(image)
+    array = np.asarray(image)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"{name}: expected an HxW or HxWx3 image, got an array of shape {array.shape}")
+    if array.ndim == 3 and array.shape[2] == 4:
+        logger.info(f"{name}: alpha channel dropped")
+        array = array[..., :3]
+    if array.ndim == 2 or array.shape[2] == 1:
+        logger.info(f"{name}: grayscale image replicated to RGB")
+        array = np.repeat(array.reshape(array.shape[0], array.shape[1], 1), 3, axis=2)
+    if array.dtype != np.uint8:
+        low, high = float(array.min()), float(array.max())
+        logger.warning(f"{name}: {array.dtype} image scaled to 8 bit by its own range [{low:g}, {high:g}]")
+        array = np.clip((array.astype(np.float64) - low) / max(high - low, 1e-12) * 255.0 + 0.5, 0, 255)
+        array = array.astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+class ReasonCDProcessor(ProcessorMixin):
+    r"""
+    Builds model inputs from image pairs and questions, and turns `generate` outputs into answers and masks.
+
+    Args:
+        image_processor ([`CLIPImageProcessor`]): CLIP preprocessing, configured to resize to a fixed square
+            without centre-cropping (a change-detection tile must be seen whole).
+        tokenizer: the language model's tokenizer, holding the five ReasonCD tokens as single ids.
+        chat_template (`str`, *optional*): Jinja template of the prompt; defaults to the paper's wording.
+        image_seq_length (`int`): image tokens per date (the model config's `image_seq_length`).
+        sam_image_size (`int`): SAM's input frame (longest side after resizing; the rest is zero padding).
+        sam_pixel_mean, sam_pixel_std (`list[float]`): SAM's normalisation in 0..255 units.
+        max_sequence_length (`int`, *optional*): the language model's context; longer prompts are refused.
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        chat_template=None,
+        image_seq_length: int = 256,
+        sam_image_size: int = 1024,
+        sam_pixel_mean=SAM_PIXEL_MEAN,
+        sam_pixel_std=SAM_PIXEL_STD,
+        max_sequence_length: int | None = None,
+        **kwargs,
+    ):
+        self.image_seq_length = int(image_seq_length)
+        self.sam_image_size = int(sam_image_size)
+        self.sam_pixel_mean = list(sam_pixel_mean)
+        self.sam_pixel_std = list(sam_pixel_std)
+        self.max_sequence_length = max_sequence_length
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE)
+        self.token_ids = {}
+        for token in NEW_TOKENS:
+            ids = tokenizer.encode(token, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ValueError(
+                    f"the tokenizer splits {token!r} into {len(ids)} ids {ids}; add the ReasonCD tokens with "
+                    f"tokenizer.add_tokens({list(NEW_TOKENS)}, special_tokens=True) (build_reasoncd.py does this)"
+                )
+            self.token_ids[token] = ids[0]
+
+    # --- images ---
+    def _sam_pixels(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """segment-anything's pipeline: longest side to `sam_image_size` (PIL bilinear), normalise, pad bottom-right."""
+        h, w = image.shape[:2]
+        rh, rw = sam_resized_shape(h, w, self.sam_image_size)
+        resized = np.array(Image.fromarray(image).resize((rw, rh), Image.BILINEAR))
+        pixels = torch.from_numpy(resized).permute(2, 0, 1).float()
+        mean = torch.tensor(self.sam_pixel_mean).view(3, 1, 1)
+        std = torch.tensor(self.sam_pixel_std).view(3, 1, 1)
+        pixels = (pixels - mean) / std
+        pixels = F.pad(pixels, (0, self.sam_image_size - rw, 0, self.sam_image_size - rh))
+        return pixels, (rh, rw)
+
+    def _prepare_pairs(self, images_t1, images_t2):
+        t1 = [to_rgb_array(img, name=f"images_t1[{i}]") for i, img in enumerate(_as_list(images_t1))]
+        t2 = [to_rgb_array(img, name=f"images_t2[{i}]") for i, img in enumerate(_as_list(images_t2))]
+        if len(t1) != len(t2):
+            raise ValueError(f"got {len(t1)} T1 images but {len(t2)} T2 images; give one T2 per T1")
+        for i, (a, b) in enumerate(zip(t1, t2)):
+            if a.shape != b.shape:
+                raise ValueError(
+                    f"pair {i}: T1 is {a.shape[1]}x{a.shape[0]} but T2 is {b.shape[1]}x{b.shape[0]} (width x height); "
+                    "the two dates must be co-registered images of the same size"
+                )
+        return t1, t2
+
+    def process_images(self, images_t1, images_t2) -> dict:
+        """CLIP and SAM inputs for P pairs: `pixel_values_t1/t2`, `sam_pixel_values_t1/t2`, sizes."""
+        t1, t2 = self._prepare_pairs(images_t1, images_t2)
+        clip = self.image_processor(images=t1 + t2, return_tensors="pt")["pixel_values"]
+        sam = [self._sam_pixels(img) for img in t1 + t2]
+        pairs = len(t1)
+        return {
+            "pixel_values_t1": clip[:pairs],
+            "pixel_values_t2": clip[pairs:],
+            "sam_pixel_values_t1": torch.stack([p for p, _ in sam[:pairs]]),
+            "sam_pixel_values_t2": torch.stack([p for p, _ in sam[pairs:]]),
+            "reshaped_sizes": torch.tensor([size for _, size in sam[:pairs]], dtype=torch.long),
+            "image_sizes": torch.tensor([img.shape[:2] for img in t1], dtype=torch.long),
+        }
+
+    # --- text ---
+    def build_prompt(self, question: str) -> str:
+        """The chat-template prompt for one question, with the image placeholders expanded."""
+        prompt = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], chat_template=self.chat_template, tokenize=False
+        )
+        for token in (T1_TOKEN, T2_TOKEN):
+            if prompt.count(token) != 1:
+                raise ValueError(f"the chat template must place {token} exactly once, found {prompt.count(token)}")
+            prompt = prompt.replace(token, token * self.image_seq_length)
+        return prompt
+
+    def _encode_rows(self, questions, answers):
+        rows, label_rows = [], []
+        for i, question in enumerate(questions):
+            if not isinstance(question, str) or not question.strip():
+                raise ValueError(f"question {i} is empty; describe the change of interest, e.g. 'new buildings'")
+            ids = self.tokenizer.encode(self.build_prompt(question.strip()), add_special_tokens=False)
+            labels = [-100] * len(ids)
+            if answers is not None:
+                answer_ids = self.tokenizer.encode(answers[i].strip() + self.tokenizer.eos_token,
+                                                   add_special_tokens=False)
+                ids, labels = ids + answer_ids, labels + answer_ids
+            if self.max_sequence_length and len(ids) > self.max_sequence_length:
+                raise ValueError(
+                    f"question {i} makes a sequence of {len(ids)} tokens, more than the model's context of "
+                    f"{self.max_sequence_length} (of which {2 * self.image_seq_length} are image tokens); "
+                    "shorten the question — image tokens and [SEG] are never truncated"
+                )
+            rows.append(ids)
+            label_rows.append(labels)
+        return rows, label_rows
+
+    def __call__(
+        self,
+        images_t1=None,
+        images_t2=None,
+        text=None,
+        answers=None,
+        masks=None,
+        return_tensors: str = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Args:
+            images_t1, images_t2: a PIL image or HxWx3 uint8 array per date, or lists of them (P pairs).
+            text (`str` or `list[str]`): the question(s). With one pair, k questions give k rows about that pair
+                (the images are encoded once); otherwise one question per pair.
+            answers (`list[str]`, *optional*): training answers; adds `labels` (-100 on prompt and padding).
+            masks (*optional*): ground-truth masks, one HxW array per question (any value > 0 = change).
+        Returns: `input_ids`, `attention_mask` (left-padded), `pixel_values_t1/t2`, `sam_pixel_values_t1/t2`,
+            `pair_index` (row -> pair), `reshaped_sizes`, `image_sizes` (per pair), and `labels`/`masks`.
+        """
+        if images_t1 is None or images_t2 is None:
+            raise ValueError("ReasonCD needs both images: pass images_t1 (earlier) and images_t2 (later)")
+        if text is None:
+            raise ValueError("pass text: the change of interest, e.g. 'new buildings'")
+        if return_tensors != "pt":
+            raise ValueError("ReasonCDProcessor returns PyTorch tensors only (return_tensors='pt')")
+        questions = _as_list(text)
+        if answers is not None:
+            answers = _as_list(answers)
+            if len(answers) != len(questions):
+                raise ValueError(f"got {len(questions)} questions but {len(answers)} answers")
+        image_inputs = self.process_images(images_t1, images_t2)
+        pairs = image_inputs["pixel_values_t1"].shape[0]
+        if pairs == 1:
+            pair_index = torch.zeros(len(questions), dtype=torch.long)
+        elif pairs == len(questions):
+            pair_index = torch.arange(pairs)
+        else:
+            raise ValueError(f"got {pairs} image pairs and {len(questions)} questions; give one question per "
+                             "pair, or several questions with a single pair")
+        rows, label_rows = self._encode_rows(questions, answers)
+        data = {**self._pad_left(rows, label_rows if answers is not None else None), **image_inputs,
+                "pair_index": pair_index}
+        if masks is not None:
+            data["masks"] = self._stack_masks(_as_list(masks), len(questions))
+        return BatchFeature(data=data)
+
+    def _pad_left(self, rows, label_rows):
+        # Left padding keeps every prompt's end aligned for batched greedy generation.
+        length = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.unk_token_id
+        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), length), dtype=torch.long)
+        labels = torch.full((len(rows), length), -100, dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, length - len(row):] = torch.tensor(row)
+            attention[i, length - len(row):] = 1
+            if label_rows is not None:
+                labels[i, length - len(row):] = torch.tensor(label_rows[i])
+        out = {"input_ids": input_ids, "attention_mask": attention}
+        if label_rows is not None:
+            out["labels"] = labels
+        return out
+
+    @staticmethod
+    def _stack_masks(masks, expected: int) -> torch.Tensor:
+        if len(masks) != expected:
+            raise ValueError(f"got {len(masks)} masks for {expected} questions")
+        arrays = [np.asarray(m) for m in masks]
+        shapes = {a.shape[:2] for a in arrays}
+        if len(shapes) != 1:
+            raise ValueError(f"masks of one batch must share a size, got {sorted(shapes)}")
+        arrays = [a if a.ndim == 2 else a.max(axis=2) for a in arrays]
+        return torch.from_numpy(np.stack([a > 0 for a in arrays])).float()
+
+    # --- outputs ---
+    def decode_answer(self, token_ids) -> str:
+        """Answer text with every special token except `[SEG]` removed."""
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=False)
+        tokenizer = self.tokenizer
+        for token in {tokenizer.bos_token, tokenizer.eos_token, tokenizer.unk_token, tokenizer.pad_token,
+                      T1_TOKEN, T2_TOKEN, P_START_TOKEN, P_END_TOKEN} - {None}:
+            text = text.replace(token, "")
+        return " ".join(text.split())
+
+    def post_process_generation(self, outputs, target_sizes=None) -> list[dict]:
+        """
+        Args:
+            outputs: [`ReasonCDGenerateOutput`] of `model.generate`.
+            target_sizes (`list[tuple[int, int]]`, *optional*): `(height, width)` per row, or one for all rows;
+                defaults to each input's original size.
+        Returns: one `{"text": str, "mask": bool ndarray (height, width)}` per row; the mask is empty when the
+            answer holds no `[SEG]` (the change of interest is absent).
+        """
+        rows = outputs.sequences.shape[0]
+        if target_sizes is None:
+            if outputs.image_sizes is None:
+                raise ValueError("pass target_sizes, or the processor's image_sizes to generate")
+            target_sizes = outputs.image_sizes.tolist()
+        target_sizes = [tuple(int(v) for v in s) for s in target_sizes]
+        if len(target_sizes) == 1 and rows > 1:
+            target_sizes = target_sizes * rows
+        if len(target_sizes) != rows:
+            raise ValueError(f"got {len(target_sizes)} target sizes for {rows} generated rows")
+        results = []
+        for row in range(rows):
+            height, width = target_sizes[row]
+            if bool(outputs.seg_present[row]):
+                reshaped = outputs.reshaped_sizes[row] if outputs.reshaped_sizes is not None else \
+                    sam_resized_shape(height, width, self.sam_image_size)
+                logits = upscale_mask_logits(outputs.pred_masks[row].float(), reshaped, (height, width),
+                                             self.sam_image_size)
+                mask = (logits > 0).cpu().numpy()
+            else:
+                mask = np.zeros((height, width), dtype=bool)
+            results.append({"text": self.decode_answer(outputs.sequences[row]), "mask": mask})
+        return results
+
+
+__all__ = ["ReasonCDProcessor"]

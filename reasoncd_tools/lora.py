@@ -1,0 +1,42 @@
+"""The paper's trainable set as a PEFT adapter: LoRA on the language model, its new token rows, and the
+projector / text_hidden_fc / mask decoder / fusion module trained in full."""
+
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from processing_reasoncd import NEW_TOKENS
+
+
+def new_token_ids(config) -> list[int]:
+    return [config.t1_token_id, config.t2_token_id, config.p_start_token_id, config.p_end_token_id,
+            config.seg_token_id]
+
+
+def lora_config_for(model, *, rank: int = 8, alpha: int = 16, dropout: float = 0.05,
+                    targets: tuple[str, ...] = ("q_proj", "v_proj")) -> LoraConfig:
+    """LoRA limited to the language model: a bare `q_proj` would also match CLIP and SAM's decoder attention."""
+    ids = new_token_ids(model.config)
+    assert len(ids) == len(NEW_TOKENS)
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=rf".*language_model.*\.({'|'.join(targets)})",
+        modules_to_save=list(model.trainable_module_names),
+        # LLaMA-2's embed_tokens and lm_head are untied: both need their new rows trained.
+        trainable_token_indices={"embed_tokens": ids, "lm_head": ids},
+    )
+
+
+def apply_lora(model, **lora_kwargs) -> PeftModel:
+    """Freezes everything, then makes exactly DESIGN §3's trainable parts trainable."""
+    return get_peft_model(model, lora_config_for(model, **lora_kwargs))
+
+
+def trainable_parameter_groups(peft_model: PeftModel) -> dict[str, int]:
+    """Trainable parameter count per top-level component of the wrapped model."""
+    groups: dict[str, int] = {}
+    for name, parameter in peft_model.named_parameters():
+        if parameter.requires_grad:
+            component = name.removeprefix("base_model.model.").split(".")[0]
+            groups[component] = groups.get(component, 0) + parameter.numel()
+    return groups

@@ -59,9 +59,9 @@ def to_rgb_array(image, *, name: str = "image") -> np.ndarray:
             image = np.asarray(image, dtype=np.float64)
         elif image.mode != "RGB":
             logger.info(f"{name}: {image.mode} image converted to RGB")
-            return np.asarray(image.convert("RGB"))
+            return np.array(image.convert("RGB"))
         else:
-            return np.asarray(image)
+            return np.array(image)
     array = np.asarray(image)
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise ValueError(f"{name}: expected an HxW or HxWx3 image, got an array of shape {array.shape}")

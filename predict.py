@@ -1,0 +1,94 @@
+"""Answer a question about the change between two images and write the change map.
+
+    python predict.py --model runs/quickstart/model --t1 A.png --t2 B.png --question "new buildings" --out mask.png
+    python predict.py ... --json        # {"text": ..., "mask": ..., "changed_fraction": ...}
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from reasoncd_tools.images import ImageReadError, read_rgb, write_png_atomic
+
+# Files a checkpoint folder cannot load without (weights may also be sharded: an index names the shards).
+REQUIRED_FILES = ("config.json", "processor_config.json", "tokenizer_config.json", "modeling_reasoncd.py",
+                  "configuration_reasoncd.py", "processing_reasoncd.py")
+
+
+def check_checkpoint(folder: Path) -> None:
+    """Raise a clear error when `folder` is not a complete ReasonCD checkpoint (before any loading starts)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--model {folder}: no such folder (build one with build_reasoncd.py or train.py)")
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if not ((folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()):
+        missing.append("model.safetensors")
+    if missing:
+        raise FileNotFoundError(f"--model {folder}: checkpoint folder is missing {', '.join(missing)}")
+
+
+def load_model(folder: Path):
+    """`AutoModel` / `AutoProcessor` with the checkpoint's own code, in eval mode."""
+    from transformers import AutoModel, AutoProcessor
+
+    check_checkpoint(folder)
+    model = AutoModel.from_pretrained(str(folder), trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
+    return model, processor
+
+
+def predict(model, processor, image_t1: np.ndarray, image_t2: np.ndarray, questions: list[str],
+            max_new_tokens: int = 64) -> list[dict]:
+    """One pair, k questions (the images are encoded once): k `{"text", "mask", "changed_fraction"}`."""
+    inputs = processor(images_t1=image_t1, images_t2=image_t2, text=questions, return_tensors="pt")
+    outputs = model.generate(**inputs, max_new_tokens=max_new_tokens)
+    results = processor.post_process_generation(outputs)
+    for result in results:
+        result["changed_fraction"] = float(result["mask"].mean())
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, type=Path, help="checkpoint folder")
+    parser.add_argument("--t1", required=True, type=Path, help="earlier image")
+    parser.add_argument("--t2", required=True, type=Path, help="later image")
+    parser.add_argument("--question", required=True, help="the change of interest, e.g. 'new buildings'")
+    parser.add_argument("--out", required=True, type=Path, help="output mask PNG (0/255, the inputs' size)")
+    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--json", action="store_true", help="print text, mask path and changed fraction as JSON")
+    args = parser.parse_args(argv)
+
+    try:
+        if not args.question.strip():
+            raise ValueError("--question is empty; describe the change of interest, e.g. 'new buildings'")
+        image_t1, note_t1 = read_rgb(args.t1)
+        image_t2, note_t2 = read_rgb(args.t2)
+        for path, note in ((args.t1, note_t1), (args.t2, note_t2)):
+            if note:
+                print(f"note: {path}: {note}", file=sys.stderr)
+        if image_t1.shape != image_t2.shape:
+            raise ValueError(f"--t1 {args.t1} is {image_t1.shape[1]}x{image_t1.shape[0]} but --t2 {args.t2} is "
+                             f"{image_t2.shape[1]}x{image_t2.shape[0]}; the two dates must be co-registered images "
+                             "of the same size")
+        model, processor = load_model(args.model)
+        result = predict(model, processor, image_t1, image_t2, [args.question], args.max_new_tokens)[0]
+    except (ImageReadError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    write_png_atomic(args.out, result["mask"])
+    if args.json:
+        print(json.dumps({"text": result["text"], "mask": str(args.out),
+                          "changed_fraction": result["changed_fraction"]}))
+    else:
+        print(result["text"])
+        print(f"change map: {args.out} ({result['changed_fraction']:.2%} of pixels changed)")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -70,9 +70,9 @@ def save_checkpoint(model: ReasonCDForChangeDetection, processor: ReasonCDProces
 
 
 # --- tiny preset -------------------------------------------------------------------------------------------------
-def build_tiny(seed: int) -> tuple[ReasonCDForChangeDetection, ReasonCDProcessor]:
+def build_tiny(seed: int, **config_overrides) -> tuple[ReasonCDForChangeDetection, ReasonCDProcessor]:
     tokenizer = train_tiny_tokenizer(seed=seed)
-    config = ReasonCDConfig.from_preset("tiny")
+    config = ReasonCDConfig.from_preset("tiny", **config_overrides)
     set_token_ids(config, tokenizer)
     torch.manual_seed(seed)
     model = ReasonCDForChangeDetection(config)

@@ -322,6 +322,14 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         self.language_model.set_output_embeddings(value)
 
     # --- 1. frozen encoders ---
+    def encode_frozen_images(self, pixel_values: torch.Tensor, sam_pixel_values: torch.Tensor):
+        """CLIP patch features `(n, image_seq_length, vision_hidden)` and SAM embeddings `(n, C, h, w)` of n images,
+        one batched call per encoder (also what the training feature cache stores per image)."""
+        hidden = self.vision_tower(pixel_values.to(self.vision_tower.dtype), output_hidden_states=True).hidden_states
+        vision = hidden[self.config.vision_feature_layer][:, 1:]  # drop CLS
+        sam_dtype = self.sam_image_encoder.patch_embed.proj.weight.dtype
+        return vision, self.sam_image_encoder(sam_pixel_values.to(sam_dtype))
+
     def encode_frozen(
         self,
         pixel_values_t1: torch.Tensor,
@@ -329,14 +337,12 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         sam_pixel_values_t1: torch.Tensor,
         sam_pixel_values_t2: torch.Tensor,
     ) -> ReasonCDFrozenFeatures:
-        """Runs CLIP and SAM's image encoder once over both dates of P pairs (one batched call each)."""
+        """Runs the frozen encoders once over both dates of P pairs."""
         pairs = pixel_values_t1.shape[0]
-        clip_in = torch.cat([pixel_values_t1, pixel_values_t2], dim=0).to(self.vision_tower.dtype)
-        hidden = self.vision_tower(clip_in, output_hidden_states=True).hidden_states
-        vision = hidden[self.config.vision_feature_layer][:, 1:]  # drop CLS
-        sam_in = torch.cat([sam_pixel_values_t1, sam_pixel_values_t2], dim=0)
-        sam_dtype = self.sam_image_encoder.patch_embed.proj.weight.dtype
-        sam = self.sam_image_encoder(sam_in.to(sam_dtype))
+        vision, sam = self.encode_frozen_images(
+            torch.cat([pixel_values_t1, pixel_values_t2], dim=0),
+            torch.cat([sam_pixel_values_t1, sam_pixel_values_t2], dim=0),
+        )
         return ReasonCDFrozenFeatures(
             vision_features_t1=vision[:pairs], vision_features_t2=vision[pairs:],
             sam_features_t1=sam[:pairs], sam_features_t2=sam[pairs:],

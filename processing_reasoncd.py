@@ -207,6 +207,7 @@ class ReasonCDProcessor(ProcessorMixin):
         text=None,
         answers=None,
         masks=None,
+        pair_index=None,
         return_tensors: str = "pt",
         **kwargs,
     ) -> BatchFeature:
@@ -217,6 +218,8 @@ class ReasonCDProcessor(ProcessorMixin):
                 (the images are encoded once); otherwise one question per pair.
             answers (`list[str]`, *optional*): training answers; adds `labels` (-100 on prompt and padding).
             masks (*optional*): ground-truth masks, one HxW array per question (any value > 0 = change).
+            pair_index (`list[int]`, *optional*): the pair each question is about, for several pairs with several
+                questions each.
         Returns: `input_ids`, `attention_mask` (left-padded), `pixel_values_t1/t2`, `sam_pixel_values_t1/t2`,
             `pair_index` (row -> pair), `reshaped_sizes`, `image_sizes` (per pair), and `labels`/`masks`.
         """
@@ -233,13 +236,18 @@ class ReasonCDProcessor(ProcessorMixin):
                 raise ValueError(f"got {len(questions)} questions but {len(answers)} answers")
         image_inputs = self.process_images(images_t1, images_t2)
         pairs = image_inputs["pixel_values_t1"].shape[0]
-        if pairs == 1:
+        if pair_index is not None:
+            pair_index = torch.as_tensor(pair_index, dtype=torch.long)
+            if pair_index.shape != (len(questions),) or int(pair_index.min()) < 0 or int(pair_index.max()) >= pairs:
+                raise ValueError(f"pair_index must give each of the {len(questions)} questions a pair in "
+                                 f"0..{pairs - 1}, got {pair_index.tolist()}")
+        elif pairs == 1:
             pair_index = torch.zeros(len(questions), dtype=torch.long)
         elif pairs == len(questions):
             pair_index = torch.arange(pairs)
         else:
             raise ValueError(f"got {pairs} image pairs and {len(questions)} questions; give one question per "
-                             "pair, or several questions with a single pair")
+                             "pair, several questions with a single pair, or pair_index")
         rows, label_rows = self._encode_rows(questions, answers)
         data = {**self._pad_left(rows, label_rows if answers is not None else None), **image_inputs,
                 "pair_index": pair_index}
@@ -287,6 +295,19 @@ class ReasonCDProcessor(ProcessorMixin):
             text = text.replace(token, "")
         return " ".join(text.split())
 
+    def post_process_masks(self, pred_masks, seg_present, reshaped_sizes, target_sizes) -> list[np.ndarray]:
+        """Low-res logits `(B, h, w)` -> bool masks of each row's `(height, width)`; empty where no `[SEG]`."""
+        masks = []
+        for row, (height, width) in enumerate(target_sizes):
+            if not bool(seg_present[row]):
+                masks.append(np.zeros((height, width), dtype=bool))
+                continue
+            reshaped = reshaped_sizes[row] if reshaped_sizes is not None else \
+                sam_resized_shape(height, width, self.sam_image_size)
+            logits = upscale_mask_logits(pred_masks[row].float(), reshaped, (height, width), self.sam_image_size)
+            masks.append((logits > 0).cpu().numpy())
+        return masks
+
     def post_process_generation(self, outputs, target_sizes=None) -> list[dict]:
         """
         Args:
@@ -306,19 +327,8 @@ class ReasonCDProcessor(ProcessorMixin):
             target_sizes = target_sizes * rows
         if len(target_sizes) != rows:
             raise ValueError(f"got {len(target_sizes)} target sizes for {rows} generated rows")
-        results = []
-        for row in range(rows):
-            height, width = target_sizes[row]
-            if bool(outputs.seg_present[row]):
-                reshaped = outputs.reshaped_sizes[row] if outputs.reshaped_sizes is not None else \
-                    sam_resized_shape(height, width, self.sam_image_size)
-                logits = upscale_mask_logits(outputs.pred_masks[row].float(), reshaped, (height, width),
-                                             self.sam_image_size)
-                mask = (logits > 0).cpu().numpy()
-            else:
-                mask = np.zeros((height, width), dtype=bool)
-            results.append({"text": self.decode_answer(outputs.sequences[row]), "mask": mask})
-        return results
+        masks = self.post_process_masks(outputs.pred_masks, outputs.seg_present, outputs.reshaped_sizes, target_sizes)
+        return [{"text": self.decode_answer(outputs.sequences[row]), "mask": masks[row]} for row in range(rows)]
 
 
 __all__ = ["ReasonCDProcessor"]

@@ -24,3 +24,14 @@ def atomic_output_dir(output_dir: Path):
         os.replace(output_dir, previous)
     os.replace(staging, output_dir)
     shutil.rmtree(previous, ignore_errors=True)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """JSON written to a temporary name and renamed, so a reader never sees half a file."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    partial.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(partial, path)

@@ -1,0 +1,124 @@
+"""The sample format (one JSON per sample, paper Table II), its validation, and the training collator.
+
+A sample: `img1_path`, `img2_path`, `mask_path`, `question`, `answer` (paths relative to the JSON file), plus
+optional metadata the evaluation reads: `kind`, `croi`, `direction`, `heldout`, `pair_id`, `other_masks`.
+"""
+
+import json
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from .feature_cache import image_keys
+from .images import read_mask, read_rgb
+
+REQUIRED_FIELDS = ("img1_path", "img2_path", "mask_path", "question", "answer")
+PATH_FIELDS = ("img1_path", "img2_path", "mask_path")
+SPLITS = ("train", "val", "test")
+SEG = "[SEG]"
+MAX_LISTED_PROBLEMS = 20
+
+
+class SampleError(ValueError):
+    """A split that cannot be used; the message lists each bad file and field."""
+
+
+def _resolve(json_path: Path, value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else (json_path.parent / path).resolve()
+
+
+def read_sample(json_path: Path) -> tuple[dict | None, list[str]]:
+    """One sample with absolute paths, or the problems that make it unusable."""
+    try:
+        raw = json.loads(json_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        return None, [f"{json_path}: not readable JSON ({error})"]
+    if not isinstance(raw, dict):
+        return None, [f"{json_path}: expected a JSON object, got {type(raw).__name__}"]
+    problems = []
+    for field in REQUIRED_FIELDS:
+        if field not in raw:
+            problems.append(f"{json_path}: field '{field}' is missing")
+        elif not isinstance(raw[field], str) or not raw[field].strip():
+            problems.append(f"{json_path}: field '{field}' must be a non-empty string")
+    if problems:
+        return None, problems
+    sample = dict(raw)
+    for field in PATH_FIELDS:
+        sample[field] = str(_resolve(json_path, raw[field]))
+        if not Path(sample[field]).is_file():
+            problems.append(f"{json_path}: field '{field}' points at a missing file {sample[field]}")
+    sample["other_masks"] = {key: str(_resolve(json_path, value))
+                             for key, value in (raw.get("other_masks") or {}).items()}
+    sample.setdefault("kind", "explicit" if SEG in raw["answer"] else "absent")
+    sample.setdefault("pair_id", Path(raw["img1_path"]).stem)
+    sample.setdefault("heldout", False)
+    sample.setdefault("croi", "")
+    sample.setdefault("direction", "")
+    sample["source"] = str(json_path)
+    return (None if problems else sample), problems
+
+
+def load_split(data_dir, split: str, *, limit: int | None = None) -> list[dict]:
+    """All samples of `data_dir/split`, validated up front: every problem of the split is reported at once."""
+    folder = Path(data_dir) / split
+    if not folder.is_dir():
+        raise SampleError(f"{folder}: no such split folder (expected {'/, '.join(SPLITS)}/ under {data_dir})")
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise SampleError(f"{folder}: the split is empty (no *.json samples)")
+    samples, problems = [], []
+    for json_path in files:
+        sample, issues = read_sample(json_path)
+        problems += issues
+        if sample is not None:
+            samples.append(sample)
+    if problems:
+        listed = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
+        more = f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
+        raise SampleError(f"{len(problems)} problem(s) in {folder}:\n  {listed}{more}")
+    return samples[:limit] if limit else samples
+
+
+def as_dataset(samples: list[dict]) -> datasets.Dataset:
+    """A `datasets.Dataset` of paths and text; images are decoded lazily, batch by batch, by the collator."""
+    columns = {key: [s[key] for s in samples] for key in (*REQUIRED_FIELDS, "kind", "pair_id")}
+    return datasets.Dataset.from_dict(columns)
+
+
+def load_pair(sample: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """T1, T2 (HxWx3 uint8) and the mask (HxW bool); an answer without `[SEG]` always has an empty mask."""
+    image_t1, _ = read_rgb(sample["img1_path"])
+    image_t2, _ = read_rgb(sample["img2_path"])
+    if SEG in sample["answer"]:
+        mask = read_mask(sample["mask_path"])
+    else:
+        mask = np.zeros(image_t1.shape[:2], dtype=bool)
+    if mask.shape != image_t1.shape[:2] or image_t2.shape != image_t1.shape:
+        raise SampleError(f"{sample.get('source', sample['img1_path'])}: T1 {image_t1.shape[:2]}, T2 "
+                          f"{image_t2.shape[:2]} and mask {mask.shape} must have the same size")
+    return image_t1, image_t2, mask
+
+
+class ReasonCDCollator:
+    """Decodes a batch of samples and builds model inputs with the processor (labels: answer tokens only)."""
+
+    def __init__(self, processor, *, cache_keys: bool = False):
+        self.processor = processor
+        self.cache_keys = cache_keys  # content keys for the frozen-feature cache, hashed here on the CPU
+
+    def __call__(self, batch: list[dict]) -> dict:
+        pairs = [load_pair(sample) for sample in batch]
+        inputs = dict(self.processor(
+            images_t1=[p[0] for p in pairs],
+            images_t2=[p[1] for p in pairs],
+            text=[s["question"] for s in batch],
+            answers=[s["answer"] for s in batch],
+            masks=[p[2] for p in pairs],
+            return_tensors="pt",
+        ))
+        if self.cache_keys:
+            inputs["cache_keys"] = image_keys(inputs)
+        return inputs

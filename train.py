@@ -1,0 +1,333 @@
+"""Train ReasonCD with the Hugging Face Trainer, PEFT LoRA and (optionally) DeepSpeed.
+
+    python train.py                                   # the quickstart: synthetic data, tiny model, ~10 min on CPU
+    python train.py --data DATA --model CKPT --output_dir runs/mine [--bf16] [--deepspeed configs/ds_zero2.json]
+    accelerate launch --config_file configs/accelerate_zero2.yaml train.py --data DATA --model CKPT ...
+
+Outputs in --output_dir: `model/` (merged weights that AutoModel/AutoProcessor load with trust_remote_code=True),
+`checkpoints/` (resumable), `metrics.json` (test split, free generation), `samples.png`, `curves.png`.
+"""
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from build_reasoncd import build_tiny, save_checkpoint
+from modeling_reasoncd import ReasonCDForChangeDetection
+from processing_reasoncd import ReasonCDProcessor
+from reasoncd_tools.checkpoints import write_json_atomic
+from reasoncd_tools.evaluation import predict_samples, score
+from reasoncd_tools.feature_cache import FrozenFeatureCache
+from reasoncd_tools.figures import prediction_panels, training_curves
+from reasoncd_tools.lora import apply_lora, trainable_parameter_groups
+from reasoncd_tools.metrics import ChangeMetrics
+from reasoncd_tools.samples import ReasonCDCollator, SampleError, as_dataset, load_pair, load_split
+
+REPO = Path(__file__).resolve().parent
+QUICKSTART = {
+    "pairs": 360,
+    "data": REPO / "data" / "synthetic",
+    "output_dir": REPO / "runs" / "quickstart",
+    "num_train_epochs": 6,
+    "learning_rate": 1e-3,
+    "warmup_steps": 30,
+    "per_device_train_batch_size": 8,
+    "batch_size": 8,
+    "lora_rank": 16,
+    "lora_targets": "q_proj,k_proj,v_proj,o_proj",
+    "eval_steps": 60,
+}
+PAPER = {"num_train_epochs": 100, "learning_rate": 5e-5, "warmup_steps": 100, "per_device_train_batch_size": 4,
+         "batch_size": 16, "lora_rank": 8, "lora_targets": "q_proj,v_proj", "eval_steps": 200}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, help="folder with train/ val/ test/ JSON samples (default: the "
+                        "quickstart's synthetic set, generated on first use)")
+    parser.add_argument("--model", type=Path, help="checkpoint to start from (build_reasoncd.py or a released one)")
+    parser.add_argument("--preset", default="tiny", help="with no --model: build this preset (only 'tiny' has "
+                        "random weights; build reasoncd-7b with build_reasoncd.py --llm/--vision/--sam)")
+    parser.add_argument("--output_dir", type=Path)
+    parser.add_argument("--max_steps", type=int, default=-1)
+    parser.add_argument("--num_train_epochs", type=float)
+    parser.add_argument("--learning_rate", type=float)
+    parser.add_argument("--warmup_steps", type=int)
+    parser.add_argument("--per_device_train_batch_size", type=int)
+    parser.add_argument("--batch_size", type=int, help="effective batch (reached by gradient accumulation)")
+    parser.add_argument("--lora_rank", type=int)
+    parser.add_argument("--lora_alpha", type=int, help="default: 2 x rank")
+    parser.add_argument("--lora_dropout", type=float, default=0.05)
+    parser.add_argument("--lora_targets", help="comma-separated projection names inside the language model")
+    parser.add_argument("--eval_steps", type=int)
+    parser.add_argument("--early_stopping_patience", type=int, default=5)
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (default fp32, as the paper)")
+    parser.add_argument("--deepspeed", help="DeepSpeed config (configs/ds_zero2.json or configs/ds_zero3.json)")
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--resume_from_checkpoint", nargs="?", const="auto",
+                        help="a checkpoint folder, or no value: the last one in OUTPUT_DIR/checkpoints")
+    parser.add_argument("--feature_cache", choices=["memory", "disk", "off"], default="memory",
+                        help="cache the frozen CLIP/SAM outputs per image (disk: OUTPUT_DIR/feature_cache)")
+    parser.add_argument("--no_fusion", action="store_true", help="the paper's ablation: fusion module off "
+                        "(only with a freshly built --preset model)")
+    parser.add_argument("--eval_batch_size", type=int, default=8)
+    parser.add_argument("--max_eval_samples", type=int, help="cap the test-split evaluation")
+    parser.add_argument("--max_val_samples", type=int, default=256)
+    parser.add_argument("--skip_test", action="store_true", help="no test-split evaluation after training")
+    parser.add_argument("--synthetic_pairs", type=int, help="quickstart: number of synthetic pairs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    args.quickstart = args.data is None
+    defaults = {**PAPER, **(QUICKSTART if args.quickstart else {})}
+    for key in ("num_train_epochs", "learning_rate", "warmup_steps", "per_device_train_batch_size", "batch_size",
+                "lora_rank", "lora_targets", "eval_steps"):
+        if getattr(args, key) is None:
+            setattr(args, key, defaults[key])
+    if args.lora_alpha is None:
+        args.lora_alpha = 2 * args.lora_rank
+    if args.output_dir is None:
+        args.output_dir = QUICKSTART["output_dir"] if args.quickstart else Path("runs") / "train"
+    if args.synthetic_pairs is None:
+        args.synthetic_pairs = QUICKSTART["pairs"]
+    return args
+
+
+def prepare_quickstart_data(pairs: int, seed: int) -> Path:
+    """The built-in synthetic set in SECOND layout, converted to JSON samples (both cached on disk)."""
+    from reasoncd_tools.second import convert_second
+    from reasoncd_tools.synthetic import generate_second_layout
+
+    root = QUICKSTART["data"] / f"second-{pairs}-seed{seed}"
+    generate_second_layout(root, pairs, seed=seed)
+    samples = QUICKSTART["data"] / f"samples-{pairs}-seed{seed}"
+    summary = convert_second(root, samples, seed=seed)
+    print(f"synthetic data: {json.dumps(summary.get('samples', summary))}")
+    return samples
+
+
+class SaveOnInterrupt(TrainerCallback):
+    """First Ctrl-C / SIGTERM: finish the current step, save a checkpoint, stop. A second Ctrl-C aborts."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._request)
+
+    def _request(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)", file=sys.stderr)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+class ReasonCDTrainer(Trainer):
+    """Trainer with the frozen-feature cache, per-term loss logging and mask F1 as the validation metric."""
+
+    def __init__(self, *args, feature_cache=None, val_samples=None, reasoncd_processor=None,
+                 eval_batch_size=8, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.feature_cache = feature_cache
+        self.val_samples = val_samples or []
+        self.reasoncd_processor = reasoncd_processor
+        self.eval_batch_size = eval_batch_size
+        self._terms = defaultdict(float)
+        self._term_count = 0
+
+    def _base_model(self, model):
+        model = self.accelerator.unwrap_model(model)
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def _inputs_with_features(self, model, inputs: dict) -> dict:
+        keys = inputs.pop("cache_keys", None)
+        if self.feature_cache is not None and keys:
+            inputs["frozen_features"] = self.feature_cache.frozen_features(self._base_model(model), inputs, keys)
+        return inputs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**self._inputs_with_features(model, inputs))
+        if model.training:
+            for term in ("ce_loss", "bce_loss", "dice_loss"):
+                self._terms[term] += float(outputs[term].detach())
+            self._term_count += 1
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def log(self, logs: dict, start_time=None) -> None:
+        if "loss" in logs and self._term_count:
+            logs.update({term: round(total / self._term_count, 4) for term, total in self._terms.items()})
+            self._terms.clear()
+            self._term_count = 0
+        super().log(logs, start_time)
+
+    @torch.no_grad()
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        """Validation loss and teacher-forced mask metrics (fast; the early-stopping signal)."""
+        model = self.model_wrapped if self.is_deepspeed_enabled else self.model
+        was_training = model.training
+        model.eval()
+        collator = self.data_collator
+        metrics, losses = ChangeMetrics(), []
+        for start in range(0, len(self.val_samples), self.eval_batch_size):
+            batch = self.val_samples[start:start + self.eval_batch_size]
+            inputs = self._prepare_inputs(collator(batch))
+            outputs = model(**self._inputs_with_features(model, inputs))
+            losses.append(float(outputs.loss))
+            rows = inputs["pair_index"]
+            predicted = self.reasoncd_processor.post_process_masks(
+                outputs.pred_masks, outputs.seg_present, inputs["reshaped_sizes"][rows],
+                inputs["image_sizes"][rows].tolist())
+            for mask, truth in zip(predicted, inputs["masks"].bool().cpu().numpy()):
+                metrics.update(mask, truth)
+        result = metrics.compute()
+        logged = {f"{metric_key_prefix}_loss": sum(losses) / max(len(losses), 1)}
+        logged.update({f"{metric_key_prefix}_{k}": float(result[k]) for k in ("f1", "precision", "recall", "iou")})
+        self.log(logged)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, logged)
+        if was_training:
+            model.train()
+        return logged
+
+
+def load_start_model(args):
+    if args.model:
+        from predict import check_checkpoint
+
+        check_checkpoint(args.model)
+        model = ReasonCDForChangeDetection.from_pretrained(args.model)
+        processor = ReasonCDProcessor.from_pretrained(args.model)
+        return model, processor
+    if args.preset != "tiny":
+        raise SystemExit(f"--preset {args.preset}: build it from real weights with build_reasoncd.py, "
+                         "then pass the folder as --model")
+    overrides = {"fusion_module": {"enabled": False}} if args.no_fusion else {}
+    return build_tiny(args.seed, **overrides)
+
+
+def final_test(model, processor, test_samples, args) -> dict:
+    samples = test_samples[: args.max_eval_samples] if args.max_eval_samples else test_samples
+    predictions = predict_samples(model, processor, samples, batch_size=args.eval_batch_size)
+    metrics = score(samples, predictions)
+    write_json_atomic(args.output_dir / "metrics.json", {k: v for k, v in metrics.items() if k != "per_sample"})
+    write_json_atomic(args.output_dir / "predictions.json", metrics["per_sample"])
+    samples_figure(model, processor, samples, predictions, args.output_dir / "samples.png")
+    return metrics
+
+
+def samples_figure(model, processor, samples, predictions, path: Path) -> None:
+    """Several questions on the same test pair (the pair with the most questions)."""
+    by_pair = defaultdict(list)
+    for index, sample in enumerate(samples):
+        by_pair[sample["pair_id"]].append(index)
+    indices = max(by_pair.values(), key=len)[:5]
+    rows = []
+    for index in indices:
+        t1, t2, truth = load_pair(samples[index])
+        rows.append({"t1": t1, "t2": t2, "truth": truth, "pred": predictions[index]["mask"],
+                     "question": samples[index]["question"], "answer": predictions[index]["text"],
+                     "note": samples[index].get("kind", "")})
+    prediction_panels(path, rows, title=f"pair {samples[indices[0]]['pair_id']}: one pair, several questions")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    try:
+        data = prepare_quickstart_data(args.synthetic_pairs, args.seed) if args.quickstart else args.data
+        train_samples = load_split(data, "train")
+        val_samples = load_split(data, "val", limit=args.max_val_samples)
+        test_samples = [] if args.skip_test else load_split(data, "test")
+    except SampleError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    model, processor = load_start_model(args)
+    peft_model = apply_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                            targets=tuple(args.lora_targets.split(",")))
+    print("trainable parameters per component:", trainable_parameter_groups(peft_model))
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    accumulation = max(1, math.ceil(args.batch_size / (args.per_device_train_batch_size * world)))
+    checkpoints = args.output_dir / "checkpoints"
+    training_args = TrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        lr_scheduler_type="linear",
+        optim="adamw_torch",
+        num_train_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        eval_strategy="steps",
+        eval_steps=args.eval_steps,
+        save_strategy="steps",
+        save_steps=args.eval_steps,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="f1",
+        greater_is_better=True,
+        logging_steps=max(1, min(10, args.eval_steps // 4)),
+        bf16=args.bf16,
+        deepspeed=args.deepspeed,
+        activation_checkpointing=args.gradient_checkpointing,
+        remove_unused_columns=False,
+        label_names=["labels", "masks"],
+        dataloader_num_workers=args.dataloader_num_workers,
+        report_to=[],
+        seed=args.seed,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    cache = None
+    if args.feature_cache != "off":
+        directory = args.output_dir / "feature_cache" if args.feature_cache == "disk" else None
+        cache = FrozenFeatureCache(model, directory)
+    interrupt = SaveOnInterrupt()
+    trainer = ReasonCDTrainer(
+        model=peft_model,
+        args=training_args,
+        train_dataset=as_dataset(train_samples),
+        eval_dataset=as_dataset(val_samples),  # scored by ReasonCDTrainer.evaluate
+        data_collator=ReasonCDCollator(processor, cache_keys=cache is not None),
+        processing_class=processor.tokenizer,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience), interrupt],
+        feature_cache=cache,
+        val_samples=val_samples,
+        reasoncd_processor=processor,
+        eval_batch_size=args.eval_batch_size,
+    )
+    resume = args.resume_from_checkpoint
+    if resume == "auto":
+        resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        print(f"resuming from {resume}" if resume else "no checkpoint to resume from: starting fresh")
+    trainer.train(resume_from_checkpoint=resume)
+    if interrupt.requested:
+        print(f"stopped at step {trainer.state.global_step}; resume with --resume_from_checkpoint")
+        return 130
+    training_curves(args.output_dir / "curves.png", trainer.state.log_history)
+    merged = trainer.model.merge_and_unload()
+    save_checkpoint(merged, processor, args.output_dir / "model")
+    print(f"model saved to {args.output_dir / 'model'}")
+    if test_samples:
+        metrics = final_test(merged, processor, test_samples, args)
+        print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_sample",)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Image and label reading: conversions, their notes, and errors that name the file."""
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from reasoncd_tools.images import ImageReadError, Mosaic, image_size, read_mask, read_rgb, write_png_atomic
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+
+
+def test_rgb_png_is_returned_unchanged(tmp_path):
+    Image.fromarray(RGB).save(tmp_path / "rgb.png")
+    array, note = read_rgb(tmp_path / "rgb.png")
+    assert note is None
+    assert array.dtype == np.uint8 and np.array_equal(array, RGB)
+
+
+def test_grayscale_is_replicated(tmp_path):
+    Image.fromarray(RGB[..., 0]).save(tmp_path / "gray.png")
+    array, note = read_rgb(tmp_path / "gray.png")
+    assert array.shape == (40, 60, 3)
+    assert all(np.array_equal(array[..., c], RGB[..., 0]) for c in range(3))
+    assert note == "grayscale replicated to 3 channels"
+
+
+def test_rgba_and_gray_alpha_drop_alpha(tmp_path):
+    rgba = np.dstack([RGB, np.full((40, 60), 7, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    array, note = read_rgb(tmp_path / "rgba.png")
+    assert np.array_equal(array, RGB) and note == "alpha channel dropped"
+    Image.fromarray(rgba[..., [0, 3]], mode="LA").save(tmp_path / "la.png")
+    array, note = read_rgb(tmp_path / "la.png")
+    assert np.array_equal(array[..., 2], RGB[..., 0])
+    assert note == "alpha channel dropped; grayscale replicated to 3 channels"
+
+
+def percentile_stretch(values):
+    low, high = np.percentile(values.astype(np.float64), [2, 98])
+    return np.clip((values.astype(np.float32) - low) * (255.0 / (high - low)), 0, 255).round().astype(np.uint8)
+
+
+def test_16bit_png_is_stretched(tmp_path):
+    # 12-bit data in a 16-bit file, as sensors deliver it: dividing by 257 would leave it nearly black.
+    values = RNG.integers(100, 4096, (40, 60), dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "gray16.png")
+    array, note = read_rgb(tmp_path / "gray16.png")
+    assert Image.open(tmp_path / "gray16.png").mode.startswith("I;16")
+    assert note.startswith("uint16 scaled to 8 bit by a 2-98 percentile stretch")
+    assert note.endswith("grayscale replicated to 3 channels")
+    assert np.abs(array[..., 0].astype(int) - percentile_stretch(values)).max() <= 1
+    assert array.min() == 0 and array.max() == 255
+
+
+def test_16bit_multiband_tiff(tmp_path):
+    bands = RNG.integers(0, 2048, (40, 60, 5), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "contig.tif", bands, photometric="minisblack", planarconfig="contig")
+    tifffile.imwrite(
+        tmp_path / "planar.tif", np.moveaxis(bands, 2, 0), photometric="minisblack", planarconfig="separate"
+    )
+    for name in ("contig.tif", "planar.tif"):
+        array, note = read_rgb(tmp_path / name)
+        assert array.shape == (40, 60, 3) and array.dtype == np.uint8
+        assert note.startswith("first 3 of 5 bands kept; uint16 scaled to 8 bit")
+        # One stretch over all bands keeps their relative brightness.
+        assert np.abs(array.astype(int) - percentile_stretch(bands[..., :3])).max() <= 1
+    assert image_size(tmp_path / "planar.tif") == (40, 60)
+
+
+def test_float_tiff_is_clipped_and_nan_is_black(tmp_path):
+    values = RNG.random((40, 60, 3)).astype(np.float32)
+    values[0, 0] = np.nan
+    values[0, 1] = 50.0  # an outlier beyond the 98th percentile is clipped, not allowed to darken the rest
+    tifffile.imwrite(tmp_path / "float.tif", values, photometric="rgb")
+    array, note = read_rgb(tmp_path / "float.tif")
+    assert note.startswith("float32 scaled to 8 bit by a 2-98 percentile stretch")
+    assert tuple(array[0, 0]) == (0, 0, 0) and tuple(array[0, 1]) == (255, 255, 255)
+    assert np.median(array) == pytest.approx(127, abs=10)
+
+
+def test_palette_png_is_expanded(tmp_path):
+    image = Image.fromarray(RGB[..., 0] // 128, mode="L").convert("P")
+    image.putpalette([0, 0, 0, 200, 10, 20] + [0] * 762)
+    image.save(tmp_path / "palette.png")
+    array, note = read_rgb(tmp_path / "palette.png")
+    assert note == "palette colours expanded to RGB"
+    assert {tuple(pixel) for pixel in array.reshape(-1, 3)} == {(0, 0, 0), (200, 10, 20)}
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow's own complaint while trying the broken TIFF
+def test_missing_and_corrupt_files_name_the_path(tmp_path):
+    with pytest.raises(ImageReadError, match=r"nope\.png: no such file"):
+        read_rgb(tmp_path / "nope.png")
+    with pytest.raises(ImageReadError, match=r"nope\.png: no such file"):
+        image_size(tmp_path / "nope.png")
+    (tmp_path / "noise.png").write_bytes(b"this is not an image")
+    with pytest.raises(ImageReadError, match=r"noise\.png: cannot read image"):
+        read_rgb(tmp_path / "noise.png")
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00" + b"\xff" * 40)
+    with pytest.raises(ImageReadError, match=r"broken\.tif: cannot read image \(tifffile: .*; Pillow: "):
+        read_rgb(tmp_path / "broken.tif")
+    with pytest.raises(ImageReadError, match=r"broken\.tif"):
+        Mosaic(tmp_path / "broken.tif")
+
+
+def test_truncated_png_has_a_size_but_no_pixels(tmp_path):
+    Image.fromarray(RGB).save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    assert image_size(tmp_path / "cut.png") == (40, 60)  # header only
+    with pytest.raises(ImageReadError, match=r"cut\.png: cannot read image"):
+        read_rgb(tmp_path / "cut.png")
+
+
+@pytest.mark.parametrize("high", [1, 255])
+def test_binary_labels(tmp_path, high):
+    label = (RGB[..., 0] > 128).astype(np.uint8) * high
+    Image.fromarray(label).save(tmp_path / "label.png")
+    assert np.array_equal(read_mask(tmp_path / "label.png"), label > 0)
+
+
+def test_non_binary_label_lists_its_values(tmp_path):
+    label = np.zeros((8, 8), np.uint8)
+    label[0, :3] = (1, 7, 7)
+    Image.fromarray(label).save(tmp_path / "classes.png")
+    with pytest.raises(ImageReadError, match=r"classes\.png: label is not binary, values \{0, 1, 7\}"):
+        read_mask(tmp_path / "classes.png")
+    assert read_mask(tmp_path / "classes.png", threshold=3).sum() == 2
+
+    # Anti-aliased 0/255 edges are reported too, and a threshold binarises them.
+    label = np.array([[0, 0, 128, 255, 255]], np.uint8)
+    Image.fromarray(label).save(tmp_path / "smooth.png")
+    with pytest.raises(ImageReadError, match=r"values \{0, 128, 255\}"):
+        read_mask(tmp_path / "smooth.png")
+    assert read_mask(tmp_path / "smooth.png", threshold=127).tolist() == [[False, False, True, True, True]]
+
+
+def test_threshold_does_not_touch_binary_labels(tmp_path):
+    Image.fromarray(np.array([[0, 1]], np.uint8)).save(tmp_path / "ones.png")
+    assert read_mask(tmp_path / "ones.png", threshold=127).tolist() == [[False, True]]
+
+
+def test_rgb_labels(tmp_path):
+    change = RGB[..., 0] > 100
+    label = np.zeros((40, 60, 3), np.uint8)
+    label[change] = (255, 0, 0)
+    Image.fromarray(label).save(tmp_path / "red.png")
+    assert np.array_equal(read_mask(tmp_path / "red.png"), change)
+
+    label[:5] = (0, 255, 0)
+    label[5:10] = (0, 0, 9)
+    Image.fromarray(label).save(tmp_path / "three.png")
+    with pytest.raises(ImageReadError, match=r"three\.png: colour label has 3 non-black colours \(\(0, 0, 9\), "):
+        read_mask(tmp_path / "three.png")
+    assert read_mask(tmp_path / "three.png", threshold=10)[5:10].sum() == 0
+
+
+def test_label_tiff_and_one_bit_png(tmp_path):
+    label = RGB[..., 1] > 50
+    tifffile.imwrite(tmp_path / "label.tif", label.astype(np.uint16) * 65535)
+    assert np.array_equal(read_mask(tmp_path / "label.tif"), label)
+    Image.fromarray(label).save(tmp_path / "bits.png")
+    assert Image.open(tmp_path / "bits.png").mode == "1"
+    assert np.array_equal(read_mask(tmp_path / "bits.png"), label)
+
+
+def test_write_png_atomic_round_trips(tmp_path):
+    mask = RGB[..., 0] > 128
+    write_png_atomic(tmp_path / "sub" / "mask.png", mask)
+    with Image.open(tmp_path / "sub" / "mask.png") as image:
+        assert image.mode == "L"
+        assert np.array_equal(np.asarray(image), mask.astype(np.uint8) * 255)
+    write_png_atomic(tmp_path / "rgb.png", RGB)
+    assert np.array_equal(read_rgb(tmp_path / "rgb.png")[0], RGB)
+    with pytest.raises(ValueError, match=r"float64 array of shape \(2, 2\)"):
+        write_png_atomic(tmp_path / "bad.png", np.zeros((2, 2)))
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["mask.png", "rgb.png"]  # no temp files
+
+
+IMAGE = RNG.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+IMAGE16 = IMAGE.astype(np.uint16) * 100
+TIFF_LAYOUTS = {
+    "one uncompressed strip": (IMAGE, dict(photometric="rgb")),
+    "uncompressed strips": (IMAGE, dict(photometric="rgb", rowsperstrip=7)),
+    "deflate strips": (IMAGE, dict(photometric="rgb", rowsperstrip=13, compression="zlib")),
+    "one deflate strip": (IMAGE, dict(photometric="rgb", rowsperstrip=300, compression="zlib")),
+    "deflate tiles": (IMAGE, dict(photometric="rgb", tile=(64, 48), compression="zlib")),
+    "uncompressed tiles": (IMAGE, dict(photometric="rgb", tile=(64, 48))),
+    "planar tiles": (IMAGE, dict(photometric="rgb", planarconfig="separate", tile=(32, 32), compression="zlib")),
+    "planar strips": (IMAGE, dict(photometric="rgb", planarconfig="separate", rowsperstrip=10)),
+    "big-endian 16-bit": (IMAGE16, dict(photometric="rgb", byteorder=">", rowsperstrip=10)),
+    "16-bit with predictor": (IMAGE16, dict(photometric="rgb", compression="zlib", predictor=True, rowsperstrip=16)),
+    "grayscale tiles": (IMAGE[..., :1], dict(photometric="minisblack", tile=(48, 64), compression="zlib")),
+}
+
+
+@pytest.mark.parametrize("layout", TIFF_LAYOUTS)
+def test_mosaic_bands_equal_the_image(tmp_path, layout):
+    expected, options = TIFF_LAYOUTS[layout]
+    data = np.moveaxis(expected, 2, 0) if options.get("planarconfig") == "separate" else expected
+    tifffile.imwrite(tmp_path / "mosaic.tif", data.squeeze(), **options)
+    with Mosaic(tmp_path / "mosaic.tif") as mosaic:
+        assert mosaic.windowed and (mosaic.height, mosaic.width, mosaic.bands) == (300, 200, expected.shape[2])
+        bands = [mosaic.read_rows(top, min(top + 64, 300)) for top in range(0, 300, 64)]
+    assert np.array_equal(np.concatenate(bands), expected)
+
+
+def test_mosaic_formats_pillow_writes(tmp_path):
+    Image.fromarray(IMAGE).save(tmp_path / "packbits.tif", compression="packbits")  # tifffile decodes it itself
+    Image.fromarray(IMAGE).save(tmp_path / "lzw.tif", compression="tiff_lzw")  # tifffile needs imagecodecs for LZW
+    Image.fromarray(IMAGE).save(tmp_path / "mosaic.png")
+    for name in ("packbits.tif", "lzw.tif", "mosaic.png"):
+        with Mosaic(tmp_path / name) as mosaic:
+            assert np.array_equal(mosaic.read_rows(100, 164), IMAGE[100:164])
+            if name != "lzw.tif":  # windowed there only where imagecodecs is installed
+                assert mosaic.windowed == name.endswith(".tif")
+            with pytest.raises(ValueError, match=r"rows 290\.\.310 outside 0\.\.300"):
+                mosaic.read_rows(290, 310)

@@ -1,0 +1,387 @@
+"""SECOND-format change-detection data → one JSON sample per question.
+
+SECOND (Yang et al.) stores a pair as ``im1/<name>``, ``im2/<name>`` (RGB images of T1 and T2) and
+``label1/<name>``, ``label2/<name>``: RGB label maps where only changed pixels carry a class colour (the class at
+that date) and unchanged pixels are white. A CRoI is a class plus a direction: ``decrease`` = ``label1 == c``,
+``increase`` = ``label2 == c``, ``any`` = either.
+
+:func:`convert_second` turns such a folder into the JSON layout the training code reads (paper Table II plus
+metadata), with questions drawn from :mod:`reasoncd_tools.questions`.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .questions import CLASSES, corpus, make_question
+
+# Class colours in CLASSES order.
+SECOND_COLOURS: dict[str, tuple[int, int, int]] = {
+    "water": (0, 0, 255),
+    "ground": (128, 128, 128),
+    "low_vegetation": (0, 128, 0),
+    "tree": (0, 255, 0),
+    "building": (128, 0, 0),
+    "playground": (255, 0, 0),
+}
+UNCHANGED_COLOUR = (255, 255, 255)
+SUBFOLDERS = ("im1", "im2", "label1", "label2")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+SPLIT_NAMES = ("train", "val", "test")
+# A class whose change covers less than this share of the pair is too small to ask about, and is not safely
+# absent either: it gets no sample.
+MIN_CHANGE_FRACTION = 0.001
+FORMAT_VERSION = 1
+
+_KEYS = np.array([(r << 16) | (g << 8) | b for r, g, b in (*SECOND_COLOURS.values(), UNCHANGED_COLOUR)])
+_VALUES = np.array([*range(len(CLASSES)), -1])
+_ORDER = np.argsort(_KEYS)
+
+
+def second_class_maps(label_rgb: np.ndarray) -> np.ndarray:
+    """Map a SECOND RGB label (H, W, 3) to class indices in ``CLASSES`` order, -1 for unchanged (white).
+
+    Raises ``ValueError`` listing the colours that are not in the SECOND palette.
+    """
+    label_rgb = np.asarray(label_rgb)
+    if label_rgb.ndim != 3 or label_rgb.shape[2] != 3:
+        raise ValueError(f"expected an RGB label of shape (H, W, 3), got {label_rgb.shape}")
+    rgb = label_rgb.astype(np.int64)
+    keys = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    sorted_keys = _KEYS[_ORDER]
+    position = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
+    known = sorted_keys[position] == keys
+    if not known.all():
+        bad = np.unique(keys[~known])
+        shown = ", ".join(str((int(k) >> 16, int(k) >> 8 & 255, int(k) & 255)) for k in bad[:8])
+        more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+        raise ValueError(f"colours outside the SECOND palette: {shown}{more}")
+    return _VALUES[_ORDER][position].astype(np.int8)
+
+
+def _load_label(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        rgb = np.asarray(image.convert("RGB"))
+    try:
+        return second_class_maps(rgb)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def _list_pairs(root: Path) -> dict[str, dict[str, Path]]:
+    """``{stem: {subfolder: path}}`` after checking that the four folders match one to one."""
+    missing = [name for name in SUBFOLDERS if not (root / name).is_dir()]
+    if missing:
+        raise ValueError(f"{root} is not a SECOND-layout folder: missing {', '.join(missing)} (need {SUBFOLDERS})")
+    files: dict[str, dict[str, Path]] = {}
+    for name in SUBFOLDERS:
+        for path in sorted((root / name).iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+                continue
+            entry = files.setdefault(path.stem, {})
+            if name in entry:
+                raise ValueError(f"two files for one pair in {name}/: {entry[name].name} and {path.name}")
+            entry[name] = path
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root}/{{{','.join(SUBFOLDERS)}}}")
+    unmatched = []
+    for paths in (files[stem] for stem in sorted(files)):
+        if len(paths) < len(SUBFOLDERS):
+            found = ", ".join(paths[name].relative_to(root).as_posix() for name in SUBFOLDERS if name in paths)
+            lacking = ", ".join(f"{name}/" for name in SUBFOLDERS if name not in paths)
+            unmatched.append(f"{found} (no match in {lacking})")
+    if unmatched:
+        shown = "; ".join(unmatched[:20]) + (f"; and {len(unmatched) - 20} more" if len(unmatched) > 20 else "")
+        raise ValueError(f"unmatched file names in {root}: {shown}")
+    return files
+
+
+def _split_pairs(stems: list[str], fractions: tuple[float, float, float], seed: int) -> dict[str, str]:
+    """Seeded split by pair: every sample of a pair lands in the same split."""
+    if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
+        raise ValueError(f"split must be three non-negative fractions (train, val, test), got {fractions}")
+    total = sum(fractions)
+    order = sorted(stems)
+    random.Random(seed).shuffle(order)
+    count = len(order)
+    # Round, but give val and test at least one pair when there are enough pairs for all three.
+    n_val = round(count * fractions[1] / total)
+    n_test = round(count * fractions[2] / total)
+    if count >= 3:
+        n_val = max(n_val, 1) if fractions[1] > 0 else 0
+        n_test = max(n_test, 1) if fractions[2] > 0 else 0
+    n_train = count - n_val - n_test
+    names = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
+    return dict(zip(order, names))
+
+
+def _fingerprint(files: dict[str, dict[str, Path]], settings: dict) -> str:
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    digest.update("\n".join(corpus()).encode())
+    for stem in sorted(files):
+        for name in SUBFOLDERS:
+            stat = files[stem][name].stat()
+            digest.update(f"{files[stem][name].resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _validate(files: dict[str, dict[str, Path]], progress: bool) -> dict[str, tuple[int, int]]:
+    """Check sizes and label colours of every pair before anything is written; return the size per pair."""
+    sizes: dict[str, tuple[int, int]] = {}
+    mismatched: list[str] = []
+    for stem in _progress(sorted(files), progress, "checking pairs"):
+        found = {}
+        for name in SUBFOLDERS:
+            with Image.open(files[stem][name]) as image:
+                found[name] = image.size
+        if len(set(found.values())) > 1:
+            mismatched.append(", ".join(f"{name}/{files[stem][name].name} {w}x{h}" for name, (w, h) in found.items()))
+            continue
+        sizes[stem] = found["im1"]
+        for name in ("label1", "label2"):
+            _load_label(files[stem][name])
+    if mismatched:
+        raise ValueError("image sizes differ within a pair: " + "; ".join(mismatched[:20]))
+    return sizes
+
+
+def _progress(items, enabled: bool, description: str):
+    if not enabled:
+        return items
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=description)
+
+
+def _save_mask(mask: np.ndarray, path: Path) -> None:
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(path)
+
+
+def _dominant(class_map: np.ndarray, where: np.ndarray) -> str | None:
+    """The class covering most of ``where`` (at least half of it), or None when mixed or unchanged."""
+    values = class_map[where]
+    values = values[values >= 0]
+    if values.size == 0:
+        return None
+    counts = np.bincount(values, minlength=len(CLASSES))
+    best = int(counts.argmax())
+    return CLASSES[best] if counts[best] * 2 >= where.sum() else None
+
+
+def _pair_samples(
+    stem: str,
+    split: str,
+    label1: np.ndarray,
+    label2: np.ndarray,
+    *,
+    seed: int,
+    explanations: bool,
+    negatives_per_pair: int,
+) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Questions for one pair and the masks they need, keyed ``croi/direction``."""
+    rng = random.Random(f"{seed}:{stem}")
+    minimum = MIN_CHANGE_FRACTION * label1.size
+    masks: dict[str, np.ndarray] = {}
+    present: list[str] = []
+    untouched: list[str] = []
+    for index, croi in enumerate(CLASSES):
+        decrease, increase = label1 == index, label2 == index
+        if decrease.sum() >= minimum:
+            masks[f"{croi}/decrease"] = decrease
+        if increase.sum() >= minimum:
+            masks[f"{croi}/increase"] = increase
+        if f"{croi}/decrease" in masks or f"{croi}/increase" in masks:
+            present.append(croi)
+        elif not decrease.any() and not increase.any():
+            untouched.append(croi)
+
+    kinds = ["explicit", "implicit"] + (["explanation"] if explanations else [])
+    samples = []
+    for croi in present:
+        # One question per changed class keeps the pair count moderate; "any" covers both directions.
+        direction = rng.choice([d for d in ("increase", "decrease") if f"{croi}/{d}" in masks] + ["any"])
+        index = CLASSES.index(croi)
+        if direction == "any":
+            masks[f"{croi}/any"] = (label1 == index) | (label2 == index)
+            counterpart = None
+        else:
+            # What the new class replaced, or what replaced the lost class.
+            other_date = label1 if direction == "increase" else label2
+            counterpart = _dominant(other_date, masks[f"{croi}/{direction}"])
+        kind = rng.choice(kinds)
+        sample = make_question(croi, direction, kind, rng=rng, split=split, counterpart=counterpart)
+        sample["mask_key"] = f"{croi}/{direction}"
+        samples.append(sample)
+    for croi in rng.sample(untouched, min(negatives_per_pair, len(untouched))):
+        sample = make_question(croi, rng.choice(("increase", "decrease", "any")), "absent", rng=rng, split=split)
+        sample["mask_key"] = None
+        samples.append(sample)
+    return samples, masks
+
+
+def _relative(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def convert_second(
+    root,
+    output_dir,
+    *,
+    seed: int = 0,
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    explanations: bool = True,
+    negatives_per_pair: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Convert a SECOND-layout folder to JSON samples under ``output_dir/{train,val,test}/``.
+
+    Each JSON holds ``img1_path``, ``img2_path``, ``mask_path``, ``question``, ``answer`` (paths relative to the
+    JSON's folder) and ``kind``, ``croi``, ``direction``, ``heldout``, ``pair_id``, ``other_masks`` (``croi/direction``
+    → mask path, for the other classes that changed on the pair). Masks are 0/255 PNGs in ``output_dir/masks``.
+
+    Every input is validated before anything is written (``ValueError`` naming the files). The result is built
+    in a temporary sibling folder and moved into place whole; ``manifest.json`` records the inputs and settings,
+    and a second call with the same inputs and settings returns the stored summary without work.
+    """
+    root = Path(root).resolve()
+    output_dir = Path(output_dir).resolve()
+    if output_dir == root or output_dir in root.parents:
+        raise ValueError(f"output_dir {output_dir} must not contain the input folder {root}")
+    if negatives_per_pair < 0:
+        raise ValueError(f"negatives_per_pair must be >= 0, got {negatives_per_pair}")
+    files = _list_pairs(root)
+    settings = {
+        "seed": seed,
+        "split": list(split),
+        "explanations": explanations,
+        "negatives_per_pair": negatives_per_pair,
+        "format_version": FORMAT_VERSION,
+        "min_change_fraction": MIN_CHANGE_FRACTION,
+    }
+    fingerprint = _fingerprint(files, settings)
+    manifest_path = output_dir / "manifest.json"
+    if output_dir.exists():
+        if manifest_path.is_file():
+            manifest = json.loads(manifest_path.read_text())
+            if manifest.get("fingerprint") == fingerprint:
+                return manifest["summary"]
+        elif any(output_dir.iterdir()):
+            raise ValueError(f"{output_dir} exists, is not empty and holds no manifest.json: refusing to replace it")
+
+    splits = _split_pairs(list(files), split, seed)
+    sizes = _validate(files, progress)
+
+    staging = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        summary = _write(files, splits, sizes, staging, output_dir, seed, explanations, negatives_per_pair, progress)
+        manifest = {"fingerprint": fingerprint, "root": str(root), "settings": settings, "summary": summary}
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if output_dir.exists():
+            retired = output_dir.parent / f".{output_dir.name}.old-{os.getpid()}"
+            os.replace(output_dir, retired)
+            os.replace(staging, output_dir)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def _write(files, splits, sizes, staging: Path, output_dir: Path, seed, explanations, negatives_per_pair, progress):
+    """Write masks and JSONs into ``staging``, with paths computed as if it were already ``output_dir``."""
+    (staging / "masks").mkdir(parents=True)
+    for name in SPLIT_NAMES:
+        (staging / name).mkdir()
+    pairs, samples_per_split, kinds, heldout = Counter(), Counter(), Counter(), Counter()
+    changed_pixels = total_pixels = mismatch_pixels = 0
+    empty_masks: set[tuple[int, int]] = set()
+
+    for stem in _progress(sorted(files), progress, "writing samples"):
+        split_name = splits[stem]
+        label1 = _load_label(files[stem]["label1"])
+        label2 = _load_label(files[stem]["label2"])
+        pairs[split_name] += 1
+        changed_pixels += int(((label1 >= 0) | (label2 >= 0)).sum())
+        mismatch_pixels += int(((label1 >= 0) != (label2 >= 0)).sum())
+        total_pixels += label1.size
+        samples, masks = _pair_samples(
+            stem, split_name, label1, label2, seed=seed, explanations=explanations,
+            negatives_per_pair=negatives_per_pair,
+        )
+        mask_names = {key: f"{stem}__{key.replace('/', '__')}.png" for key in masks}
+        for key, mask in masks.items():
+            _save_mask(mask, staging / "masks" / mask_names[key])
+        width, height = sizes[stem]
+        empty_name = f"empty_{width}x{height}.png"
+        if samples and any(s["mask_key"] is None for s in samples) and (width, height) not in empty_masks:
+            _save_mask(np.zeros((height, width), dtype=bool), staging / "masks" / empty_name)
+            empty_masks.add((width, height))
+
+        json_dir = output_dir / split_name
+        for sample in samples:
+            key = sample.pop("mask_key")
+            mask_name = mask_names[key] if key else empty_name
+            others = {
+                other: _relative(output_dir / "masks" / mask_names[other], json_dir)
+                for other in sorted(masks)
+                if other.split("/")[0] != sample["croi"] and not other.endswith("/any")
+            }
+            record = {
+                "img1_path": _relative(files[stem]["im1"], json_dir),
+                "img2_path": _relative(files[stem]["im2"], json_dir),
+                "mask_path": _relative(output_dir / "masks" / mask_name, json_dir),
+                "question": sample["question"],
+                "answer": sample["answer"],
+                "kind": sample["kind"],
+                "croi": sample["croi"],
+                "direction": sample["direction"],
+                "heldout": sample["heldout"],
+                "pair_id": stem,
+                "other_masks": others,
+            }
+            name = f"{stem}__{sample['croi']}__{sample['direction']}.json"
+            (staging / split_name / name).write_text(json.dumps(record, indent=1))
+            samples_per_split[split_name] += 1
+            kinds[sample["kind"]] += 1
+            heldout[split_name] += int(sample["heldout"])
+
+    return {
+        "pairs": {name: pairs[name] for name in SPLIT_NAMES},
+        "samples": {name: samples_per_split[name] for name in SPLIT_NAMES},
+        "kinds": dict(sorted(kinds.items())),
+        "heldout_samples": {name: heldout[name] for name in SPLIT_NAMES},
+        "change_fraction": changed_pixels / max(total_pixels, 1),
+        "label_mismatch_pixels": mismatch_pixels,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Convert a SECOND-layout folder to ReasonCD JSON samples.")
+    parser.add_argument("root", help="folder with im1/ im2/ label1/ label2/")
+    parser.add_argument("output_dir")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-explanations", action="store_true")
+    parser.add_argument("--negatives-per-pair", type=int, default=1)
+    args = parser.parse_args(argv)
+    summary = convert_second(
+        args.root, args.output_dir, seed=args.seed, explanations=not args.no_explanations,
+        negatives_per_pair=args.negatives_per_pair,
+    )
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

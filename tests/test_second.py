@@ -1,0 +1,193 @@
+"""SECOND-format conversion on label maps painted here with known changes."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reasoncd_tools.questions import CLASSES
+from reasoncd_tools.second import SECOND_COLOURS, UNCHANGED_COLOUR, convert_second, second_class_maps
+
+SIZE = 64
+PAIRS = 10
+# Every pair: a building at T1 replaced by water at T2. Odd pairs also: trees cut down to bare ground.
+BUILDING_TO_WATER = (slice(10, 30), slice(5, 25))
+TREE_TO_GROUND = (slice(40, 60), slice(30, 60))
+FIELDS = ("img1_path", "img2_path", "mask_path", "question", "answer", "kind", "croi", "direction", "heldout",
+          "pair_id", "other_masks")
+
+
+def _rectangle(region):
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[region] = True
+    return mask
+
+
+def _save(array, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _make_second(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for index in range(PAIRS):
+        name = f"pair{index:02d}.png"
+        label1 = np.full((SIZE, SIZE, 3), UNCHANGED_COLOUR, np.uint8)
+        label2 = label1.copy()
+        label1[BUILDING_TO_WATER] = SECOND_COLOURS["building"]
+        label2[BUILDING_TO_WATER] = SECOND_COLOURS["water"]
+        if index % 2:
+            label1[TREE_TO_GROUND] = SECOND_COLOURS["tree"]
+            label2[TREE_TO_GROUND] = SECOND_COLOURS["ground"]
+        _save(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8), root / "im1" / name)
+        _save(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8), root / "im2" / name)
+        _save(label1, root / "label1" / name)
+        _save(label2, root / "label2" / name)
+    return root
+
+
+def _mask(path):
+    with Image.open(path) as image:
+        assert image.mode == "L"
+        values = np.asarray(image)
+    assert set(np.unique(values)) <= {0, 255}
+    return values == 255
+
+
+def _samples(output):
+    return {split: [(path, json.loads(path.read_text())) for path in sorted((output / split).glob("*.json"))]
+            for split in ("train", "val", "test")}
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    base = tmp_path_factory.mktemp("second")
+    root = _make_second(base / "SECOND")
+    summary = convert_second(root, base / "json", seed=0, progress=False)
+    return root, base / "json", summary
+
+
+def test_summary_and_split_by_pair(converted):
+    _, output, summary = converted
+    assert summary["pairs"] == {"train": 8, "val": 1, "test": 1}
+    samples = _samples(output)
+    assert sum(summary["samples"].values()) == sum(len(v) for v in samples.values())
+    split_of = {}
+    for split, records in samples.items():
+        for _, record in records:
+            assert split_of.setdefault(record["pair_id"], split) == split, "a pair is in two splits"
+    assert len(split_of) == PAIRS
+    assert summary["change_fraction"] == pytest.approx((PAIRS * 20 * 20 + 5 * 20 * 30) / (PAIRS * SIZE * SIZE))
+
+
+def _changed_classes(pair_id):
+    return {"building", "water"} | ({"tree", "ground"} if int(pair_id[-2:]) % 2 else set())
+
+
+def test_fields_paths_and_masks(converted):
+    root, output, _ = converted
+    building, trees = _rectangle(BUILDING_TO_WATER), _rectangle(TREE_TO_GROUND)
+    expected = {"building": building, "water": building, "tree": trees, "ground": trees}
+    seen_crois = set()
+    for split, records in _samples(output).items():
+        for path, record in records:
+            assert set(FIELDS) <= set(record)
+            folder = path.parent
+            for relative in (record["img1_path"], record["img2_path"], record["mask_path"],
+                             *record["other_masks"].values()):
+                assert not Path(relative).is_absolute() and (folder / relative).is_file(), (path.name, relative)
+            assert (folder / record["img1_path"]).resolve() == (root / "im1" / f"{record['pair_id']}.png").resolve()
+            assert record["heldout"] is False or split != "train"
+            mask = _mask(folder / record["mask_path"])
+            if record["kind"] == "absent":
+                assert not mask.any() and "[SEG]" not in record["answer"]
+                assert record["croi"] not in _changed_classes(record["pair_id"])
+                continue
+            assert record["answer"].count("[SEG]") == 1
+            seen_crois.add(record["croi"])
+            assert np.array_equal(mask, expected[record["croi"]]), (path.name, record["direction"])
+            # Other masks: the other classes that changed on the pair, never this sample's class.
+            assert {key.split("/")[0] for key in record["other_masks"]} == (
+                _changed_classes(record["pair_id"]) - {record["croi"]})
+            if record["croi"] == "building":
+                assert np.array_equal(_mask(folder / record["other_masks"]["water/increase"]), building)
+    assert seen_crois == {"building", "water", "tree", "ground"}
+
+
+def test_direction_masks_are_written_per_class(converted):
+    _, output, _ = converted
+    building = _rectangle(BUILDING_TO_WATER)
+    assert np.array_equal(_mask(output / "masks" / "pair03__building__decrease.png"), building)
+    assert np.array_equal(_mask(output / "masks" / "pair03__water__increase.png"), building)
+    assert np.array_equal(_mask(output / "masks" / "pair03__ground__increase.png"), _rectangle(TREE_TO_GROUND))
+    assert not (output / "masks" / "pair03__building__increase.png").exists()
+    assert not (output / "masks" / "pair02__tree__decrease.png").exists()
+    assert len(list((output / "masks").glob("empty_*.png"))) == 1
+
+
+def test_second_call_is_cached(converted):
+    root, output, summary = converted
+    before = (output / "manifest.json").stat().st_mtime_ns
+    assert convert_second(root, output, seed=0, progress=False) == summary
+    assert (output / "manifest.json").stat().st_mtime_ns == before
+
+
+def test_new_settings_replace_the_output(converted, tmp_path):
+    root, _, _ = converted
+    output = tmp_path / "json"
+    convert_second(root, output, seed=0, negatives_per_pair=0, progress=False)
+    assert not [r for rs in _samples(output).values() for _, r in rs if r["kind"] == "absent"]
+    summary = convert_second(root, output, seed=0, negatives_per_pair=2, explanations=False, progress=False)
+    kinds = {r["kind"] for rs in _samples(output).values() for _, r in rs}
+    assert kinds == {"explicit", "implicit", "absent"} and summary["kinds"].get("explanation", 0) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["json"]
+
+
+def test_second_class_maps():
+    label = np.array([[UNCHANGED_COLOUR, *SECOND_COLOURS.values()]], np.uint8)
+    assert second_class_maps(label).tolist() == [[-1, *range(len(CLASSES))]]
+    with pytest.raises(ValueError, match=r"\(1, 2, 3\)"):
+        second_class_maps(np.array([[[1, 2, 3]]], np.uint8))
+
+
+def _break_unmatched(root):
+    (root / "label2" / "pair03.png").unlink()
+    return "pair03.png"
+
+
+def _break_size(root):
+    Image.new("RGB", (32, 32)).save(root / "im2" / "pair02.png")
+    return "im2/pair02.png"
+
+
+def _break_colour(root):
+    label = np.asarray(Image.open(root / "label1" / "pair04.png")).copy()
+    label[0, 0] = (1, 2, 3)
+    Image.fromarray(label).save(root / "label1" / "pair04.png")
+    return "pair04.png"
+
+
+def _break_folder(root):
+    for path in (root / "label2").iterdir():
+        path.unlink()
+    (root / "label2").rmdir()
+    return "label2"
+
+
+@pytest.mark.parametrize("damage", [_break_unmatched, _break_size, _break_colour, _break_folder])
+def test_bad_inputs_raise_and_write_nothing(tmp_path, damage):
+    root = _make_second(tmp_path / "SECOND")
+    culprit = damage(root)
+    with pytest.raises(ValueError, match=culprit):
+        convert_second(root, tmp_path / "json", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["SECOND"]
+
+
+def test_refuses_to_replace_a_foreign_folder(tmp_path):
+    root = _make_second(tmp_path / "SECOND")
+    (tmp_path / "json").mkdir()
+    (tmp_path / "json" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="refusing"):
+        convert_second(root, tmp_path / "json", progress=False)
+    assert (tmp_path / "json" / "notes.txt").read_text() == "mine"

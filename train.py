@@ -43,11 +43,15 @@ QUICKSTART = {
     "per_device_train_batch_size": 8,
     "batch_size": 8,
     "lora_rank": 16,
-    "lora_targets": "q_proj,k_proj,v_proj,o_proj",
+    "lora_targets": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
     "eval_steps": 60,
+    # The tiny language model starts from random weights: it has no vocabulary to reuse, so it learns its
+    # embeddings and output layer in full and adapts the MLPs as well as attention.
+    "full_embeddings": True,
 }
 PAPER = {"num_train_epochs": 100, "learning_rate": 5e-5, "warmup_steps": 100, "per_device_train_batch_size": 4,
-         "batch_size": 16, "lora_rank": 8, "lora_targets": "q_proj,v_proj", "eval_steps": 200}
+         "batch_size": 16, "lora_rank": 8, "lora_targets": "q_proj,v_proj", "eval_steps": 200,
+         "full_embeddings": False}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lora_alpha", type=int, help="default: 2 x rank")
     parser.add_argument("--lora_dropout", type=float, default=0.05)
     parser.add_argument("--lora_targets", help="comma-separated projection names inside the language model")
+    parser.add_argument("--full_embeddings", action=argparse.BooleanOptionalAction, default=None,
+                        help="train all of embed_tokens/lm_head (LISA) instead of only the new token rows")
     parser.add_argument("--eval_steps", type=int)
     parser.add_argument("--early_stopping_patience", type=int, default=5)
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (default fp32, as the paper)")
@@ -91,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.quickstart = args.data is None
     defaults = {**PAPER, **(QUICKSTART if args.quickstart else {})}
     for key in ("num_train_epochs", "learning_rate", "warmup_steps", "per_device_train_batch_size", "batch_size",
-                "lora_rank", "lora_targets", "eval_steps"):
+                "lora_rank", "lora_targets", "eval_steps", "full_embeddings"):
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
     if args.lora_alpha is None:
@@ -257,7 +263,7 @@ def main(argv=None) -> int:
         return 2
     model, processor = load_start_model(args)
     peft_model = apply_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                            targets=tuple(args.lora_targets.split(",")))
+                            targets=tuple(args.lora_targets.split(",")), full_embeddings=args.full_embeddings)
     print("trainable parameters per component:", trainable_parameter_groups(peft_model))
 
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -12,18 +12,25 @@ def new_token_ids(config) -> list[int]:
 
 
 def lora_config_for(model, *, rank: int = 8, alpha: int = 16, dropout: float = 0.05,
-                    targets: tuple[str, ...] = ("q_proj", "v_proj")) -> LoraConfig:
-    """LoRA limited to the language model: a bare `q_proj` would also match CLIP and SAM's decoder attention."""
+                    targets: tuple[str, ...] = ("q_proj", "v_proj"), full_embeddings: bool = False) -> LoraConfig:
+    """
+    LoRA limited to the language model: a bare `q_proj` would also match CLIP and SAM's decoder attention.
+    Token embeddings: only the five new rows of embed_tokens and lm_head are trained (small adapters), or, with
+    `full_embeddings`, both whole matrices as LISA does (what a randomly initialised language model needs).
+    """
     ids = new_token_ids(model.config)
     assert len(ids) == len(NEW_TOKENS)
+    modules = list(model.trainable_module_names)
+    if full_embeddings:
+        modules += ["embed_tokens", "lm_head"]
     return LoraConfig(
         r=rank,
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=rf".*language_model.*\.({'|'.join(targets)})",
-        modules_to_save=list(model.trainable_module_names),
+        modules_to_save=modules,
         # LLaMA-2's embed_tokens and lm_head are untied: both need their new rows trained.
-        trainable_token_indices={"embed_tokens": ids, "lm_head": ids},
+        trainable_token_indices=None if full_embeddings else {"embed_tokens": ids, "lm_head": ids},
     )
 
 

@@ -1,0 +1,420 @@
+"""Turn change-detection data sets into ReasonCD samples: one JSON file per image pair (DESIGN.md §8).
+
+Each sample holds `img1_path`, `img2_path`, `mask_path` (relative to the JSON file), `question` and `answer`, plus
+metadata (`kind`, `pair_id`, `heldout`, and for BCDD `croi` and `direction`). Samples go to OUT/{train,val,test}/.
+
+    python prepare_data.py bcdd --t1 2012.tif --t2 2016.tif --label change.tif --output_dir data/bcdd
+    python prepare_data.py folder --root LEVIR-CD --question Building --output_dir data/levir
+    python prepare_data.py second --root SECOND --output_dir data/second
+
+Every subcommand checks its input first (unmatched file names, size mismatches, non-binary labels), writes into a
+temporary folder beside the output folder and renames it at the end, so a failure leaves no partial output: the
+problems are printed and the exit code is 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from reasoncd_tools.images import (
+    ImageReadError,
+    Mosaic,
+    binarize_label,
+    image_size,
+    read_mask,
+    to_rgb8,
+    write_png_atomic,
+)
+
+SPLITS = ("train", "val", "test")
+PLAIN_ANSWER = "It's [SEG]."
+ABSENT_ANSWER = "There is no change of interest in these images."
+# Folder names of the common change-detection layouts (LEVIR-CD, WHU-CD, DSIFN, CDD, S2Looking, ...), matched
+# without regard to case.
+IMAGE_FOLDER_PAIRS = (
+    ("a", "b"),
+    ("im1", "im2"),
+    ("image1", "image2"),
+    ("t1", "t2"),
+    ("prev", "curr"),
+    ("before", "after"),
+    ("time1", "time2"),
+)
+LABEL_FOLDERS = ("label", "labels", "mask", "gt", "cd")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+MAX_LISTED = 20  # problems shown before "... and N more"
+
+
+class PrepareError(Exception):
+    """A problem with the user's input, reported as a message without a traceback."""
+
+
+def _problems(title: str, problems: list[str]) -> PrepareError:
+    listed = problems[:MAX_LISTED]
+    if len(problems) > MAX_LISTED:
+        listed.append(f"... and {len(problems) - MAX_LISTED} more")
+    return PrepareError("\n  ".join([title, *listed]))
+
+
+def split_ids(ids, seed: int) -> dict[str, str]:
+    """Assign ids to train/val/test 8:1:1: a permutation seeded by `seed` of the sorted ids, so the split does not
+    depend on listing order. val and test get round(10%) each, train the rest."""
+    ids = sorted(ids)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_held = round(len(ids) * 0.1)
+    names = ["val"] * n_held + ["test"] * n_held + ["train"] * (len(ids) - 2 * n_held)
+    return {ids[index]: name for index, name in zip(order, names)}
+
+
+@contextmanager
+def staged_output(output_dir: Path, overwrite: bool = False):
+    """Yield a temporary folder beside `output_dir` that becomes `output_dir` only if the block succeeds."""
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise PrepareError(f"{output_dir} exists and is not empty (use --overwrite to replace it)")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.partial-"))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    os.replace(staging, output_dir)
+
+
+def _relative(target: Path, start: Path) -> str:
+    return Path(os.path.relpath(target, start)).as_posix()
+
+
+def _write_sample(path: Path, sample: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sample, indent=2) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------------------- bcdd
+
+
+def tile_name(top: int, left: int) -> str:
+    return f"r{top:06d}_c{left:06d}"
+
+
+def prepare_bcdd(
+    t1,
+    t2,
+    label,
+    output_dir,
+    tile: int = 256,
+    seed: int = 0,
+    question: str = "Building",
+    threshold: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Cut co-registered T1/T2 mosaics and their change label into non-overlapping `tile`-pixel tiles.
+
+    Partial tiles at the right and bottom edges are dropped (BCDD's 32,507 x 15,354 gives 126 x 59 = 7,434 pairs).
+    Tiles are PNG files under OUT/images/{t1,t2,label}/ named by their pixel offset (`r000256_c000512.png`), the
+    samples JSON files under OUT/{train,val,test}/. Mosaics are read one row of tiles at a time (see
+    reasoncd_tools.images.Mosaic), so a TIFF mosaic never sits whole in memory. Returns the summary.
+    """
+    output_dir = Path(output_dir)
+    if tile < 1:
+        raise PrepareError(f"--tile must be positive, got {tile}")
+    with ExitStack() as stack:
+        t1_mosaic, t2_mosaic, label_mosaic = (stack.enter_context(Mosaic(path)) for path in (t1, t2, label))
+        sizes = {m.path: (m.height, m.width) for m in (t1_mosaic, t2_mosaic, label_mosaic)}
+        if len(set(sizes.values())) > 1:
+            raise _problems(
+                "T1, T2 and label sizes differ (height x width):", [f"{p}: {h} x {w}" for p, (h, w) in sizes.items()]
+            )
+        for mosaic in (t1_mosaic, t2_mosaic):
+            if mosaic.dtype != np.uint8:
+                raise PrepareError(
+                    f"{mosaic.path}: {mosaic.dtype} pixels; bcdd needs 8-bit mosaics so that every tile is scaled"
+                    " alike (convert first, e.g. gdal_translate -ot Byte -scale)"
+                )
+        height, width = t1_mosaic.height, t1_mosaic.width
+        rows, columns = height // tile, width // tile
+        if not rows or not columns:
+            raise PrepareError(f"the mosaics ({height} x {width}) are smaller than one {tile}-pixel tile")
+        names = [tile_name(row * tile, column * tile) for row in range(rows) for column in range(columns)]
+        splits = split_ids(names, seed)
+
+        changed = 0
+        with staged_output(output_dir, overwrite) as staging:
+            for row in tqdm(range(rows), desc="bcdd", unit="tile row"):
+                top = row * tile
+                band_t1 = to_rgb8(t1_mosaic.read_rows(top, top + tile), alpha=t1_mosaic.alpha)[0]
+                band_t2 = to_rgb8(t2_mosaic.read_rows(top, top + tile), alpha=t2_mosaic.alpha)[0]
+                band_label = label_mosaic.read_rows(top, top + tile)
+                if label_mosaic.alpha:
+                    band_label = band_label[..., :-1]
+                source = f"{label_mosaic.path} (rows {top}-{top + tile - 1})"
+                band_mask = binarize_label(band_label[:, : columns * tile], source, threshold)
+                changed += int(np.count_nonzero(band_mask))
+                for column in range(columns):
+                    window = slice(column * tile, (column + 1) * tile)
+                    name = tile_name(top, column * tile)
+                    files = {kind: staging / "images" / kind / f"{name}.png" for kind in ("t1", "t2", "label")}
+                    write_png_atomic(files["t1"], band_t1[:, window])
+                    write_png_atomic(files["t2"], band_t2[:, window])
+                    write_png_atomic(files["label"], band_mask[:, window])
+                    sample_dir = staging / splits[name]
+                    _write_sample(
+                        sample_dir / f"{name}.json",
+                        {
+                            "img1_path": _relative(files["t1"], sample_dir),
+                            "img2_path": _relative(files["t2"], sample_dir),
+                            "mask_path": _relative(files["label"], sample_dir),
+                            "question": question,
+                            "answer": PLAIN_ANSWER,
+                            "kind": "explicit",
+                            "croi": "building",
+                            "direction": "increase",
+                            "pair_id": name,
+                            "heldout": False,
+                        },
+                    )
+    return {
+        "output_dir": str(output_dir),
+        "pairs": {name: list(splits.values()).count(name) for name in SPLITS},
+        "change_fraction": changed / (len(names) * tile * tile),
+        "tiles": f"{rows} rows x {columns} columns of {tile} px",
+        "dropped": f"{width - columns * tile} px at the right, {height - rows * tile} px at the bottom",
+        "decoded whole": ", ".join(str(m.path) for m in (t1_mosaic, t2_mosaic, label_mosaic) if not m.windowed)
+        or "none (all read in windows)",
+    }
+
+
+# --------------------------------------------------------------------------------------------------------- folder
+
+
+def _subfolders(folder: Path) -> dict[str, Path]:
+    """Subfolders by lower-case name; two names differing only in case would make the layout ambiguous."""
+    found: dict[str, Path] = {}
+    for child in sorted(folder.iterdir()):
+        if child.is_dir():
+            if child.name.lower() in found:
+                raise PrepareError(f"{folder}: both {found[child.name.lower()].name}/ and {child.name}/ exist")
+            found[child.name.lower()] = child
+    return found
+
+
+def find_layout(root: Path) -> list[tuple[str | None, Path, Path, Path]]:
+    """(split, T1 folder, T2 folder, label folder) for ROOT or, when present, each of ROOT/{train,val,test}."""
+    if not root.is_dir():
+        raise PrepareError(f"{root}: no such folder")
+    children = _subfolders(root)
+    bases = [(split, children[split]) for split in SPLITS if split in children] or [(None, root)]
+    layouts = []
+    for split, base in bases:
+        folders = _subfolders(base)
+        pairs = [(folders[a], folders[b]) for a, b in IMAGE_FOLDER_PAIRS if a in folders and b in folders]
+        labels = [folders[name] for name in LABEL_FOLDERS if name in folders]
+        if len(pairs) != 1 or len(labels) != 1:
+            found = ", ".join(sorted(folder.name for folder in folders.values())) or "none"
+            raise PrepareError(
+                f"{base}: expected one image folder pair ({', '.join(f'{a}/{b}' for a, b in IMAGE_FOLDER_PAIRS)})"
+                f" and one label folder ({', '.join(LABEL_FOLDERS)}); found {found}"
+            )
+        layouts.append((split, *pairs[0], labels[0]))
+    return layouts
+
+
+def _images_by_stem(folder: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.stem in files:
+                raise PrepareError(f"{folder}: {files[path.stem].name} and {path.name} share the name {path.stem}")
+            files[path.stem] = path
+    return files
+
+
+def prepare_folder(
+    root,
+    question: str,
+    output_dir,
+    answer: str = PLAIN_ANSWER,
+    seed: int = 0,
+    threshold: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Index a data set in a standard change-detection layout (see `find_layout`) as samples asking `question`.
+
+    Pairs match by file name without extension. The images stay where they are and are referenced by relative
+    path; labels (0/1, 0/255 or binary colour) are re-written as 0/255 PNG under OUT/masks/<split>/. A pair whose
+    label has change gets `answer`; one with an empty label gets a no-change sentence without [SEG] and
+    `kind: "absent"`. Existing train/val/test folders are kept as the split, otherwise a seeded 8:1:1 split is
+    made. Returns the summary.
+    """
+    root, output_dir = Path(root).resolve(), Path(output_dir).resolve()
+    pairs = []  # (split or None, stem, t1, t2, label)
+    unmatched, mismatched = [], []
+    for split, t1_dir, t2_dir, label_dir in find_layout(root):
+        listings = {folder: _images_by_stem(folder) for folder in (t1_dir, t2_dir, label_dir)}
+        for stem in sorted(set().union(*listings.values())):
+            missing = [folder for folder, files in listings.items() if stem not in files]
+            if missing:
+                unmatched.append(
+                    f"{stem}: not in {', '.join(_relative(folder, root) + '/' for folder in missing)}"
+                )
+                continue
+            files = [listings[folder][stem] for folder in (t1_dir, t2_dir, label_dir)]
+            sizes = [image_size(path) for path in files]
+            if len(set(sizes)) > 1:
+                mismatched.append(
+                    f"{stem}: " + ", ".join(f"{_relative(p, root)} {h} x {w}" for p, (h, w) in zip(files, sizes))
+                )
+            pairs.append((split, stem, *files))
+    if unmatched:
+        raise _problems(f"{root}: {len(unmatched)} file names have no partner:", unmatched)
+    if mismatched:
+        raise _problems(f"{root}: {len(mismatched)} pairs differ in size (height x width):", mismatched)
+    if not pairs:
+        raise PrepareError(f"{root}: no image pairs found")
+
+    made_splits = split_ids([stem for split, stem, *_ in pairs if split is None], seed)
+    counts = dict.fromkeys(SPLITS, 0)
+    changed = total = absent = 0
+    non_binary = []
+    with staged_output(output_dir, overwrite) as staging:
+        for split, stem, t1, t2, label in tqdm(pairs, desc="folder", unit="pair"):
+            try:
+                mask = read_mask(label, threshold)
+            except ImageReadError as error:
+                non_binary.append(str(error))
+                continue
+            split = split or made_splits[stem]
+            mask_file = staging / "masks" / split / f"{stem}.png"
+            write_png_atomic(mask_file, mask)
+            has_change = bool(mask.any())
+            sample_dir = output_dir / split  # the final place, which the relative paths must resolve from
+            _write_sample(
+                staging / split / f"{stem}.json",
+                {
+                    "img1_path": _relative(t1, sample_dir),
+                    "img2_path": _relative(t2, sample_dir),
+                    "mask_path": _relative(output_dir / "masks" / split / f"{stem}.png", sample_dir),
+                    "question": question,
+                    "answer": answer if has_change else ABSENT_ANSWER,
+                    "kind": "explicit" if has_change else "absent",
+                    "pair_id": stem,
+                    "heldout": False,
+                },
+            )
+            counts[split] += 1
+            changed += int(np.count_nonzero(mask))
+            total += mask.size
+            absent += not has_change
+        if non_binary:
+            raise _problems(f"{len(non_binary)} labels cannot be used:", non_binary)
+    return {
+        "output_dir": str(output_dir),
+        "pairs": counts,
+        "change_fraction": changed / total,
+        "absent": absent,
+        "split": f"8:1:1, seed {seed}" if made_splits else "from the train/val/test folders",
+    }
+
+
+# --------------------------------------------------------------------------------------------------------- second
+
+
+def prepare_second(root, output_dir, seed: int = 0) -> dict:
+    """Convert SECOND with reasoncd_tools.second.convert_second and return its summary."""
+    try:
+        from reasoncd_tools.second import convert_second  # imported here: the other subcommands do not need it
+    except ModuleNotFoundError as error:
+        if error.name != "reasoncd_tools.second":
+            raise
+        raise PrepareError("SECOND conversion needs reasoncd_tools/second.py, which this installation lacks") from None
+    return convert_second(Path(root), Path(output_dir), seed=seed)
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Turn change-detection data into ReasonCD samples (one JSON per image pair, 8:1:1 split).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    bcdd = commands.add_parser("bcdd", help="cut the BCDD (WHU building CD) mosaics into tiles")
+    bcdd.add_argument("--t1", required=True, type=Path, help="earlier mosaic (TIFF/GeoTIFF, PNG, ...)")
+    bcdd.add_argument("--t2", required=True, type=Path, help="later mosaic, same size")
+    bcdd.add_argument("--label", required=True, type=Path, help="change label mosaic (0/1, 0/255 or binary colour)")
+    bcdd.add_argument("--output_dir", required=True, type=Path)
+    bcdd.add_argument("--tile", type=int, default=256, help="tile side in pixels (default 256)")
+    bcdd.add_argument("--seed", type=int, default=0, help="seed of the 8:1:1 split (default 0)")
+    bcdd.add_argument("--question", default="Building", help='question of every sample (default "Building")')
+
+    folder = commands.add_parser("folder", help="index a data set in an A/B/label-style folder layout")
+    folder.add_argument("--root", required=True, type=Path, help="data set folder, optionally with train/val/test")
+    folder.add_argument("--question", required=True, help='question of every sample, e.g. "Building"')
+    folder.add_argument("--output_dir", required=True, type=Path)
+    folder.add_argument("--answer", default=PLAIN_ANSWER, help=f'answer where the label has change ("{PLAIN_ANSWER}")')
+    folder.add_argument("--seed", type=int, default=0, help="seed of the 8:1:1 split without split folders")
+
+    for command in (bcdd, folder):
+        command.add_argument(
+            "--threshold", type=int, help="binarise non-binary labels with `> THRESHOLD` instead of failing"
+        )
+        command.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+
+    second = commands.add_parser("second", help="make CRoI samples from SECOND's semantic change labels")
+    second.add_argument("--root", required=True, type=Path, help="SECOND folder")
+    second.add_argument("--output_dir", required=True, type=Path)
+    second.add_argument("--seed", type=int, default=0, help="seed of the 8:1:1 split (default 0)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.command == "bcdd":
+        return prepare_bcdd(
+            args.t1, args.t2, args.label, args.output_dir, args.tile, args.seed, args.question, args.threshold,
+            args.overwrite,
+        )
+    if args.command == "folder":
+        return prepare_folder(
+            args.root, args.question, args.output_dir, args.answer, args.seed, args.threshold, args.overwrite
+        )
+    return prepare_second(args.root, args.output_dir, args.seed)
+
+
+def print_summary(summary: dict) -> None:
+    pairs = summary.get("pairs", {})
+    if isinstance(pairs, dict) and "change_fraction" in summary:
+        print(f"wrote {sum(pairs.values())} pairs to {summary.get('output_dir')}")
+        print("  " + ", ".join(f"{split} {count}" for split, count in pairs.items()))
+        print(f"  change pixels: {summary['change_fraction']:.2%}")
+        for key, value in summary.items():
+            if key not in ("output_dir", "pairs", "change_fraction"):
+                print(f"  {key}: {value}")
+    else:  # a summary shaped by another converter
+        print(json.dumps(summary, indent=2, default=str))
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = run(args)
+    except (PrepareError, ValueError, OSError) as error:  # ImageReadError is a ValueError
+        print(f"prepare_data.py {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,7 +15,8 @@ def _asks(question, phrase):
 
 
 def _all_phrasings(kind):
-    return [text for croi, direction in CROIS for held in (False, True) for text in phrasings(croi, direction, kind, held)]
+    return [text for croi, direction in CROIS for held in (False, True)
+            for text in phrasings(croi, direction, kind, held)]
 
 
 def test_constants():

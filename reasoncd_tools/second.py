@@ -85,7 +85,8 @@ def _list_pairs(root: Path) -> dict[str, dict[str, Path]]:
     files: dict[str, dict[str, Path]] = {}
     for name in SUBFOLDERS:
         for path in sorted((root / name).iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            # Hidden files are editor, OS or interrupted-write leftovers, never pairs.
+            if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
                 continue
             entry = files.setdefault(path.stem, {})
             if name in entry:

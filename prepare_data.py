@@ -185,7 +185,6 @@ def prepare_bcdd(
                         },
                     )
     return {
-        "output_dir": str(output_dir),
         "pairs": {name: list(splits.values()).count(name) for name in SPLITS},
         "change_fraction": changed / (len(names) * tile * tile),
         "tiles": f"{rows} rows x {columns} columns of {tile} px",
@@ -259,18 +258,20 @@ def prepare_folder(
     """
     root, output_dir = Path(root).resolve(), Path(output_dir).resolve()
     pairs = []  # (split or None, stem, t1, t2, label)
-    unmatched, mismatched = [], []
+    unmatched, unreadable, mismatched = [], [], []
     for split, t1_dir, t2_dir, label_dir in find_layout(root):
         listings = {folder: _images_by_stem(folder) for folder in (t1_dir, t2_dir, label_dir)}
         for stem in sorted(set().union(*listings.values())):
             missing = [folder for folder, files in listings.items() if stem not in files]
             if missing:
-                unmatched.append(
-                    f"{stem}: not in {', '.join(_relative(folder, root) + '/' for folder in missing)}"
-                )
+                unmatched.append(f"{stem}: not in {', '.join(_relative(folder, root) + '/' for folder in missing)}")
                 continue
             files = [listings[folder][stem] for folder in (t1_dir, t2_dir, label_dir)]
-            sizes = [image_size(path) for path in files]
+            try:
+                sizes = [image_size(path) for path in files]
+            except ImageReadError as error:
+                unreadable.append(str(error))
+                continue
             if len(set(sizes)) > 1:
                 mismatched.append(
                     f"{stem}: " + ", ".join(f"{_relative(p, root)} {h} x {w}" for p, (h, w) in zip(files, sizes))
@@ -278,6 +279,8 @@ def prepare_folder(
             pairs.append((split, stem, *files))
     if unmatched:
         raise _problems(f"{root}: {len(unmatched)} file names have no partner:", unmatched)
+    if unreadable:
+        raise _problems(f"{root}: {len(unreadable)} files cannot be read:", unreadable)
     if mismatched:
         raise _problems(f"{root}: {len(mismatched)} pairs differ in size (height x width):", mismatched)
     if not pairs:
@@ -319,7 +322,6 @@ def prepare_folder(
         if non_binary:
             raise _problems(f"{len(non_binary)} labels cannot be used:", non_binary)
     return {
-        "output_dir": str(output_dir),
         "pairs": counts,
         "change_fraction": changed / total,
         "absent": absent,
@@ -392,17 +394,15 @@ def run(args: argparse.Namespace) -> dict:
     return prepare_second(args.root, args.output_dir, args.seed)
 
 
-def print_summary(summary: dict) -> None:
-    pairs = summary.get("pairs", {})
-    if isinstance(pairs, dict) and "change_fraction" in summary:
-        print(f"wrote {sum(pairs.values())} pairs to {summary.get('output_dir')}")
-        print("  " + ", ".join(f"{split} {count}" for split, count in pairs.items()))
-        print(f"  change pixels: {summary['change_fraction']:.2%}")
-        for key, value in summary.items():
-            if key not in ("output_dir", "pairs", "change_fraction"):
-                print(f"  {key}: {value}")
-    else:  # a summary shaped by another converter
-        print(json.dumps(summary, indent=2, default=str))
+def print_summary(summary: dict, output_dir: Path) -> None:
+    print(f"wrote {output_dir}")
+    for key, value in summary.items():
+        if key == "pairs" and isinstance(value, dict):
+            print(f"  pairs: {sum(value.values())} ({', '.join(f'{split} {count}' for split, count in value.items())})")
+        elif key == "change_fraction":
+            print(f"  change pixels: {value:.2%}")
+        else:
+            print(f"  {key}: {value}")
 
 
 def main(argv=None) -> int:
@@ -412,7 +412,7 @@ def main(argv=None) -> int:
     except (PrepareError, ValueError, OSError) as error:  # ImageReadError is a ValueError
         print(f"prepare_data.py {args.command}: error: {error}", file=sys.stderr)
         return 2
-    print_summary(summary)
+    print_summary(summary, args.output_dir)
     return 0
 
 

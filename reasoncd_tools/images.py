@@ -17,7 +17,7 @@ through Pillow.
 Change labels become (H, W) bool: single-channel 0/1 or 0/255 (any other values are an error unless a threshold is
 given), or colour labels with black for "no change" and one colour for "change".
 
-Large mosaics are read in row bands by :func:`open_mosaic`, without loading the whole file (see there).
+Large mosaics are read in row bands by :class:`Mosaic`, without loading the whole file where the format allows.
 """
 from __future__ import annotations
 
@@ -424,7 +424,7 @@ class Mosaic:
         self.windowed = _is_tiff(path)
         try:
             self._reader = _TiffMosaic(path) if self.windowed else _PillowMosaic(path)
-        except Exception as error:  # a broken TIFF header, or a compression without a decoder here
+        except Exception as error:  # a broken header, an unsupported photometric, a compression without decoder
             if not self.windowed:
                 raise
             self.windowed = False

@@ -98,7 +98,7 @@ def test_bcdd_tiles_equal_the_mosaic_windows(tmp_path, capsys):
     assert [s["split"] for s in samples.values()].count("train") == 4
 
     printed = capsys.readouterr().out
-    assert "wrote 6 pairs" in printed and "train 4, val 1, test 1" in printed
+    assert f"wrote {output_dir}\n  pairs: 6 (train 4, val 1, test 1)\n" in printed
     assert f"change pixels: {label[:768, :512].mean():.2%}" in printed
     assert "dropped: 188 px at the right, 232 px at the bottom" in printed
     assert f"decoded whole: {tmp_path / 't2.png'}\n" in printed  # PNG cannot be read in windows
@@ -190,7 +190,7 @@ def test_bcdd_reads_big_mosaics_in_windows(big_mosaics):
     peak_rss = int(child.stderr.split("VmHWM:")[1].split()[0]) * 1024  # reported in kB
     print(f"bcdd on 12,000 x 12,000 mosaics ({file_size / 1e6:.0f} MB for T1): peak RSS {peak_rss / 1e6:.0f} MB")
     assert peak_rss < file_size / 2
-    assert "wrote 529 pairs" in child.stdout  # 23 x 23 tiles of 512
+    assert "pairs: 529 (" in child.stdout  # 23 x 23 tiles of 512
     assert "decoded whole: none (all read in windows)" in child.stdout
     tile = np.asarray(Image.open(output_dir / "images" / "t1" / "r011264_c010752.png"))
     expected = ((np.arange(11264, 11776)[:, None] // 100 + np.arange(10752, 11264)[None, :] // 100) % 5 == 0) * 255
@@ -228,7 +228,7 @@ def test_folder_on_real_samples(realcd, tmp_path, folder, capsys):
     root, output_dir = realcd / folder, tmp_path / "out"
     assert prepare_data.main(folder_args(root, output_dir, question="Building")) == 0
     samples = load_samples(output_dir)
-    assert len(samples) == n_pairs and f"wrote {n_pairs} pairs" in capsys.readouterr().out
+    assert len(samples) == n_pairs and f"pairs: {n_pairs} (" in capsys.readouterr().out
     if only_split:
         assert {s["split"] for s in samples.values()} == {only_split}
     assert not (output_dir / "A").exists()  # images are referenced, not copied
@@ -287,6 +287,13 @@ def test_folder_input_errors_are_listed_and_nothing_is_written(tmp_path):
     assert result.returncode == 2 and "b: A/b.png 32 x 40, B/b.png 32 x 41, label/b.png 32 x 40" in result.stderr
     assert_nothing_written(output_dir)
 
+    (root / "A" / "a.png").write_bytes(b"not a PNG")
+    result = run_cli(*folder_args(root, output_dir))
+    assert result.returncode == 2 and "1 files cannot be read:" in result.stderr
+    assert "A/a.png: cannot read image header" in result.stderr
+    assert_nothing_written(output_dir)
+
+    write_pair(root, "a")
     write_pair(root, "b")
     label = np.zeros((32, 40), np.uint8)
     label[0, :2] = (1, 7)
@@ -315,7 +322,8 @@ def test_second_calls_the_converter(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "reasoncd_tools.second", types.SimpleNamespace(convert_second=convert_second))
     assert prepare_data.main(["second", "--root", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--seed=4"]) == 0
     assert calls == [(tmp_path, tmp_path / "o", 4)]
-    assert json.loads(capsys.readouterr().out)["samples"] == 60
+    printed = capsys.readouterr().out
+    assert "pairs: 10 (train 8, val 1, test 1)" in printed and "samples: 60" in printed
 
 
 def test_second_without_its_module(tmp_path, monkeypatch, capsys):

@@ -544,12 +544,17 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         image_sizes: torch.LongTensor | None = None,
         max_new_tokens: int = 64,
         frozen_features: ReasonCDFrozenFeatures | None = None,
+        use_cache: bool = True,
+        share_prefix: bool = True,
         **generate_kwargs,
     ) -> ReasonCDGenerateOutput:
         """
         Greedy decoding with the KV cache, then one mask per sample from the state that predicted `[SEG]`.
 
         The images of each pair are encoded once, however many questions (rows) refer to it via `pair_index`.
+        With `share_prefix`, the prompt up to the question (task sentence and both images' tokens, most of the
+        sequence) is prefilled once per pair and its KV cache reused by every question about that pair; the
+        question suffixes then decode together. `use_cache=False` recomputes the whole sequence at every step.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -560,20 +565,19 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
             pixel_values_t1=pixel_values_t1, pixel_values_t2=pixel_values_t2,
             sam_pixel_values_t1=sam_pixel_values_t1, sam_pixel_values_t2=sam_pixel_values_t2,
         )
-        inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index)
-        generated = self.language_model.generate(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            use_cache=True,
-            output_hidden_states=True,
-            return_dict_in_generate=True,
-            pad_token_id=self.config.pad_token_id,
-            eos_token_id=self.config.eos_token_id,
-            **generate_kwargs,
+        options = dict(
+            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=use_cache,
+            output_hidden_states=True, return_dict_in_generate=True,
+            pad_token_id=self.config.pad_token_id, eos_token_id=self.config.eos_token_id, **generate_kwargs,
         )
+        shared = use_cache and share_prefix and self._shared_prefix_length(input_ids, attention_mask)
+        if shared:
+            generated = self._generate_from_shared_prefix(input_ids, attention_mask, features, pair_index, shared,
+                                                          options)
+        else:
+            inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index)
+            generated = self.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                                     **options)
         sequences = generated.sequences
         # hidden_states[j][-1][:, -1] is the last-layer state that predicted generated token j.
         step_states = torch.stack([states[-1][:, -1] for states in generated.hidden_states], dim=1)
@@ -584,6 +588,45 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
             sequences=sequences, pred_masks=pred_masks, seg_present=seg_present, seg_hidden_states=seg_hidden,
             reshaped_sizes=_per_row(reshaped_sizes, pair_index), image_sizes=_per_row(image_sizes, pair_index),
         )
+
+    def _shared_prefix_length(self, input_ids, attention_mask) -> int:
+        """Length of the prompt up to and including `<p>` when it is the same in every row (else 0)."""
+        starts = input_ids == self.config.p_start_token_id
+        if not bool(starts.any(dim=1).all()):
+            return 0
+        first = starts.float().argmax(dim=1)
+        lengths = first + 1 - (attention_mask == 0).sum(dim=1)  # left padding comes before the prompt
+        if bool((lengths != lengths[0]).any()) or int(lengths[0]) >= int(attention_mask.sum(dim=1).min()):
+            return 0
+        return int(lengths[0])
+
+    def _generate_from_shared_prefix(self, input_ids, attention_mask, features, pair_index, prefix_length, options):
+        """Prefill the common prefix once per pair, then decode every row's question from a copy of its cache."""
+        rows = input_ids.shape[0]
+        pad = self.config.pad_token_id
+        real = [input_ids[row][attention_mask[row].bool()] for row in range(rows)]
+        suffixes = [ids[prefix_length:] for ids in real]
+        width = max(len(s) for s in suffixes)
+        # Rows become prefix | padding | suffix: the prefix lines up with the shared cache, and positions
+        # (cumulative sum of the mask) stay those of the unpadded prompt.
+        layout = torch.full((rows, prefix_length + width), pad, dtype=input_ids.dtype, device=input_ids.device)
+        mask = torch.zeros_like(layout)
+        for row, (ids, suffix) in enumerate(zip(real, suffixes)):
+            layout[row, :prefix_length] = ids[:prefix_length]
+            layout[row, layout.shape[1] - len(suffix):] = suffix
+            mask[row, :prefix_length] = 1
+            mask[row, layout.shape[1] - len(suffix):] = 1
+        embeds = self._merge_image_tokens(layout, features, pair_index)
+        first_row_of_pair = {}
+        for row, pair in enumerate(pair_index.tolist()):
+            first_row_of_pair.setdefault(pair, row)
+        prefix_rows = torch.tensor(list(first_row_of_pair.values()), device=input_ids.device)
+        prefill = self.language_model(inputs_embeds=embeds[prefix_rows, :prefix_length], use_cache=True)
+        cache = prefill.past_key_values
+        slot = {pair: i for i, pair in enumerate(first_row_of_pair)}
+        cache.batch_select_indices(torch.tensor([slot[p] for p in pair_index.tolist()], device=input_ids.device))
+        return self.language_model.generate(inputs_embeds=embeds, attention_mask=mask, cache=cache,
+                                            **options)
 
     def _seg_states_generated(self, sequences, step_states):
         """First `[SEG]` before `</s>` in each generated row, and the state that predicted it."""

@@ -76,7 +76,8 @@ def to_rgb_array(image, *, name: str = "image") -> np.ndarray:
         logger.warning(f"{name}: {array.dtype} image scaled to 8 bit by its own range [{low:g}, {high:g}]")
         array = np.clip((array.astype(np.float64) - low) / max(high - low, 1e-12) * 255.0 + 0.5, 0, 255)
         array = array.astype(np.uint8)
-    return np.ascontiguousarray(array)
+    # torch refuses to share memory with read-only arrays (as decoded images often are): copy those.
+    return np.ascontiguousarray(array) if array.flags.writeable else np.array(array)
 
 
 def _as_list(value):
@@ -119,9 +120,11 @@ class ReasonCDProcessor(ProcessorMixin):
         self.token_ids = {}
         for token in NEW_TOKENS:
             ids = tokenizer.encode(token, add_special_tokens=False)
-            if len(ids) != 1:
+            # One id that is the token itself (not `<unk>`, which a word-level vocabulary would give).
+            if len(ids) != 1 or tokenizer.convert_ids_to_tokens(ids[0]) != token:
                 raise ValueError(
-                    f"the tokenizer splits {token!r} into {len(ids)} ids {ids}; add the ReasonCD tokens with "
+                    f"the tokenizer encodes {token!r} as {len(ids)} ids {ids}, not as the token itself; add the "
+                    f"ReasonCD tokens with "
                     f"tokenizer.add_tokens({list(NEW_TOKENS)}, special_tokens=True) (build_reasoncd.py does this)"
                 )
             self.token_ids[token] = ids[0]

@@ -216,7 +216,7 @@ def load_start_model(args):
 
         check_checkpoint(args.model)
         model = ReasonCDForChangeDetection.from_pretrained(args.model)
-        processor = ReasonCDProcessor.from_pretrained(args.model)
+        processor = ReasonCDProcessor.from_pretrained(args.model, trust_remote_code=True)  # its own tokenizer files
         return model, processor
     if args.preset != "tiny":
         raise SystemExit(f"--preset {args.preset}: build it from real weights with build_reasoncd.py, "

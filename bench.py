@@ -1,8 +1,14 @@
 """Benchmarks (standard-library timing; no timed assertions live in the tests).
 
-    python bench.py quickstart [--output_dir runs/bench-quickstart]    # wall time of `python train.py`
+    python bench.py speed [--presets tiny medium] [--model runs/quickstart/model]   # one process, one run
+    python bench.py quickstart                                                        # wall time of `python train.py`
 
-Each benchmark prints the machine (cores, torch threads) with its figures and writes them as JSON.
+`speed` measures, per preset: the latency of the first question on a pair, the marginal latency of questions
+2..8 (asked together, sharing the pair's encoding and KV-cached prompt prefix), the same 8-question session run
+LISA-style (no KV cache, everything recomputed per question), generation throughput with and without the KV
+cache, a training step with and without the frozen-feature cache, and tiles per second over a 2048x2048 scene
+cut into 256x256 tiles; each with the peak resident memory seen while it ran. Figures go to stdout as a table and
+to runs/bench-<command>.json, with the machine they came from.
 """
 
 import argparse
@@ -11,15 +17,28 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import torch
+
 REPO = Path(__file__).resolve().parent
+QUESTIONS = [
+    "new buildings",
+    "changes that provide more living areas for people",
+    "changes caused by heavy rainfall",
+    "demolished buildings, and explain why",
+    "deforestation",
+    "new sports fields",
+    "river",
+    "land cleared for construction",
+]
 
 
 def machine() -> dict:
-    import torch
-
     return {
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -28,6 +47,216 @@ def machine() -> dict:
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+class PeakMemory:
+    """Peak resident memory (and CUDA memory) while a block runs, sampled every few milliseconds."""
+
+    def __init__(self):
+        self.peak_mib = 0.0
+
+    @staticmethod
+    def _rss_mib() -> float:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    @contextmanager
+    def watch(self):
+        stop = threading.Event()
+        self.peak_mib = self._rss_mib()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+        def sample():
+            while not stop.is_set():
+                self.peak_mib = max(self.peak_mib, self._rss_mib())
+                stop.wait(0.005)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
+            self.peak_mib = max(self.peak_mib, self._rss_mib())
+        if torch.cuda.is_available():
+            self.cuda_peak_mib = torch.cuda.max_memory_allocated() / 2**20
+
+
+def timed(function, repeats: int = 3) -> tuple[float, float]:
+    """Median seconds of `repeats` runs after one warm-up, and the peak memory (MiB) over them."""
+    function()
+    memory = PeakMemory()
+    times = []
+    with memory.watch():
+        for _ in range(repeats):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            function()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    return float(np.median(times)), round(memory.peak_mib, 1)
+
+
+def load_model(preset: str, model_dir: Path | None):
+    from build_reasoncd import build_tiny
+    from modeling_reasoncd import ReasonCDForChangeDetection
+    from processing_reasoncd import ReasonCDProcessor
+
+    if model_dir is not None and preset == "tiny" and model_dir.is_dir():
+        model = ReasonCDForChangeDetection.from_pretrained(model_dir)
+        processor = ReasonCDProcessor.from_pretrained(model_dir, trust_remote_code=True)
+        source = str(model_dir)
+    else:
+        model, processor = build_tiny(0, preset=preset)
+        source = f"random {preset}"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval(), processor, source
+
+
+def scene_pair(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic pair from the built-in generator (tiled when larger than one generated pair)."""
+    from reasoncd_tools.synthetic import synthesize_pair
+
+    tiles = []
+    per_side = max(1, size // 256)
+    for index in range(per_side * per_side):
+        pair = synthesize_pair(index, seed=seed, size=256)
+        tiles.append((pair.image1, pair.image2))
+    rows1 = [np.concatenate([t[0] for t in tiles[r * per_side:(r + 1) * per_side]], axis=1) for r in range(per_side)]
+    rows2 = [np.concatenate([t[1] for t in tiles[r * per_side:(r + 1) * per_side]], axis=1) for r in range(per_side)]
+    return np.concatenate(rows1, axis=0), np.concatenate(rows2, axis=0)
+
+
+def bench_session(model, processor, t1, t2, max_new_tokens: int) -> dict:
+    device = model.device
+
+    def ask(questions, **options):
+        inputs = processor(images_t1=t1, images_t2=t2, text=questions).to(device)
+        with torch.no_grad():
+            return model.generate(**inputs, max_new_tokens=max_new_tokens, **options)
+
+    first, first_mem = timed(lambda: ask(QUESTIONS[:1]))
+    session, session_mem = timed(lambda: ask(QUESTIONS))
+    # LISA-style: every question on its own, images encoded again, no KV cache.
+    lisa, lisa_mem = timed(lambda: [ask([q], use_cache=False) for q in QUESTIONS], repeats=1)
+    marginal = (session - first) / (len(QUESTIONS) - 1)
+    return {
+        "first_question_s": round(first, 4),
+        "session_8_questions_s": round(session, 4),
+        "marginal_question_s": round(marginal, 4),
+        "marginal_over_first": round(marginal / first, 3),
+        "lisa_style_session_s": round(lisa, 4),
+        "speedup_over_lisa_style": round(lisa / session, 2),
+        "peak_mib": {"first": first_mem, "session": session_mem, "lisa_style": lisa_mem},
+    }
+
+
+def bench_throughput(model, processor, t1, t2, new_tokens: int) -> dict:
+    """Tokens per second of a forced-length greedy decode (no early stop), with and without the KV cache."""
+    inputs = processor(images_t1=t1, images_t2=t2, text=QUESTIONS[:4]).to(model.device)
+    with torch.no_grad():
+        features = model.encode_frozen(inputs["pixel_values_t1"], inputs["pixel_values_t2"],
+                                       inputs["sam_pixel_values_t1"], inputs["sam_pixel_values_t2"])
+    result = {}
+    for name, use_cache in (("with_kv_cache", True), ("without_kv_cache", False)):
+        def run():
+            with torch.no_grad():
+                model.generate(**inputs, frozen_features=features, max_new_tokens=new_tokens,
+                               min_new_tokens=new_tokens, use_cache=use_cache)
+        seconds, peak = timed(run, repeats=2)
+        result[name] = {"tokens_per_s": round(4 * new_tokens / seconds, 1), "peak_mib": peak}
+    result["kv_cache_speedup"] = round(result["with_kv_cache"]["tokens_per_s"]
+                                       / result["without_kv_cache"]["tokens_per_s"], 2)
+    return result
+
+
+def bench_train_step(model, processor, t1, t2) -> dict:
+    """One optimiser step (batch 4, LoRA as in training) with frozen features from the cache vs recomputed."""
+    from reasoncd_tools.feature_cache import FrozenFeatureCache, image_keys
+    from reasoncd_tools.lora import apply_lora
+
+    peft_model = apply_lora(model, rank=8, alpha=16)
+    peft_model.train()
+    crops = [(t1[i * 64:i * 64 + 256, :256], t2[i * 64:i * 64 + 256, :256]) for i in range(4)]
+    batch = processor(images_t1=[c[0] for c in crops], images_t2=[c[1] for c in crops], text=QUESTIONS[:4],
+                      answers=["It's [SEG]."] * 4, masks=[np.zeros((256, 256), bool)] * 4)
+    keys = image_keys(batch)
+    batch = batch.to(model.device)
+    cache = FrozenFeatureCache(model)
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step(cached: bool):
+        extra = {"frozen_features": cache.frozen_features(model, batch, keys)} if cached else {}
+        loss = peft_model(**batch, **extra).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    without, without_mem = timed(lambda: step(False))
+    with_cache, with_mem = timed(lambda: step(True))
+    peft_model.unload()
+    return {"step_s_without_cache": round(without, 4), "step_s_with_cache": round(with_cache, 4),
+            "cache_speedup": round(without / with_cache, 2),
+            "peak_mib": {"without_cache": without_mem, "with_cache": with_mem}}
+
+
+def bench_tiles(model, processor, scene_t1, scene_t2, batch: int = 8) -> dict:
+    """A 2048x2048 scene in 256x256 tiles, `batch` tiles per call, one question each."""
+    tile = 256
+    positions = [(r, c) for r in range(0, scene_t1.shape[0], tile) for c in range(0, scene_t1.shape[1], tile)]
+
+    def run():
+        for start in range(0, len(positions), batch):
+            chunk = positions[start:start + batch]
+            inputs = processor(images_t1=[scene_t1[r:r + tile, c:c + tile] for r, c in chunk],
+                               images_t2=[scene_t2[r:r + tile, c:c + tile] for r, c in chunk],
+                               text=[QUESTIONS[0]] * len(chunk)).to(model.device)
+            with torch.no_grad():
+                processor.post_process_generation(model.generate(**inputs, max_new_tokens=8))
+
+    seconds, peak = timed(run, repeats=1)
+    return {"tiles": len(positions), "batch": batch, "seconds": round(seconds, 2),
+            "tiles_per_s": round(len(positions) / seconds, 2), "peak_mib": peak}
+
+
+def bench_speed(presets: list[str], model_dir: Path | None, max_new_tokens: int) -> dict:
+    torch.manual_seed(0)
+    t1, t2 = scene_pair(256)
+    scene_t1, scene_t2 = scene_pair(2048)
+    report = {}
+    for preset in presets:
+        model, processor, source = load_model(preset, model_dir)
+        print(f"[{preset}] {source}", file=sys.stderr)
+        report[preset] = {
+            "model": source,
+            "session": bench_session(model, processor, t1, t2, max_new_tokens),
+            "throughput": bench_throughput(model, processor, t1, t2, new_tokens=32),
+            "tiles_2048": bench_tiles(model, processor, scene_t1, scene_t2),
+            "train_step": bench_train_step(model, processor, scene_t1, scene_t2),
+        }
+    return report
+
+
+def speed_table(report: dict) -> str:
+    lines = ["| preset | 1st question | marginal q2..8 (share of 1st) | 8 questions vs LISA-style | tokens/s KV / no KV | "
+             "train step cache / no cache | tiles/s (2048² scene) |",
+             "|---|---|---|---|---|---|---|"]
+    for preset, r in report.items():
+        s, t, tr, ti = r["session"], r["throughput"], r["train_step"], r["tiles_2048"]
+        lines.append(
+            f"| {preset} | {s['first_question_s']:.3f} s | {s['marginal_question_s']:.3f} s "
+            f"({s['marginal_over_first']:.0%}) | {s['session_8_questions_s']:.2f} s vs {s['lisa_style_session_s']:.2f} s "
+            f"({s['speedup_over_lisa_style']:.1f}x) | {t['with_kv_cache']['tokens_per_s']:.0f} / "
+            f"{t['without_kv_cache']['tokens_per_s']:.0f} | {tr['step_s_with_cache']:.3f} s / "
+            f"{tr['step_s_without_cache']:.3f} s ({tr['cache_speedup']:.1f}x) | {ti['tiles_per_s']:.1f} |")
+    return "\n".join(lines)
 
 
 def bench_quickstart(output_dir: Path, fresh_data: bool) -> dict:
@@ -56,21 +285,33 @@ def bench_quickstart(output_dir: Path, fresh_data: bool) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    speed = sub.add_parser("speed", help="sessions, KV cache, feature cache, tiles (one process)")
+    speed.add_argument("--presets", nargs="+", default=["tiny", "medium"])
+    speed.add_argument("--model", type=Path, default=REPO / "runs" / "quickstart" / "model",
+                       help="trained tiny model to use for the tiny preset (realistic answer lengths)")
+    speed.add_argument("--max_new_tokens", type=int, default=32)
     quick = sub.add_parser("quickstart", help="time `python train.py` end to end")
     quick.add_argument("--output_dir", type=Path, default=REPO / "runs" / "bench-quickstart")
     quick.add_argument("--keep_data", action="store_true", help="reuse an already generated synthetic set")
     args = parser.parse_args(argv)
 
     report = {"machine": machine()}
-    if args.command == "quickstart":
+    if args.command == "speed":
+        report["speed"] = bench_speed(args.presets, args.model, args.max_new_tokens)
+        table = speed_table(report["speed"])
+    else:
         report["quickstart"] = bench_quickstart(args.output_dir, fresh_data=not args.keep_data)
-    text = json.dumps(report, indent=2)
-    print(text)
+        table = None
+    print(json.dumps(report, indent=2))
+    if table:
+        print(f"\nmachine: {report['machine']['cpu_cores']} cores, {report['machine']['torch_threads']} torch threads, "
+              f"CUDA: {report['machine']['cuda']}\n{table}")
     out = REPO / "runs" / f"bench-{args.command}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    out.write_text(json.dumps(report, indent=2))
     return 0
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.exit(main())

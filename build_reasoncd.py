@@ -70,9 +70,10 @@ def save_checkpoint(model: ReasonCDForChangeDetection, processor: ReasonCDProces
 
 
 # --- tiny preset -------------------------------------------------------------------------------------------------
-def build_tiny(seed: int, **config_overrides) -> tuple[ReasonCDForChangeDetection, ReasonCDProcessor]:
+def build_tiny(seed: int, preset: str = "tiny", **config_overrides) -> tuple[ReasonCDForChangeDetection, ReasonCDProcessor]:
+    """Random weights and our offline tokenizer, for `tiny` (and `medium`, for benchmarks)."""
     tokenizer = train_tiny_tokenizer(seed=seed)
-    config = ReasonCDConfig.from_preset("tiny", **config_overrides)
+    config = ReasonCDConfig.from_preset(preset, **config_overrides)
     set_token_ids(config, tokenizer)
     torch.manual_seed(seed)
     model = ReasonCDForChangeDetection(config)
@@ -235,7 +236,7 @@ def print_report(rows, lora_rank: int) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default=None, help="tiny or reasoncd-7b (default: reasoncd-7b with --llm)")
+    parser.add_argument("--preset", default=None, help="tiny, medium or reasoncd-7b (default: reasoncd-7b with --llm)")
     parser.add_argument("--output_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--llm", help="Hub id or folder of the causal LM (e.g. meta-llama/Llama-2-7b-chat-hf)")
@@ -257,11 +258,11 @@ def main(argv=None) -> int:
         parser.error("--output_dir is required (except with --dry_run)")
     if real:
         model, processor = build_from_components(args)
-    elif args.preset == "tiny":
-        model, processor = build_tiny(args.seed)
+    elif args.preset in ("tiny", "medium"):
+        model, processor = build_tiny(args.seed, preset=args.preset)
     else:
-        parser.error(f"--preset {args.preset} without --llm/--vision/--sam: only 'tiny' has random weights here; "
-                     "use --dry_run to see its size")
+        parser.error(f"--preset {args.preset} without --llm/--vision/--sam: only 'tiny' and 'medium' have random "
+                     "weights here; use --dry_run to see its size")
     save_checkpoint(model, processor, args.output_dir)
     print(f"saved a ReasonCD checkpoint to {args.output_dir}")
     return 0

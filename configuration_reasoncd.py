@@ -246,4 +246,42 @@ PRESETS = {
         "sam_config": SAM_TINY,
         "fusion_module": FUSION_TINY,
     },
+    # Between the two, for benchmarks and GPU smoke runs: a 1024-wide 8-layer LLM, CLIP at 224 px (256 tokens per
+    # image), SAM 256-wide at 512 px and the paper's ResNet34.
+    "medium": {
+        "text_config": {
+            "model_type": "llama",
+            "vocab_size": 2048,
+            "hidden_size": 1024,
+            "intermediate_size": 2816,
+            "num_hidden_layers": 8,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 16,
+            "max_position_embeddings": 1024,
+            "rms_norm_eps": 1e-5,
+            "pad_token_id": 0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        },
+        "vision_config": {
+            "model_type": "clip_vision_model",
+            "hidden_size": 256,
+            "intermediate_size": 1024,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "image_size": 224,
+            "patch_size": 14,
+            "projection_dim": 256,
+        },
+        "sam_config": {
+            **SAM_VIT_H,
+            "image_size": 512,
+            "encoder_embed_dim": 256,
+            "encoder_depth": 4,
+            "encoder_num_heads": 4,
+            "encoder_global_attn_indexes": [1, 3],
+            "encoder_window_size": 14,
+        },
+        "fusion_module": {**FUSION_RESNET34, "resnet_image_size": 256},
+    },
 }

@@ -54,6 +54,37 @@ def prediction_panels(path, rows: list[dict], title: str | None = None) -> None:
     _save(fig, path)
 
 
+def comparison_map(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Prediction against truth: white where both say change, red for false alarms, blue for misses."""
+    out = np.zeros((*truth.shape, 3), dtype=np.uint8)
+    out[truth & pred] = (255, 255, 255)
+    out[pred & ~truth] = (255, 40, 40)
+    out[truth & ~pred] = (40, 120, 255)
+    return out
+
+
+def mask_panels(path, rows: list[dict], title: str | None = None) -> None:
+    """
+    Saved predictions without their images: one row per sample, truth | prediction against the truth.
+    Each row: `{"truth", "pred", "name"}` (+ optional `"note"`, e.g. the IoU).
+    """
+    fig, axes = plt.subplots(len(rows), 2, figsize=(6.5, 3.4 * len(rows)), squeeze=False)
+    for ax_row, row in zip(axes, rows):
+        panels = [row["truth"].astype(np.uint8) * 255, comparison_map(row["truth"], row["pred"])]
+        names = ["truth", "prediction (white hit, red false alarm, blue miss)"]
+        for ax, panel, name in zip(ax_row, panels, names):
+            ax.imshow(panel, cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(name, fontsize=9)
+        note = f"   [{row['note']}]" if row.get("note") else ""
+        ax_row[0].set_title(f"{row['name']}{note}", loc="left", fontsize=10, x=0.0)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def training_curves(path, log_history: list[dict]) -> None:
     """Total and per-term training loss, and the validation figures, against the optimiser step."""
     series = {

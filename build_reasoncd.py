@@ -155,7 +155,7 @@ def init_new_token_rows(language_model, num_new: int) -> None:
             matrix[-num_new:] = matrix[:-num_new].mean(dim=0, keepdim=True)
 
 
-def build_from_components(args) -> tuple[ReasonCDForChangeDetection, ReasonCDProcessor]:
+def build_from_components(args, overrides: dict) -> tuple[ReasonCDForChangeDetection, ReasonCDProcessor]:
     tokenizer = AutoTokenizer.from_pretrained(args.llm)
     old_vocab = len(tokenizer)
     add_reasoncd_tokens(tokenizer)
@@ -168,7 +168,7 @@ def build_from_components(args) -> tuple[ReasonCDForChangeDetection, ReasonCDPro
         text_config=AutoConfig.from_pretrained(args.llm),
         vision_config=vision_config,
         sam_config=sam_config,
-        fusion_module={"resnet_image_size": sam_config["image_size"]},
+        fusion_module={"resnet_image_size": sam_config["image_size"], **overrides.get("fusion_module", {})},
     )
     set_token_ids(config, tokenizer)
 
@@ -243,6 +243,8 @@ def main(argv=None) -> int:
     parser.add_argument("--vision", help="Hub id or folder of CLIP (e.g. openai/clip-vit-large-patch14)")
     parser.add_argument("--sam", help="segment-anything checkpoint sam_vit_*.pth")
     parser.add_argument("--resnet", help="torchvision ResNet state dict (.safetensors or .pth) for the fusion module")
+    parser.add_argument("--no_fusion", action="store_true",
+                        help="the paper's ablation: SAM features of T1 and T2 concatenated, no ResNet-FPN fusion")
     parser.add_argument("--dry_run", action="store_true", help="print parameter counts, allocate no weights")
     parser.add_argument("--lora_rank", type=int, default=8)
     args = parser.parse_args(argv)
@@ -251,15 +253,19 @@ def main(argv=None) -> int:
     if real and not all([args.llm, args.vision, args.sam]):
         parser.error("building from real components needs --llm, --vision and --sam together")
     args.preset = args.preset or ("reasoncd-7b" if real else "tiny")
+    overrides = {"fusion_module": {"enabled": False}} if args.no_fusion else {}
+    if args.no_fusion and args.resnet:
+        parser.error("--resnet loads the fusion module's ResNet, which --no_fusion removes")
     if args.dry_run:
-        print_report(parameter_report(ReasonCDConfig.from_preset(args.preset), args.lora_rank), args.lora_rank)
+        config = ReasonCDConfig.from_preset(args.preset, **overrides)
+        print_report(parameter_report(config, args.lora_rank), args.lora_rank)
         return 0
     if args.output_dir is None:
         parser.error("--output_dir is required (except with --dry_run)")
     if real:
-        model, processor = build_from_components(args)
+        model, processor = build_from_components(args, overrides)
     elif args.preset in ("tiny", "medium"):
-        model, processor = build_tiny(args.seed, preset=args.preset)
+        model, processor = build_tiny(args.seed, preset=args.preset, **overrides)
     else:
         parser.error(f"--preset {args.preset} without --llm/--vision/--sam: only 'tiny' and 'medium' have random "
                      "weights here; use --dry_run to see its size")

@@ -84,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--feature_cache", choices=["memory", "disk", "off"], default="memory",
                         help="cache the frozen CLIP/SAM outputs per image (disk: OUTPUT_DIR/feature_cache)")
     parser.add_argument("--no_fusion", action="store_true", help="the paper's ablation: fusion module off "
-                        "(only with a freshly built --preset model)")
+                        "(for a freshly built --preset model; with --model, build it with --no_fusion instead)")
     parser.add_argument("--eval_batch_size", type=int, default=8)
     parser.add_argument("--max_eval_samples", type=int, help="cap the test-split evaluation")
     parser.add_argument("--max_val_samples", type=int, default=256)
@@ -211,6 +211,9 @@ class ReasonCDTrainer(Trainer):
 
 
 def load_start_model(args):
+    if args.model and args.no_fusion:
+        raise SystemExit("--no_fusion changes the architecture: build the starting model with "
+                         "build_reasoncd.py --no_fusion and pass it as --model instead")
     if args.model:
         from predict import check_checkpoint
 

@@ -20,38 +20,41 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> np.ndar
     return out.astype(np.uint8)
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path, tight: bool = True) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.stem}.partial-{os.getpid()}.png")
-    fig.savefig(partial, dpi=110, bbox_inches="tight")
+    fig.savefig(partial, dpi=110, bbox_inches="tight" if tight else None)
     plt.close(fig)
     os.replace(partial, path)
 
 
 def prediction_panels(path, rows: list[dict], title: str | None = None) -> None:
     """
-    One row per question: T1 | T2 | truth | prediction (over T2), the question above and the answer below.
+    One row per question: T1 | T2 | truth | prediction (over T2), with the question and answer above the row.
     Each row: `{"t1", "t2", "truth", "pred", "question", "answer"}` (+ optional `"note"`, e.g. the IoU).
     """
-    fig, axes = plt.subplots(len(rows), 4, figsize=(12, 3.3 * len(rows)), squeeze=False)
-    for ax_row, row in zip(axes, rows):
+    row_height, text_height = 3.0, 0.75  # inches: images, then two lines of text above them
+    height = len(rows) * (row_height + text_height) + (0.4 if title else 0.1)
+    fig = plt.figure(figsize=(12, height))
+    names = ["T1 (earlier)", "T2 (later)", "truth", "prediction"]
+    for index, row in enumerate(rows):
+        top = 1 - ((0.4 if title else 0.1) + index * (row_height + text_height)) / height
+        question = textwrap.shorten(row["question"], 130)
+        answer = textwrap.shorten(row["answer"], 150)
+        note = f"  [{row['note']}]" if row.get("note") else ""
+        fig.text(0.01, top - 0.05 / height, f"Q: {question}{note}\nA: {answer}", va="top", fontsize=9.5)
+        bottom = top - (text_height + row_height) / height
         panels = [row["t1"], row["t2"], overlay(row["t2"], row["truth"]), overlay(row["t2"], row["pred"])]
-        names = ["T1 (earlier)", "T2 (later)", "truth", "prediction"]
-        for ax, panel, name in zip(ax_row, panels, names):
+        for column, (panel, name) in enumerate(zip(panels, names)):
+            ax = fig.add_axes([0.01 + column * 0.2475, bottom + 0.22 / height, 0.24, (row_height - 0.3) / height])
             ax.imshow(panel)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_xlabel(name, fontsize=9)
-        question = textwrap.shorten(row["question"], 110)
-        ax_row[0].set_title(f"Q: {question}", loc="left", fontsize=10, x=0.0)
-        answer = textwrap.fill(textwrap.shorten(row["answer"], 220), 120)
-        note = f"   [{row['note']}]" if row.get("note") else ""
-        ax_row[2].text(-1.1, -0.16, f"A: {answer}{note}", transform=ax_row[2].transAxes, fontsize=9, va="top")
+            ax.set_xlabel(name, fontsize=9, labelpad=2)
     if title:
-        fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
-    _save(fig, path)
+        fig.text(0.01, 1 - 0.08 / height, title, va="top", fontsize=12, weight="bold")
+    _save(fig, path, tight=False)
 
 
 def comparison_map(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:

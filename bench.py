@@ -2,6 +2,7 @@
 
     python bench.py speed [--presets tiny medium] [--model runs/quickstart/model]   # one process, one run
     python bench.py quickstart                                                        # wall time of `python train.py`
+    python bench.py memory                                                            # 7B memory plan (computed)
 
 `speed` measures, per preset: the latency of the first question on a pair, the marginal latency of questions
 2..8 (asked together, sharing the pair's encoding and KV-cached prompt prefix), the same 8-question session run
@@ -259,6 +260,50 @@ def speed_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def memory_plan(preset: str = "reasoncd-7b", sequence: int = 600, questions: int = 8) -> dict:
+    """
+    Memory of the 7B configuration computed from parameter counts (meta device, nothing allocated).
+
+    Inference: weights + the KV cache of one pair's prompt and `questions` answers. 8/4-bit quantise the language
+    model's linear layers only (bitsandbytes; CLIP, SAM, the fusion module and lm_head stay bf16). LoRA training
+    (bf16 weights, activation checkpointing, AdamW on fp32 trainable parameters): weights + 16 bytes per
+    trainable parameter + checkpointed LLM activations + the trainable ResNet/decoder activations per sample.
+    """
+    from build_reasoncd import parameter_report
+    from configuration_reasoncd import ReasonCDConfig
+
+    config = ReasonCDConfig.from_preset(preset)
+    rows = {name: (count, trainable) for name, count, trainable in parameter_report(config)}
+    text = config.text_config
+    total = sum(count for count, _ in rows.values())
+    trainable = sum(t for _, t in rows.values())
+    embed = 2 * text.vocab_size * text.hidden_size  # embed_tokens + lm_head stay bf16
+    llm_linear = rows["language_model"][0] - embed
+    other = total - llm_linear
+    gib = 2**30
+    kv = 2 * text.num_hidden_layers * (sequence + questions * 64) * text.hidden_size * 2
+    weights = {"bf16": 2 * total, "int8": llm_linear + 2 * other, "int4": 0.53 * llm_linear + 2 * other}
+    inference = {name: round((w + kv) / gib, 1) for name, w in weights.items()}
+    # Per sample: checkpointed layer inputs of the LLM, one layer recomputed, and the trainable fusion/decoder
+    # activations at SAM's frame (both dates), measured as ~0.9 GiB per 1024-px image for ResNet34+FPN in bf16.
+    sam = config.sam_config["image_size"]
+    per_sample = (text.num_hidden_layers * sequence * text.hidden_size * 2
+                  + sequence * (4 * text.hidden_size + 3 * text.intermediate_size) * 4
+                  + 2 * 0.9 * gib * (sam / 1024) ** 2)
+    optimizer = 16 * trainable
+    train = {f"batch_{b}": round((2 * total + optimizer + b * per_sample) / gib, 1) for b in (1, 2, 4)}
+    train_fp32 = {f"batch_{b}": round((4 * total + optimizer + 2 * b * per_sample) / gib, 1) for b in (1, 2, 4)}
+    fits = {card: {"inference": [k for k, v in inference.items() if v < card * 0.92],
+                   "lora_training_bf16": [k for k, v in train.items() if v < card * 0.92],
+                   "lora_training_fp32": [k for k, v in train_fp32.items() if v < card * 0.92]}
+            for card in (24, 48, 80)}
+    return {"preset": preset, "parameters": total, "trainable_parameters": trainable,
+            "inference_gib": inference, "lora_training_bf16_gib": train, "lora_training_fp32_gib": train_fp32,
+            "fits_gib_card": fits,
+            "assumptions": f"prompt {sequence} tokens, {questions} questions x 64 answer tokens, frozen encoders "
+                           "cached or run without gradients, fp32 AdamW states for trainable parameters"}
+
+
 def bench_quickstart(output_dir: Path, fresh_data: bool) -> dict:
     """Times the whole quickstart (data generation if absent, build, train, test evaluation, figures)."""
     if fresh_data:
@@ -290,6 +335,7 @@ def main(argv=None) -> int:
     speed.add_argument("--model", type=Path, default=REPO / "runs" / "quickstart" / "model",
                        help="trained tiny model to use for the tiny preset (realistic answer lengths)")
     speed.add_argument("--max_new_tokens", type=int, default=32)
+    sub.add_parser("memory", help="memory plan of the 7B configuration, computed from parameter counts")
     quick = sub.add_parser("quickstart", help="time `python train.py` end to end")
     quick.add_argument("--output_dir", type=Path, default=REPO / "runs" / "bench-quickstart")
     quick.add_argument("--keep_data", action="store_true", help="reuse an already generated synthetic set")
@@ -299,6 +345,9 @@ def main(argv=None) -> int:
     if args.command == "speed":
         report["speed"] = bench_speed(args.presets, args.model, args.max_new_tokens)
         table = speed_table(report["speed"])
+    elif args.command == "memory":
+        report["memory"] = memory_plan()
+        table = None
     else:
         report["quickstart"] = bench_quickstart(args.output_dir, fresh_data=not args.keep_data)
         table = None

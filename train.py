@@ -34,17 +34,17 @@ from reasoncd_tools.samples import ReasonCDCollator, SampleError, as_dataset, lo
 
 REPO = Path(__file__).resolve().parent
 QUICKSTART = {
-    "pairs": 360,
+    "pairs": 360,  # about 1,300 training questions
     "data": REPO / "data" / "synthetic",
     "output_dir": REPO / "runs" / "quickstart",
-    "num_train_epochs": 6,
+    "num_train_epochs": 8,
     "learning_rate": 1e-3,
     "warmup_steps": 30,
-    "per_device_train_batch_size": 8,
-    "batch_size": 8,
+    "per_device_train_batch_size": 2,  # image pairs, about 7 questions
+    "batch_size": 2,
     "lora_rank": 16,
     "lora_targets": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-    "eval_steps": 60,
+    "eval_steps": 72,
     # The tiny language model starts from random weights: it has no vocabulary to reuse, so it learns its
     # embeddings and output layer in full and adapts the MLPs as well as attention.
     "full_embeddings": True,
@@ -66,8 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_train_epochs", type=float)
     parser.add_argument("--learning_rate", type=float)
     parser.add_argument("--warmup_steps", type=int)
-    parser.add_argument("--per_device_train_batch_size", type=int)
-    parser.add_argument("--batch_size", type=int, help="effective batch (reached by gradient accumulation)")
+    parser.add_argument("--per_device_train_batch_size", type=int,
+                        help="image pairs per device and step (all questions about a pair share its encoding)")
+    parser.add_argument("--batch_size", type=int, help="effective batch in image pairs (gradient accumulation)")
     parser.add_argument("--lora_rank", type=int)
     parser.add_argument("--lora_alpha", type=int, help="default: 2 x rank")
     parser.add_argument("--lora_dropout", type=float, default=0.05)

@@ -82,24 +82,62 @@ def load_split(data_dir, split: str, *, limit: int | None = None) -> list[dict]:
     return samples[:limit] if limit else samples
 
 
+def group_by_pair(samples: list[dict]) -> list[dict]:
+    """One entry per image pair with all its questions, so a batch encodes and fuses each pair once."""
+    groups: dict[tuple[str, str], dict] = {}
+    for sample in samples:
+        key = (sample["img1_path"], sample["img2_path"])
+        group = groups.setdefault(key, {"img1_path": key[0], "img2_path": key[1], "pair_id": sample["pair_id"],
+                                        "questions": [], "answers": [], "mask_paths": []})
+        group["questions"].append(sample["question"])
+        group["answers"].append(sample["answer"])
+        group["mask_paths"].append(sample["mask_path"])
+    return list(groups.values())
+
+
 def as_dataset(samples: list[dict]) -> datasets.Dataset:
-    """A `datasets.Dataset` of paths and text; images are decoded lazily, batch by batch, by the collator."""
-    columns = {key: [s[key] for s in samples] for key in (*REQUIRED_FIELDS, "kind", "pair_id")}
-    return datasets.Dataset.from_dict(columns)
+    """
+    A `datasets.Dataset` with one row per image pair (paths and texts only; the collator decodes images lazily,
+    batch by batch). Batch sizes therefore count pairs; all questions about a pair travel together.
+    """
+    groups = group_by_pair(samples)
+    columns = ("img1_path", "img2_path", "pair_id", "questions", "answers", "mask_paths")
+    return datasets.Dataset.from_dict({key: [g[key] for g in groups] for key in columns})
+
+
+def _as_samples(item: dict) -> list[dict]:
+    """A dataset row (a pair with its questions) or a single sample, as a list of samples."""
+    if "questions" not in item:
+        return [item]
+    return [{"img1_path": item["img1_path"], "img2_path": item["img2_path"], "mask_path": mask,
+             "question": question, "answer": answer}
+            for question, answer, mask in zip(item["questions"], item["answers"], item["mask_paths"])]
+
+
+def load_images(sample: dict) -> tuple[np.ndarray, np.ndarray]:
+    """T1 and T2 as HxWx3 uint8, which must have the same size."""
+    image_t1, _ = read_rgb(sample["img1_path"])
+    image_t2, _ = read_rgb(sample["img2_path"])
+    if image_t2.shape != image_t1.shape:
+        raise SampleError(f"{sample.get('source', sample['img1_path'])}: T1 {image_t1.shape[:2]} and T2 "
+                          f"{image_t2.shape[:2]} must have the same size")
+    return image_t1, image_t2
+
+
+def load_mask(sample: dict, size: tuple[int, int]) -> np.ndarray:
+    """The sample's mask (HxW bool); an answer without `[SEG]` always has an empty mask."""
+    if SEG not in sample["answer"]:
+        return np.zeros(size, dtype=bool)
+    mask = read_mask(sample["mask_path"])
+    if mask.shape != tuple(size):
+        raise SampleError(f"{sample['mask_path']}: mask {mask.shape} does not match the images {tuple(size)}")
+    return mask
 
 
 def load_pair(sample: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """T1, T2 (HxWx3 uint8) and the mask (HxW bool); an answer without `[SEG]` always has an empty mask."""
-    image_t1, _ = read_rgb(sample["img1_path"])
-    image_t2, _ = read_rgb(sample["img2_path"])
-    if SEG in sample["answer"]:
-        mask = read_mask(sample["mask_path"])
-    else:
-        mask = np.zeros(image_t1.shape[:2], dtype=bool)
-    if mask.shape != image_t1.shape[:2] or image_t2.shape != image_t1.shape:
-        raise SampleError(f"{sample.get('source', sample['img1_path'])}: T1 {image_t1.shape[:2]}, T2 "
-                          f"{image_t2.shape[:2]} and mask {mask.shape} must have the same size")
-    return image_t1, image_t2, mask
+    """T1, T2 and the mask of one sample."""
+    image_t1, image_t2 = load_images(sample)
+    return image_t1, image_t2, load_mask(sample, image_t1.shape[:2])
 
 
 class ReasonCDCollator:
@@ -110,13 +148,22 @@ class ReasonCDCollator:
         self.cache_keys = cache_keys  # content keys for the frozen-feature cache, hashed here on the CPU
 
     def __call__(self, batch: list[dict]) -> dict:
-        pairs = [load_pair(sample) for sample in batch]
+        samples = [sample for item in batch for sample in _as_samples(item)]
+        pair_of, pairs, pair_index, masks = {}, [], [], []
+        for sample in samples:
+            key = (sample["img1_path"], sample["img2_path"])
+            if key not in pair_of:  # each pair is decoded (and later encoded) once, however many questions
+                pair_of[key] = len(pairs)
+                pairs.append(load_images(sample))
+            pair_index.append(pair_of[key])
+            masks.append(load_mask(sample, pairs[pair_of[key]][0].shape[:2]))
         inputs = dict(self.processor(
             images_t1=[p[0] for p in pairs],
             images_t2=[p[1] for p in pairs],
-            text=[s["question"] for s in batch],
-            answers=[s["answer"] for s in batch],
-            masks=[p[2] for p in pairs],
+            text=[s["question"] for s in samples],
+            answers=[s["answer"] for s in samples],
+            masks=masks,
+            pair_index=pair_index,
             return_tensors="pt",
         ))
         if self.cache_keys:

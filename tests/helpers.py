@@ -1,0 +1,131 @@
+"""Shared building blocks of the core tests: tiny checkpoints (built once per session), image pairs, a
+LLaMA-2-like tokenizer made offline, and a logits processor that makes greedy decoding emit a chosen answer."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import LogitsProcessor, PreTrainedTokenizerFast
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import build_reasoncd  # noqa: E402
+
+_CHECKPOINTS: dict[str, Path] = {}
+
+
+def tiny_checkpoint(tmp_path_factory, seed: int = 0) -> Path:
+    """The `tiny` preset built by `build_reasoncd.main` into a session temp folder; built once per seed."""
+    key = f"tiny-{seed}"
+    if key not in _CHECKPOINTS:
+        out = tmp_path_factory.mktemp(key) / "checkpoint"
+        assert build_reasoncd.main(["--preset", "tiny", "--seed", str(seed), "--output_dir", str(out)]) == 0
+        _CHECKPOINTS[key] = out
+    return _CHECKPOINTS[key]
+
+
+def make_seg_the_only_answer(model) -> None:
+    """
+    Rewrites a ReasonCD model in place so that its language model predicts `[SEG]` at every position.
+
+    Component 0 of the residual stream is made a constant +50 (every token embedding and every projected image
+    token carry it, and no attention or MLP output writes to it); the final RMSNorm keeps its sign, and the output
+    layer reads that component only for `[SEG]`: its logit is positive while every other logit is 0.
+    """
+    language_model = model.language_model
+    with torch.no_grad():
+        language_model.get_input_embeddings().weight[:, 0] = 50.0
+        model.multi_modal_projector.weight[0] = 0.0
+        model.multi_modal_projector.bias[0] = 50.0
+        for layer in language_model.model.layers:
+            layer.self_attn.o_proj.weight[0] = 0.0
+            layer.mlp.down_proj.weight[0] = 0.0
+        head = language_model.get_output_embeddings().weight
+        head.zero_()
+        head[model.config.seg_token_id, 0] = 1.0
+
+
+def seg_forcing_checkpoint(tmp_path_factory) -> Path:
+    """A `tiny` checkpoint whose model answers `[SEG]` after any prompt, so the mask path runs end to end."""
+    key = "seg-forcing"
+    if key not in _CHECKPOINTS:
+        model, processor = build_reasoncd.build_tiny(0)
+        make_seg_the_only_answer(model)
+        out = tmp_path_factory.mktemp(key) / "checkpoint"
+        build_reasoncd.save_checkpoint(model, processor, out)
+        _CHECKPOINTS[key] = out
+    return _CHECKPOINTS[key]
+
+
+def random_image(height: int, width: int, seed: int) -> np.ndarray:
+    """A smooth-ish random RGB uint8 image (blocks of colour plus noise), deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(max(height // 16, 1) + 1, max(width // 16, 1) + 1, 3))
+    image = np.kron(coarse, np.ones((16, 16, 1)))[:height, :width]
+    image = image + rng.integers(-20, 21, size=image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def llama_like_tokenizer(size: int = 32000) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer laid out like LLaMA-2's: exactly `size` entries, `<unk>`, `<s>`, `</s>` at 0, 1, 2,
+    no pad token. Words are `w3` ... `w{size-1}` plus common English words in the low ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["the", "is", "a", "of", "new", "buildings", "roads", "water", "It's", ".", ",", "changes", "that",
+             "provide", "more", "living", "areas", "for", "people", "[INST]", "[/INST]", "For", "Change",
+             "Detection", "task", "image", "taken", "earlier", "later", "and", "same", "place", "The", "change",
+             "interest", "Please", "produce", "changemap", "me", "(T1)", "(T2)"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    index = 0
+    while len(vocab) < size:
+        vocab.setdefault(f"w{index}", len(vocab))
+        index += 1
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    assert len(tokenizer) == size
+    return tokenizer
+
+
+class ForceAnswers(LogitsProcessor):
+    """
+    Greedy decoding emits `answers[row]` token by token, then `</s>` and padding.
+
+    Only the scores are replaced (every token but the forced one gets -inf); the forward passes, the KV cache and
+    the hidden states are the model's own, so what `generate` reads off them is what it would read had the model
+    chosen these tokens itself. With only `inputs_embeds`, the `input_ids` seen here are the generated tokens so
+    far, so their length is the step.
+    """
+
+    def __init__(self, answers: list[list[int]], eos_token_id: int) -> None:
+        self.answers = answers
+        self.eos_token_id = eos_token_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1]
+        forced = torch.full_like(scores, float("-inf"))
+        for row, answer in enumerate(self.answers):
+            forced[row, answer[step] if step < len(answer) else self.eos_token_id] = 0.0
+        return forced
+
+
+def script_env(extra_env: dict | None = None) -> dict:
+    """The environment of scripts the tests start: offline, no tokenizer thread pools."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.update(extra_env or {})
+    return env
+
+
+def run_script(args: list[str], *, cwd: Path, timeout: float = 120, extra_env: dict | None = None):
+    """Runs `python <args>` with the interpreter of the tests; returns the CompletedProcess (text mode)."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=script_env(extra_env), capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,0 +1,439 @@
+"""The model on the `tiny` preset: losses and the trainable set, the [SEG] convention (teacher-forced == cached
+generation), one encoding per image pair, and a save/reload through the Hub loader in a clean interpreter."""
+import copy
+import json
+import re
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, AutoProcessor, LogitsProcessorList
+
+import build_reasoncd
+from helpers import REPO_ROOT, ForceAnswers, make_seg_the_only_answer, random_image, run_script, tiny_checkpoint
+from processing_reasoncd import upscale_mask_logits
+from reasoncd_tools.lora import apply_lora
+
+HEIGHT, WIDTH = 200, 300
+QUESTIONS = ["new buildings", "changes that provide more living areas for people, and explain why"]
+ANSWERS = ["It's [SEG].", "Houses were built on the former fields, so the change is [SEG]."]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory)
+
+
+def load_model(checkpoint):
+    model, info = AutoModel.from_pretrained(checkpoint, trust_remote_code=True, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    return model
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return load_model(checkpoint).eval()
+
+
+@pytest.fixture(scope="module")
+def processor(checkpoint):
+    return AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """T1, T2 (T2 has a new bright block) and the change mask, 200x300 (non-square)."""
+    t1 = random_image(HEIGHT, WIDTH, seed=1)
+    t2 = t1.copy()
+    mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
+    mask[40:120, 60:180] = True
+    t2[mask] = [230, 220, 210]
+    return t1, t2, mask
+
+
+def answer_rows(processor, answers):
+    """The token ids of each answer as the processor builds its labels (answer + `</s>`)."""
+    labels = processor(images_t1=np.zeros((8, 8, 3), np.uint8), images_t2=np.zeros((8, 8, 3), np.uint8),
+                       text=["x"] * len(answers), answers=answers)["labels"]
+    return [row[row != -100].tolist() for row in labels]
+
+
+def forced_generate(model, processor, inputs, answers, **kwargs):
+    rows = answer_rows(processor, answers)
+    out = model.generate(**inputs, max_new_tokens=max(map(len, rows)) + 1,
+                         logits_processor=LogitsProcessorList([ForceAnswers(rows, model.config.eos_token_id)]),
+                         **kwargs)
+    for row, answer in enumerate(rows):
+        assert out.sequences[row, : len(answer)].tolist() == answer
+    return out
+
+
+def assert_masks_agree(processor, low_res_a, low_res_b, reshaped_sizes, size):
+    """Low-res logits equal up to float noise, and the full-size binary masks equal wherever the decision is not
+    within that noise of the threshold."""
+    low_res_a, low_res_b = low_res_a.detach(), low_res_b.detach()
+    scale = float(low_res_b.abs().max())
+    assert scale > 0, "the masks to compare are all zero: nothing was decoded"
+    torch.testing.assert_close(low_res_a, low_res_b, rtol=0, atol=1e-3 * scale)
+    frame = processor.sam_image_size
+    for row in range(low_res_a.shape[0]):
+        full_a = upscale_mask_logits(low_res_a[row], reshaped_sizes[row], size, frame)
+        full_b = upscale_mask_logits(low_res_b[row], reshaped_sizes[row], size, frame)
+        decided = full_b.abs() > 1e-2 * scale
+        assert decided.float().mean() > 0.9
+        assert torch.equal((full_a > 0)[decided], (full_b > 0)[decided])
+
+
+# --- losses and the trainable set -------------------------------------------------------------------------------
+LORA_NAME = re.compile(
+    r"language_model\.model\.layers\.(\d+)\.self_attn\.(q_proj|v_proj)\.lora_([AB])\.default\.weight"
+)
+TOKEN_ADAPTERS = {
+    "language_model.model.embed_tokens.token_adapter.trainable_tokens_delta.default": "embed_tokens",
+    "language_model.lm_head.token_adapter.trainable_tokens_delta.default": "lm_head",
+}
+FULLY_TRAINED = ("multi_modal_projector", "text_hidden_fc", "sam_mask_decoder", "feature_fusion")
+FROZEN = ("vision_tower", "sam_image_encoder", "sam_prompt_encoder")
+
+
+def test_lora_trains_exactly_the_papers_parts(checkpoint, processor, pair):
+    t1, t2, mask = pair
+    model = load_model(checkpoint)
+    config = model.config
+    module_params = {name: {n for n, _ in getattr(model, name).named_parameters()} for name in FULLY_TRAINED}
+    peft_model = apply_lora(model)
+    peft_model.train()
+    params = {n.removeprefix("base_model.model."): p for n, p in peft_model.named_parameters()}
+    trainable = {n for n, p in params.items() if p.requires_grad}
+
+    lora = {n: LORA_NAME.fullmatch(n) for n in trainable if "lora_" in n}
+    assert all(lora.values()), [n for n, m in lora.items() if not m]
+    layers = config.text_config.num_hidden_layers
+    assert {(m[1], m[2], m[3]) for m in lora.values()} == {
+        (str(i), proj, ab) for i in range(layers) for proj in ("q_proj", "v_proj") for ab in "AB"}
+    hidden = config.text_config.hidden_size
+    for name in lora:
+        assert tuple(params[name].shape) == ((8, hidden) if ".lora_A." in name else (hidden, 8))
+    # No LoRA anywhere else: not in CLIP, not in SAM's two-way transformer (which has its own q_proj/v_proj).
+    assert not [n for n in params if "lora_" in n and not n.startswith("language_model.")]
+
+    assert set(TOKEN_ADAPTERS) <= trainable
+    for name in TOKEN_ADAPTERS:
+        assert tuple(params[name].shape) == (5, hidden)
+
+    copies = {n for n in trainable if ".modules_to_save.default." in n}
+    for module in FULLY_TRAINED:
+        prefix = f"{module}.modules_to_save.default."
+        assert {n[len(prefix):] for n in copies if n.startswith(prefix)} == module_params[module]
+    assert trainable == set(lora) | set(TOKEN_ADAPTERS) | copies
+
+    frozen = set(params) - trainable
+    assert any(n.startswith("language_model.") and n.endswith("q_proj.base_layer.weight") for n in frozen)
+    assert all(any(n.startswith(m) for m in FROZEN) or n.startswith("language_model.")
+               or ".original_module." in n for n in frozen), sorted(frozen)
+    for module in FROZEN:
+        assert any(n.startswith(module) for n in frozen)
+        assert not any(n.startswith(module) for n in trainable)
+
+    inputs = processor(images_t1=[t1, t1], images_t2=[t2, t2], text=QUESTIONS, answers=ANSWERS,
+                       masks=[mask, mask])
+    out = peft_model(**inputs)
+    for part in ("loss", "ce_loss", "bce_loss", "dice_loss"):
+        value = getattr(out, part)
+        assert torch.isfinite(value) and value > 0, (part, value)
+    expected = config.ce_loss_weight * out.ce_loss + config.bce_loss_weight * out.bce_loss \
+        + config.dice_loss_weight * out.dice_loss
+    torch.testing.assert_close(out.loss, expected)
+    out.loss.backward()
+
+    def has_grad(name):
+        grad = params[name].grad
+        return grad is not None and bool(grad.abs().sum() > 0)
+
+    for name in frozen:
+        assert params[name].grad is None, name
+    # LoRA starts as the base model (B = 0): B receives a gradient, A does not yet.
+    for name in lora:
+        assert has_grad(name) == (".lora_B." in name), name
+    # New token rows: `<T1>`/`<T2>` embeddings are replaced by image features, so only `<p>`, `</p>`, `[SEG]`
+    # rows of embed_tokens learn; every new row of lm_head does (they are classes of the softmax).
+    new_ids = [config.t1_token_id, config.t2_token_id, config.p_start_token_id, config.p_end_token_id,
+               config.seg_token_id]
+    assert new_ids == list(range(new_ids[0], new_ids[0] + 5))
+    embed_rows = params["language_model.model.embed_tokens.token_adapter.trainable_tokens_delta.default"].grad
+    assert (embed_rows.abs().sum(dim=1) > 0).tolist() == [False, False, True, True, True]
+    head_rows = params["language_model.lm_head.token_adapter.trainable_tokens_delta.default"].grad
+    assert (head_rows.abs().sum(dim=1) > 0).all()
+    for module in FULLY_TRAINED:
+        assert any(has_grad(n) for n in copies if n.startswith(module + ".")), module
+    # The ResNet branch of the fusion module and the decoder's transformer are trained too.
+    assert has_grad("feature_fusion.modules_to_save.default.resnet_fpn.backbone.conv1.weight")
+    assert has_grad("sam_mask_decoder.modules_to_save.default.transformer.layers.0.self_attn.q_proj.weight")
+
+
+def test_answers_without_seg_give_text_loss_only_and_empty_masks(model, processor, pair):
+    t1, t2, mask = pair
+    no_seg = ["There is no change of interest between the two images.", "No roads were built."]
+    inputs = processor(images_t1=t1, images_t2=t2, text=["rivers", "roads"], answers=no_seg, masks=[mask, mask])
+    out = model(**inputs)
+    assert not out.seg_present.any()
+    assert out.ce_loss > 0 and out.bce_loss == 0 and out.dice_loss == 0
+    torch.testing.assert_close(out.loss, model.config.ce_loss_weight * out.ce_loss)
+    assert not out.pred_masks.any() and not out.seg_hidden_states.any()
+
+    # In a mixed batch the row without [SEG] adds nothing to the mask losses.
+    mixed = model(**processor(images_t1=t1, images_t2=t2, text=["new buildings", "rivers"],
+                              answers=[ANSWERS[0], no_seg[0]], masks=[mask, mask]))
+    alone = model(**processor(images_t1=t1, images_t2=t2, text="new buildings", answers=ANSWERS[0], masks=[mask]))
+    assert mixed.seg_present.tolist() == [True, False]
+    torch.testing.assert_close(mixed.bce_loss, alone.bce_loss, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(mixed.dice_loss, alone.dice_loss, rtol=1e-4, atol=1e-6)
+    assert mixed.pred_masks[0].abs().sum() > 0 and not mixed.pred_masks[1].any()
+
+    # Generation that answers without [SEG] gives the answer text and an empty full-size mask.
+    gen_inputs = processor(images_t1=t1, images_t2=t2, text=["rivers", "new buildings"])
+    out = forced_generate(model, processor, gen_inputs, [no_seg[0], ANSWERS[0]])
+    assert out.seg_present.tolist() == [False, True]
+    results = processor.post_process_generation(out, target_sizes=[(HEIGHT, WIDTH)])
+    assert results[0]["text"] == no_seg[0]
+    assert results[0]["mask"].shape == (HEIGHT, WIDTH) and results[0]["mask"].dtype == bool
+    assert not results[0]["mask"].any()
+    assert results[1]["text"] == "It's [SEG]."
+
+
+def _weighted_ce(logits, labels, seg_id, seg_weight):
+    """DESIGN §6 by hand: mean CE over answer tokens, the [SEG] target weighted `seg_weight`."""
+    logits, targets = logits[:, :-1].float(), labels[:, 1:]
+    valid = targets != -100
+    per_token = F.cross_entropy(logits[valid], targets[valid], reduction="none")
+    weights = torch.where(targets[valid] == seg_id, seg_weight, 1.0)
+    return (per_token * weights).sum() / weights.sum()
+
+
+def test_ce_weights_seg_tenfold_only_when_greedy_misses_it(model, processor, pair):
+    t1, t2, mask = pair
+    config = model.config
+    assert config.seg_token_loss_weight == 10.0
+    inputs = processor(images_t1=t1, images_t2=t2, text=QUESTIONS, answers=ANSWERS, masks=[mask, mask])
+    seg_id, labels = config.seg_token_id, inputs["labels"]
+    with torch.no_grad():
+        out = model(**inputs)
+    # The random model never predicts [SEG] greedily: the [SEG] class weighs 10 in both rows.
+    assert not (out.logits.argmax(-1) == seg_id).any()
+    torch.testing.assert_close(out.ce_loss, _weighted_ce(out.logits, labels, seg_id, 10.0))
+    assert not torch.allclose(out.ce_loss, _weighted_ce(out.logits, labels, seg_id, 1.0))
+
+    # A model whose greedy answer is [SEG] everywhere is not penalised extra: plain mean CE.
+    always_seg = copy.deepcopy(model)
+    make_seg_the_only_answer(always_seg)
+    with torch.no_grad():
+        out = always_seg(**inputs)
+    assert (out.logits.argmax(-1) == seg_id).all()
+    torch.testing.assert_close(out.ce_loss, _weighted_ce(out.logits, labels, seg_id, 1.0))
+    assert not torch.allclose(out.ce_loss, _weighted_ce(out.logits, labels, seg_id, 10.0))
+
+
+# --- the [SEG] convention ---------------------------------------------------------------------------------------
+GENERATE_MODES = {"shared prefix cache": {}, "left-padded cache": {"share_prefix": False},
+                  "no cache": {"use_cache": False}}
+
+
+@pytest.mark.parametrize("mode", list(GENERATE_MODES))
+@pytest.mark.parametrize("count", [1, 2], ids=["one question", "two questions"])
+def test_seg_state_same_in_teacher_forcing_and_cached_generation(model, processor, pair, count, mode):
+    t1, t2, mask = pair
+    questions, answers = QUESTIONS[:count], ANSWERS[:count]
+    prompts = processor(images_t1=t1, images_t2=t2, text=questions)
+    if count == 2:  # questions of different lengths: the shorter prompt is left-padded
+        lengths = prompts["attention_mask"].sum(dim=1)
+        assert lengths[0] < lengths[1] and prompts["attention_mask"][0, 0] == 0
+
+    generated = forced_generate(model, processor, prompts, answers, **GENERATE_MODES[mode])
+    assert generated.seg_present.all()
+    results = processor.post_process_generation(generated)
+    assert [r["text"] for r in results] == answers
+
+    # Teacher forcing on the same prompts + generated tokens (the processor puts answers after the prompts).
+    teacher = processor(images_t1=t1, images_t2=t2, text=questions, answers=answers, masks=[mask] * count)
+    with torch.no_grad():
+        forced = model(**teacher)
+    assert forced.seg_present.all()
+    torch.testing.assert_close(generated.seg_hidden_states, forced.seg_hidden_states, rtol=0, atol=1e-4)
+    if count == 2:
+        assert not torch.allclose(forced.seg_hidden_states[0], forced.seg_hidden_states[1], atol=1e-2)
+
+    # It is the state that predicts [SEG]: its logits are those at the position before [SEG], not at [SEG].
+    head = model.language_model.get_output_embeddings()
+    seg_id = model.config.seg_token_id
+    for row in range(count):
+        seg_position = int((teacher["input_ids"][row] == seg_id).nonzero()[0])
+        with torch.no_grad():
+            logits = head(forced.seg_hidden_states[row])
+        torch.testing.assert_close(logits, forced.logits[row, seg_position - 1], rtol=0, atol=1e-4)
+        assert not torch.allclose(logits, forced.logits[row, seg_position], atol=1e-2)
+
+    assert_masks_agree(processor, generated.pred_masks, forced.pred_masks,
+                       teacher["reshaped_sizes"][teacher["pair_index"]], (HEIGHT, WIDTH))
+    assert all(r["mask"].shape == (HEIGHT, WIDTH) and r["mask"].any() for r in results)
+
+
+# --- one encoding per pair --------------------------------------------------------------------------------------
+def test_several_questions_encode_the_pair_once(model, processor, pair):
+    t1, t2, _ = pair
+    questions = ["new buildings", "changes caused by heavy rainfall", "roads that were removed to make space"]
+    calls = {"vision_tower": [], "sam_image_encoder": []}
+
+    def recorder(name):
+        def hook(module, args, kwargs, output):
+            pixels = args[0] if args else next(iter(kwargs.values()))
+            calls[name].append(pixels.shape[0])
+        return hook
+
+    handles = [getattr(model, name).register_forward_hook(recorder(name), with_kwargs=True) for name in calls]
+    try:
+        batch_inputs = processor(images_t1=t1, images_t2=t2, text=questions)
+        assert batch_inputs["pair_index"].tolist() == [0, 0, 0]
+        assert batch_inputs["pixel_values_t1"].shape[0] == 1
+        batch = model.generate(**batch_inputs, max_new_tokens=8)
+        assert calls == {"vision_tower": [2], "sam_image_encoder": [2]}
+        batch_forced = forced_generate(model, processor, batch_inputs, ["It's [SEG]."] * 3)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    batch_texts = [r["text"] for r in processor.post_process_generation(batch)]
+    for row, question in enumerate(questions):
+        single_inputs = processor(images_t1=t1, images_t2=t2, text=question)
+        single = model.generate(**single_inputs, max_new_tokens=8)
+        assert processor.post_process_generation(single)[0]["text"] == batch_texts[row]
+        assert torch.equal(single.sequences[0], batch.sequences[row, : single.sequences.shape[1]])
+        single_forced = forced_generate(model, processor, single_inputs, ["It's [SEG]."])
+        torch.testing.assert_close(single_forced.seg_hidden_states[0], batch_forced.seg_hidden_states[row],
+                                   rtol=0, atol=1e-4)
+        assert_masks_agree(processor, batch_forced.pred_masks[row : row + 1], single_forced.pred_masks,
+                           single_inputs["reshaped_sizes"], (HEIGHT, WIDTH))
+    # Different questions about one pair give different [SEG] states (the prompt matters).
+    assert not torch.allclose(batch_forced.seg_hidden_states[0], batch_forced.seg_hidden_states[1], atol=1e-3)
+
+
+def test_rows_about_different_pairs_use_their_own_images(model, processor, pair):
+    """Rows in any order refer to their pair through `pair_index`: each gets its own pair's images (and prompt
+    cache), exactly as if asked alone."""
+    a1, a2, _ = pair
+    b1, b2 = random_image(WIDTH, HEIGHT, seed=7), random_image(WIDTH, HEIGHT, seed=8)  # 300x200: another shape
+    questions = ["new buildings", "water", "roads that were removed"]
+    pair_index = [1, 0, 1]
+    encoded = processor(images_t1=[b1, a1, b1], images_t2=[b2, a2, b2], text=questions)
+    # Keep pairs 0 (B) and 1 (A) only, and point the rows at them out of order.
+    inputs = {**encoded, "pair_index": torch.tensor([0, 1, 0])}
+    for key in ("pixel_values_t1", "pixel_values_t2", "sam_pixel_values_t1", "sam_pixel_values_t2",
+                "reshaped_sizes", "image_sizes"):
+        inputs[key] = encoded[key][:2]
+    calls = []
+    handle = model.vision_tower.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    try:
+        together = forced_generate(model, processor, inputs, ["It's [SEG]."] * 3)
+    finally:
+        handle.remove()
+    assert calls == [4]  # two pairs, both dates, one call
+    results = processor.post_process_generation(together)
+    images = {0: (b1, b2), 1: (a1, a2)}
+    for row, question in enumerate(questions):
+        t1, t2 = images[[0, 1, 0][row]]
+        alone_inputs = processor(images_t1=t1, images_t2=t2, text=question)
+        alone = forced_generate(model, processor, alone_inputs, ["It's [SEG]."])
+        torch.testing.assert_close(together.seg_hidden_states[row], alone.seg_hidden_states[0], rtol=0, atol=1e-4)
+        assert_masks_agree(processor, together.pred_masks[row : row + 1], alone.pred_masks,
+                           alone_inputs["reshaped_sizes"], t1.shape[:2])
+        assert results[row]["mask"].shape == t1.shape[:2]
+    assert pair_index == [1, 0, 1]
+
+
+# --- save and reload through the Hub loader ---------------------------------------------------------------------
+RELOAD_SCRIPT = textwrap.dedent(
+    """
+    import inspect, json, sys
+    from pathlib import Path
+    import numpy as np, torch
+    from transformers import AutoModel, AutoProcessor
+
+    checkpoint, data, questions_file, out = sys.argv[1:5]
+    ours = ("modeling_reasoncd", "configuration_reasoncd", "processing_reasoncd")
+    for name in ours:
+        sys.modules.pop(name, None)
+    model, info = AutoModel.from_pretrained(checkpoint, trust_remote_code=True, output_loading_info=True)
+    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+    arrays = np.load(data)
+    spec = json.loads(Path(questions_file).read_text())
+    images = dict(images_t1=arrays["t1"], images_t2=arrays["t2"])
+    prompts = processor(**images, text=spec["questions"])
+    generated = model.generate(**prompts, max_new_tokens=6)
+    teacher = processor(**images, text=spec["questions"], answers=spec["answers"],
+                        masks=[arrays["mask"]] * len(spec["answers"]))
+    with torch.no_grad():
+        forward = model(**teacher)
+    torch.save({"input_ids": teacher["input_ids"], "pixel_values_t1": teacher["pixel_values_t1"],
+                "sam_pixel_values_t1": teacher["sam_pixel_values_t1"], "sequences": generated.sequences,
+                "loss": forward.loss, "pred_masks": forward.pred_masks,
+                "seg_hidden_states": forward.seg_hidden_states}, out)
+    print(json.dumps({
+        "loading_info": {k: sorted(map(str, v)) for k, v in info.items()},
+        "model_module": type(model).__module__,
+        "model_file": inspect.getfile(type(model)),
+        "processor_module": type(processor).__module__,
+        "repo_modules": [name for name in ours if name in sys.modules],
+        "training": model.training,
+    }))
+    """
+)
+
+
+def test_save_and_reload_in_a_clean_interpreter(tmp_path, pair):
+    t1, t2, mask = pair
+    spec = {"questions": QUESTIONS, "answers": ANSWERS}
+    model, processor = build_reasoncd.build_tiny(seed=3)
+    checkpoint = tmp_path / "checkpoint"
+    build_reasoncd.save_checkpoint(model, processor, checkpoint)
+    model.eval()
+
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    (work / "reload.py").write_text(RELOAD_SCRIPT)
+    np.savez(work / "data.npz", t1=t1, t2=t2, mask=mask)
+    (work / "spec.json").write_text(json.dumps(spec))
+    modules_cache = tmp_path / "hf_modules"
+    # -I: no PYTHONPATH, no user site, no script folder or cwd on sys.path: the repository is not on the path
+    # (unless it is installed).
+    result = run_script(["-I", "reload.py", str(checkpoint), "data.npz", "spec.json", "reloaded.pt"], cwd=work,
+                        extra_env={"HF_MODULES_CACHE": str(modules_cache)})
+    assert not str(work).startswith(str(REPO_ROOT)) and not str(checkpoint).startswith(str(REPO_ROOT))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["loading_info"]["missing_keys"] == [] and report["loading_info"]["unexpected_keys"] == []
+    assert report["loading_info"]["mismatched_keys"] == [] and report["loading_info"]["error_msgs"] == []
+    # Whether or not the repository is installed (an editable install puts it back on the path), the model and
+    # processor classes come from the checkpoint's own code in the modules cache, and the repository's modules
+    # were never imported.
+    assert report["repo_modules"] == []
+    assert report["model_module"].startswith("transformers_modules.")
+    assert report["processor_module"].startswith("transformers_modules.")
+    assert report["model_file"].startswith(str(modules_cache))
+    assert report["training"] is False
+    reloaded = torch.load(work / "reloaded.pt")
+
+    images = dict(images_t1=t1, images_t2=t2)
+    prompts = processor(**images, text=QUESTIONS)
+    generated = model.generate(**prompts, max_new_tokens=6)
+    teacher = processor(**images, text=QUESTIONS, answers=ANSWERS, masks=[mask, mask])
+    with torch.no_grad():
+        forward = model(**teacher)
+    assert torch.equal(reloaded["input_ids"], teacher["input_ids"])
+    torch.testing.assert_close(reloaded["pixel_values_t1"], teacher["pixel_values_t1"])
+    torch.testing.assert_close(reloaded["sam_pixel_values_t1"], teacher["sam_pixel_values_t1"])
+    assert torch.equal(reloaded["sequences"], generated.sequences)
+    torch.testing.assert_close(reloaded["loss"], forward.loss, rtol=1e-5, atol=1e-6)
+    assert forward.pred_masks.abs().max() > 0
+    torch.testing.assert_close(reloaded["pred_masks"], forward.pred_masks, rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(reloaded["seg_hidden_states"], forward.seg_hidden_states, rtol=1e-4, atol=1e-5)

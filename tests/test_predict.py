@@ -1,0 +1,185 @@
+"""predict.py as a user runs it: real image pairs in, an 8-bit 0/255 change map of the pair's size out; clear
+errors (exit code 2, no traceback) for bad inputs; non-RGB inputs converted with a note."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import REPO_ROOT, random_image, run_script, script_env, seg_forcing_checkpoint, tiny_checkpoint
+
+LEVIR = ("LEVIR-CD/ChangeFormer/A/test_7_0256_0512.png", "LEVIR-CD/ChangeFormer/B/test_7_0256_0512.png")
+WHU = ("WHU-CD/UCD-SCM/prev/000241.png", "WHU-CD/UCD-SCM/curr/000241.png")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory)
+
+
+def predict_args(model, t1, t2, out, question="new buildings", *extra):
+    return ["predict.py", "--model", str(model), "--t1", str(t1), "--t2", str(t2), "--question", question,
+            "--out", str(out), "--max_new_tokens", "6", *extra]
+
+
+def predict(*args, **kwargs):
+    return run_script(predict_args(*args, **kwargs), cwd=REPO_ROOT)
+
+
+@pytest.fixture(scope="module")
+def runs(request, tmp_path_factory, checkpoint):
+    """The invocations that load the model, started together (each spends most of its time importing and
+    loading); `runs[name]` is (CompletedProcess, output path, inputs)."""
+    try:
+        realcd = request.getfixturevalue("realcd")
+    except pytest.skip.Exception:
+        realcd = None
+    work = tmp_path_factory.mktemp("predict")
+    jobs = {}
+    if realcd is not None:
+        t1, t2 = (realcd / p for p in LEVIR)
+        jobs["levir"] = (predict_args(checkpoint, t1, t2, work / "maps" / "levir.png",
+                                      "changes that provide more living areas for people", "--json"),
+                         work / "maps" / "levir.png", (t1, t2))
+        t1, t2 = (realcd / p for p in WHU)
+        jobs["whu"] = (predict_args(seg_forcing_checkpoint(tmp_path_factory), t1, t2, work / "whu.png", "building",
+                                    "--json"), work / "whu.png", (t1, t2))
+
+    rgb = random_image(120, 160, seed=4)
+    gray, rgba = work / "gray.png", work / "rgba.png"
+    Image.fromarray(rgb[..., 1], mode="L").save(gray)
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 200, np.uint8)]), mode="RGBA").save(rgba)
+    jobs["gray_rgba"] = (predict_args(checkpoint, gray, rgba, work / "gray_rgba.png"), work / "gray_rgba.png",
+                         (gray, rgba))
+
+    rgb = random_image(100, 140, seed=6)
+    deep, rgb_path = work / "deep.png", work / "rgb.png"
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 40 + 1000).save(deep)
+    Image.fromarray(rgb).save(rgb_path)
+    jobs["16bit"] = (predict_args(checkpoint, deep, rgb_path, work / "deep_map.png"), work / "deep_map.png",
+                     (deep, rgb_path))
+
+    broken = work / "broken"
+    shutil.copytree(checkpoint, broken)
+    (broken / "model.safetensors").unlink()
+    jobs["broken"] = (predict_args(broken, rgb_path, rgb_path, work / "broken.png"), work / "broken.png", (broken,))
+
+    started = {name: subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, env=script_env(),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for name, (args, _, _) in jobs.items()}
+    results = {}
+    for name, process in started.items():
+        stdout, stderr = process.communicate(timeout=300)
+        results[name] = (subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr),
+                         jobs[name][1], jobs[name][2])
+    return results
+
+
+def read_change_map(path, size):
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.mode == "L"  # 8-bit, one band
+        assert image.size == size
+        values = np.asarray(image)
+    assert set(np.unique(values).tolist()) <= {0, 255}
+    return values
+
+
+def test_levir_pair_json(realcd, runs):
+    result, out, (t1, _) = runs["levir"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    report = json.loads(result.stdout)  # stdout is the JSON document and nothing else
+    assert set(report) == {"text", "mask", "changed_fraction"}
+    assert isinstance(report["text"], str) and report["mask"] == str(out)
+    with Image.open(t1) as image:
+        size = image.size
+    values = read_change_map(out, size)
+    assert report["changed_fraction"] == pytest.approx(float((values == 255).mean()))
+    # The random tiny model does not answer [SEG]: no change is drawn.
+    assert "[SEG]" not in report["text"] and report["changed_fraction"] == 0.0
+
+
+def test_whu_1024_pair_with_a_mask(realcd, runs):
+    """A model that answers [SEG] draws a change map; at 1024x1024 it is written at the input size."""
+    result, out, (t1, _) = runs["whu"]
+    with Image.open(t1) as image:
+        assert image.size == (1024, 1024)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["text"].startswith("[SEG]")
+    values = read_change_map(out, (1024, 1024))
+    fraction = float((values == 255).mean())
+    assert 0.0 < fraction < 1.0  # both classes present: the decoder's logits were thresholded, not filled
+    assert report["changed_fraction"] == pytest.approx(fraction)
+
+
+def assert_clean_error(result, *fragments):
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") or "\nerror: " in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr)
+
+
+@pytest.fixture(scope="module")
+def pngs(tmp_path_factory):
+    """Two 8-bit RGB PNGs of 120x160 and one of 200x300 (height x width)."""
+    folder = tmp_path_factory.mktemp("pngs")
+    paths = {}
+    for name, shape, seed in (("a", (120, 160), 1), ("b", (120, 160), 2), ("big", (200, 300), 3)):
+        paths[name] = folder / f"{name}.png"
+        Image.fromarray(random_image(*shape, seed=seed)).save(paths[name])
+    return paths
+
+
+def test_missing_file(pngs, checkpoint, tmp_path):
+    missing = tmp_path / "no_such_T2.png"
+    result = predict(checkpoint, pngs["a"], missing, tmp_path / "m.png")
+    assert_clean_error(result, str(missing))
+    assert not (tmp_path / "m.png").exists()
+
+
+def test_size_mismatch(pngs, checkpoint, tmp_path):
+    result = predict(checkpoint, pngs["a"], pngs["big"], tmp_path / "m.png")
+    assert_clean_error(result, "160x120", "300x200", str(pngs["big"]))
+    assert not (tmp_path / "m.png").exists()
+
+
+@pytest.mark.parametrize("question", ["", "   "])
+def test_empty_question(pngs, checkpoint, tmp_path, question):
+    result = predict(checkpoint, pngs["a"], pngs["b"], tmp_path / "m.png", question)
+    assert_clean_error(result, "empty")
+
+
+def test_checkpoint_without_weights(runs):
+    result, out, (broken,) = runs["broken"]
+    assert_clean_error(result, "model.safetensors", str(broken))
+    assert not out.exists()
+
+
+def test_grayscale_and_rgba_inputs(runs):
+    result, out, (gray, rgba) = runs["gray_rgba"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert any(str(gray) in n and "grayscale" in n for n in notes), notes
+    assert any(str(rgba) in n and "alpha" in n for n in notes), notes
+    values = read_change_map(out, (160, 120))
+    # Without --json: the answer, then a line naming the map and the changed share.
+    lines = result.stdout.rstrip("\n").split("\n")
+    assert len(lines) == 2 and str(out) in lines[1]
+    assert f"({(values == 255).mean():.2%} of pixels changed)" in lines[1]
+
+
+def test_16bit_input(runs):
+    result, out, (deep, rgb_path) = runs["16bit"]
+    with Image.open(deep) as image:
+        assert image.mode.startswith("I")  # 16-bit grayscale PNG
+    assert result.returncode == 0, result.stderr[-3000:]
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert any(str(deep) in n and "8 bit" in n for n in notes), notes
+    assert not any(str(rgb_path) in n for n in notes)
+    read_change_map(out, (140, 100))

@@ -70,6 +70,7 @@ def main(argv=None) -> int:
         for path, note in ((args.t1, note_t1), (args.t2, note_t2)):
             if note:
                 print(f"note: {path}: {note}", file=sys.stderr)
+        check_checkpoint(args.model)  # before the slow imports
         if image_t1.shape != image_t2.shape:
             raise ValueError(f"--t1 {args.t1} is {image_t1.shape[1]}x{image_t1.shape[0]} but --t2 {args.t2} is "
                              f"{image_t2.shape[1]}x{image_t2.shape[0]}; the two dates must be co-registered images "

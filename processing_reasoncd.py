@@ -51,11 +51,25 @@ def upscale_mask_logits(low_res: torch.Tensor, reshaped_size, target_size, frame
     return F.interpolate(full, size=target, mode="bilinear", align_corners=False)[0, 0]
 
 
+def stretch_to_uint8(array: np.ndarray, max_samples: int = 1_000_000) -> tuple[np.ndarray, float, float]:
+    """
+    16-bit, 32-bit or float imagery to 8 bit by a linear 2-98 percentile stretch (robust to a few hot pixels;
+    11-12-bit sensor data would come out nearly black under a plain /257). Percentiles come from an even subsample
+    of large images; NaN becomes 0. Returns the image and the stretch's low/high values.
+    """
+    step = max(1, int((array.shape[0] * array.shape[1] / max_samples) ** 0.5))
+    sample = array[::step, ::step].astype(np.float64)
+    sample = sample[np.isfinite(sample)]
+    low, high = np.percentile(sample, (2, 98)) if sample.size else (0.0, 1.0)
+    high = max(float(high), float(low) + float(np.finfo(np.float32).eps))  # a constant image maps to black
+    scaled = (array.astype(np.float32) - low) * (255.0 / (high - low))
+    return np.nan_to_num(np.clip(scaled, 0, 255), nan=0.0).round().astype(np.uint8), float(low), high
+
+
 def to_rgb_array(image, *, name: str = "image") -> np.ndarray:
     """A PIL image or HxW(x1/3/4) array as HxWx3 uint8; grayscale, alpha and 16-bit inputs are converted (logged)."""
     if isinstance(image, Image.Image):
         if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            logger.warning(f"{name}: {image.mode} image scaled to 8 bit by its own min-max range")
             image = np.asarray(image, dtype=np.float64)
         elif image.mode != "RGB":
             logger.info(f"{name}: {image.mode} image converted to RGB")
@@ -72,10 +86,8 @@ def to_rgb_array(image, *, name: str = "image") -> np.ndarray:
         logger.info(f"{name}: grayscale image replicated to RGB")
         array = np.repeat(array.reshape(array.shape[0], array.shape[1], 1), 3, axis=2)
     if array.dtype != np.uint8:
-        low, high = float(array.min()), float(array.max())
-        logger.warning(f"{name}: {array.dtype} image scaled to 8 bit by its own range [{low:g}, {high:g}]")
-        array = np.clip((array.astype(np.float64) - low) / max(high - low, 1e-12) * 255.0 + 0.5, 0, 255)
-        array = array.astype(np.uint8)
+        array, low, high = stretch_to_uint8(array)
+        logger.warning(f"{name}: image scaled to 8 bit by a 2-98 percentile stretch ({low:g} to {high:g})")
     # torch refuses to share memory with read-only arrays (as decoded images often are): copy those.
     return np.ascontiguousarray(array) if array.flags.writeable else np.array(array)
 
@@ -187,6 +199,10 @@ class ReasonCDProcessor(ProcessorMixin):
         for i, question in enumerate(questions):
             if not isinstance(question, str) or not question.strip():
                 raise ValueError(f"question {i} is empty; describe the change of interest, e.g. 'new buildings'")
+            reserved = [token for token in NEW_TOKENS if token in question]
+            if reserved:
+                raise ValueError(f"question {i} contains the reserved token(s) {', '.join(reserved)}; "
+                                 "write the change of interest in plain words")
             ids = self.tokenizer.encode(self.build_prompt(question.strip()), add_special_tokens=False)
             labels = [-100] * len(ids)
             if answers is not None:
@@ -197,7 +213,7 @@ class ReasonCDProcessor(ProcessorMixin):
                 raise ValueError(
                     f"question {i} makes a sequence of {len(ids)} tokens, more than the model's context of "
                     f"{self.max_sequence_length} (of which {2 * self.image_seq_length} are image tokens); "
-                    "shorten the question — image tokens and [SEG] are never truncated"
+                    "shorten the question (or answer) — image tokens and [SEG] are never truncated"
                 )
             rows.append(ids)
             label_rows.append(labels)

@@ -21,7 +21,6 @@ Large mosaics are read in row bands by :class:`Mosaic`, without loading the whol
 """
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -30,12 +29,12 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
+from processing_reasoncd import stretch_to_uint8
+
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 # Photometric interpretations whose samples tifffile returns as they are meant to be shown.
 _TIFFFILE_PHOTOMETRICS = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB)
 _ALPHA_SAMPLES = (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
-_STRETCH_PERCENTILES = (2, 98)
-_STRETCH_SAMPLES = 1_000_000  # percentiles of big images are estimated on a regular grid of about this many pixels
 
 
 class ImageReadError(ValueError):
@@ -117,15 +116,10 @@ def _describe(error: BaseException) -> str:
 
 
 def _stretch_to_uint8(array: np.ndarray, notes: list[str]) -> np.ndarray:
-    """Linear 2-98 percentile stretch of a 16-bit, 32-bit or float image to uint8; NaN becomes 0."""
-    step = max(1, math.isqrt(array.shape[0] * array.shape[1] // _STRETCH_SAMPLES))
-    sample = array[::step, ::step].astype(np.float64)
-    sample = sample[np.isfinite(sample)]
-    low, high = np.percentile(sample, _STRETCH_PERCENTILES) if sample.size else (0.0, 1.0)
-    high = max(high, low + np.finfo(np.float32).eps)  # a constant image maps to black rather than dividing by 0
-    scaled = (array.astype(np.float32) - low) * (255.0 / (high - low))
+    """The processor's 2-98 percentile stretch, so files and in-memory arrays give the same model inputs."""
+    stretched, low, high = stretch_to_uint8(array)
     notes.append(f"{array.dtype} scaled to 8 bit by a 2-98 percentile stretch ({low:g} to {high:g})")
-    return np.nan_to_num(np.clip(scaled, 0, 255), nan=0.0).round().astype(np.uint8)
+    return stretched
 
 
 def read_rgb(path) -> tuple[np.ndarray, str | None]:

@@ -10,7 +10,7 @@ from transformers import AutoProcessor, CLIPImageProcessor
 
 from helpers import llama_like_tokenizer, random_image, tiny_checkpoint
 from modeling_reasoncd import ReasonCDGenerateOutput
-from processing_reasoncd import NEW_TOKENS, ReasonCDProcessor
+from processing_reasoncd import NEW_TOKENS, ReasonCDProcessor, stretch_to_uint8
 from reasoncd_tools.tokenizer import add_reasoncd_tokens
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -228,14 +228,15 @@ def test_empty_question_is_refused(processor, question):
 def _variants(rgb: np.ndarray):
     gray = rgb[..., 0]
     gray16 = gray.astype(np.uint16) * 257
+    stretched = np.repeat(stretch_to_uint8(gray16)[0][..., None], 3, axis=2)  # 16-bit: 2-98 percentile stretch
     return {
         "gray array": (gray, np.repeat(gray[..., None], 3, axis=2)),
         "gray HxWx1 array": (gray[..., None], np.repeat(gray[..., None], 3, axis=2)),
         "RGBA array": (np.dstack([rgb, np.full(gray.shape, 7, np.uint8)]), rgb),
-        "uint16 array": (gray16, np.repeat(gray[..., None], 3, axis=2)),
+        "uint16 array": (gray16, stretched),
         "PIL L": (Image.fromarray(gray, mode="L"), np.repeat(gray[..., None], 3, axis=2)),
         "PIL RGBA": (Image.fromarray(np.dstack([rgb, np.full(gray.shape, 7, np.uint8)]), mode="RGBA"), rgb),
-        "PIL I;16": (Image.fromarray(gray16), np.repeat(gray[..., None], 3, axis=2)),
+        "PIL I;16": (Image.fromarray(gray16), stretched),
     }
 
 
@@ -243,8 +244,6 @@ def _variants(rgb: np.ndarray):
                                   "PIL RGBA", "PIL I;16"])
 def test_non_rgb_inputs_are_converted(processor, kind):
     rgb = random_image(90, 150, seed=11)
-    rgb[0, 0] = 0  # the full 0..255 range, so a min-max stretch of the 16-bit copy is exact
-    rgb[0, 1] = 255
     image, expected_rgb = _variants(rgb)[kind]
     if kind == "PIL I;16":
         assert image.mode == "I;16"
@@ -277,3 +276,10 @@ def test_long_question_is_refused_and_image_tokens_are_never_cut(processor):
         processor.max_sequence_length = saved
     # The saved processor knows the language model's context.
     assert saved == 512
+
+
+def test_reserved_tokens_in_a_question_are_refused(processor):
+    image = random_image(32, 32, seed=1)
+    for token in NEW_TOKENS:
+        with pytest.raises(ValueError, match="reserved token"):
+            processor(images_t1=image, images_t2=image, text=f"new buildings {token}")

@@ -1,0 +1,129 @@
+"""app.py: the feature cache (in process) and the page itself, driven in headless Chromium like a user would."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import export
+from app import ChangeDetector
+from build_reasoncd import save_checkpoint
+from predict import predict
+from publish_helpers import image_pair, seg_tiny
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"]
+LEVIR = "LEVIR-CD/ChangeFormer"
+SCREENSHOT = REPO / "test-artifacts" / "app.png"
+
+
+def test_questions_about_one_pair_encode_the_images_once():
+    model, processor = seg_tiny(0)
+    detector = ChangeDetector(model, processor, max_new_tokens=3)
+    t1, t2 = image_pair(64, 80, seed=1)
+    first = detector.ask(t1, t2, "new buildings")
+    second = detector.ask(t1.copy(), t2.copy(), "changes caused by heavy rainfall, and explain why")
+    assert (first["reused"], second["reused"], detector.encodings) == (False, True, 1)
+    expected = predict(model, processor, t1, t2, ["changes caused by heavy rainfall, and explain why"], 3)[0]
+    assert second["text"] == expected["text"] and np.array_equal(second["mask"], expected["mask"])
+    assert second["mask"].any()
+    detector.ask(t2, t1, "new buildings")  # another pair: encoded again
+    assert detector.encodings == 2
+
+
+def test_default_model_is_built_when_absent(tmp_path, monkeypatch):
+    import app
+
+    default = tmp_path / "runs" / "quickstart" / "model"
+    monkeypatch.setattr(app, "DEFAULT_MODEL", default)
+    location, note = app.resolve_model(str(default))
+    assert location == str(default) and "untrained tiny model" in note
+    assert (default / "config.json").is_file()
+    assert app.resolve_model(str(default)) == (str(default), None)  # built once
+    assert app.resolve_model("someone/reasoncd") == ("someone/reasoncd", None)
+    with pytest.raises(SystemExit, match="no such folder"):
+        app.resolve_model(str(tmp_path / "elsewhere"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}: run .ci/install-browser.sh (apt-get install chromium)")
+    pytest.importorskip("playwright", reason="the playwright package is not installed (pip install playwright)")
+    root = tmp_path_factory.mktemp("app")
+    save_checkpoint(*seg_tiny(0), root / "checkpoint")
+    assert export.main(["--run", str(root / "checkpoint"), "--output_dir", str(root / "model"),
+                        "--max_new_tokens", "4"]) == 0
+    port = _free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    log = open(root / "app.log", "w")
+    server = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--model", str(root / "model"), "--host",
+                               "127.0.0.1", "--port", str(port)], cwd=root, env=env, stdout=log,
+                              stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"app.py did not start: {(root / 'app.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+    log.close()
+
+
+def test_the_page_answers_with_text_mask_and_overlay(app_url, realcd):
+    from playwright.sync_api import expect, sync_playwright
+
+    name = sorted((realcd / LEVIR / "A").glob("*.png"))[0].name
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(app_url)
+
+        # Asking before uploading shows a message in the page.
+        page.locator("#question textarea").fill("new buildings")
+        page.locator("#submit").click()
+        expect(page.get_by_text("Upload both images")).to_be_visible(timeout=30_000)
+        page.get_by_test_id("toast-close").click()
+
+        page.locator("#image_t1 input[type=file]").set_input_files(str(realcd / LEVIR / "A" / name))
+        page.locator("#image_t2 input[type=file]").set_input_files(str(realcd / LEVIR / "B" / name))
+        expect(page.locator("#image_t1 img")).to_be_visible(timeout=30_000)
+        expect(page.locator("#image_t2 img")).to_be_visible(timeout=30_000)
+        page.locator("#submit").click()
+        expect(page.locator("#answer textarea")).to_have_value("[SEG][SEG][SEG][SEG]", timeout=60_000)
+        expect(page.locator("#mask img")).to_be_visible()
+        expect(page.locator("#overlay img")).to_be_visible()
+        expect(page.locator("#status")).to_contain_text("images encoded in")
+        expect(page.locator("#mask_file")).to_contain_text(".png")
+
+        # A second question about the same pair, picked from the examples, reuses the encoded images.
+        page.get_by_text("implicit: changes that provide more living areas for people").click()
+        expect(page.locator("#question textarea")).to_have_value("changes that provide more living areas for people")
+        page.locator("#submit").click()
+        expect(page.locator("#status")).to_contain_text("reused the encoded images", timeout=60_000)
+
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        browser.close()

@@ -1,0 +1,83 @@
+"""handler.py (Inference Endpoints) on an exported model: real pairs in, base64 PNG masks out; bad requests get
+an error message, never a traceback."""
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import export
+from build_reasoncd import save_checkpoint
+from handler import EndpointHandler
+from publish_helpers import seg_tiny
+
+LEVIR = "LEVIR-CD/ChangeFormer"
+
+
+@pytest.fixture(scope="module")
+def handler(tmp_path_factory) -> EndpointHandler:
+    root = tmp_path_factory.mktemp("handler")
+    save_checkpoint(*seg_tiny(0), root / "model")
+    assert export.main(["--run", str(root / "model"), "--output_dir", str(root / "export"),
+                        "--max_new_tokens", "3"]) == 0
+    return EndpointHandler(str(root / "export"))
+
+
+def _b64(path_or_image) -> str:
+    if isinstance(path_or_image, Image.Image):
+        buffer = io.BytesIO()
+        path_or_image.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+    return base64.b64encode(path_or_image.read_bytes()).decode()
+
+
+@pytest.fixture(scope="module")
+def pair(realcd) -> dict:
+    name = sorted((realcd / LEVIR / "A").glob("*.png"))[0].name
+    return {"image_t1": _b64(realcd / LEVIR / "A" / name), "image_t2": _b64(realcd / LEVIR / "B" / name)}
+
+
+def _decode_mask(result: dict) -> np.ndarray:
+    image = Image.open(io.BytesIO(base64.b64decode(result["mask"])))
+    assert image.format == "PNG" and image.mode == "L"
+    return np.array(image)
+
+
+def test_answers_a_real_pair(handler, pair):
+    result = handler({"inputs": {**pair, "text": "new buildings"}, "parameters": {"max_new_tokens": 2}})
+    json.dumps(result)  # what the endpoint sends back
+    assert result["text"] == "[SEG][SEG]"  # max_new_tokens reached the model
+    mask = _decode_mask(result)
+    assert mask.shape == (256, 256) and (result["height"], result["width"]) == (256, 256)
+    assert set(np.unique(mask)) <= {0, 255} and mask.any()
+    assert result["changed_fraction"] == pytest.approx(float((mask > 0).mean()))
+
+
+def test_a_list_of_questions_gives_a_list(handler, pair):
+    data_url = "data:image/png;base64," + pair["image_t1"]
+    results = handler({"inputs": {**pair, "image_t1": data_url, "text": ["new buildings", "water"]}})
+    assert isinstance(results, list) and len(results) == 2
+    for result in results:
+        assert result["text"] == "[SEG][SEG][SEG]"  # the export's generation_config.json default
+        assert _decode_mask(result).shape == (256, 256)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: {"inputs": {"image_t2": p["image_t2"], "text": "roads"}}, "inputs.image_t1 is missing"),
+    (lambda p: {"inputs": {**p, "image_t2": "this is not base64!"}}, "inputs.image_t2 is not valid base64"),
+    (lambda p: {"inputs": {**p, "image_t2": base64.b64encode(b"plain text").decode()}}, "not a readable image"),
+    (lambda p: {"inputs": {**p, "image_t2": _b64(Image.new("RGB", (128, 256)))}}, "must be co-registered"),
+    (lambda p: {"inputs": {**p, "text": "  "}}, "inputs.text must be a non-empty question"),
+    (lambda p: {"inputs": {**p, "text": []}}, "inputs.text must be a non-empty question"),
+    (lambda p: {"inputs": {**p}}, "inputs.text must be a non-empty question"),
+    (lambda p: {"image_t1": p["image_t1"]}, 'the request must be {"inputs"'),
+    (lambda p: {"inputs": {**p, "text": "roads"}, "parameters": {"max_new_tokens": 0}}, "max_new_tokens must be"),
+    (lambda p: {"inputs": {**p, "text": "roads"}, "parameters": {"temperature": 1.0}}, "unknown parameters"),
+])
+def test_bad_requests_get_a_clear_error(handler, pair, change, message):
+    result = handler(change(pair))
+    assert set(result) == {"error"}, result
+    assert message in result["error"]

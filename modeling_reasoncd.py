@@ -348,13 +348,18 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
             sam_features_t1=sam[:pairs], sam_features_t2=sam[pairs:],
         )
 
-    def _frozen_features(self, features: ReasonCDFrozenFeatures | None, **pixels) -> ReasonCDFrozenFeatures:
-        if features is not None and features.vision_features_t1 is not None:
-            return features
+    def _prepare_inputs(self, input_ids, attention_mask, pair_index, frozen_features, **pixels):
+        """Defaults for the optional inputs, and the frozen features (given, e.g. cached, or computed now)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if pair_index is None:
+            pair_index = torch.arange(input_ids.shape[0], device=input_ids.device)
+        if frozen_features is not None and frozen_features.vision_features_t1 is not None:
+            return attention_mask, pair_index, frozen_features
         missing = [name for name, value in pixels.items() if value is None]
         if missing:
             raise ValueError(f"ReasonCD needs the processor's image inputs; missing: {', '.join(missing)}")
-        return self.encode_frozen(**pixels)
+        return attention_mask, pair_index, self.encode_frozen(**pixels)
 
     # --- 2. language model inputs ---
     def _merge_image_tokens(
@@ -453,12 +458,8 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
             reshaped_sizes (`(B or P, 2)`): size after SAM's longest-side resize (needed with `masks`).
             frozen_features: precomputed CLIP/SAM features (the training cache); skips the frozen encoders.
         """
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if pair_index is None:
-            pair_index = torch.arange(input_ids.shape[0], device=input_ids.device)
-        features = self._frozen_features(
-            frozen_features,
+        attention_mask, pair_index, features = self._prepare_inputs(
+            input_ids, attention_mask, pair_index, frozen_features,
             pixel_values_t1=pixel_values_t1, pixel_values_t2=pixel_values_t2,
             sam_pixel_values_t1=sam_pixel_values_t1, sam_pixel_values_t2=sam_pixel_values_t2,
         )
@@ -556,12 +557,8 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         sequence) is prefilled once per pair and its KV cache reused by every question about that pair; the
         question suffixes then decode together. `use_cache=False` recomputes the whole sequence at every step.
         """
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if pair_index is None:
-            pair_index = torch.arange(input_ids.shape[0], device=input_ids.device)
-        features = self._frozen_features(
-            frozen_features,
+        attention_mask, pair_index, features = self._prepare_inputs(
+            input_ids, attention_mask, pair_index, frozen_features,
             pixel_values_t1=pixel_values_t1, pixel_values_t2=pixel_values_t2,
             sam_pixel_values_t1=sam_pixel_values_t1, sam_pixel_values_t2=sam_pixel_values_t2,
         )

@@ -655,7 +655,10 @@ _EXPLANATION_REQUESTS = (
     "{question}. Please explain why.",
 )
 
-PLAIN_ANSWERS: tuple[str, ...] = ("It's [SEG].", "Sure, it's [SEG].", "The change map is [SEG].")
+# Plain answers name the change they mark (for an implicit question: what it was resolved to). A reader can check
+# the model's reading of the question, and the state that predicts [SEG] carries the class and direction.
+PLAIN_ANSWERS: tuple[str, ...] = ("It's the {target}: [SEG].", "Sure, here are the {target}: [SEG].",
+                                  "The change map of the {target} is [SEG].")
 
 _ABSENT_ANSWERS = {
     "increase": [
@@ -676,8 +679,8 @@ _ABSENT_ANSWERS = {
         "The extent of {label} is the same in both images; the requested change is absent.",
     ],
 }
-# Absent answers to implicit questions first say which CRoI the question was resolved to.
-_ABSENT_TARGETS = {
+# The CRoI in words: named by plain answers, and by absent answers to implicit questions.
+_TARGETS = {
     "increase": "new {noun}",
     "decrease": "{noun} that disappear",
     "any": "changes of {label}",
@@ -725,12 +728,19 @@ def explanation_answer(croi: str, direction: str, *, rng: random.Random, counter
     return f"{reason} {evidence}"
 
 
+def plain_answers(croi: str, direction: str) -> list[str]:
+    """Every plain answer for a CRoI: it names the change, then ``[SEG]``."""
+    _check(croi, direction)
+    target = _fill(_TARGETS[direction], croi)
+    return [template.format(target=target) for template in PLAIN_ANSWERS]
+
+
 def absent_answer(croi: str, direction: str, *, rng: random.Random, implicit: bool = False) -> str:
     """A sentence without ``[SEG]`` that says the CRoI did not change; implicit questions also name the CRoI."""
     _check(croi, direction)
     answer = _fill(rng.choice(_ABSENT_ANSWERS[direction]), croi)
     if implicit:
-        target = _fill(_ABSENT_TARGETS[direction], croi)
+        target = _fill(_TARGETS[direction], croi)
         answer = _ABSENT_IMPLICIT_PREFIX.format(target=target) + answer
     return answer
 
@@ -776,7 +786,7 @@ def make_question(
 
     if kind in ("explicit", "implicit"):
         question, heldout = _pick_phrasing(croi, direction, kind, rng, split, counterpart)
-        answer = rng.choice(PLAIN_ANSWERS)
+        answer = rng.choice(plain_answers(croi, direction))
     elif kind == "explanation":
         phrase, heldout = _pick_phrasing(croi, direction, "implicit", rng, split, counterpart)
         question = rng.choice(_EXPLANATION_REQUESTS).format(question=phrase)
@@ -797,10 +807,11 @@ def make_question(
 
 def corpus() -> list[str]:
     """Every phrasing, question form and answer the bank can produce (deduplicated, in a fixed order)."""
-    texts: list[str] = list(PLAIN_ANSWERS)
+    texts: list[str] = []
     counterparts = (None, *CLASSES)
     for croi in CLASSES:
         for direction in DIRECTIONS:
+            texts += plain_answers(croi, direction)
             texts += _EXPLICIT[croi][direction]
             for phrase in _IMPLICIT[croi][direction]:
                 texts.append(phrase)
@@ -810,7 +821,7 @@ def corpus() -> list[str]:
                     for other in counterparts:
                         if other != croi:
                             texts.append(f"{reason} {_fill(evidence, croi, _COVERS[other] if other else None)}")
-            target = _fill(_ABSENT_TARGETS[direction], croi)
+            target = _fill(_TARGETS[direction], croi)
             for template in _ABSENT_ANSWERS[direction]:
                 answer = _fill(template, croi)
                 texts += [answer, _ABSENT_IMPLICIT_PREFIX.format(target=target) + answer]

@@ -325,8 +325,8 @@ The processor's chat template wraps the question (here "changes that provide mor
 ```
 
 `<T1>` and `<T2>` are each expanded to {config.image_seq_length} image tokens, which the model fills with projected
-CLIP features. Answers are "It's [SEG]." (plain), an explanation ending with `[SEG]`, or a sentence without `[SEG]`
-when the change of interest is absent.
+CLIP features. Answers are plain ("It's [SEG]." or, naming the change, "It's the new buildings: [SEG]."), an
+explanation ending with `[SEG]`, or a sentence without `[SEG]` when the change of interest is absent.
 
 {evaluation}
 

@@ -631,19 +631,19 @@ _REASONS: dict[str, dict[str, list[str]]] = {
 _EVIDENCE = {
     "increase": [
         "Comparing the images, {noun} appear in the later image (T2) where the earlier image (T1) shows {cover}, "
-        "so this is an increase of {label}: [SEG].",
+        "so this is an increase of {label} [SEG].",
         "In the later image (T2) there are {noun} where the earlier image (T1) had {cover}; "
-        "the change map marks these new {noun}: [SEG].",
+        "the change map marks these new {noun} [SEG].",
     ],
     "decrease": [
         "Comparing the images, {noun} of the earlier image (T1) are replaced by {cover} in the later image (T2), "
-        "so this is a decrease of {label}: [SEG].",
+        "so this is a decrease of {label} [SEG].",
         "The earlier image (T1) has {noun} where the later image (T2) shows {cover}; "
-        "the change map marks these lost {noun}: [SEG].",
+        "the change map marks these lost {noun} [SEG].",
     ],
     "any": [
         "Comparing the earlier image (T1) with the later image (T2), I mark every place where {noun} appear "
-        "or disappear: [SEG].",
+        "or disappear [SEG].",
         "The change map marks all {noun} that differ between the earlier image (T1) and the later image (T2): "
         "[SEG].",
     ],
@@ -655,10 +655,11 @@ _EXPLANATION_REQUESTS = (
     "{question}. Please explain why.",
 )
 
-# Plain answers name the change they mark (for an implicit question: what it was resolved to). A reader can check
-# the model's reading of the question, and the state that predicts [SEG] carries the class and direction.
-PLAIN_ANSWERS: tuple[str, ...] = ("It's the {target}: [SEG].", "Sure, here are the {target}: [SEG].",
-                                  "The change map of the {target} is [SEG].")
+# Plain answers name the change they mark (for an implicit question: what it was resolved to), the class noun right
+# before [SEG]. A reader can check the model's reading of the question, and the state that predicts [SEG] (the one
+# that prompts the mask decoder) sits on the class noun itself.
+PLAIN_ANSWERS: tuple[str, ...] = ("It's the {target} [SEG].", "Sure, here are the {target} [SEG].",
+                                  "The change map shows the {target} [SEG].")
 
 _ABSENT_ANSWERS = {
     "increase": [
@@ -682,8 +683,8 @@ _ABSENT_ANSWERS = {
 # The CRoI in words: named by plain answers, and by absent answers to implicit questions.
 _TARGETS = {
     "increase": "new {noun}",
-    "decrease": "{noun} that disappear",
-    "any": "changes of {label}",
+    "decrease": "removed {noun}",
+    "any": "changed {noun}",
 }
 _ABSENT_IMPLICIT_PREFIX = "The question points to {target}. "
 

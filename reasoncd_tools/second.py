@@ -40,7 +40,7 @@ SPLIT_NAMES = ("train", "val", "test")
 # A class whose change covers less than this share of the pair is too small to ask about, and is not safely
 # absent either: it gets no sample.
 MIN_CHANGE_FRACTION = 0.001
-FORMAT_VERSION = 2  # 2: plain answers name the CRoI
+FORMAT_VERSION = 3  # 2: plain answers name the CRoI; 3: right before [SEG]
 
 _KEYS = np.array([(r << 16) | (g << 8) | b for r, g, b in (*SECOND_COLOURS.values(), UNCHANGED_COLOUR)])
 _VALUES = np.array([*range(len(CLASSES)), -1])

@@ -29,8 +29,6 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from processing_reasoncd import stretch_to_uint8
-
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 # Photometric interpretations whose samples tifffile returns as they are meant to be shown.
 _TIFFFILE_PHOTOMETRICS = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB)
@@ -117,6 +115,9 @@ def _describe(error: BaseException) -> str:
 
 def _stretch_to_uint8(array: np.ndarray, notes: list[str]) -> np.ndarray:
     """The processor's 2-98 percentile stretch, so files and in-memory arrays give the same model inputs."""
+    # Imported here: the processor pulls in torch and transformers, which 8-bit data tools never need.
+    from processing_reasoncd import stretch_to_uint8
+
     stretched, low, high = stretch_to_uint8(array)
     notes.append(f"{array.dtype} scaled to 8 bit by a 2-98 percentile stretch ({low:g} to {high:g})")
     return stretched

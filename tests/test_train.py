@@ -85,7 +85,10 @@ def test_split_validation_names_file_and_field(tmp_path):
 def test_feature_cache_hits_and_matches_the_encoders(tiny, samples_dir, tmp_path):
     model, processor = tiny
     model.eval()
-    samples = load_split(samples_dir, "train")[:3]
+    first_of_pair = {}
+    for sample in load_split(samples_dir, "train"):
+        first_of_pair.setdefault(sample["pair_id"], sample)
+    samples = list(first_of_pair.values())[:3]  # three different pairs: six images
     batch = ReasonCDCollator(processor)(samples)
     keys = image_keys(batch)
     cache = FrozenFeatureCache(model, tmp_path / "cache")

@@ -312,7 +312,8 @@ class ReasonCDProcessor(ProcessorMixin):
         for token in {tokenizer.bos_token, tokenizer.eos_token, tokenizer.unk_token, tokenizer.pad_token,
                       T1_TOKEN, T2_TOKEN, P_START_TOKEN, P_END_TOKEN} - {None}:
             text = text.replace(token, "")
-        return " ".join(text.split())
+        # `[SEG]` absorbs the space before it when tokenised; give it back for reading.
+        return " ".join(text.replace(SEG_TOKEN, f" {SEG_TOKEN}").split())
 
     def post_process_masks(self, pred_masks, seg_present, reshaped_sizes, target_sizes) -> list[np.ndarray]:
         """Low-res logits `(B, h, w)` -> bool masks of each row's `(height, width)`; empty where no `[SEG]`."""

@@ -3,10 +3,10 @@
 import random
 import string
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from processing_reasoncd import DEFAULT_CHAT_TEMPLATE, NEW_TOKENS
+from processing_reasoncd import DEFAULT_CHAT_TEMPLATE, NEW_TOKENS, SEG_TOKEN
 
 from .questions import corpus as question_corpus
 
@@ -53,7 +53,10 @@ def add_reasoncd_tokens(tokenizer) -> list[int]:
     """Adds `<T1> <T2> <p> </p> [SEG]` as special tokens where missing; returns their ids (each a single id)."""
     missing = [t for t in NEW_TOKENS if t not in tokenizer.added_tokens_encoder]
     if missing:
-        tokenizer.add_tokens(missing, special_tokens=True)
+        # `[SEG]` swallows the space before it: otherwise " [SEG]" puts a bare word-start token in front, and the
+        # state that predicts [SEG] (the mask decoder's prompt) would sit on that same token in every answer.
+        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False, lstrip=t == SEG_TOKEN) for t in missing],
+                             special_tokens=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token
     ids = [tokenizer.convert_tokens_to_ids(t) for t in NEW_TOKENS]

@@ -112,7 +112,7 @@ def test_the_page_answers_with_text_mask_and_overlay(app_url, realcd):
         expect(page.locator("#image_t1 img")).to_be_visible(timeout=30_000)
         expect(page.locator("#image_t2 img")).to_be_visible(timeout=30_000)
         page.locator("#submit").click()
-        expect(page.locator("#answer textarea")).to_have_value("[SEG][SEG][SEG][SEG]", timeout=60_000)
+        expect(page.locator("#answer textarea")).to_have_value("[SEG] [SEG] [SEG] [SEG]", timeout=60_000)
         expect(page.locator("#mask img")).to_be_visible()
         expect(page.locator("#overlay img")).to_be_visible()
         expect(page.locator("#status")).to_contain_text("images encoded in")

@@ -283,3 +283,12 @@ def test_reserved_tokens_in_a_question_are_refused(processor):
     for token in NEW_TOKENS:
         with pytest.raises(ValueError, match="reserved token"):
             processor(images_t1=image, images_t2=image, text=f"new buildings {token}")
+
+
+def test_seg_absorbs_the_space_before_it(processor):
+    """The state that prompts the mask decoder must sit on the answer's last word, not on a bare space token."""
+    tokenizer = processor.tokenizer
+    ids = tokenizer.encode("It's the new buildings [SEG].", add_special_tokens=False)
+    seg = ids.index(processor.token_ids["[SEG]"])
+    assert tokenizer.convert_ids_to_tokens(ids[seg - 1]).strip("▁") != ""
+    assert processor.decode_answer(ids) == "It's the new buildings [SEG]."

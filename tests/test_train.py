@@ -187,8 +187,9 @@ def test_train_script_writes_a_loadable_model_and_metrics(tmp_path):
     result = _train(["--max_steps", "30", "--output_dir", str(tmp_path / "run")], cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    for key in ("f1", "precision", "recall", "oa", "iou", "kappa", "giou", "ciou"):
+    for key in ("f1", "precision", "recall", "oa", "iou", "giou", "ciou"):
         assert 0.0 <= metrics[key] <= 1.0
+    assert -1.0 <= metrics["kappa"] <= 1.0  # below chance is possible after 30 steps
     assert {"explicit", "absent"} <= set(metrics["groups"])
     assert (tmp_path / "run" / "samples.png").stat().st_size > 10_000
     assert (tmp_path / "run" / "curves.png").stat().st_size > 10_000

@@ -33,13 +33,24 @@ ADAPTER_EXPORT = {"README.md", "adapter_config.json", "adapter_model.safetensors
 METRICS = {"f1": 0.61, "precision": 0.58, "recall": 0.64, "oa": 0.95, "iou": 0.44, "kappa": 0.58, "giou": 0.5,
            "ciou": 0.44, "n_samples": 12, "groups": {"explicit": {"f1": 0.7, "iou": 0.54, "giou": 0.6, "n_samples": 6}}}
 
-# Runs with `python -I` in a folder outside the repository: only the exported files can provide the code.
+# Runs with `python -I` in a folder outside the repository, with the repository's modules blocked (an editable
+# install would otherwise put them on the path): only the exported files can provide the code.
 LOAD_EXPORT = r"""
-import importlib.util, json, sys
+import json, sys
+
+class BlockRepository:
+    NAMES = ("configuration_reasoncd", "modeling_reasoncd", "processing_reasoncd", "pipeline_reasoncd",
+             "reasoncd_tools")
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.NAMES:
+            raise ImportError(f"{name} must come from the export, not the repository")
+        return None
+
+sys.meta_path.insert(0, BlockRepository())
 import numpy as np
 from transformers import AutoModel, AutoProcessor, pipeline
 
-assert importlib.util.find_spec("modeling_reasoncd") is None, "the repository's code is importable"
 folder, t1, t2, out = sys.argv[1:5]
 questions = json.loads(sys.argv[5])
 model, info = AutoModel.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)

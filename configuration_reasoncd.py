@@ -188,91 +188,44 @@ class ReasonCDConfig(PretrainedConfig):
         return cls(**kwargs)
 
 
+def _llama(vocab_size: int, hidden_size: int, intermediate_size: int, layers: int, heads: int, context: int) -> dict:
+    """A LLaMA text config; `<unk>`, `<s>`, `</s>` keep LLaMA's ids 0, 1, 2 (`<unk>` pads)."""
+    return {
+        "model_type": "llama", "vocab_size": vocab_size, "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": heads, "max_position_embeddings": context, "rms_norm_eps": 1e-5,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+    }
+
+
+def _clip(hidden_size: int, intermediate_size: int, layers: int, heads: int, image_size: int) -> dict:
+    return {
+        "model_type": "clip_vision_model", "hidden_size": hidden_size, "intermediate_size": intermediate_size,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "image_size": image_size, "patch_size": 14,
+        "projection_dim": min(hidden_size, 768),
+    }
+
+
 PRESETS = {
+    # The paper: LLaMA-2-7b-chat (+5 tokens), CLIP ViT-L/14 at 224 px, SAM ViT-H, ResNet34.
     "reasoncd-7b": {
-        "text_config": {
-            "model_type": "llama",
-            "vocab_size": 32000 + len(NEW_TOKENS),
-            "hidden_size": 4096,
-            "intermediate_size": 11008,
-            "num_hidden_layers": 32,
-            "num_attention_heads": 32,
-            "num_key_value_heads": 32,
-            "max_position_embeddings": 4096,
-            "rms_norm_eps": 1e-5,
-            "pad_token_id": 0,
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-        },
-        "vision_config": {
-            "model_type": "clip_vision_model",
-            "hidden_size": 1024,
-            "intermediate_size": 4096,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 16,
-            "image_size": 224,
-            "patch_size": 14,
-            "projection_dim": 768,
-        },
+        "text_config": _llama(32000 + len(NEW_TOKENS), 4096, 11008, 32, 32, 4096),
+        "vision_config": _clip(1024, 4096, 24, 16, 224),
         "sam_config": SAM_VIT_H,
         "fusion_module": FUSION_RESNET34,
     },
     # Same architecture at a size that trains on two CPU cores: CLIP at 112 px gives 64 tokens per image.
     "tiny": {
-        "text_config": {
-            "model_type": "llama",
-            "vocab_size": 2048,
-            "hidden_size": 256,
-            "intermediate_size": 688,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 4,
-            "max_position_embeddings": 512,
-            "rms_norm_eps": 1e-5,
-            "pad_token_id": 0,
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-        },
-        "vision_config": {
-            "model_type": "clip_vision_model",
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 112,
-            "patch_size": 14,
-            "projection_dim": 64,
-        },
+        "text_config": _llama(2048, 256, 688, 4, 4, 512),
+        "vision_config": _clip(64, 128, 2, 2, 112),
         "sam_config": SAM_TINY,
         "fusion_module": FUSION_TINY,
     },
     # Between the two, for benchmarks and GPU smoke runs: a 1024-wide 8-layer LLM, CLIP at 224 px (256 tokens per
     # image), SAM 256-wide at 512 px and the paper's ResNet34.
     "medium": {
-        "text_config": {
-            "model_type": "llama",
-            "vocab_size": 2048,
-            "hidden_size": 1024,
-            "intermediate_size": 2816,
-            "num_hidden_layers": 8,
-            "num_attention_heads": 16,
-            "num_key_value_heads": 16,
-            "max_position_embeddings": 1024,
-            "rms_norm_eps": 1e-5,
-            "pad_token_id": 0,
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-        },
-        "vision_config": {
-            "model_type": "clip_vision_model",
-            "hidden_size": 256,
-            "intermediate_size": 1024,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "image_size": 224,
-            "patch_size": 14,
-            "projection_dim": 256,
-        },
+        "text_config": _llama(2048, 1024, 2816, 8, 16, 1024),
+        "vision_config": _clip(256, 1024, 4, 4, 224),
         "sam_config": {
             **SAM_VIT_H,
             "image_size": 512,

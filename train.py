@@ -77,6 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="train all of embed_tokens/lm_head (LISA) instead of only the new token rows")
     parser.add_argument("--eval_steps", type=int)
     parser.add_argument("--early_stopping_patience", type=int, default=5)
+    parser.add_argument("--bce_pos_weight", type=float,
+                        help="weight of the change class in the mask BCE (default: the model config's, 3.0)")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (default fp32, as the paper)")
     parser.add_argument("--deepspeed", help="DeepSpeed config (configs/ds_zero2.json or configs/ds_zero3.json)")
     parser.add_argument("--gradient_checkpointing", action="store_true")
@@ -266,6 +268,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     model, processor = load_start_model(args)
+    if args.bce_pos_weight is not None:
+        model.config.bce_pos_weight = args.bce_pos_weight
     peft_model = apply_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
                             targets=tuple(args.lora_targets.split(",")), full_embeddings=args.full_embeddings)
     print("trainable parameters per component:", trainable_parameter_groups(peft_model))

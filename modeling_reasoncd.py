@@ -579,8 +579,12 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         # hidden_states[j][-1][:, -1] is the last-layer state that predicted generated token j.
         step_states = torch.stack([states[-1][:, -1] for states in generated.hidden_states], dim=1)
         seg_present, seg_hidden = self._seg_states_generated(sequences, step_states)
-        mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
-        pred_masks = self._masks_for_rows(mask_embeds, pair_index, seg_present, seg_hidden)
+        if bool(seg_present.any()):
+            mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
+            pred_masks = self._masks_for_rows(mask_embeds, pair_index, seg_present, seg_hidden)
+        else:  # every answer says the change is absent: no need to run the fusion module and decoder
+            side = 4 * self.config.sam_config["image_size"] // self.config.sam_config["patch_size"]
+            pred_masks = seg_hidden.new_zeros(seg_present.shape[0], side, side)
         return ReasonCDGenerateOutput(
             sequences=sequences, pred_masks=pred_masks, seg_present=seg_present, seg_hidden_states=seg_hidden,
             reshaped_sizes=_per_row(reshaped_sizes, pair_index), image_sizes=_per_row(image_sizes, pair_index),

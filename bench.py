@@ -1,6 +1,7 @@
 """Benchmarks (standard-library timing; no timed assertions live in the tests).
 
     python bench.py speed [--presets tiny medium] [--model runs/quickstart/model]   # one process, one run
+    python bench.py speed --presets medium --bf16        # on a GPU: bf16 inference and training steps, CUDA memory
     python bench.py quickstart                                                        # wall time of `python train.py`
     python bench.py memory                                                            # 7B memory plan (computed)
 
@@ -89,7 +90,10 @@ class PeakMemory:
 
 
 def timed(function, repeats: int = 3) -> tuple[float, float]:
-    """Median seconds of `repeats` runs after one warm-up, and the peak memory (MiB) over them."""
+    """
+    Median seconds of `repeats` runs after one warm-up, and the peak memory (MiB) over them: resident memory on
+    the CPU, allocated GPU memory on CUDA.
+    """
     function()
     memory = PeakMemory()
     times = []
@@ -102,7 +106,8 @@ def timed(function, repeats: int = 3) -> tuple[float, float]:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-    return float(np.median(times)), round(memory.peak_mib, 1)
+    peak = memory.cuda_peak_mib if torch.cuda.is_available() else memory.peak_mib
+    return float(np.median(times)), round(peak, 1)
 
 
 def load_model(preset: str, model_dir: Path | None):
@@ -227,21 +232,25 @@ def bench_tiles(model, processor, scene_t1, scene_t2, batch: int = 8) -> dict:
             "tiles_per_s": round(len(positions) / seconds, 2), "peak_mib": peak}
 
 
-def bench_speed(presets: list[str], model_dir: Path | None, max_new_tokens: int) -> dict:
+def bench_speed(presets: list[str], model_dir: Path | None, max_new_tokens: int, bf16: bool = False) -> dict:
     torch.manual_seed(0)
     t1, t2 = scene_pair(256)
     scene_t1, scene_t2 = scene_pair(2048)
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
     report = {}
     for preset in presets:
         model, processor, source = load_model(preset, model_dir)
         print(f"[{preset}] {source}", file=sys.stderr)
-        report[preset] = {
-            "model": source,
-            "session": bench_session(model, processor, t1, t2, max_new_tokens),
-            "throughput": bench_throughput(model, processor, t1, t2, new_tokens=32),
-            "tiles_2048": bench_tiles(model, processor, scene_t1, scene_t2),
-            "train_step": bench_train_step(model, processor, scene_t1, scene_t2),
-        }
+        # bf16 autocast: weights stay fp32 (as trained), matmuls run in bf16 (the GPU inference/training setting).
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            report[preset] = {
+                "model": source,
+                "precision": "bf16 autocast" if bf16 else "fp32",
+                "session": bench_session(model, processor, t1, t2, max_new_tokens),
+                "throughput": bench_throughput(model, processor, t1, t2, new_tokens=32),
+                "tiles_2048": bench_tiles(model, processor, scene_t1, scene_t2),
+                "train_step": bench_train_step(model, processor, scene_t1, scene_t2),
+            }
     return report
 
 
@@ -335,6 +344,7 @@ def main(argv=None) -> int:
     speed.add_argument("--model", type=Path, default=REPO / "runs" / "quickstart" / "model",
                        help="trained tiny model to use for the tiny preset (realistic answer lengths)")
     speed.add_argument("--max_new_tokens", type=int, default=32)
+    speed.add_argument("--bf16", action="store_true", help="bf16 autocast (for a GPU run)")
     sub.add_parser("memory", help="memory plan of the 7B configuration, computed from parameter counts")
     quick = sub.add_parser("quickstart", help="time `python train.py` end to end")
     quick.add_argument("--output_dir", type=Path, default=REPO / "runs" / "bench-quickstart")
@@ -343,7 +353,7 @@ def main(argv=None) -> int:
 
     report = {"machine": machine()}
     if args.command == "speed":
-        report["speed"] = bench_speed(args.presets, args.model, args.max_new_tokens)
+        report["speed"] = bench_speed(args.presets, args.model, args.max_new_tokens, bf16=args.bf16)
         table = speed_table(report["speed"])
     elif args.command == "memory":
         report["memory"] = memory_plan()

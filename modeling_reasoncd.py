@@ -423,7 +423,7 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         return masks[:, 0]
 
     def _masks_for_rows(self, mask_embeds, pair_index, seg_present, seg_hidden):
-        n, _, h, w = mask_embeds.shape
+        h, w = mask_embeds.shape[-2:]
         out = seg_hidden.new_zeros(seg_present.shape[0], 4 * h, 4 * w, dtype=mask_embeds.dtype)
         rows = seg_present.nonzero().squeeze(1)
         if rows.numel():

@@ -12,7 +12,7 @@ import torch
 
 from .images import read_mask
 from .metrics import ChangeMetrics
-from .samples import SEG, load_pair
+from .samples import SEG, load_images, load_mask
 
 GROUPS = ("explicit", "implicit_seen", "implicit_heldout", "explanation", "absent")
 # Another CRoI's truth only tests steering when it covers a different region from the asked one's.
@@ -59,7 +59,7 @@ def predict_samples(model, processor, samples: list[dict], *, batch_size: int = 
             key = (samples[i]["img1_path"], samples[i]["img2_path"])
             if key not in pair_keys:
                 pair_keys[key] = len(pairs)
-                pairs.append(load_pair(samples[i])[:2])
+                pairs.append(load_images(samples[i]))  # images only: masks are read when scoring
             pair_index.append(pair_keys[key])
         inputs = processor(
             images_t1=[p[0] for p in pairs], images_t2=[p[1] for p in pairs],
@@ -101,7 +101,7 @@ def score(samples: list[dict], predictions: list[dict]) -> dict:
     steer_total = steer_right = 0
     per_sample = []
     for sample, prediction in zip(samples, predictions):
-        truth = load_pair(sample)[2]
+        truth = load_mask(sample, prediction["mask"].shape)  # the images themselves are not needed here
         overall.update(prediction["mask"], truth)
         group = group_of(sample)
         groups[group].update(prediction["mask"], truth)

@@ -3,6 +3,7 @@
     python app.py                                       # runs/quickstart/model (built untrained if absent)
     python app.py --model exports/mine                  # any ReasonCD folder ...
     python app.py --model ORG/NAME --host 0.0.0.0       # ... or Hub id (a Space: set REASONCD_MODEL instead)
+    python app.py --model ORG/NAME --quantize 4         # the language model in 4 bits (or $REASONCD_QUANTIZE)
 
 Asking several questions about the same pair reuses the encoded images: CLIP and SAM run once per pair.
 """
@@ -18,6 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from reasoncd_tools.quantization import add_quantize_argument, require_bitsandbytes
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an analyst's machine
 
@@ -92,16 +95,13 @@ def resolve_model(reference: str) -> tuple[str, str | None]:
     raise SystemExit(f"--model {reference}: no such folder (and not a Hub id ORG/NAME)")
 
 
-def load_detector(reference: str) -> tuple[ChangeDetector, str | None]:
-    from transformers import AutoModel, AutoProcessor, GenerationConfig
+def load_detector(reference: str, quantize: int | None = None) -> tuple[ChangeDetector, str | None]:
+    from transformers import GenerationConfig
+
+    from predict import load_model
 
     location, note = resolve_model(reference)
-    if Path(location).exists():
-        from predict import check_checkpoint
-
-        check_checkpoint(Path(location))
-    model = AutoModel.from_pretrained(location, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(location, trust_remote_code=True)
+    model, processor = load_model(location, quantize=quantize)  # checks a local folder first
     try:
         max_new_tokens = GenerationConfig.from_pretrained(location).max_new_tokens or 64
     except OSError:  # folders written by train.py carry no generation_config.json
@@ -170,10 +170,13 @@ def main(argv=None) -> int:
                         help="model folder or Hub id (default: $REASONCD_MODEL, else runs/quickstart/model)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    add_quantize_argument(parser, default=os.environ.get("REASONCD_QUANTIZE") or None)
     args = parser.parse_args(argv)
     try:
-        detector, note = load_detector(args.model)
-    except OSError as error:  # a missing or incomplete folder, or a Hub id that cannot be reached
+        require_bitsandbytes(args.quantize)  # $REASONCD_QUANTIZE bypasses argparse's choices
+        detector, note = load_detector(args.model, quantize=args.quantize)
+    # a missing or incomplete folder, a Hub id that cannot be reached, or --quantize without bitsandbytes
+    except (OSError, ImportError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     demo = build_demo(detector, args.model, note)

@@ -3,7 +3,7 @@
     python bench.py speed [--presets tiny medium] [--model runs/quickstart/model]   # one process, one run
     python bench.py speed --presets medium --bf16        # on a GPU: bf16 inference and training steps, CUDA memory
     python bench.py quickstart                                                        # wall time of `python train.py`
-    python bench.py memory                                                            # 7B memory plan (computed)
+    python bench.py memory          # 7B memory plan (computed) and what the feature cache can save (FLOPs counted)
 
 `speed` measures, per preset: the latency of the first question on a pair, the marginal latency of questions
 2..8 (asked together, sharing the pair's encoding and KV-cached prompt prefix), the same 8-question session run
@@ -269,6 +269,21 @@ def speed_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def compute_table(plan: dict) -> str:
+    lines = ["| preset | CLIP + SAM per pair (frozen) | LLM per question | fusion per pair | "
+             "cache speed-up, 1 question / 3 questions per pair (with activation checkpointing) |",
+             "|---|---|---|---|---|"]
+    for preset, p in plan.items():
+        f, s = p["forward_tflops"], p["training_step_per_pair"]
+        lines.append(
+            f"| {preset} | {f['clip_per_pair'] + f['sam_encoder_per_pair']:.3g} TFLOP | {f['llm_per_question']:.3g} TFLOP "
+            f"| {f['fusion_per_pair']:.3g} TFLOP | {s['1_question']['predicted_cache_speedup']:.2f}x / "
+            f"{s['3_questions']['predicted_cache_speedup']:.2f}x "
+            f"({s['1_question_checkpointed']['predicted_cache_speedup']:.2f}x / "
+            f"{s['3_questions_checkpointed']['predicted_cache_speedup']:.2f}x) |")
+    return "\n".join(lines)
+
+
 def memory_plan(preset: str = "reasoncd-7b", sequence: int = 600, questions: int = 8) -> dict:
     """
     Memory of the 7B configuration computed from parameter counts (meta device, nothing allocated).
@@ -313,6 +328,65 @@ def memory_plan(preset: str = "reasoncd-7b", sequence: int = 600, questions: int
                            "cached or run without gradients, fp32 AdamW states for trainable parameters"}
 
 
+def compute_plan(presets=("tiny", "medium", "reasoncd-7b"), text_tokens: int = 64) -> dict:
+    """
+    What the frozen-feature cache can save per training step, from forward FLOPs counted on the meta device
+    (`torch.utils.flop_counter`, nothing allocated), per image pair asked `q` questions.
+
+    Without the cache a step runs CLIP and SAM (forward only) on both dates; with it, only the trained parts:
+    the language model (forward + input gradients = 2x its forward, +1x recomputation under activation
+    checkpointing; LoRA's own weight gradients are negligible), the fusion module and the mask decoder
+    (forward + backward = 3x). The predicted speed-up is the ratio of the two; the cache cannot do better.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from configuration_reasoncd import ReasonCDConfig
+    from modeling_reasoncd import ReasonCDForChangeDetection
+
+    def tflops(function) -> float:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            function()
+        return counter.get_total_flops() / 1e12
+
+    plan = {}
+    for preset in presets:
+        config = ReasonCDConfig.from_preset(preset)
+        with torch.device("meta"):
+            model = ReasonCDForChangeDetection(config)
+            clip_size, sam_size = config.vision_config.image_size, config.sam_config["image_size"]
+            grid = sam_size // config.sam_config["patch_size"]
+            sequence = 2 * config.image_seq_length + text_tokens
+            sam_pixels = torch.zeros(1, 3, sam_size, sam_size)
+            sam_features = torch.zeros(1, config.sam_config["prompt_embed_dim"], grid, grid)
+            forward = {
+                "clip_per_pair": tflops(lambda: model.vision_tower(torch.zeros(2, 3, clip_size, clip_size),
+                                                                   output_hidden_states=True)),
+                "sam_encoder_per_pair": tflops(lambda: model.sam_image_encoder(torch.zeros(2, 3, sam_size, sam_size))),
+                "fusion_per_pair": tflops(lambda: model.feature_fusion(sam_features, sam_features, sam_pixels,
+                                                                       sam_pixels)),
+                "llm_per_question": tflops(lambda: model.language_model(
+                    inputs_embeds=torch.zeros(1, sequence, config.text_config.hidden_size))),
+                "decoder_per_question": tflops(lambda: model.decode_masks(
+                    sam_features, torch.zeros(1, config.text_config.hidden_size))),
+            }
+        frozen = forward["clip_per_pair"] + forward["sam_encoder_per_pair"]
+        steps = {}
+        for checkpointing in (False, True):
+            llm_factor = 3 if checkpointing else 2
+            for questions in (1, 3):
+                trained = (3 * forward["fusion_per_pair"]
+                           + questions * (llm_factor * forward["llm_per_question"]
+                                          + 3 * forward["decoder_per_question"]))
+                key = f"{questions}_question{'s' if questions > 1 else ''}" + ("_checkpointed" if checkpointing else "")
+                steps[key] = {"tflops_without_cache": float(f"{trained + frozen:.6g}"),
+                              "tflops_with_cache": float(f"{trained:.6g}"),
+                              "predicted_cache_speedup": round((trained + frozen) / trained, 2)}
+        plan[preset] = {"sequence_tokens": sequence,
+                        "forward_tflops": {name: float(f"{value:.6g}") for name, value in forward.items()},
+                        "training_step_per_pair": steps}
+    return plan
+
+
 def bench_quickstart(output_dir: Path, fresh_data: bool) -> dict:
     """Times the whole quickstart (data generation if absent, build, train, test evaluation, figures)."""
     if fresh_data:
@@ -345,7 +419,8 @@ def main(argv=None) -> int:
                        help="trained tiny model to use for the tiny preset (realistic answer lengths)")
     speed.add_argument("--max_new_tokens", type=int, default=32)
     speed.add_argument("--bf16", action="store_true", help="bf16 autocast (for a GPU run)")
-    sub.add_parser("memory", help="memory plan of the 7B configuration, computed from parameter counts")
+    sub.add_parser("memory", help="memory plan of the 7B configuration (from parameter counts) and the "
+                                  "training FLOPs the feature cache can save, per preset (counted on the meta device)")
     quick = sub.add_parser("quickstart", help="time `python train.py` end to end")
     quick.add_argument("--output_dir", type=Path, default=REPO / "runs" / "bench-quickstart")
     quick.add_argument("--keep_data", action="store_true", help="reuse an already generated synthetic set")
@@ -357,7 +432,8 @@ def main(argv=None) -> int:
         table = speed_table(report["speed"])
     elif args.command == "memory":
         report["memory"] = memory_plan()
-        table = None
+        report["compute"] = compute_plan()
+        table = compute_table(report["compute"])
     else:
         report["quickstart"] = bench_quickstart(args.output_dir, fresh_data=not args.keep_data)
         table = None

@@ -3,6 +3,7 @@
     python eval.py --model runs/bcdd/model --data data/bcdd --output_dir runs/bcdd/eval            # test split
     python eval.py --model CKPT --data LEVIR-CD --question Building --output_dir OUT               # A/B/label folder
     python eval.py --model CKPT --data data/second --teacher_forced --output_dir OUT               # LISA-style
+    python eval.py --model CKPT --data data/bcdd --quantize 4 --output_dir OUT     # LLM in 4 bits (bitsandbytes)
     python eval.py --pred_dir runs/fc-ef/pred --label_dir LEVIR-CD/label --output_dir OUT [--threshold 127]
 
 --data is a folder of JSON samples (with train/ val/ test/, pick one with --split, or the JSON files directly in
@@ -31,6 +32,7 @@ from reasoncd_tools.checkpoints import atomic_output_dir, write_json_atomic
 from reasoncd_tools.figures import mask_panels, prediction_panels
 from reasoncd_tools.images import ImageReadError, image_size, read_mask, read_rgb, write_png_atomic
 from reasoncd_tools.metrics import METRIC_NAMES, ChangeMetrics
+from reasoncd_tools.quantization import add_quantize_argument, require_bitsandbytes
 
 # reasoncd_tools.samples, .evaluation and torch pull in the model code (seconds to import): model mode imports
 # them where it needs them, so scoring saved masks starts at once.
@@ -124,6 +126,7 @@ def run_model(args) -> dict:
     from reasoncd_tools.samples import SampleError, load_pair
 
     check_checkpoint(args.model)
+    require_bitsandbytes(args.quantize)
     with tempfile.TemporaryDirectory(prefix="reasoncd-eval-") as scratch:
         try:
             samples, data = load_samples(args.data, args.split, args.question, Path(scratch) / "samples",
@@ -135,8 +138,7 @@ def run_model(args) -> dict:
         print(f"evaluating {len(samples)} samples from {_describe_data(data)}", file=sys.stderr)
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model, processor = load_model(args.model)
-        model.to(device)
+        model, processor = load_model(args.model, quantize=args.quantize, device=device)
         predictions = predict_samples(model, processor, samples, batch_size=args.batch_size,
                                       teacher_forced=args.teacher_forced, max_new_tokens=args.max_new_tokens)
         metrics = score(samples, predictions)
@@ -340,6 +342,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--max_samples", type=int, help="evaluate only the first N samples")
     model.add_argument("--max_new_tokens", type=int, default=48, help="answer length limit (default 48)")
     model.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    add_quantize_argument(model)
     predictions = parser.add_argument_group("prediction mode")
     predictions.add_argument("--pred_dir", type=Path, help="predicted masks of any method, named like the labels")
     predictions.add_argument("--label_dir", type=Path, help="ground-truth change labels (0/1 or 0/255)")
@@ -350,6 +353,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "labels of a change-detection folder (model mode)")
     parser.add_argument("--output_dir", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.quantize is not None and args.pred_dir:
+        parser.error("--quantize applies to model mode (--model/--data), not to --pred_dir")
 
     if args.pred_dir or args.label_dir:
         if args.model or args.data:
@@ -372,7 +377,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         summary = run_predictions(args) if args.pred_dir else run_model(args)
-    except (EvalError, ImageReadError, FileNotFoundError) as error:
+    except (EvalError, ImageReadError, FileNotFoundError, ImportError) as error:
         print(f"eval.py: error: {error}", file=sys.stderr)
         return 2
     figures = ", ".join(f"{METRIC_TITLES[name]} {summary[name]:.3f}" for name in METRIC_NAMES)

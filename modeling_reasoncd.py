@@ -11,6 +11,7 @@ Data flow (top to bottom in this file):
      low-resolution change logits.
 """
 
+import importlib.util
 from dataclasses import dataclass
 from functools import partial
 
@@ -21,7 +22,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from segment_anything.modeling.image_encoder import Attention as SamAttention
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, Cache, DynamicCache, PreTrainedModel, StaticCache
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
@@ -108,6 +109,14 @@ def _per_row(per_pair_or_row: torch.Tensor | None, pair_index: torch.Tensor) -> 
     if per_pair_or_row is None or per_pair_or_row.shape[0] == pair_index.shape[0]:
         return per_pair_or_row
     return per_pair_or_row[pair_index]
+
+
+def _select_cache_rows(cache: Cache, rows: torch.Tensor) -> None:
+    """Keeps `rows` (in that order) of every layer of a dynamic or static KV cache."""
+    for layer in cache.layers:
+        if layer.is_initialized:
+            layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
+            layer.batch_size = len(rows)
 
 
 class ChannelAttention(nn.Module):
@@ -228,6 +237,9 @@ class ReasonCDPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer", "Block", "TwoWayAttentionBlock"]
+    # segment-anything multiplies a float32 grid by this buffer: loaded in bf16/fp16 (as around a quantised
+    # language model), `get_dense_pe` would fail on mixed dtypes.
+    _keep_in_fp32_modules_strict = ["sam_prompt_encoder.pe_layer"]
     # PEFT would otherwise train two copies of tied matrices (LLaMA-2 itself is untied).
     _tied_weights_keys = {}
     # The loss mixes CE and mask terms: Trainer must scale it for gradient accumulation itself.
@@ -257,6 +269,33 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
     # sam_prompt_encoder and the language model's base weights.
     trainable_module_names = ("multi_modal_projector", "text_hidden_fc", "sam_mask_decoder", "feature_fusion")
     frozen_module_names = ("vision_tower", "sam_image_encoder", "sam_prompt_encoder")
+    # Kept out of bitsandbytes quantisation (`bitsandbytes_config`): everything but the language model's decoder
+    # layers. The encoders and the mask path are small next to a 7B decoder, and the [SEG] decision is read off
+    # `lm_head`. transformers matches these as prefixes of module names (and `lm_head` as a suffix).
+    unquantized_module_names = ("vision_tower", "multi_modal_projector", "text_hidden_fc", "sam_image_encoder",
+                                "sam_prompt_encoder", "sam_mask_decoder", "feature_fusion", "language_model.lm_head")
+
+    @classmethod
+    def bitsandbytes_config(cls, bits: int, compute_dtype: torch.dtype = torch.bfloat16):
+        """
+        The `BitsAndBytesConfig` that loads only the language model's decoder layers in 8-bit (LLM.int8) or 4-bit
+        (NF4, double quantisation), for `from_pretrained(..., quantization_config=...)`; `compute_dtype` is the
+        4-bit layers' matmul dtype (LLM.int8 computes in float16 whatever it is). A plain
+        `BitsAndBytesConfig(load_in_4bit=True)` would quantise CLIP and SAM's linear layers as well.
+        """
+        if bits not in (4, 8) or isinstance(bits, bool):
+            raise ValueError(f"bits={bits!r}: ReasonCD's language model can be loaded in 8 or 4 bits")
+        # find_spec, not `import bitsandbytes`: the Hub loader requires every module this file imports.
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ImportError(f"loading ReasonCD in {bits} bits needs bitsandbytes: pip install 'bitsandbytes>=0.46.1' "
+                              "(in the ReasonCD repository: pip install -e .[quant])")
+        from transformers import BitsAndBytesConfig
+
+        skip = list(cls.unquantized_module_names)
+        if bits == 8:
+            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=skip)
 
     def __init__(self, config: ReasonCDConfig) -> None:
         super().__init__(config)
@@ -555,29 +594,44 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         The images of each pair are encoded once, however many questions (rows) refer to it via `pair_index`.
         With `share_prefix`, the prompt up to the question (task sentence and both images' tokens, most of the
         sequence) is prefilled once per pair and its KV cache reused by every question about that pair; the
-        question suffixes then decode together. `use_cache=False` recomputes the whole sequence at every step.
+        question suffixes then decode together, and each row leaves the batch as soon as it ends, so short answers
+        stop costing compute while an explanation goes on. This loop honours `logits_processor` and
+        `min_new_tokens`; other `generate` options (sampling, beams, ...) are handed to the language model's own
+        `generate`. `use_cache=False` recomputes the whole sequence at every step.
         """
         attention_mask, pair_index, features = self._prepare_inputs(
             input_ids, attention_mask, pair_index, frozen_features,
             pixel_values_t1=pixel_values_t1, pixel_values_t2=pixel_values_t2,
             sam_pixel_values_t1=sam_pixel_values_t1, sam_pixel_values_t2=sam_pixel_values_t2,
         )
-        options = dict(
-            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=use_cache,
-            output_hidden_states=True, return_dict_in_generate=True,
-            pad_token_id=self.config.pad_token_id, eos_token_id=self.config.eos_token_id, **generate_kwargs,
-        )
-        shared = use_cache and share_prefix and self._shared_prefix_length(input_ids, attention_mask)
-        if shared:
-            generated = self._generate_from_shared_prefix(input_ids, attention_mask, features, pair_index, shared,
-                                                          options)
+        prefix_length = use_cache and share_prefix and self._shared_prefix_length(input_ids, attention_mask)
+        if prefix_length:
+            input_ids, attention_mask = self._shared_prefix_layout(input_ids, attention_mask, prefix_length)
+        own_loop = use_cache and set(generate_kwargs) <= {"logits_processor", "min_new_tokens"}
+        # Our loop writes into a preallocated cache (no copy of every row's keys and values per step); the language
+        # model's `generate` gets the dynamic cache it expects.
+        cache = None
+        if own_loop:
+            cache = StaticCache(config=self.language_model.config, max_cache_len=input_ids.shape[1] + max_new_tokens)
+        elif prefix_length:
+            cache = DynamicCache(config=self.language_model.config)
+        if prefix_length:
+            inputs_embeds = self._prefill_prefix(input_ids, features, pair_index, prefix_length, cache)
         else:
             inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index)
-            generated = self.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                                     **options)
-        sequences = generated.sequences
-        # hidden_states[j][-1][:, -1] is the last-layer state that predicted generated token j.
-        step_states = torch.stack([states[-1][:, -1] for states in generated.hidden_states], dim=1)
+        if own_loop:
+            sequences, step_states = self._greedy_decode(inputs_embeds, attention_mask, cache, max_new_tokens,
+                                                         **generate_kwargs)
+        else:
+            generated = self.language_model.generate(
+                inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
+                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=use_cache,
+                output_hidden_states=True, return_dict_in_generate=True,
+                pad_token_id=self.config.pad_token_id, eos_token_id=self.config.eos_token_id, **generate_kwargs,
+            )
+            sequences = generated.sequences
+            # hidden_states[j][-1][:, -1] is the last-layer state that predicted generated token j.
+            step_states = torch.stack([states[-1][:, -1] for states in generated.hidden_states], dim=1)
         seg_present, seg_hidden = self._seg_states_generated(sequences, step_states)
         if bool(seg_present.any()):
             mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
@@ -601,33 +655,90 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
             return 0
         return int(lengths[0])
 
-    def _generate_from_shared_prefix(self, input_ids, attention_mask, features, pair_index, prefix_length, options):
-        """Prefill the common prefix once per pair, then decode every row's question from a copy of its cache."""
+    def _shared_prefix_layout(self, input_ids, attention_mask, prefix_length):
+        """
+        Left-padded rows re-laid as prefix | padding | suffix, so every row's prefix lines up with the shared cache;
+        positions (cumulative sum of the mask) stay those of the unpadded prompt.
+        """
         rows = input_ids.shape[0]
-        pad = self.config.pad_token_id
         real = [input_ids[row][attention_mask[row].bool()] for row in range(rows)]
-        suffixes = [ids[prefix_length:] for ids in real]
-        width = max(len(s) for s in suffixes)
-        # Rows become prefix | padding | suffix: the prefix lines up with the shared cache, and positions
-        # (cumulative sum of the mask) stay those of the unpadded prompt.
-        layout = torch.full((rows, prefix_length + width), pad, dtype=input_ids.dtype, device=input_ids.device)
+        width = max(len(ids) for ids in real) - prefix_length
+        layout = torch.full((rows, prefix_length + width), self.config.pad_token_id, dtype=input_ids.dtype,
+                            device=input_ids.device)
         mask = torch.zeros_like(layout)
-        for row, (ids, suffix) in enumerate(zip(real, suffixes)):
+        for row, ids in enumerate(real):
+            suffix = len(ids) - prefix_length
             layout[row, :prefix_length] = ids[:prefix_length]
-            layout[row, layout.shape[1] - len(suffix):] = suffix
+            layout[row, layout.shape[1] - suffix:] = ids[prefix_length:]
             mask[row, :prefix_length] = 1
-            mask[row, layout.shape[1] - len(suffix):] = 1
-        embeds = self._merge_image_tokens(layout, features, pair_index)
+            mask[row, layout.shape[1] - suffix:] = 1
+        return layout, mask
+
+    def _prefill_prefix(self, input_ids, features, pair_index, prefix_length, cache):
+        """
+        Fills `cache` with the common prefix's keys and values, computed once per pair and copied to each of the
+        pair's rows; returns every row's input embeddings (the prefix's, with the image features, also made once
+        per pair).
+        """
         first_row_of_pair = {}
         for row, pair in enumerate(pair_index.tolist()):
             first_row_of_pair.setdefault(pair, row)
-        prefix_rows = torch.tensor(list(first_row_of_pair.values()), device=input_ids.device)
-        prefill = self.language_model(inputs_embeds=embeds[prefix_rows, :prefix_length], use_cache=True)
-        cache = prefill.past_key_values
+        device = input_ids.device
+        prefix_rows = torch.tensor(list(first_row_of_pair.values()), device=device)
+        prefix_embeds = self._merge_image_tokens(input_ids[prefix_rows, :prefix_length], features,
+                                                 pair_index[prefix_rows])
+        self.language_model(inputs_embeds=prefix_embeds, cache=cache, use_cache=True, logits_to_keep=1)
         slot = {pair: i for i, pair in enumerate(first_row_of_pair)}
-        cache.batch_select_indices(torch.tensor([slot[p] for p in pair_index.tolist()], device=input_ids.device))
-        return self.language_model.generate(inputs_embeds=embeds, attention_mask=mask, cache=cache,
-                                            **options)
+        row_slots = torch.tensor([slot[p] for p in pair_index.tolist()], device=device)
+        _select_cache_rows(cache, row_slots)
+        suffix_embeds = self.get_input_embeddings()(input_ids[:, prefix_length:])
+        return torch.cat([prefix_embeds[row_slots], suffix_embeds.to(prefix_embeds.dtype)], dim=1)
+
+    def _greedy_decode(self, inputs_embeds, attention_mask, cache, max_new_tokens, logits_processor=None,
+                       min_new_tokens: int = 0):
+        """
+        Greedy decoding with the KV cache, continuing from what `cache` holds (the prefilled prefix, or nothing).
+
+        A row leaves the batch, its cache rows dropped, as soon as it emits `</s>`. Logits processors still see the
+        whole batch (rows that ended get zero scores, and `pad_token_id` as their tokens), as in `generate`.
+        Returns the generated ids `(B, T)`, `pad_token_id` after `</s>`, and the last-layer state that predicted
+        each of them `(B, T, hidden_size)`.
+        """
+        language_model, cfg = self.language_model, self.config
+        rows, device = inputs_embeds.shape[0], inputs_embeds.device
+        positions = self._position_ids(attention_mask)
+        done = int(cache.get_seq_length())
+        step_inputs = dict(inputs_embeds=inputs_embeds[:, done:], position_ids=positions[:, done:])
+        next_position = positions[:, -1:] + 1
+        active = torch.arange(rows, device=device)
+        tokens, states = [], []
+        for step in range(max_new_tokens):
+            output = language_model(**step_inputs, attention_mask=attention_mask, cache=cache, use_cache=True,
+                                    output_hidden_states=True, logits_to_keep=1)
+            hidden = output.hidden_states[-1][:, -1]
+            scores = output.logits[:, -1].float()
+            if step < min_new_tokens:
+                scores[:, cfg.eos_token_id] = float("-inf")
+            if logits_processor is not None:
+                everyone = scores.new_zeros(rows, scores.shape[-1]).index_copy(0, active, scores)
+                so_far = torch.stack(tokens, dim=1) if tokens else active.new_zeros(rows, 0)
+                scores = logits_processor(so_far, everyone)[active]
+            chosen = scores.argmax(dim=-1)
+            tokens.append(chosen.new_full((rows,), cfg.pad_token_id).index_copy(0, active, chosen))
+            states.append(hidden.new_zeros(rows, hidden.shape[-1]).index_copy(0, active, hidden))
+            going = chosen != cfg.eos_token_id
+            if step + 1 == max_new_tokens or not bool(going.any()):
+                break
+            if not bool(going.all()):
+                keep = going.nonzero().squeeze(1)
+                _select_cache_rows(cache, keep)
+                active, chosen = active[keep], chosen[keep]
+                attention_mask, next_position = attention_mask[keep], next_position[keep]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=1)
+            step_inputs = dict(inputs_embeds=self.get_input_embeddings()(chosen.unsqueeze(1)),
+                               position_ids=next_position)
+            next_position = next_position + 1
+        return torch.stack(tokens, dim=1), torch.stack(states, dim=1)
 
     def _seg_states_generated(self, sequences, step_states):
         """First `[SEG]` before `</s>` in each generated row, and the state that predicted it."""

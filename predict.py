@@ -2,6 +2,7 @@
 
     python predict.py --model runs/quickstart/model --t1 A.png --t2 B.png --question "new buildings" --out mask.png
     python predict.py ... --json        # {"text": ..., "mask": ..., "changed_fraction": ...}
+    python predict.py ... --quantize 4  # the language model in 4 (or 8) bits: pip install -e .[quant]
 """
 
 import argparse
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from reasoncd_tools.images import ImageReadError, read_rgb, write_png_atomic
+from reasoncd_tools.quantization import (add_quantize_argument, finish_quantized_loading, quantized_loading_options,
+                                         require_bitsandbytes)
 
 # Files a checkpoint folder cannot load without (weights may also be sharded: an index names the shards).
 REQUIRED_FILES = ("config.json", "processor_config.json", "tokenizer_config.json", "modeling_reasoncd.py",
@@ -30,20 +33,36 @@ def check_checkpoint(folder: Path) -> None:
         raise FileNotFoundError(f"--model {folder}: checkpoint folder is missing {', '.join(missing)}")
 
 
-def load_model(folder: Path):
-    """`AutoModel` / `AutoProcessor` with the checkpoint's own code, in eval mode."""
+def load_model(location: str | Path, quantize: int | None = None, device: str | None = None):
+    """
+    `AutoModel` / `AutoProcessor` with the checkpoint's own code, in eval mode; `location` is a checkpoint folder
+    (checked first) or a Hub id.
+
+    quantize: 8 or 4 loads the language model's decoder layers with bitsandbytes (LLM.int8 / NF4) and leaves CLIP,
+        SAM, the fusion module, the projector, `text_hidden_fc` and `lm_head` unquantised: in bfloat16 on a GPU
+        that supports it, else in float32.
+    device: where the model runs. Default: the CPU; quantised, CUDA when available.
+    """
+    require_bitsandbytes(quantize)
     from transformers import AutoModel, AutoProcessor
 
-    check_checkpoint(folder)
-    model = AutoModel.from_pretrained(str(folder), trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
+    location = str(location)
+    if Path(location).exists():
+        check_checkpoint(Path(location))
+    options = {} if quantize is None else quantized_loading_options(location, quantize, device)
+    model = AutoModel.from_pretrained(location, trust_remote_code=True, **options).eval()
+    if quantize is not None:
+        finish_quantized_loading(model)
+    elif device is not None:
+        model.to(device)
+    processor = AutoProcessor.from_pretrained(location, trust_remote_code=True)
     return model, processor
 
 
 def predict(model, processor, image_t1: np.ndarray, image_t2: np.ndarray, questions: list[str],
             max_new_tokens: int = 64) -> list[dict]:
     """One pair, k questions (the images are encoded once): k `{"text", "mask", "changed_fraction"}`."""
-    inputs = processor(images_t1=image_t1, images_t2=image_t2, text=questions, return_tensors="pt")
+    inputs = processor(images_t1=image_t1, images_t2=image_t2, text=questions, return_tensors="pt").to(model.device)
     outputs = model.generate(**inputs, max_new_tokens=max_new_tokens)
     results = processor.post_process_generation(outputs)
     for result in results:
@@ -60,6 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output mask PNG (0/255, the inputs' size)")
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--json", action="store_true", help="print text, mask path and changed fraction as JSON")
+    add_quantize_argument(parser)
     args = parser.parse_args(argv)
 
     try:
@@ -71,13 +91,14 @@ def main(argv=None) -> int:
             if note:
                 print(f"note: {path}: {note}", file=sys.stderr)
         check_checkpoint(args.model)  # before the slow imports
+        require_bitsandbytes(args.quantize)
         if image_t1.shape != image_t2.shape:
             raise ValueError(f"--t1 {args.t1} is {image_t1.shape[1]}x{image_t1.shape[0]} but --t2 {args.t2} is "
                              f"{image_t2.shape[1]}x{image_t2.shape[0]}; the two dates must be co-registered images "
                              "of the same size")
-        model, processor = load_model(args.model)
+        model, processor = load_model(args.model, quantize=args.quantize)
         result = predict(model, processor, image_t1, image_t2, [args.question], args.max_new_tokens)[0]
-    except (ImageReadError, ValueError, FileNotFoundError) as error:
+    except (ImageReadError, ValueError, FileNotFoundError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     write_png_atomic(args.out, result["mask"])

@@ -318,6 +318,39 @@ def test_several_questions_encode_the_pair_once(model, processor, pair):
     assert not torch.allclose(batch_forced.seg_hidden_states[0], batch_forced.seg_hidden_states[1], atol=1e-3)
 
 
+def test_finished_answers_leave_the_batch_and_change_nothing(model, processor, pair):
+    """ReasonCD's own decoding loop drops each row once it ends; its tokens, [SEG] states and masks equal those of
+    the language model's `generate` (which keeps every row to the end) from the same shared-prefix cache."""
+    t1, t2, _ = pair
+    questions = ["new buildings", "water", "changes that provide more living areas for people, and explain why"]
+    answers = ["It's [SEG].", "No water changed.", "Houses were built on the former fields, so the change is [SEG]."]
+    inputs = processor(images_t1=t1, images_t2=t2, text=questions)
+    batch_sizes = []
+    handle = model.language_model.register_forward_hook(
+        lambda module, args, kwargs, output: batch_sizes.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True)
+    try:
+        ours = forced_generate(model, processor, inputs, answers)
+    finally:
+        handle.remove()
+    lengths = [len(row) for row in answer_rows(processor, answers)]  # answer + </s>
+    # One prefill of the shared prefix (one pair), then the suffixes of all three rows; each row stays until its
+    # `</s>`, then leaves.
+    assert batch_sizes[0] == 1
+    assert batch_sizes[1:] == [sum(length > step for length in lengths) for step in range(max(lengths))]
+    # A logits processor that changes nothing routes through the language model's own `generate`.
+    reference = forced_generate(model, processor, inputs, answers, repetition_penalty=1.0)
+    assert torch.equal(ours.sequences, reference.sequences)
+    assert torch.equal(ours.seg_present, reference.seg_present)
+    assert ours.seg_present.tolist() == [True, False, True]
+    torch.testing.assert_close(ours.seg_hidden_states, reference.seg_hidden_states, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours.pred_masks, reference.pred_masks, rtol=0, atol=1e-4)
+    # Free greedy decoding agrees as well.
+    free, free_reference = (model.generate(**inputs, max_new_tokens=6, **extra)
+                            for extra in ({}, {"repetition_penalty": 1.0}))
+    assert torch.equal(free.sequences, free_reference.sequences)
+    torch.testing.assert_close(free.pred_masks, free_reference.pred_masks, rtol=0, atol=1e-4)
+
+
 def test_rows_about_different_pairs_use_their_own_images(model, processor, pair):
     """Rows in any order refer to their pair through `pair_index`: each gets its own pair's images (and prompt
     cache), exactly as if asked alone."""

@@ -4,6 +4,7 @@
     python bench.py speed --presets medium --bf16        # on a GPU: bf16 inference and training steps, CUDA memory
     python bench.py quickstart                                                        # wall time of `python train.py`
     python bench.py memory          # 7B memory plan (computed) and what the feature cache can save (FLOPs counted)
+    python bench.py memory --measure  # ... and the plan's weight arithmetic against a medium checkpoint, bf16/8/4-bit
 
 `speed` measures, per preset: the latency of the first question on a pair, the marginal latency of questions
 2..8 (asked together, sharing the pair's encoding and KV-cached prompt prefix), the same 8-question session run
@@ -284,6 +285,62 @@ def compute_table(plan: dict) -> str:
     return "\n".join(lines)
 
 
+def parameter_counts(config) -> dict:
+    """Total and trainable parameters (meta device), and the language model's decoder-layer weights, which are all
+    that 8/4-bit loading quantises (embeddings, lm_head, CLIP, SAM and the fusion module stay as they are)."""
+    from build_reasoncd import parameter_report
+
+    rows = {name: (count, trainable) for name, count, trainable in parameter_report(config)}
+    text = config.text_config
+    embed = 2 * text.vocab_size * text.hidden_size  # embed_tokens + lm_head
+    return {"total": sum(count for count, _ in rows.values()), "trainable": sum(t for _, t in rows.values()),
+            "quantisable": rows["language_model"][0] - embed}
+
+
+def planned_weight_bytes(config) -> dict:
+    """Weight bytes with everything in bf16, and with the decoder layers in 8 bits (1 byte per weight) or NF4 (half a
+    byte, plus about 6 % for block scales under double quantisation)."""
+    counts = parameter_counts(config)
+    quantisable, other = counts["quantisable"], counts["total"] - counts["quantisable"]
+    return {"bf16": 2 * counts["total"], "int8": quantisable + 2 * other, "int4": 0.53 * quantisable + 2 * other}
+
+
+def measured_footprints(preset: str = "medium") -> dict:
+    """
+    The planned weight bytes of `preset` against the footprint of a saved random checkpoint loaded in bf16, 8-bit
+    and 4-bit (bitsandbytes on whatever device there is; `get_memory_footprint`, which leaves out bitsandbytes' own
+    scale tensors), to check the plan's arithmetic where the 7B weights cannot be loaded.
+    """
+    import tempfile
+
+    from transformers import AutoModel
+
+    from build_reasoncd import build_tiny, save_checkpoint
+    from modeling_reasoncd import ReasonCDForChangeDetection
+    from reasoncd_tools.quantization import finish_quantized_loading
+
+    model, processor = build_tiny(0, preset=preset)
+    planned = planned_weight_bytes(model.config)
+    device = {"": "cuda" if torch.cuda.is_available() else "cpu"}
+    measured = {}
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(model, processor, Path(folder) / "model")
+        del model
+        for name, bits in (("bf16", None), ("int8", 8), ("int4", 4)):
+            options = {} if bits is None else {
+                "quantization_config": ReasonCDForChangeDetection.bitsandbytes_config(bits)}
+            loaded = AutoModel.from_pretrained(Path(folder) / "model", trust_remote_code=True, dtype=torch.bfloat16,
+                                               device_map=device, **options)
+            if bits is not None:
+                finish_quantized_loading(loaded)
+            measured[name] = loaded.get_memory_footprint()
+            del loaded
+    mib = 2**20
+    return {"preset": preset,
+            "planned_mib": {name: round(value / mib, 1) for name, value in planned.items()},
+            "measured_mib": {name: round(value / mib, 1) for name, value in measured.items()}}
+
+
 def memory_plan(preset: str = "reasoncd-7b", sequence: int = 600, questions: int = 8) -> dict:
     """
     Memory of the 7B configuration computed from parameter counts (meta device, nothing allocated).
@@ -293,20 +350,15 @@ def memory_plan(preset: str = "reasoncd-7b", sequence: int = 600, questions: int
     (bf16 weights, activation checkpointing, AdamW on fp32 trainable parameters): weights + 16 bytes per
     trainable parameter + checkpointed LLM activations + the trainable ResNet/decoder activations per sample.
     """
-    from build_reasoncd import parameter_report
     from configuration_reasoncd import ReasonCDConfig
 
     config = ReasonCDConfig.from_preset(preset)
-    rows = {name: (count, trainable) for name, count, trainable in parameter_report(config)}
+    counts = parameter_counts(config)
+    total, trainable = counts["total"], counts["trainable"]
     text = config.text_config
-    total = sum(count for count, _ in rows.values())
-    trainable = sum(t for _, t in rows.values())
-    embed = 2 * text.vocab_size * text.hidden_size  # embed_tokens + lm_head stay bf16
-    llm_linear = rows["language_model"][0] - embed
-    other = total - llm_linear
     gib = 2**30
     kv = 2 * text.num_hidden_layers * (sequence + questions * 64) * text.hidden_size * 2
-    weights = {"bf16": 2 * total, "int8": llm_linear + 2 * other, "int4": 0.53 * llm_linear + 2 * other}
+    weights = planned_weight_bytes(config)
     inference = {name: round((w + kv) / gib, 1) for name, w in weights.items()}
     # Per sample: checkpointed layer inputs of the LLM, one layer recomputed, and the trainable fusion/decoder
     # activations at SAM's frame (both dates), measured as ~0.9 GiB per 1024-px image for ResNet34+FPN in bf16.
@@ -419,8 +471,11 @@ def main(argv=None) -> int:
                        help="trained tiny model to use for the tiny preset (realistic answer lengths)")
     speed.add_argument("--max_new_tokens", type=int, default=32)
     speed.add_argument("--bf16", action="store_true", help="bf16 autocast (for a GPU run)")
-    sub.add_parser("memory", help="memory plan of the 7B configuration (from parameter counts) and the "
+    memory = sub.add_parser("memory", help="memory plan of the 7B configuration (from parameter counts) and the "
                                   "training FLOPs the feature cache can save, per preset (counted on the meta device)")
+    memory.add_argument("--measure", metavar="PRESET", nargs="?", const="medium",
+                        help="also load a saved random PRESET checkpoint (default medium) in bf16, 8-bit and 4-bit "
+                             "(needs bitsandbytes) and compare its footprint with the plan's arithmetic")
     quick = sub.add_parser("quickstart", help="time `python train.py` end to end")
     quick.add_argument("--output_dir", type=Path, default=REPO / "runs" / "bench-quickstart")
     quick.add_argument("--keep_data", action="store_true", help="reuse an already generated synthetic set")
@@ -433,6 +488,8 @@ def main(argv=None) -> int:
     elif args.command == "memory":
         report["memory"] = memory_plan()
         report["compute"] = compute_plan()
+        if args.measure:
+            report["footprint_check"] = measured_footprints(args.measure)
         table = compute_table(report["compute"])
     else:
         report["quickstart"] = bench_quickstart(args.output_dir, fresh_data=not args.keep_data)

@@ -1,4 +1,6 @@
 """bench.py's computed plans: the FLOPs behind the feature-cache figures and the 7B memory plan (no timing here)."""
+import pytest
+
 import bench
 from configuration_reasoncd import ReasonCDConfig
 
@@ -59,3 +61,14 @@ def test_memory_plan_orders_the_precisions_and_cards():
         for kind in fits[small]:
             assert set(fits[small][kind]) <= set(fits[large][kind])
     assert fits[80]["inference"] == ["bf16", "int8", "int4"]
+
+
+def test_the_plans_weight_arithmetic_matches_a_loaded_checkpoint():
+    pytest.importorskip("bitsandbytes", reason="the 8/4-bit footprints need bitsandbytes (pip install -e .[quant])")
+    check = bench.measured_footprints("tiny")
+    planned, measured = check["planned_mib"], check["measured_mib"]
+    assert measured["bf16"] > measured["int8"] > measured["int4"]
+    for name in ("bf16", "int8"):
+        assert abs(planned[name] - measured[name]) / measured[name] < 0.01, (name, planned, measured)
+    # The plan also budgets NF4's block scales, which the footprint leaves out: a little above, never below.
+    assert 0 <= planned["int4"] - measured["int4"] < 0.06 * measured["int4"]

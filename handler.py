@@ -7,14 +7,21 @@ Response per question:
     {"text": "It's [SEG].", "mask": "<base64 PNG, 0/255, the input size>", "changed_fraction": 0.031,
      "width": W, "height": H}
 a list of them for a list of questions, or {"error": "..."} for a request that cannot be answered.
+
+Set REASONCD_QUANTIZE=8 or 4 in the endpoint's environment to load the language model with bitsandbytes (add
+bitsandbytes to requirements.txt); CLIP, SAM, the fusion module and lm_head stay in bf16 (fp32 on a CPU).
 """
 
 import base64
 import binascii
 import io
+import os
 
+import torch
 from PIL import Image
 from transformers import pipeline
+
+QUANTIZE_VARIABLE = "REASONCD_QUANTIZE"
 
 MAX_NEW_TOKENS_LIMIT = 512
 
@@ -79,9 +86,26 @@ def parse_request(data) -> tuple[Image.Image, Image.Image, str | list[str], dict
     return image_t1, image_t2, text, call_parameters
 
 
+def loading_options(path: str) -> dict:
+    """`pipeline` arguments: none by default; with REASONCD_QUANTIZE=8|4, the checkpoint's own `BitsAndBytesConfig`
+    (only the language model's decoder layers quantised), on the GPU when there is one."""
+    bits = os.environ.get(QUANTIZE_VARIABLE, "").strip()
+    if not bits:
+        return {}
+    if bits not in ("8", "4"):
+        raise ValueError(f"{QUANTIZE_VARIABLE}={bits!r}: set 8 or 4 (bits of the language model's weights), or unset")
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    model_class = get_class_from_dynamic_module("modeling_reasoncd.ReasonCDForChangeDetection", path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    return {"device_map": {"": device}, "dtype": dtype,
+            "model_kwargs": {"quantization_config": model_class.bitsandbytes_config(int(bits), compute_dtype=dtype)}}
+
+
 class EndpointHandler:
     def __init__(self, path: str = ""):
-        self.detector = pipeline("change-detection", model=path, trust_remote_code=True)
+        self.detector = pipeline("change-detection", model=path, trust_remote_code=True, **loading_options(path))
 
     def __call__(self, data: dict) -> dict | list[dict]:
         try:

@@ -81,3 +81,23 @@ def test_bad_requests_get_a_clear_error(handler, pair, change, message):
     result = handler(change(pair))
     assert set(result) == {"error"}, result
     assert message in result["error"]
+
+
+def test_quantised_endpoint_from_the_environment(tmp_path, monkeypatch, pair):
+    """REASONCD_QUANTIZE=8 loads the exported model's language model in 8 bits and still answers."""
+    bnb = pytest.importorskip("bitsandbytes", reason="needs bitsandbytes (pip install -e .[quant])")
+    save_checkpoint(*seg_tiny(0), tmp_path / "model")
+    assert export.main(["--run", str(tmp_path / "model"), "--output_dir", str(tmp_path / "export"),
+                        "--max_new_tokens", "3"]) == 0
+    monkeypatch.setenv("REASONCD_QUANTIZE", "3")
+    with pytest.raises(ValueError, match="REASONCD_QUANTIZE='3'"):
+        EndpointHandler(str(tmp_path / "export"))
+    monkeypatch.setenv("REASONCD_QUANTIZE", "8")
+    quantised = EndpointHandler(str(tmp_path / "export"))
+    model = quantised.detector.model
+    assert isinstance(model.language_model.model.layers[0].mlp.down_proj, bnb.nn.Linear8bitLt)
+    assert not isinstance(model.language_model.lm_head, bnb.nn.Linear8bitLt)
+    assert not any(isinstance(m, bnb.nn.Linear8bitLt) for m in model.vision_tower.modules())
+    result = quantised({"inputs": {**pair, "text": "new buildings"}})
+    assert result["text"] == "[SEG] [SEG] [SEG]"
+    assert _decode_mask(result).shape == (result["height"], result["width"])

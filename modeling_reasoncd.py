@@ -14,6 +14,7 @@ Data flow (top to bottom in this file):
 import importlib.util
 from dataclasses import dataclass
 from functools import partial
+from numbers import Integral
 
 import torch
 import torch.nn.functional as F
@@ -599,6 +600,8 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         `min_new_tokens`; other `generate` options (sampling, beams, ...) are handed to the language model's own
         `generate`. `use_cache=False` recomputes the whole sequence at every step.
         """
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         attention_mask, pair_index, features = self._prepare_inputs(
             input_ids, attention_mask, pair_index, frozen_features,
             pixel_values_t1=pixel_values_t1, pixel_values_t2=pixel_values_t2,

@@ -349,6 +349,9 @@ def test_finished_answers_leave_the_batch_and_change_nothing(model, processor, p
                             for extra in ({}, {"repetition_penalty": 1.0}))
     assert torch.equal(free.sequences, free_reference.sequences)
     torch.testing.assert_close(free.pred_masks, free_reference.pred_masks, rtol=0, atol=1e-4)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=f"max_new_tokens must be a positive integer, got {bad!r}"):
+            model.generate(**inputs, max_new_tokens=bad)
 
 
 def test_rows_about_different_pairs_use_their_own_images(model, processor, pair):

@@ -1,6 +1,6 @@
 """ReasonCD in the browser: upload two dates of one place, ask about a change, get the answer and the change map.
 
-    python app.py                                       # runs/quickstart/model (built untrained if absent)
+    python app.py                                       # runs/quickstart/model (an untrained one until trained)
     python app.py --model exports/mine                  # any ReasonCD folder ...
     python app.py --model ORG/NAME --host 0.0.0.0       # ... or Hub id (a Space: set REASONCD_MODEL instead)
     python app.py --model ORG/NAME --quantize 4         # the language model in 4 bits (or $REASONCD_QUANTIZE)
@@ -26,6 +26,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = REPO / "runs" / "quickstart" / "model"
+# Shown while DEFAULT_MODEL does not exist; its own folder, so that train.py's run folder stays train.py's.
+UNTRAINED_MODEL = REPO / "runs" / "untrained-tiny"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 EXAMPLE_QUESTIONS = [
     ("explicit", "new buildings"),
@@ -56,7 +58,8 @@ class ChangeDetector:
         self._cached_features = None
 
     def ask(self, image_t1: np.ndarray, image_t2: np.ndarray, question: str) -> dict:
-        """`{"text", "mask" (bool HxW), "changed_fraction", "reused" (bool), "encode_seconds"}` for one question."""
+        """`{"text", "raw_text", "mask" (bool HxW), "changed_fraction", "reused" (bool), "encode_seconds"}` for one
+        question; `text` is the answer for a reader, `raw_text` the model's own with `[SEG]`."""
         import torch
 
         inputs = self.processor(images_t1=image_t1, images_t2=image_t2, text=[question]).to(self.model.device)
@@ -79,17 +82,22 @@ class ChangeDetector:
 
 
 def resolve_model(reference: str) -> tuple[str, str | None]:
-    """A local folder or Hub id to load, and a note for the page; the default folder is built if absent."""
+    """A local folder or Hub id to load, and a note for the page. Without the default model, an untrained tiny one
+    in UNTRAINED_MODEL (built there once) shows the interface."""
     path = Path(reference)
     if path.exists():
         return str(path), None
     if path.resolve() == DEFAULT_MODEL:
         from build_reasoncd import build_tiny, save_checkpoint
+        from reasoncd_tools.output_dir import read_marker
 
-        print(f"no model at {path}: building an untrained tiny one there (train one with `python train.py`)")
-        save_checkpoint(*build_tiny(seed=0), path)
-        return str(path), ("This is an **untrained tiny model** built because no trained one was found at "
-                           f"`{path}`: its answers and masks are random. Train one with `python train.py`.")
+        if "app.py" not in read_marker(UNTRAINED_MODEL):
+            print(f"no model at {path}: building an untrained tiny one in {UNTRAINED_MODEL} (train one with "
+                  "`python train.py`)")
+            save_checkpoint(*build_tiny(seed=0), UNTRAINED_MODEL, command="app.py")
+        return str(UNTRAINED_MODEL), ("This is an **untrained tiny model**, shown because no trained one was found "
+                                      f"at `{path}`: its answers and masks are random. Train one with "
+                                      "`python train.py`.")
     if HUB_ID.fullmatch(reference):
         return reference, None
     raise SystemExit(f"--model {reference}: no such folder (and not a Hub id ORG/NAME)")
@@ -132,8 +140,8 @@ def build_demo(detector: ChangeDetector, model_name: str, note: str | None = Non
         encoding = ("reused the encoded images of this pair" if result["reused"]
                     else f"images encoded in {result['encode_seconds']:.2f} s")
         status = f"**{result['changed_fraction']:.2%}** of the pixels changed · {encoding}"
-        if "[SEG]" not in result["text"]:
-            status += " · no `[SEG]` in the answer: the model found no such change, the map is empty"
+        if "[SEG]" not in result["raw_text"]:
+            status += " · the model found no such change: the map is empty"
         return result["text"], (mask.astype(np.uint8) * 255), overlay(image_t2, mask), str(path), status
 
     with gr.Blocks(title="ReasonCD change detection") as demo:

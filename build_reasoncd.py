@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPIm
 from configuration_reasoncd import ReasonCDConfig
 from modeling_reasoncd import ReasonCDForChangeDetection
 from processing_reasoncd import NEW_TOKENS, ReasonCDProcessor
-from reasoncd_tools.checkpoints import atomic_output_dir
+from reasoncd_tools.output_dir import OutputDir, OutputDirError
 from reasoncd_tools.tokenizer import add_reasoncd_tokens, train_tiny_tokenizer
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -59,12 +59,15 @@ def set_token_ids(config: ReasonCDConfig, tokenizer) -> None:
     config.text_config.vocab_size = len(tokenizer)
 
 
-def save_checkpoint(model: ReasonCDForChangeDetection, processor: ReasonCDProcessor, output_dir: Path) -> None:
-    """Writes weights (safetensors), config, remote code and processor; all or nothing."""
+def save_checkpoint(model: ReasonCDForChangeDetection, processor: ReasonCDProcessor, output_dir: Path | OutputDir,
+                    *, command: str = "build_reasoncd.py", overwrite: bool = False) -> None:
+    """Writes weights (safetensors), config, remote code and processor; all or nothing. `output_dir` follows
+    reasoncd_tools.output_dir as `command` (an OutputDir made earlier, or a path checked now)."""
+    output = output_dir if isinstance(output_dir, OutputDir) else OutputDir(output_dir, command, overwrite=overwrite)
     model.config.register_for_auto_class()
     model.register_for_auto_class("AutoModel")
     processor.register_for_auto_class("AutoProcessor")
-    with atomic_output_dir(output_dir) as staging:
+    with output.staged() as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
 
@@ -238,6 +241,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default=None, help="tiny, medium or reasoncd-7b (default: reasoncd-7b with --llm)")
     parser.add_argument("--output_dir", type=Path)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a folder holding other files; only the checkpoint's files are replaced")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--llm", help="Hub id or folder of the causal LM (e.g. meta-llama/Llama-2-7b-chat-hf)")
     parser.add_argument("--vision", help="Hub id or folder of CLIP (e.g. openai/clip-vit-large-patch14)")
@@ -262,6 +267,13 @@ def main(argv=None) -> int:
         return 0
     if args.output_dir is None:
         parser.error("--output_dir is required (except with --dry_run)")
+    # Checked before minutes of loading: a folder the build may not write is refused now.
+    local_inputs = [Path(p) for p in (args.llm, args.vision, args.sam, args.resnet) if p and Path(p).exists()]
+    try:
+        output = OutputDir(args.output_dir, "build_reasoncd.py", inputs=local_inputs, overwrite=args.overwrite)
+    except OutputDirError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if real:
         model, processor = build_from_components(args, overrides)
     elif args.preset in ("tiny", "medium"):
@@ -269,7 +281,11 @@ def main(argv=None) -> int:
     else:
         parser.error(f"--preset {args.preset} without --llm/--vision/--sam: only 'tiny' and 'medium' have random "
                      "weights here; use --dry_run to see its size")
-    save_checkpoint(model, processor, args.output_dir)
+    try:
+        save_checkpoint(model, processor, output)
+    except OutputDirError as error:  # the folder changed while the model was built
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"saved a ReasonCD checkpoint to {args.output_dir}")
     return 0
 

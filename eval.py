@@ -15,7 +15,8 @@ Outputs in --output_dir, written all at once after every input has been checked:
 recall, OA, IoU, kappa from the global confusion matrix with change = positive, gIoU, cIoU, the counts; in model
 mode also per question kind, text figures and steering), `report.md`, `per_sample.json`,
 `panels/{best,median,worst}.png` (by IoU) and, in model mode, `predictions/<sample>.png` (0/255, the input's size).
-Bad input: a message on stderr, exit code 2 and no output.
+Bad input: a message on stderr, exit code 2 and no output. --output_dir must be new, empty or an earlier eval.py
+output (see reasoncd_tools/output_dir.py; --overwrite writes beside other files, replacing only eval.py's own).
 """
 
 import argparse
@@ -28,10 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from prepare_data import IMAGE_SUFFIXES, SPLITS, PrepareError, find_layout, prepare_folder
-from reasoncd_tools.checkpoints import atomic_output_dir, write_json_atomic
+from reasoncd_tools.checkpoints import CheckpointError, write_json_atomic
 from reasoncd_tools.figures import mask_panels, prediction_panels
 from reasoncd_tools.images import ImageReadError, image_size, read_mask, read_rgb, write_png_atomic
 from reasoncd_tools.metrics import METRIC_NAMES, ChangeMetrics
+from reasoncd_tools.output_dir import OutputDir, OutputDirError
 from reasoncd_tools.quantization import add_quantize_argument, require_bitsandbytes
 
 # reasoncd_tools.samples, .evaluation and torch pull in the model code (seconds to import): model mode imports
@@ -156,7 +158,7 @@ def run_model(args) -> dict:
         }
         if not args.teacher_forced:
             summary["max_new_tokens"] = args.max_new_tokens
-        with atomic_output_dir(args.output_dir) as staging:
+        with args.output.staged() as staging:
             for name, prediction in zip(names, predictions):
                 write_png_atomic(staging / "predictions" / f"{name}.png", np.asarray(prediction["mask"], dtype=bool))
             chosen = best_median_worst(per_sample)
@@ -240,7 +242,7 @@ def run_predictions(args) -> dict:
         "threshold": args.threshold,
         **metrics.compute(),
     }
-    with atomic_output_dir(args.output_dir) as staging:
+    with args.output.staged() as staging:
         chosen = best_median_worst(per_sample)
         for label, index in chosen:
             name = per_sample[index]["name"]
@@ -352,6 +354,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="binarise non-binary 8-bit masks with > T: prediction masks (prediction mode) or the "
                              "labels of a change-detection folder (model mode)")
     parser.add_argument("--output_dir", type=Path, required=True)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a folder holding other files; only eval.py's outputs are replaced")
     args = parser.parse_args(argv)
     if args.quantize is not None and args.pred_dir:
         parser.error("--quantize applies to model mode (--model/--data), not to --pred_dir")
@@ -375,9 +379,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    inputs = [args.model, args.data, args.pred_dir, args.label_dir, args.t1_dir, args.t2_dir]
     try:
+        # Before any work: a folder eval.py may not write (a training run, the model, ...) is refused now.
+        args.output = OutputDir(args.output_dir, "eval.py", inputs=inputs, overwrite=args.overwrite)
         summary = run_predictions(args) if args.pred_dir else run_model(args)
-    except (EvalError, ImageReadError, FileNotFoundError, ImportError) as error:
+    except (EvalError, ImageReadError, FileNotFoundError, ImportError, CheckpointError, OutputDirError) as error:
         print(f"eval.py: error: {error}", file=sys.stderr)
         return 2
     figures = ", ".join(f"{METRIC_TITLES[name]} {summary[name]:.3f}" for name in METRIC_NAMES)

@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from reasoncd_tools.output_dir import MARKER, OutputDir, OutputDirError, read_marker
+
 REPO = Path(__file__).resolve().parent
 HANDLER_FILE = REPO / "handler.py"
 PIPELINE_TASK = "change-detection"
@@ -127,13 +129,13 @@ def _processor_folder(source: Source, base: Path | None) -> Path:
 def load_model(source: Source, base_override: Path | None):
     """The merged model and the processor, with this repository's classes (the export carries their code)."""
     from modeling_reasoncd import ReasonCDForChangeDetection
-    from predict import check_checkpoint
     from processing_reasoncd import ReasonCDProcessor
+    from reasoncd_tools.checkpoints import CheckpointError, check_checkpoint
 
     def load(folder: Path):
         try:
             check_checkpoint(folder)
-        except FileNotFoundError as error:
+        except (FileNotFoundError, CheckpointError) as error:
             raise ExportError(str(error).replace("--model ", "")) from None
         model, info = ReasonCDForChangeDetection.from_pretrained(folder, dtype="auto", output_loading_info=True)
         if info["missing_keys"] or info["unexpected_keys"]:
@@ -286,8 +288,8 @@ for result in processor.post_process_generation(outputs):
 
 The Hub's inference widget does not run custom code. `handler.py` serves the model on Inference Endpoints:
 send `{{"inputs": {{"image_t1": <base64>, "image_t2": <base64>, "text": "new buildings"}}, "parameters":
-{{"max_new_tokens": 64}}}}` and get `{{"text", "mask" (base64 PNG), "changed_fraction"}}` back (a list for a list of
-questions)."""
+{{"max_new_tokens": 64}}}}` and get `{{"text", "raw_text", "mask" (base64 PNG), "changed_fraction"}}` back (a list for
+a list of questions). `text` is the answer for a reader; `raw_text` keeps the model's `[SEG]` token."""
     preset = random_preset(config)
     random_note = RANDOM_PRESET_NOTE.format(name=preset) if preset else ""
     training = (f"Trained and evaluated on: {', '.join(datasets)}." if datasets else
@@ -417,7 +419,7 @@ def push(folder: Path, repo_id: str, private: bool) -> str:
     api = HfApi()
     url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                      commit_message="Upload ReasonCD export")
+                      commit_message="Upload ReasonCD export", ignore_patterns=[MARKER])
     return str(url)
 
 
@@ -426,6 +428,8 @@ def main(argv=None) -> int:
     parser.add_argument("--run", required=True, type=Path,
                         help="train.py run folder, merged model folder, or PEFT checkpoint-N folder")
     parser.add_argument("--output_dir", required=True, type=Path)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a folder holding other files; only the export's files are replaced")
     parser.add_argument("--push_to_hub", metavar="ORG/NAME", help="also upload the export to this Hub repository")
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
     parser.add_argument("--metrics", type=Path, help="metrics.json for the card (default: the run's, if any)")
@@ -448,13 +452,12 @@ def main(argv=None) -> int:
 
     try:
         source = resolve_source(args.run, args.adapter_only)
-        output, source_path = args.output_dir.resolve(), source.path.resolve()
-        if output == source_path or output in source_path.parents:
-            raise ExportError(f"--output_dir {args.output_dir} would replace the model being exported")
+        # Checked before the model loads: the run, its model and any base model are inputs that are never touched.
+        inputs = [args.run, source.path, args.base_model, args.metrics or source.metrics]
+        output = OutputDir(args.output_dir, "export.py", inputs=inputs, overwrite=args.overwrite)
         metrics = read_metrics(args.metrics or source.metrics)
         # The card's usage snippets name the Hub repository; without --push_to_hub a placeholder the owner edits.
         repo_id = args.push_to_hub or f"your-org/{args.output_dir.resolve().name}"
-        from reasoncd_tools.checkpoints import atomic_output_dir
 
         if args.adapter_only:
             from configuration_reasoncd import ReasonCDConfig
@@ -466,7 +469,7 @@ def main(argv=None) -> int:
             card = build_card(config=config, processor=processor, repo_id=repo_id, metrics=metrics,
                               datasets=args.dataset, base_ids=args.base_models or base_models(config),
                               parameters=None, adapter_base=args.base_model_id)
-            with atomic_output_dir(args.output_dir) as staging:
+            with output.staged() as staging:
                 write_adapter_export(source, processor, staging, args.base_model_id)
                 card.save(staging / "README.md")
         else:
@@ -474,14 +477,15 @@ def main(argv=None) -> int:
             card = build_card(config=model.config, processor=processor, repo_id=repo_id, metrics=metrics,
                               datasets=args.dataset, base_ids=args.base_models or base_models(model.config),
                               parameters=model.num_parameters())
-            with atomic_output_dir(args.output_dir) as staging:
+            with output.staged() as staging:
                 write_full_export(model, processor, staging, max_shard_size=args.max_shard_size,
                                   max_new_tokens=args.max_new_tokens)
                 card.save(staging / "README.md")
-    except ExportError as error:
+    except (ExportError, OutputDirError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"exported {source.path} to {args.output_dir}: {', '.join(sorted(p.name for p in args.output_dir.iterdir()))}")
+    written = read_marker(args.output_dir)["export.py"]
+    print(f"exported {source.path} to {args.output_dir}: {', '.join(written)}")
 
     if args.push_to_hub:
         try:
@@ -491,8 +495,8 @@ def main(argv=None) -> int:
         except Exception as error:
             print(f"error: could not push to the Hub repository {args.push_to_hub} ({type(error).__name__}: "
                   f"{error}). The export in {args.output_dir} is complete; push it later with "
-                  f"`hf upload {args.push_to_hub} {args.output_dir}` or rerun with network access and a token "
-                  "(`hf auth login`).", file=sys.stderr)
+                  f"`hf upload {args.push_to_hub} {args.output_dir} --exclude {MARKER}` or rerun with network "
+                  "access and a token (`hf auth login`).", file=sys.stderr)
             return 2
         print(f"pushed to {url}")
     return 0

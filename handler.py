@@ -4,8 +4,8 @@ Request:
     {"inputs": {"image_t1": "<base64 image>", "image_t2": "<base64 image>", "text": "new buildings" | [...]},
      "parameters": {"max_new_tokens": 64}}
 Response per question:
-    {"text": "It's [SEG].", "mask": "<base64 PNG, 0/255, the input size>", "changed_fraction": 0.031,
-     "width": W, "height": H}
+    {"text": "It's the new buildings.", "raw_text": "It's the new buildings [SEG].",
+     "mask": "<base64 PNG, 0/255, the input size>", "changed_fraction": 0.031, "width": W, "height": H}
 a list of them for a list of questions, or {"error": "..."} for a request that cannot be answered.
 
 Set REASONCD_QUANTIZE=8 or 4 in the endpoint's environment to load the language model with bitsandbytes (add
@@ -119,5 +119,5 @@ class EndpointHandler:
     @staticmethod
     def _serialise(result: dict) -> dict:
         mask = result["mask"]
-        return {"text": result["text"], "mask": encode_png(mask), "changed_fraction": result["changed_fraction"],
-                "width": mask.width, "height": mask.height}
+        return {"text": result["text"], "raw_text": result["raw_text"], "mask": encode_png(mask),
+                "changed_fraction": result["changed_fraction"], "width": mask.width, "height": mask.height}

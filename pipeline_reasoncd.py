@@ -3,7 +3,8 @@
     from transformers import pipeline
     detector = pipeline("change-detection", model="ORG/NAME", trust_remote_code=True)
     detector({"image_t1": "t1.png", "image_t2": "t2.png", "text": "new buildings"})
-    # {"text": "It's [SEG].", "mask": <PIL.Image mode L, 0/255, the inputs' size>, "changed_fraction": 0.031}
+    # {"text": "It's the new buildings.", "raw_text": "It's the new buildings [SEG].",
+    #  "mask": <PIL.Image mode L, 0/255, the inputs' size>, "changed_fraction": 0.031}
 
 `text` may be a list of questions about the same pair: the answer is then a list, and the images are encoded once.
 Images may be file paths, http(s) URLs, PIL images or HxWx3 arrays.
@@ -47,8 +48,9 @@ def load_image(image, *, name: str):
 class ReasonCDChangeDetectionPipeline(Pipeline):
     """
     Inputs: `{"image_t1": ..., "image_t2": ..., "text": str | list[str]}` (or a list of such dicts).
-    Outputs per question: `{"text": str, "mask": PIL.Image (mode "L", 0 = unchanged, 255 = change, the input
-    size), "changed_fraction": float}`; a list of them when `text` is a list. Call parameter: `max_new_tokens`
+    Outputs per question: `{"text": str, "raw_text": str, "mask": PIL.Image (mode "L", 0 = unchanged, 255 = change,
+    the input size), "changed_fraction": float}`; a list of them when `text` is a list. `text` is the answer for a
+    reader, `raw_text` the model's own, with the `[SEG]` token that points at the mask. Call parameter: `max_new_tokens`
     (default: the checkpoint's generation_config.json).
     """
 
@@ -110,6 +112,7 @@ class ReasonCDChangeDetectionPipeline(Pipeline):
             mask = result["mask"]
             results.append({
                 "text": result["text"],
+                "raw_text": result["raw_text"],
                 "mask": Image.fromarray(mask.astype(np.uint8) * 255),
                 "changed_fraction": float(mask.mean()),
             })

@@ -1,7 +1,7 @@
 """Answer a question about the change between two images and write the change map.
 
     python predict.py --model runs/quickstart/model --t1 A.png --t2 B.png --question "new buildings" --out mask.png
-    python predict.py ... --json        # {"text": ..., "mask": ..., "changed_fraction": ...}
+    python predict.py ... --json        # {"text": ..., "raw_text": ..., "mask": ..., "changed_fraction": ...}
     python predict.py ... --quantize 4  # the language model in 4 (or 8) bits: pip install -e .[quant]
 """
 
@@ -13,24 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from reasoncd_tools.checkpoints import check_checkpoint  # noqa: F401 (eval.py, export.py and train.py use it from here)
 from reasoncd_tools.images import ImageReadError, read_rgb, write_png_atomic
 from reasoncd_tools.quantization import (add_quantize_argument, finish_quantized_loading, quantized_loading_options,
                                          require_bitsandbytes)
-
-# Files a checkpoint folder cannot load without (weights may also be sharded: an index names the shards).
-REQUIRED_FILES = ("config.json", "processor_config.json", "tokenizer_config.json", "modeling_reasoncd.py",
-                  "configuration_reasoncd.py", "processing_reasoncd.py")
-
-
-def check_checkpoint(folder: Path) -> None:
-    """Raise a clear error when `folder` is not a complete ReasonCD checkpoint (before any loading starts)."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"--model {folder}: no such folder (build one with build_reasoncd.py or train.py)")
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if not ((folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()):
-        missing.append("model.safetensors")
-    if missing:
-        raise FileNotFoundError(f"--model {folder}: checkpoint folder is missing {', '.join(missing)}")
 
 
 def load_model(location: str | Path, quantize: int | None = None, device: str | None = None):
@@ -61,7 +47,8 @@ def load_model(location: str | Path, quantize: int | None = None, device: str | 
 
 def predict(model, processor, image_t1: np.ndarray, image_t2: np.ndarray, questions: list[str],
             max_new_tokens: int = 64) -> list[dict]:
-    """One pair, k questions (the images are encoded once): k `{"text", "mask", "changed_fraction"}`."""
+    """One pair, k questions (the images are encoded once): k `{"text", "raw_text", "mask", "changed_fraction"}`
+    (`text` is the answer for a reader, `raw_text` the model's own with `[SEG]`)."""
     inputs = processor(images_t1=image_t1, images_t2=image_t2, text=questions, return_tensors="pt").to(model.device)
     outputs = model.generate(**inputs, max_new_tokens=max_new_tokens)
     results = processor.post_process_generation(outputs)
@@ -78,7 +65,8 @@ def main(argv=None) -> int:
     parser.add_argument("--question", required=True, help="the change of interest, e.g. 'new buildings'")
     parser.add_argument("--out", required=True, type=Path, help="output mask PNG (0/255, the inputs' size)")
     parser.add_argument("--max_new_tokens", type=int, default=64)
-    parser.add_argument("--json", action="store_true", help="print text, mask path and changed fraction as JSON")
+    parser.add_argument("--json", action="store_true", help="print the answer (text; raw_text keeps the model's "
+                        "[SEG] token), the mask path and the changed fraction as JSON")
     add_quantize_argument(parser)
     args = parser.parse_args(argv)
 
@@ -90,6 +78,11 @@ def main(argv=None) -> int:
         for path, note in ((args.t1, note_t1), (args.t2, note_t2)):
             if note:
                 print(f"note: {path}: {note}", file=sys.stderr)
+        out = args.out.resolve()
+        if out.is_dir():
+            raise ValueError(f"--out {args.out} is a folder; give the path of the PNG file to write")
+        if out in (args.t1.resolve(), args.t2.resolve()):
+            raise ValueError(f"--out {args.out} is one of the input images; give another path for the change map")
         check_checkpoint(args.model)  # before the slow imports
         require_bitsandbytes(args.quantize)
         if image_t1.shape != image_t2.shape:
@@ -103,7 +96,7 @@ def main(argv=None) -> int:
         return 2
     write_png_atomic(args.out, result["mask"])
     if args.json:
-        print(json.dumps({"text": result["text"], "mask": str(args.out),
+        print(json.dumps({"text": result["text"], "raw_text": result["raw_text"], "mask": str(args.out),
                           "changed_fraction": result["changed_fraction"]}))
     else:
         print(result["text"])

@@ -7,19 +7,18 @@ metadata (`kind`, `pair_id`, `heldout`, and for BCDD `croi` and `direction`). Sa
     python prepare_data.py folder --root LEVIR-CD --question Building --output_dir data/levir
     python prepare_data.py second --root SECOND --output_dir data/second
 
-Every subcommand checks its input first (unmatched file names, size mismatches, non-binary labels), writes into a
-temporary folder beside the output folder and renames it at the end, so a failure leaves no partial output: the
-problems are printed and the exit code is 2.
+Every subcommand checks its input and its output folder first (unmatched file names, size mismatches, non-binary
+labels; an output folder it may not write, see reasoncd_tools/output_dir.py), writes into a temporary folder beside
+the output folder and puts the result in place at the end, so a failure leaves no partial output: the problems are
+printed and the exit code is 2.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from reasoncd_tools.images import (
     to_rgb8,
     write_png_atomic,
 )
+from reasoncd_tools.output_dir import OutputDir
 
 SPLITS = ("train", "val", "test")
 PLAIN_ANSWER = "It's [SEG]."
@@ -75,23 +75,6 @@ def split_ids(ids, seed: int) -> dict[str, str]:
     return {ids[index]: name for index, name in zip(order, names)}
 
 
-@contextmanager
-def staged_output(output_dir: Path, overwrite: bool = False):
-    """Yield a temporary folder beside `output_dir` that becomes `output_dir` only if the block succeeds."""
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise PrepareError(f"{output_dir} exists and is not empty (use --overwrite to replace it)")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.partial-"))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    os.replace(staging, output_dir)
-
-
 def _relative(target: Path, start: Path) -> str:
     return Path(os.path.relpath(target, start)).as_posix()
 
@@ -126,9 +109,9 @@ def prepare_bcdd(
     samples JSON files under OUT/{train,val,test}/. Mosaics are read one row of tiles at a time (see
     reasoncd_tools.images.Mosaic), so a TIFF mosaic never sits whole in memory. Returns the summary.
     """
-    output_dir = Path(output_dir)
     if tile < 1:
         raise PrepareError(f"--tile must be positive, got {tile}")
+    output = OutputDir(output_dir, "prepare_data.py bcdd", inputs=[t1, t2, label], overwrite=overwrite)
     with ExitStack() as stack:
         t1_mosaic, t2_mosaic, label_mosaic = (stack.enter_context(Mosaic(path)) for path in (t1, t2, label))
         sizes = {m.path: (m.height, m.width) for m in (t1_mosaic, t2_mosaic, label_mosaic)}
@@ -150,7 +133,7 @@ def prepare_bcdd(
         splits = split_ids(names, seed)
 
         changed = 0
-        with staged_output(output_dir, overwrite) as staging:
+        with output.staged() as staging:
             for row in tqdm(range(rows), desc="bcdd", unit="tile row"):
                 top = row * tile
                 band_t1 = to_rgb8(t1_mosaic.read_rows(top, top + tile), alpha=t1_mosaic.alpha)[0]
@@ -256,7 +239,8 @@ def prepare_folder(
     `kind: "absent"`. Existing train/val/test folders are kept as the split, otherwise a seeded 8:1:1 split is
     made. Returns the summary.
     """
-    root, output_dir = Path(root).resolve(), Path(output_dir).resolve()
+    output = OutputDir(output_dir, "prepare_data.py folder", inputs=[root], overwrite=overwrite)
+    root, output_dir = Path(root).resolve(), output.path
     pairs = []  # (split or None, stem, t1, t2, label)
     unmatched, unreadable, mismatched = [], [], []
     for split, t1_dir, t2_dir, label_dir in find_layout(root):
@@ -290,7 +274,7 @@ def prepare_folder(
     counts = dict.fromkeys(SPLITS, 0)
     changed = total = absent = 0
     non_binary = []
-    with staged_output(output_dir, overwrite) as staging:
+    with output.staged() as staging:
         for split, stem, t1, t2, label in tqdm(pairs, desc="folder", unit="pair"):
             try:
                 mask = read_mask(label, threshold)
@@ -332,7 +316,7 @@ def prepare_folder(
 # --------------------------------------------------------------------------------------------------------- second
 
 
-def prepare_second(root, output_dir, seed: int = 0) -> dict:
+def prepare_second(root, output_dir, seed: int = 0, overwrite: bool = False) -> dict:
     """Convert SECOND with reasoncd_tools.second.convert_second and return its summary."""
     try:
         from reasoncd_tools.second import convert_second  # imported here: the other subcommands do not need it
@@ -340,7 +324,7 @@ def prepare_second(root, output_dir, seed: int = 0) -> dict:
         if error.name != "reasoncd_tools.second":
             raise
         raise PrepareError("SECOND conversion needs reasoncd_tools/second.py, which this installation lacks") from None
-    return convert_second(Path(root), Path(output_dir), seed=seed)
+    return convert_second(Path(root), Path(output_dir), seed=seed, overwrite=overwrite)
 
 
 # ------------------------------------------------------------------------------------------------------------ CLI
@@ -372,12 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--threshold", type=int, help="binarise non-binary labels with `> THRESHOLD` instead of failing"
         )
-        command.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
     second = commands.add_parser("second", help="make CRoI samples from SECOND's semantic change labels")
     second.add_argument("--root", required=True, type=Path, help="SECOND folder")
     second.add_argument("--output_dir", required=True, type=Path)
     second.add_argument("--seed", type=int, default=0, help="seed of the 8:1:1 split (default 0)")
+    for command in (bcdd, folder, second):
+        command.add_argument("--overwrite", action="store_true",
+                             help="write into a folder holding other files; only this subcommand's outputs "
+                             "(train/ val/ test/ and its images or masks) are replaced, other files are kept")
     return parser
 
 
@@ -391,7 +378,7 @@ def run(args: argparse.Namespace) -> dict:
         return prepare_folder(
             args.root, args.question, args.output_dir, args.answer, args.seed, args.threshold, args.overwrite
         )
-    return prepare_second(args.root, args.output_dir, args.seed)
+    return prepare_second(args.root, args.output_dir, args.seed, args.overwrite)
 
 
 def print_summary(summary: dict, output_dir: Path) -> None:

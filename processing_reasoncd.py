@@ -4,6 +4,8 @@ The prompt is the processor's chat template (the paper's wording in LLaMA-2 chat
 are expanded to `image_seq_length` tokens each, which the model replaces with projected CLIP features.
 """
 
+import re
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,10 @@ logger = logging.get_logger(__name__)
 
 T1_TOKEN, T2_TOKEN, P_START_TOKEN, P_END_TOKEN, SEG_TOKEN = "<T1>", "<T2>", "<p>", "</p>", "[SEG]"
 NEW_TOKENS = (T1_TOKEN, T2_TOKEN, P_START_TOKEN, P_END_TOKEN, SEG_TOKEN)
+# What a reader sees where `[SEG]` is the object of the sentence ("It's [SEG].").
+SEG_STANDIN = "the area marked in the mask"
+SEG_ONLY_ANSWER = "The change is marked in the mask."
+_ENDS_IN_VERB = re.compile(r"(?:^|\s)(?:it's|it is|is|are|was|were)$", re.IGNORECASE)
 
 # The paper's prompt: the task first, the temporal order of the two placeholders, the CRoI between <p> and </p>,
 # and the closing request. An assistant turn is the answer followed by </s>.
@@ -315,6 +321,27 @@ class ReasonCDProcessor(ProcessorMixin):
         # `[SEG]` absorbs the space before it when tokenised; give it back for reading.
         return " ".join(text.replace(SEG_TOKEN, f" {SEG_TOKEN}").split())
 
+    @staticmethod
+    def readable_answer(text: str) -> str:
+        """The answer for a reader. `[SEG]` is the model's pointer to the mask, which is shown beside the text, so
+        it is dropped; where it is the object of its sentence ("It's [SEG].") a phrase pointing at the mask stands
+        in. "It's the new buildings [SEG]." -> "It's the new buildings."; an answer of `[SEG]` alone ->
+        SEG_ONLY_ANSWER."""
+        if SEG_TOKEN not in text:
+            return text
+        pieces = text.split(SEG_TOKEN)
+        readable = pieces[0]
+        for piece in pieces[1:]:
+            before = readable.rstrip()
+            if _ENDS_IN_VERB.search(before):
+                readable = f"{before} {SEG_STANDIN}{piece}"
+            else:
+                readable = before.rstrip(":;,").rstrip() + piece  # "... (T2): [SEG]." -> "... (T2)."
+        readable = re.sub(r"\s+", " ", readable)
+        readable = re.sub(r"\s+([.,;:!?])", r"\1", readable)
+        readable = re.sub(r"([.!?])(?:\s*[.,;:!?])+", r"\1", readable).strip(" ,;:")
+        return readable if re.search(r"\w", readable) else SEG_ONLY_ANSWER
+
     def post_process_masks(self, pred_masks, seg_present, reshaped_sizes, target_sizes) -> list[np.ndarray]:
         """Low-res logits `(B, h, w)` -> bool masks of each row's `(height, width)`; empty where no `[SEG]`."""
         masks = []
@@ -334,8 +361,9 @@ class ReasonCDProcessor(ProcessorMixin):
             outputs: [`ReasonCDGenerateOutput`] of `model.generate`.
             target_sizes (`list[tuple[int, int]]`, *optional*): `(height, width)` per row, or one for all rows;
                 defaults to each input's original size.
-        Returns: one `{"text": str, "mask": bool ndarray (height, width)}` per row; the mask is empty when the
-            answer holds no `[SEG]` (the change of interest is absent).
+        Returns: one `{"text": str, "raw_text": str, "mask": bool ndarray (height, width)}` per row: `text` is the
+            answer for a reader (see `readable_answer`), `raw_text` the model's own with its `[SEG]` token; the mask
+            is empty when the answer holds no `[SEG]` (the change of interest is absent).
         """
         rows = outputs.sequences.shape[0]
         if target_sizes is None:
@@ -348,7 +376,9 @@ class ReasonCDProcessor(ProcessorMixin):
         if len(target_sizes) != rows:
             raise ValueError(f"got {len(target_sizes)} target sizes for {rows} generated rows")
         masks = self.post_process_masks(outputs.pred_masks, outputs.seg_present, outputs.reshaped_sizes, target_sizes)
-        return [{"text": self.decode_answer(outputs.sequences[row]), "mask": masks[row]} for row in range(rows)]
+        raw = [self.decode_answer(outputs.sequences[row]) for row in range(rows)]
+        return [{"text": self.readable_answer(raw[row]), "raw_text": raw[row], "mask": masks[row]}
+                for row in range(rows)]
 
 
 __all__ = ["ReasonCDProcessor"]

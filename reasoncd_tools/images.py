@@ -18,11 +18,17 @@ Change labels become (H, W) bool: single-channel 0/1 or 0/255 (any other values 
 given), or colour labels with black for "no change" and one colour for "change".
 
 Large mosaics are read in row bands by :class:`Mosaic`, without loading the whole file where the format allows.
+
+An image decoded whole may have at most REASONCD_MAX_IMAGE_PIXELS pixels (default DEFAULT_MAX_IMAGE_PIXELS), checked
+from its header before any pixel is decoded: a small file can claim a huge size (a "decompression bomb") and would
+otherwise fill the memory. Real scenes above the limit: raise it in the environment, or cut them into tiles.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +41,53 @@ _TIFFFILE_PHOTOMETRICS = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.
 _ALPHA_SAMPLES = (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
 
 
+DEFAULT_MAX_IMAGE_PIXELS = 2**28  # 268 million pixels, e.g. 16,384 x 16,384: 805 MB as 8-bit RGB
+MAX_IMAGE_PIXELS_VARIABLE = "REASONCD_MAX_IMAGE_PIXELS"
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
 class ImageReadError(ValueError):
     """An image or label that cannot be read or used; the message starts with the file's path."""
+
+
+def max_image_pixels() -> int:
+    """The pixel limit for images decoded whole: $REASONCD_MAX_IMAGE_PIXELS, else DEFAULT_MAX_IMAGE_PIXELS."""
+    value = os.environ.get(MAX_IMAGE_PIXELS_VARIABLE, "").strip().replace("_", "")
+    if not value:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if not value.isdigit() or int(value) < 1:
+        raise ImageReadError(f"{MAX_IMAGE_PIXELS_VARIABLE}={value!r}: expected a positive whole number of pixels, "
+                             "e.g. 1000000000")
+    return int(value)
+
+
+def check_pixel_limit(path, height: int, width: int) -> None:
+    """Refuse an image whose header claims more pixels than `max_image_pixels()`, before decoding it."""
+    limit = max_image_pixels()
+    if height * width > limit:
+        raise ImageReadError(
+            f"{path}: the header claims {width:,} x {height:,} = {width * height:,} pixels, more than the limit of "
+            f"{limit:,} (which stops damaged or malicious files from filling the memory). For a real scene this "
+            f"large, set {MAX_IMAGE_PIXELS_VARIABLE}={width * height} or more, or cut it into tiles")
+
+
+@contextlib.contextmanager
+def _open_pillow(path):
+    """Image.open with Pillow's own decompression-bomb check replaced by ours, so that the one limit above applies
+    (and can be raised past Pillow's); the header is checked before the caller decodes anything."""
+    with _PILLOW_LIMIT_LOCK:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            image = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with image:
+        check_pixel_limit(path, image.height, image.width)
+        yield image
+
+
+def _tiff_size(series) -> tuple[int, int]:
+    return series.shape[series.axes.index("Y")], series.shape[series.axes.index("X")]
 
 
 def _existing(path) -> Path:
@@ -93,15 +144,18 @@ def _decode(path) -> tuple[np.ndarray, bool, list[str]]:
             with tifffile.TiffFile(path) as tiff:
                 page, series = tiff.pages.first, tiff.series[0]
                 if page.photometric in _TIFFFILE_PHOTOMETRICS:
+                    check_pixel_limit(path, *_tiff_size(series))
                     return _tiff_to_hwc(series.asarray(), series.axes, path), _has_alpha(page), notes
         except ImageReadError:
             raise
         except Exception as error:  # tifffile raises many types for unsupported or broken files
             tiff_error = error
     try:
-        with Image.open(path) as image:
+        with _open_pillow(path) as image:
             array, alpha = _pillow_to_array(image, notes)
             return array, alpha, notes
+    except ImageReadError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         detail = _describe(error)
         if tiff_error:
@@ -261,15 +315,19 @@ def write_png_atomic(path, array) -> None:
 
 
 def image_size(path) -> tuple[int, int]:
-    """(height, width) of an image from its header, without decoding the pixels."""
+    """(height, width) of an image from its header, without decoding the pixels. An image above the pixel limit is
+    refused here already, so that a run stops before any work rather than when it reaches the file."""
     path = _existing(path)
     try:
         if _is_tiff(path):
             with tifffile.TiffFile(path) as tiff:
-                series = tiff.series[0]
-                return series.shape[series.axes.index("Y")], series.shape[series.axes.index("X")]
-        with Image.open(path) as image:
+                height, width = _tiff_size(tiff.series[0])
+            check_pixel_limit(path, height, width)
+            return height, width
+        with _open_pillow(path) as image:
             return image.height, image.width
+    except ImageReadError:
+        raise
     except Exception as error:  # tifffile and Pillow raise many types for broken headers
         raise ImageReadError(f"{path}: cannot read image header ({_describe(error)})") from error
 
@@ -385,14 +443,13 @@ class _PillowMosaic:
     """A PNG/JPEG/... mosaic. These formats cannot be read by window cheaply, so the file is decoded once, whole."""
 
     def __init__(self, path: Path):
-        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the user asked for this big file explicitly
         try:
-            with Image.open(path) as image:
+            with _open_pillow(path) as image:  # decoded whole: the pixel limit applies
                 pixels, self.alpha = _pillow_to_array(image, [])
+        except ImageReadError:
+            raise
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
             raise ImageReadError(f"{path}: cannot read image ({_describe(error)})") from error
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
         self.path = path
         self._pixels = pixels if pixels.ndim == 3 else pixels[..., None]
         self.height, self.width, self.bands = self._pixels.shape

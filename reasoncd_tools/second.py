@@ -15,13 +15,13 @@ import hashlib
 import json
 import os
 import random
-import shutil
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .output_dir import OutputDir
 from .questions import CLASSES, corpus, make_question
 
 # Class colours in CLASSES order.
@@ -41,6 +41,7 @@ SPLIT_NAMES = ("train", "val", "test")
 # absent either: it gets no sample.
 MIN_CHANGE_FRACTION = 0.001
 FORMAT_VERSION = 3  # 2: plain answers name the CRoI; 3: right before [SEG]
+CONVERTER = "prepare_data.py second"  # how output folders record this conversion (train.py's quickstart uses it too)
 
 _KEYS = np.array([(r << 16) | (g << 8) | b for r, g, b in (*SECOND_COLOURS.values(), UNCHANGED_COLOUR)])
 _VALUES = np.array([*range(len(CLASSES)), -1])
@@ -244,6 +245,7 @@ def convert_second(
     explanations: bool = True,
     negatives_per_pair: int = 1,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Convert a SECOND-layout folder to JSON samples under ``output_dir/{train,val,test}/``.
 
@@ -251,14 +253,15 @@ def convert_second(
     JSON's folder) and ``kind``, ``croi``, ``direction``, ``heldout``, ``pair_id``, ``other_masks`` (``croi/direction``
     → mask path, for the other classes that changed on the pair). Masks are 0/255 PNGs in ``output_dir/masks``.
 
-    Every input is validated before anything is written (``ValueError`` naming the files). The result is built
-    in a temporary sibling folder and moved into place whole; ``manifest.json`` records the inputs and settings,
-    and a second call with the same inputs and settings returns the stored summary without work.
+    Every input is validated before anything is written (``ValueError`` naming the files). The output folder
+    follows reasoncd_tools.output_dir (new, empty, or written by this conversion before; ``overwrite`` writes
+    beside other files); the result is built in a temporary sibling folder and put in place at the end.
+    ``manifest.json`` records the inputs and settings, and a second call with the same inputs and settings returns
+    the stored summary without work.
     """
     root = Path(root).resolve()
     output_dir = Path(output_dir).resolve()
-    if output_dir == root or output_dir in root.parents:
-        raise ValueError(f"output_dir {output_dir} must not contain the input folder {root}")
+    manifest_path = output_dir / "manifest.json"
     if negatives_per_pair < 0:
         raise ValueError(f"negatives_per_pair must be >= 0, got {negatives_per_pair}")
     files = _list_pairs(root)
@@ -271,33 +274,19 @@ def convert_second(
         "min_change_fraction": MIN_CHANGE_FRACTION,
     }
     fingerprint = _fingerprint(files, settings)
-    manifest_path = output_dir / "manifest.json"
-    if output_dir.exists():
-        if manifest_path.is_file():
-            manifest = json.loads(manifest_path.read_text())
-            if manifest.get("fingerprint") == fingerprint:
-                return manifest["summary"]
-        elif any(output_dir.iterdir()):
-            raise ValueError(f"{output_dir} exists, is not empty and holds no manifest.json: refusing to replace it")
+    output = OutputDir(output_dir, CONVERTER, inputs=[root], overwrite=overwrite)
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("fingerprint") == fingerprint:
+            return manifest["summary"]
 
     splits = _split_pairs(list(files), split, seed)
     sizes = _validate(files, progress)
 
-    staging = output_dir.parent / f".{output_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with output.staged() as staging:
         summary = _write(files, splits, sizes, staging, output_dir, seed, explanations, negatives_per_pair, progress)
         manifest = {"fingerprint": fingerprint, "root": str(root), "settings": settings, "summary": summary}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if output_dir.exists():
-            retired = output_dir.parent / f".{output_dir.name}.old-{os.getpid()}"
-            os.replace(output_dir, retired)
-            os.replace(staging, output_dir)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return summary
 
 
@@ -376,10 +365,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-explanations", action="store_true")
     parser.add_argument("--negatives-per-pair", type=int, default=1)
+    parser.add_argument("--overwrite", action="store_true", help="write beside other files in OUTPUT_DIR")
     args = parser.parse_args(argv)
     summary = convert_second(
         args.root, args.output_dir, seed=args.seed, explanations=not args.no_explanations,
-        negatives_per_pair=args.negatives_per_pair,
+        negatives_per_pair=args.negatives_per_pair, overwrite=args.overwrite,
     )
     print(json.dumps(summary, indent=2))
 

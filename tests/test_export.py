@@ -67,7 +67,8 @@ np.savez(out + ".npz", direct=np.stack([r["mask"] for r in direct]),
 json.dump({
     "modules": [type(x).__module__ for x in (model, processor, detector)],
     "missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
-    "direct": [r["text"] for r in direct], "piped": [r["text"] for r in piped], "single": single["text"],
+    "direct": [r["raw_text"] for r in direct], "piped": [r["raw_text"] for r in piped],
+    "single": single["raw_text"], "piped_text": [r["text"] for r in piped],
     "modes": [r["mask"].mode for r in piped] + [single["mask"].mode],
     "fractions": [r["changed_fraction"] for r in piped],
 }, open(out, "w"))
@@ -138,7 +139,7 @@ def test_push_without_network_fails_clearly(run, tmp_path, monkeypatch, capsys):
 def test_export_loads_without_the_repository_and_answers_as_before(run, exported, tmp_path):
     out = exported[0]
     before = _answers(run / "run" / "model", run)
-    assert all("[SEG]" in r["text"] for r in before) and any(r["mask"].any() for r in before)
+    assert all("[SEG]" in r["raw_text"] for r in before) and any(r["mask"].any() for r in before)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "load_export.py").write_text(LOAD_EXPORT)
@@ -152,8 +153,9 @@ def test_export_loads_without_the_repository_and_answers_as_before(run, exported
     after = json.loads((elsewhere / "result.json").read_text())
     assert all(module.startswith("transformers_modules") for module in after["modules"]), after["modules"]
     assert after["missing"] == [] and after["unexpected"] == []
-    texts = [r["text"] for r in before]
+    texts = [r["raw_text"] for r in before]
     assert after["direct"] == texts and after["piped"] == texts and after["single"] == texts[0]
+    assert after["piped_text"] == [r["text"] for r in before] and not any("[SEG]" in t for t in after["piped_text"])
     # generation_config.json's max_new_tokens reached the pipeline: one [SEG] per generated token.
     assert all(text.count("[SEG]") == MAX_NEW_TOKENS for text in after["piped"])
     masks = np.load(elsewhere / "result.json.npz")

@@ -200,7 +200,7 @@ def test_answers_without_seg_give_text_loss_only_and_empty_masks(model, processo
     assert results[0]["text"] == no_seg[0]
     assert results[0]["mask"].shape == (HEIGHT, WIDTH) and results[0]["mask"].dtype == bool
     assert not results[0]["mask"].any()
-    assert results[1]["text"] == "It's [SEG]."
+    assert results[1]["raw_text"] == "It's [SEG]." and results[1]["text"] == "It's the area marked in the mask."
 
 
 def _weighted_ce(logits, labels, seg_id, seg_weight):

@@ -92,14 +92,14 @@ def test_levir_pair_json(realcd, runs):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     report = json.loads(result.stdout)  # stdout is the JSON document and nothing else
-    assert set(report) == {"text", "mask", "changed_fraction"}
+    assert set(report) == {"text", "raw_text", "mask", "changed_fraction"}
     assert isinstance(report["text"], str) and report["mask"] == str(out)
     with Image.open(t1) as image:
         size = image.size
     values = read_change_map(out, size)
     assert report["changed_fraction"] == pytest.approx(float((values == 255).mean()))
     # The random tiny model does not answer [SEG]: no change is drawn.
-    assert "[SEG]" not in report["text"] and report["changed_fraction"] == 0.0
+    assert "[SEG]" not in report["raw_text"] and report["changed_fraction"] == 0.0
 
 
 def test_whu_1024_pair_with_a_mask(realcd, runs):
@@ -109,7 +109,7 @@ def test_whu_1024_pair_with_a_mask(realcd, runs):
         assert image.size == (1024, 1024)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
-    assert report["text"].startswith("[SEG]")
+    assert report["raw_text"].startswith("[SEG]") and "[SEG]" not in report["text"]
     values = read_change_map(out, (1024, 1024))
     fraction = float((values == 255).mean())
     assert 0.0 < fraction < 1.0  # both classes present: the decoder's logits were thresholded, not filled

@@ -263,9 +263,11 @@ def test_folder_layout_variants(tmp_path):
     assert samples["val0"]["answer"] == "The new roads are [SEG]."
     assert samples["nochange"]["kind"] == "absent" and not read_mask(samples["nochange"]["mask_path"]).any()
 
-    assert prepare_data.main(folder_args(root, output_dir)) == 2  # refuses to mix into earlier output
-    assert prepare_data.main(folder_args(root / "train", output_dir, "--overwrite")) == 0
+    # Its own earlier output is replaced whole (no samples of the first run are left), a user's file beside it kept.
+    (output_dir / "notes.txt").write_text("mine")
+    assert prepare_data.main(folder_args(root / "train", output_dir)) == 0
     assert sorted(load_samples(output_dir)) == ["train0", "train1", "train2"]
+    assert (output_dir / "notes.txt").read_text() == "mine"
 
 
 def test_folder_input_errors_are_listed_and_nothing_is_written(tmp_path):
@@ -315,13 +317,13 @@ def test_folder_input_errors_are_listed_and_nothing_is_written(tmp_path):
 def test_second_calls_the_converter(tmp_path, monkeypatch, capsys):
     calls = []
 
-    def convert_second(root, output_dir, seed):
-        calls.append((root, output_dir, seed))
+    def convert_second(root, output_dir, seed, overwrite):
+        calls.append((root, output_dir, seed, overwrite))
         return {"pairs": {"train": 8, "val": 1, "test": 1}, "samples": 60}
 
     monkeypatch.setitem(sys.modules, "reasoncd_tools.second", types.SimpleNamespace(convert_second=convert_second))
     assert prepare_data.main(["second", "--root", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--seed=4"]) == 0
-    assert calls == [(tmp_path, tmp_path / "o", 4)]
+    assert calls == [(tmp_path, tmp_path / "o", 4, False)]
     printed = capsys.readouterr().out
     assert "pairs: 10 (train 8, val 1, test 1)" in printed and "samples: 60" in printed
 

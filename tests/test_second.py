@@ -188,6 +188,18 @@ def test_refuses_to_replace_a_foreign_folder(tmp_path):
     root = _make_second(tmp_path / "SECOND")
     (tmp_path / "json").mkdir()
     (tmp_path / "json" / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="refusing"):
+    with pytest.raises(ValueError, match="already holds files that prepare_data.py second did not write: notes.txt"):
         convert_second(root, tmp_path / "json", progress=False)
+    assert sorted(p.name for p in (tmp_path / "json").iterdir()) == ["notes.txt"]
+    # --overwrite writes the samples beside the user's file, which stays as it was.
+    convert_second(root, tmp_path / "json", progress=False, overwrite=True)
     assert (tmp_path / "json" / "notes.txt").read_text() == "mine"
+    assert {"train", "val", "test", "masks", "manifest.json"} <= {p.name for p in (tmp_path / "json").iterdir()}
+
+
+def test_refuses_an_output_folder_that_holds_the_input(tmp_path):
+    root = _make_second(tmp_path / "SECOND")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    with pytest.raises(ValueError, match=f"holds this command's input {root}"):
+        convert_second(root, tmp_path, progress=False)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before

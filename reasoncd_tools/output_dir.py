@@ -1,0 +1,202 @@
+"""The one rule every command follows for its output folder: write new or own folders, never lose anyone's files.
+
+A command may write into
+  * a new or empty folder;
+  * a folder it wrote itself before, recognised by the marker file it leaves there (`.reasoncd-output.json`, which
+    lists the entries each command wrote): its own earlier entries are replaced, anything else stays.
+Everything else is refused before any work starts, with a message naming the path: an existing file, the current
+directory (or a folder above it), a folder that holds the command's own inputs, a folder holding files the command
+did not write. `--overwrite` lifts the last three refusals, and even then only entries with the names the command
+writes are replaced; other files, entries another ReasonCD command recorded, and the command's inputs are never
+touched.
+
+Outputs are built in a hidden folder beside the target (`.NAME.partial-*`) and put in place at the end: a new
+folder by one rename, an existing one entry by entry, so a failed run leaves the folder as it was.
+
+    output = OutputDir(args.output_dir, "eval.py", inputs=[args.model, args.data], overwrite=args.overwrite)
+    ...                                   # the expensive work; `output` has already refused a bad folder
+    with output.staged() as staging:
+        (staging / "metrics.json").write_text(...)
+
+Commands that write as they go (train.py) call `claim()` instead of `staged()`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+MARKER = ".reasoncd-output.json"
+MAX_SHOWN = 6  # entry names listed in a message before "..."
+
+
+class OutputDirError(ValueError):
+    """An output folder a command must not write to; the message names the path and the way out."""
+
+
+def _shown(names) -> str:
+    names = sorted(names)
+    return ", ".join(names[:MAX_SHOWN]) + (f", ... ({len(names)} in all)" if len(names) > MAX_SHOWN else "")
+
+
+def read_marker(folder: Path) -> dict[str, list[str]]:
+    """{command: entries it wrote} from the folder's marker; empty when there is none or it cannot be read (then
+    nothing in the folder counts as any command's own)."""
+    try:
+        outputs = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8")).get("outputs", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(outputs, dict):
+        return {}
+    return {str(k): [str(e) for e in v] for k, v in outputs.items() if isinstance(v, list)}
+
+
+def _write_marker(folder: Path, outputs: dict[str, list[str]]) -> None:
+    text = json.dumps({"about": "Entries that ReasonCD commands wrote here and may replace on their next run; "
+                                "they leave every other file alone.",
+                       "outputs": {command: sorted(entries) for command, entries in sorted(outputs.items())}},
+                      indent=2) + "\n"
+    partial = folder / f"{MARKER}.partial-{os.getpid()}"
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, folder / MARKER)
+
+
+class OutputDir:
+    """An output folder checked against the rule (see the module docstring) as soon as it is created.
+
+    path: the folder as the user gave it (messages quote it so).
+    command: what the marker records, e.g. "eval.py" or "prepare_data.py folder".
+    inputs: files and folders the command reads; none of them may be inside the folder (without --overwrite) or
+        inside anything it replaces (ever).
+    entries: the names the command will write, when known beforehand: clashes are then reported before the work.
+    """
+
+    def __init__(self, path, command: str, *, inputs=(), overwrite: bool = False, entries=()):
+        self.given = Path(path)
+        self.path = self.given.resolve()
+        self.command = command
+        self.overwrite = overwrite
+        self.inputs = [Path(p).resolve() for p in inputs if p is not None]
+        self.entries = set(entries)
+        self.check()
+
+    # --- the rule -------------------------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Refuse a target the command must not write (raises OutputDirError); nothing is created here."""
+        given, path = self.given, self.path
+        if self.given.is_symlink() and not self.given.exists():
+            raise OutputDirError(f"{given} is a link to nothing: give a folder path for the outputs")
+        if path.exists() and not path.is_dir():
+            raise OutputDirError(f"{given} is a file, not a folder: give a new folder path for the outputs "
+                                 "(the file was left as it is)")
+        if not self.overwrite:
+            cwd = Path.cwd().resolve()
+            if path == cwd or path in cwd.parents:
+                raise OutputDirError(f"{given} is the current directory{'' if path == cwd else ' (or holds it)'}: "
+                                     "write the outputs into a new folder, or pass --overwrite to add them here "
+                                     "(only this command's outputs are replaced)")
+            held = [p for p in self.inputs if p == path or path in p.parents]
+            if held:
+                raise OutputDirError(f"{given} holds this command's input {held[0]}: choose another output folder, "
+                                     "or pass --overwrite to write beside it (inputs are never replaced)")
+        if path.is_dir():
+            others = self._existing()
+            recorded = read_marker(path)
+            if others and self.command not in recorded and not self.overwrite:
+                writers = sorted(c for c in recorded if set(recorded[c]) & others)
+                whose = f" ({' and '.join(writers)} output)" if writers else ""
+                raise OutputDirError(
+                    f"{given} already holds files that {self.command} did not write{whose}: {_shown(others)}. "
+                    f"Choose a new or empty folder, or pass --overwrite to write {self.command}'s outputs there "
+                    "(files of other names are kept)")
+        if self.entries:
+            self._plan(self.entries)
+
+    def _existing(self) -> set[str]:
+        return {p.name for p in self.path.iterdir()} - {MARKER} if self.path.is_dir() else set()
+
+    def _plan(self, names: set[str]) -> tuple[list[str], list[str]]:
+        """(entries that new ones of the same name replace, own earlier entries no longer written); raises when
+        one of them is not the command's to replace."""
+        existing = self._existing()
+        recorded = read_marker(self.path)
+        own = set(recorded.get(self.command, ()))
+        foreign = {name: command for command, entries in recorded.items() if command != self.command
+                   for name in entries}
+        replaced = sorted(names & existing)
+        dropped = sorted((own - names) & existing)
+        blocked = [f"{name} ({foreign[name]}'s output)" if name in foreign else name
+                   for name in replaced if name not in own and (name in foreign or not self.overwrite)]
+        if blocked:
+            hint = "" if self.overwrite else " (--overwrite replaces entries that no other command recorded)"
+            raise OutputDirError(f"{self.given}: {_shown(blocked)} already exist and {self.command} did not write "
+                                 f"them: choose another output folder{hint}")
+        cwd = Path.cwd().resolve()
+        for name in replaced + dropped:
+            target = self.path / name
+            # An input is hit when it is the entry, lies inside it, or is the output folder itself (then every
+            # entry is part of the input); an input folder that merely holds the output folder is not.
+            hit = [p for p in self.inputs if p == target or target in p.parents or p == self.path]
+            hit += [cwd] if cwd == target or target in cwd.parents else []
+            if hit:
+                where = "it is" if hit[0] == target else "it is part of" if hit[0] == self.path else "it holds"
+                raise OutputDirError(f"{target} would be replaced, but {where} {hit[0]}, which this command reads "
+                                     "or runs in: choose another output folder")
+        return replaced, dropped
+
+    # --- writing --------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def staged(self):
+        """A hidden folder beside the target to write the outputs into; put in place when the block succeeds,
+        removed when it fails."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-"))
+        try:
+            yield staging
+            self._commit(staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _commit(self, staging: Path) -> None:
+        names = {p.name for p in staging.iterdir()}
+        if not self.path.exists():
+            _write_marker(staging, {self.command: sorted(names)})
+            os.replace(staging, self.path)
+            return
+        self.check()  # the folder may have changed while the command worked
+        replaced, dropped = self._plan(names)
+        self._swap(staging, names, replaced + dropped)
+
+    def _swap(self, staging: Path | None, names: set[str], retire: list[str]) -> None:
+        """Move `retire` out of the folder, the staged `names` in, record them; undone if a move fails."""
+        trash = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.replaced-"))
+        retired, placed = [], []
+        try:
+            for name in retire:
+                os.replace(self.path / name, trash / name)
+                retired.append(name)
+            for name in sorted(names) if staging else []:
+                os.replace(staging / name, self.path / name)
+                placed.append(name)
+            recorded = read_marker(self.path)
+            recorded[self.command] = sorted(names)
+            _write_marker(self.path, recorded)
+        except BaseException:
+            for name in placed:
+                os.replace(self.path / name, staging / name)
+            for name in retired:
+                os.replace(trash / name, self.path / name)
+            raise
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def claim(self, *, start_over: bool) -> None:
+        """For a command that writes into the folder as it goes: create it and record `entries` as the command's.
+        `start_over` first removes the command's earlier entries (those that `check` allowed it to replace)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.check()
+        replaced, dropped = self._plan(self.entries)
+        self._swap(None, self.entries, replaced + dropped if start_over else [])

@@ -6,6 +6,9 @@
 
 Outputs in --output_dir: `model/` (merged weights that AutoModel/AutoProcessor load with trust_remote_code=True),
 `checkpoints/` (resumable), `metrics.json` (test split, free generation), `samples.png`, `curves.png`.
+--output_dir must be new or empty; a folder of an earlier run is continued with --resume_from_checkpoint or started
+over with --overwrite, which replaces only train.py's outputs (see reasoncd_tools/output_dir.py). Arguments, the
+starting checkpoint and the output folder are all checked before any data is generated or loaded.
 """
 
 import argparse
@@ -24,11 +27,12 @@ from transformers.trainer_utils import get_last_checkpoint
 from build_reasoncd import build_tiny, save_checkpoint
 from modeling_reasoncd import ReasonCDForChangeDetection
 from processing_reasoncd import ReasonCDProcessor
-from reasoncd_tools.checkpoints import write_json_atomic
+from reasoncd_tools.checkpoints import check_checkpoint, write_json_atomic
 from reasoncd_tools.evaluation import predict_samples, score
 from reasoncd_tools.feature_cache import FrozenFeatureCache
 from reasoncd_tools.figures import prediction_panels, training_curves
 from reasoncd_tools.lora import apply_lora, trainable_parameter_groups
+from reasoncd_tools.output_dir import OutputDir, OutputDirError, read_marker
 from reasoncd_tools.metrics import ChangeMetrics
 from reasoncd_tools.samples import ReasonCDCollator, SampleError, as_dataset, load_pair, load_split
 
@@ -49,6 +53,9 @@ QUICKSTART = {
     # embeddings and output layer in full and adapts the MLPs as well as attention.
     "full_embeddings": True,
 }
+# Everything train.py writes into --output_dir: what it may replace there when it starts over.
+TRAIN_ENTRIES = ("checkpoints", "model", "metrics.json", "predictions.json", "samples.png", "curves.png",
+                 "feature_cache")
 PAPER = {"num_train_epochs": 100, "learning_rate": 5e-5, "warmup_steps": 100, "per_device_train_batch_size": 4,
          "batch_size": 16, "lora_rank": 8, "lora_targets": "q_proj,v_proj", "eval_steps": 200,
          "full_embeddings": False}
@@ -62,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--preset", default="tiny", help="with no --model: build this preset (only 'tiny' has "
                         "random weights; build reasoncd-7b with build_reasoncd.py --llm/--vision/--sam)")
     parser.add_argument("--output_dir", type=Path)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in a folder of an earlier run (or one holding other files): train.py's "
+                        "outputs there are replaced, other files are kept")
     parser.add_argument("--max_steps", type=int, default=-1)
     parser.add_argument("--num_train_epochs", type=float)
     parser.add_argument("--learning_rate", type=float)
@@ -109,7 +119,90 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.output_dir = QUICKSTART["output_dir"] if args.quickstart else Path("runs") / "train"
     if args.synthetic_pairs is None:
         args.synthetic_pairs = QUICKSTART["pairs"]
+    problem = argument_problem(args)
+    if problem:
+        parser.error(problem)
     return args
+
+
+def argument_problem(args) -> str | None:
+    """What is wrong with the hyper-parameters on their own (no files read), or None."""
+    at_least = {"per_device_train_batch_size": 1, "batch_size": 1, "lora_rank": 1, "lora_alpha": 1, "eval_steps": 1,
+                "early_stopping_patience": 1, "eval_batch_size": 1, "max_eval_samples": 1, "max_val_samples": 1,
+                "warmup_steps": 0, "dataloader_num_workers": 0, "synthetic_pairs": 3}
+    for name, low in at_least.items():
+        value = getattr(args, name)
+        if value is not None and value < low:
+            return f"--{name} {value}: must be at least {low}"
+    for name in ("learning_rate", "num_train_epochs", "bce_pos_weight"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            return f"--{name} {value}: must be a positive number"
+    if args.max_steps == 0 or args.max_steps < -1:
+        return f"--max_steps {args.max_steps}: give a positive number of steps, or -1 to train --num_train_epochs"
+    if not 0 <= args.lora_dropout < 1:
+        return f"--lora_dropout {args.lora_dropout}: must be in [0, 1)"
+    if not all(name.strip() for name in args.lora_targets.split(",")):
+        return f"--lora_targets {args.lora_targets!r}: give comma-separated module names, e.g. q_proj,v_proj"
+    if args.deepspeed and not Path(args.deepspeed).is_file():
+        return f"--deepspeed {args.deepspeed}: no such file (configs/ds_zero2.json or configs/ds_zero3.json)"
+    return None
+
+
+def language_model_linear_names(args) -> set[str]:
+    """Names of the language model's linear layers (`q_proj`, ...), from the config alone: built on the meta
+    device, so nothing is allocated or loaded."""
+    from transformers import AutoModelForCausalLM
+
+    from configuration_reasoncd import ReasonCDConfig
+
+    config = ReasonCDConfig.from_pretrained(args.model) if args.model else ReasonCDConfig.from_preset(args.preset)
+    with torch.device("meta"):
+        language_model = AutoModelForCausalLM.from_config(config.text_config)
+    return {name.rsplit(".", 1)[-1] for name, module in language_model.named_modules()
+            if isinstance(module, torch.nn.Linear)}
+
+
+def check_resume_checkpoint(value: str | None) -> None:
+    """An explicit --resume_from_checkpoint must be a Trainer checkpoint (checkpoint-N with trainer_state.json)."""
+    if value in (None, "auto") or (Path(value) / "trainer_state.json").is_file():
+        return
+    path = Path(value)
+    found = [get_last_checkpoint(str(folder)) for folder in (path, path / "checkpoints") if folder.is_dir()]
+    found = [checkpoint for checkpoint in found if checkpoint]
+    hint = f"; the latest checkpoint there is {found[0]}" if found else ""
+    what = "no such folder" if not path.exists() else "no checkpoint there (no trainer_state.json)"
+    raise ValueError(f"--resume_from_checkpoint {value}: {what}{hint}. Give a checkpoint-N folder of "
+                     "OUTPUT_DIR/checkpoints, or the flag without a value for the latest one in --output_dir")
+
+
+def check_start(args) -> OutputDir:
+    """Everything that can be checked before data is generated or loaded: the starting checkpoint, the LoRA targets
+    against the language model's layers, the checkpoint to resume from, and the output folder. Returns the latter."""
+    if args.model:
+        if args.no_fusion:
+            raise ValueError("--no_fusion changes the architecture: build the starting model with "
+                             "build_reasoncd.py --no_fusion and pass it as --model instead")
+        check_checkpoint(args.model)
+    elif args.preset != "tiny":
+        raise ValueError(f"--preset {args.preset}: build it from real weights with build_reasoncd.py, then pass the "
+                         "folder as --model")
+    names = language_model_linear_names(args)
+    unknown = [target for target in args.lora_targets.split(",") if target.strip() not in names]
+    if unknown:
+        raise ValueError(f"--lora_targets: the language model has no {', '.join(unknown)} layer; its linear layers "
+                         f"are {', '.join(sorted(names))}")
+    check_resume_checkpoint(args.resume_from_checkpoint)
+    output = OutputDir(args.output_dir, "train.py", inputs=[args.data, args.model], overwrite=args.overwrite,
+                       entries=TRAIN_ENTRIES)
+    earlier = sorted(set(read_marker(output.path).get("train.py", ())) & set(TRAIN_ENTRIES)
+                     & {p.name for p in output.path.iterdir()}) if output.path.is_dir() else []
+    # Starting over deletes a run's checkpoints: only on request, never because --resume_from_checkpoint was forgotten.
+    if earlier and not args.resume_from_checkpoint and not args.overwrite:
+        raise OutputDirError(f"{args.output_dir} holds an earlier training run ({', '.join(earlier)}): continue it "
+                             "with --resume_from_checkpoint, start over with --overwrite (replaces train.py's outputs "
+                             "there, keeps other files), or choose another --output_dir")
+    return output
 
 
 def prepare_quickstart_data(pairs: int, seed: int) -> Path:
@@ -120,7 +213,8 @@ def prepare_quickstart_data(pairs: int, seed: int) -> Path:
     root = QUICKSTART["data"] / f"second-{pairs}-seed{seed}"
     generate_second_layout(root, pairs, seed=seed)
     samples = QUICKSTART["data"] / f"samples-{pairs}-seed{seed}"
-    summary = convert_second(root, samples, seed=seed)
+    # The quickstart's own cache: written by this or an earlier version of train.py, so replacing it is allowed.
+    summary = convert_second(root, samples, seed=seed, overwrite=True)
     print(f"synthetic data: {json.dumps(summary.get('samples', summary))}")
     return samples
 
@@ -260,6 +354,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     try:
+        output = check_start(args)
+    except (ValueError, FileNotFoundError) as error:  # OutputDirError and CheckpointError are ValueErrors
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
         data = prepare_quickstart_data(args.synthetic_pairs, args.seed) if args.quickstart else args.data
         train_samples = load_split(data, "train")
         val_samples = load_split(data, "val", limit=args.max_val_samples)
@@ -273,6 +372,7 @@ def main(argv=None) -> int:
     peft_model = apply_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
                             targets=tuple(args.lora_targets.split(",")), full_embeddings=args.full_embeddings)
     print("trainable parameters per component:", trainable_parameter_groups(peft_model))
+    output.claim(start_over=args.resume_from_checkpoint is None)  # record the run; a restart replaces the old one
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = max(1, math.ceil(args.batch_size / (args.per_device_train_batch_size * world)))
@@ -334,7 +434,8 @@ def main(argv=None) -> int:
         return 130
     training_curves(args.output_dir / "curves.png", trainer.state.log_history)
     merged = trainer.model.merge_and_unload()
-    save_checkpoint(merged, processor, args.output_dir / "model")
+    # model/ is train.py's own entry (claimed above): replaced whatever an earlier run left in it.
+    save_checkpoint(merged, processor, args.output_dir / "model", command="train.py", overwrite=True)
     print(f"model saved to {args.output_dir / 'model'}")
     if test_samples:
         metrics = final_test(merged, processor, test_samples, args)

@@ -1,0 +1,168 @@
+"""reasoncd_tools.output_dir: the one rule of every command's output folder, checked on its own."""
+import json
+import os
+
+import pytest
+
+from reasoncd_tools.output_dir import MARKER, OutputDir, OutputDirError, read_marker
+
+
+def write(output: OutputDir, files: dict[str, str]) -> None:
+    with output.staged() as staging:
+        for name, text in files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_text(text)
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    """Every file under `folder` (relative path -> bytes), the marker aside."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MARKER}
+
+
+def no_leftovers(parent) -> bool:
+    return not [p for p in parent.iterdir() if ".partial-" in p.name or ".replaced-" in p.name]
+
+
+def test_a_new_folder_is_written_whole_with_a_marker(tmp_path):
+    out = tmp_path / "deep" / "out"
+    write(OutputDir(out, "demo.py"), {"a.txt": "1", "sub/b.txt": "2"})
+    assert snapshot(out) == {"a.txt": b"1", "sub/b.txt": b"2"}
+    assert read_marker(out) == {"demo.py": ["a.txt", "sub"]}
+    assert no_leftovers(out.parent)
+
+
+def test_an_empty_folder_is_written(tmp_path):
+    (tmp_path / "out").mkdir()
+    write(OutputDir(tmp_path / "out", "demo.py"), {"a.txt": "1"})
+    assert snapshot(tmp_path / "out") == {"a.txt": b"1"}
+
+
+def test_own_earlier_output_is_replaced_and_other_files_kept(tmp_path):
+    out = tmp_path / "out"
+    write(OutputDir(out, "demo.py"), {"a.txt": "old", "stale.txt": "old"})
+    (out / "notes.txt").write_text("mine")  # added by the user afterwards
+    write(OutputDir(out, "demo.py"), {"a.txt": "new"})
+    # stale.txt was demo.py's own and is not written any more: gone; the user's notes stay.
+    assert snapshot(out) == {"a.txt": b"new", "notes.txt": b"mine"}
+    assert read_marker(out) == {"demo.py": ["a.txt"]}
+    assert no_leftovers(tmp_path)
+
+
+def test_a_folder_with_other_files_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match=f"{out} already holds files that demo.py did not write: notes.txt"):
+        OutputDir(out, "demo.py")
+    assert snapshot(out) == {"notes.txt": b"mine"} and not (out / MARKER).exists()
+
+
+def test_overwrite_writes_beside_other_files_and_never_over_another_commands(tmp_path):
+    out = tmp_path / "out"
+    write(OutputDir(out, "train.py"), {"metrics.json": "trained", "model.bin": "weights"})
+    (out / "notes.txt").write_text("mine")
+    (out / "report.md").write_text("an old report the user made by hand")
+    with pytest.raises(OutputDirError, match="train.py output"):
+        OutputDir(out, "eval.py")
+    # eval.py's metrics.json would replace train.py's: refused even with --overwrite.
+    with pytest.raises(OutputDirError, match=r"metrics.json \(train.py's output\)"):
+        OutputDir(out, "eval.py", overwrite=True, entries={"metrics.json"})
+    with pytest.raises(OutputDirError, match=r"metrics.json \(train.py's output\)"):
+        write(OutputDir(out, "eval.py", overwrite=True), {"metrics.json": "evaluated"})
+    assert snapshot(out)["metrics.json"] == b"trained"
+    # Names no other command recorded are the user's to give up with --overwrite; everything else stays.
+    write(OutputDir(out, "eval.py", overwrite=True), {"report.md": "evaluated", "per_sample.json": "[]"})
+    assert snapshot(out) == {"metrics.json": b"trained", "model.bin": b"weights", "notes.txt": b"mine",
+                             "report.md": b"evaluated", "per_sample.json": b"[]"}
+    assert read_marker(out) == {"train.py": ["metrics.json", "model.bin"], "eval.py": ["per_sample.json", "report.md"]}
+    # Without --overwrite a name the user wrote is never replaced, even in a folder the command wrote before.
+    (out / "panels").mkdir()
+    with pytest.raises(OutputDirError, match="panels already exist and eval.py did not write them"):
+        write(OutputDir(out, "eval.py"), {"report.md": "again", "panels": ""})
+    assert snapshot(out)["report.md"] == b"evaluated" and no_leftovers(tmp_path)
+
+
+def test_an_existing_file_is_refused_even_with_overwrite(tmp_path):
+    path = tmp_path / "results.txt"
+    path.write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(OutputDirError, match=f"{path} is a file, not a folder"):
+            OutputDir(path, "demo.py", overwrite=overwrite)
+    assert path.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["results.txt"]
+
+
+def test_the_current_directory_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    for path in (".", "..", str(tmp_path / "work")):
+        with pytest.raises(OutputDirError, match="is the current directory"):
+            OutputDir(path, "demo.py")
+    # With --overwrite the outputs go in beside everything else, and an entry holding the current directory is
+    # never replaced.
+    write(OutputDir(".", "demo.py", overwrite=True), {"a.txt": "1"})
+    assert (tmp_path / "work" / "a.txt").read_text() == "1"
+    with pytest.raises(OutputDirError, match="which this command reads or runs in"):
+        write(OutputDir("..", "demo.py", overwrite=True), {"work": "a file where the folder was"})
+    assert (tmp_path / "work").is_dir() and os.getcwd() == str(tmp_path / "work")
+
+
+def test_a_folder_holding_the_inputs_is_refused(tmp_path):
+    out = tmp_path / "run"
+    data = out / "data"
+    data.mkdir(parents=True)
+    (data / "x.json").write_text("{}")
+    for target in (out, data):
+        with pytest.raises(OutputDirError, match=f"holds this command's input {data}"):
+            OutputDir(target, "demo.py", inputs=[data])
+    # --overwrite writes beside the input, but never replaces it (or anything inside the input folder).
+    with pytest.raises(OutputDirError, match=f"{data} would be replaced"):
+        write(OutputDir(out, "demo.py", inputs=[data], overwrite=True), {"data": "x"})
+    with pytest.raises(OutputDirError, match="would be replaced, but it is part of"):
+        write(OutputDir(data, "demo.py", inputs=[data], overwrite=True), {"x.json": "[]"})
+    write(OutputDir(out, "demo.py", inputs=[data], overwrite=True), {"metrics.json": "{}"})
+    assert snapshot(out) == {"data/x.json": b"{}", "metrics.json": b"{}"}
+    # An output folder inside an input folder is fine: nothing of the input is touched.
+    write(OutputDir(data / "eval", "demo.py", inputs=[data]), {"a.txt": "1"})
+    write(OutputDir(data / "eval", "demo.py", inputs=[data]), {"a.txt": "2"})
+    assert (data / "eval" / "a.txt").read_text() == "2" and (data / "x.json").read_text() == "{}"
+
+
+def test_a_failed_block_leaves_the_folder_as_it_was(tmp_path):
+    out = tmp_path / "out"
+    write(OutputDir(out, "demo.py"), {"a.txt": "old"})
+    before = snapshot(out)
+    with pytest.raises(RuntimeError):
+        with OutputDir(out, "demo.py").staged() as staging:
+            (staging / "a.txt").write_text("half")
+            raise RuntimeError("interrupted")
+    assert snapshot(out) == before and no_leftovers(tmp_path)
+    with pytest.raises(RuntimeError):
+        with OutputDir(tmp_path / "new", "demo.py").staged():
+            raise RuntimeError("interrupted")
+    assert not (tmp_path / "new").exists() and no_leftovers(tmp_path)
+
+
+def test_a_damaged_marker_makes_nothing_the_commands_own(tmp_path):
+    out = tmp_path / "out"
+    write(OutputDir(out, "demo.py"), {"a.txt": "1"})
+    (out / MARKER).write_text("{not json")
+    with pytest.raises(OutputDirError, match="did not write"):
+        OutputDir(out, "demo.py")
+    assert (out / "a.txt").read_text() == "1"
+
+
+def test_claim_records_a_folder_written_as_the_command_goes(tmp_path):
+    out = tmp_path / "run"
+    entries = ("checkpoints", "model", "metrics.json")
+    OutputDir(out, "train.py", entries=entries).claim(start_over=True)
+    assert read_marker(out) == {"train.py": sorted(entries)}
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "checkpoint-2").mkdir()
+    (out / "notes.txt").write_text("mine")
+    OutputDir(out, "train.py", entries=entries).claim(start_over=False)  # resuming keeps the checkpoints
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()
+    OutputDir(out, "train.py", entries=entries).claim(start_over=True)  # starting over removes them, only them
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "notes.txt"]
+    assert json.loads((out / MARKER).read_text())["outputs"] == {"train.py": sorted(entries)}
+    assert no_leftovers(tmp_path)

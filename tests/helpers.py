@@ -129,3 +129,31 @@ def run_script(args: list[str], *, cwd: Path, timeout: float = 120, extra_env: d
     """Runs `python <args>` with the interpreter of the tests; returns the CompletedProcess (text mode)."""
     return subprocess.run([sys.executable, *args], cwd=cwd, env=script_env(extra_env), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def precious_places(root: Path) -> dict[str, Path]:
+    """Three places no command may write over without being asked: a folder holding a user's file, a training run
+    as train.py leaves it (marker, checkpoints, model, metrics), and an existing file."""
+    from reasoncd_tools.output_dir import OutputDir
+
+    user = root / "mine"
+    user.mkdir(parents=True)
+    (user / "notes.txt").write_text("a week of field notes\n")
+    run = root / "run"
+    OutputDir(run, "train.py", entries=("checkpoints", "model", "metrics.json")).claim(start_over=True)
+    (run / "checkpoints" / "checkpoint-800").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint-800" / "trainer_state.json").write_text('{"global_step": 800}')
+    (run / "model").mkdir()
+    (run / "model" / "model.safetensors").write_bytes(b"a week of training")
+    (run / "metrics.json").write_text('{"f1": 0.9}')
+    results = root / "results.csv"
+    results.write_text("f1\n0.9\n")
+    return {"a folder holding a user's file": user, "a trained run": run, "a file": results}
+
+
+def tree(path: Path) -> dict[str, bytes | None]:
+    """Every file (bytes) and folder (None) at and under `path`, to compare before and after a command."""
+    path = Path(path)
+    if path.is_file():
+        return {".": path.read_bytes()}
+    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else None) for p in sorted(path.rglob("*"))}

@@ -234,3 +234,49 @@ def test_model_mode_input_errors(checkpoint, realcd, tmp_path, capsys):
         "--model", str(checkpoint), "--data", str(tmp_path / "json"), "--split", "train")
     bisam = str(realcd / "WHU-CD" / "BiSAM-CD")  # a change-detection folder with only a test/ split
     assert "no val/ folder; its splits are test" in fails("--model", str(checkpoint), "--data", bisam, "--split", "val")
+
+
+# ------------------------------------------------------------------------------------- what eval.py never touches
+
+
+def test_refuses_folders_it_did_not_write_and_keeps_them_byte_for_byte(masks, tmp_path, capsys):
+    from helpers import precious_places, tree
+
+    pred_dir, label_dir, _, _ = masks
+    scoring = ["--pred_dir", str(pred_dir), "--label_dir", str(label_dir), "--threshold", "127"]
+    places = precious_places(tmp_path / "places")
+    # The input's own folder: the one holding --pred_dir and --label_dir, and --pred_dir itself.
+    places.update({"the inputs' folder": tmp_path, "the input folder": pred_dir})
+    for what, place in places.items():
+        before = tree(place)
+        assert eval_script.main([*scoring, "--output_dir", str(place)]) == 2, what
+        error = capsys.readouterr().err
+        assert error.startswith("eval.py: error: ") and str(place) in error, (what, error)
+        assert tree(place) == before, what
+    # The training run being evaluated (the natural slip): refused before the model is even checked.
+    run = places["a trained run"]
+    before = tree(run)
+    assert eval_script.main(["--model", str(run / "model"), "--data", str(tmp_path), "--output_dir", str(run)]) == 2
+    assert "holds this command's input" in capsys.readouterr().err and tree(run) == before
+
+    # --overwrite writes eval.py's outputs beside the user's file, which stays as it was; a rerun replaces them.
+    user = places["a folder holding a user's file"]
+    for _ in range(2):
+        assert eval_script.main([*scoring, "--output_dir", str(user), "--overwrite"]) == 0
+    assert (user / "notes.txt").read_text() == "a week of field notes\n"
+    assert {"metrics.json", "report.md", "per_sample.json", "panels"} <= {p.name for p in user.iterdir()}
+    # A folder eval.py wrote before is its own to replace, without --overwrite.
+    assert eval_script.main([*scoring, "--output_dir", str(tmp_path / "eval")]) == 0
+    assert eval_script.main([*scoring, "--output_dir", str(tmp_path / "eval")]) == 0
+
+
+def test_a_damaged_checkpoint_is_named(checkpoint, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(checkpoint, damaged)
+    weights = (damaged / "model.safetensors").read_bytes()
+    (damaged / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    out = tmp_path / "out"
+    assert eval_script.main(["--model", str(damaged), "--data", str(tmp_path), "--output_dir", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert f"{damaged / 'model.safetensors'}: not a readable safetensors file" in error
+    assert_nothing_written(out)

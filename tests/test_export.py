@@ -19,8 +19,10 @@ from build_reasoncd import save_checkpoint
 from modeling_reasoncd import ReasonCDForChangeDetection
 from predict import predict
 from processing_reasoncd import ReasonCDProcessor
+from helpers import precious_places, tree
 from publish_helpers import image_pair, seg_tiny
 from reasoncd_tools.lora import apply_lora
+from reasoncd_tools.output_dir import MARKER
 
 QUESTIONS = ["new buildings", "changes caused by heavy rainfall, and explain why"]
 MAX_NEW_TOKENS = 4
@@ -75,6 +77,13 @@ json.dump({
 """
 
 
+def exported_names(folder: Path) -> set[str]:
+    """What export.py wrote; the marker that records it is left out of Hub uploads."""
+    names = {p.name for p in folder.iterdir()}
+    assert MARKER in names
+    return names - {MARKER}
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """A train.py-shaped run: base model, a PEFT checkpoint trained from it, the merged model/ and metrics.json."""
@@ -120,7 +129,7 @@ def test_offline_push_fails_clearly_and_leaves_a_complete_export(exported):
     assert returncode == 2, output
     assert "could not push to the Hub repository someone/reasoncd-test" in output
     assert f"The export in {out} is complete" in output
-    assert {p.name for p in out.iterdir()} == FULL_EXPORT
+    assert exported_names(out) == FULL_EXPORT
 
 
 def test_push_without_network_fails_clearly(run, tmp_path, monkeypatch, capsys):
@@ -133,7 +142,7 @@ def test_push_without_network_fails_clearly(run, tmp_path, monkeypatch, capsys):
     assert export.main(["--run", str(run / "run"), "--output_dir", str(out), "--adapter_only", "--base_model_id",
                         "someone/base", "--push_to_hub", "someone/reasoncd-adapter", "--private"]) == 2
     assert "could not push to the Hub repository someone/reasoncd-adapter" in capsys.readouterr().err
-    assert {p.name for p in out.iterdir()} == ADAPTER_EXPORT
+    assert exported_names(out) == ADAPTER_EXPORT
 
 
 def test_export_loads_without_the_repository_and_answers_as_before(run, exported, tmp_path):
@@ -209,7 +218,7 @@ def test_checkpoint_export_merges_the_adapter_and_shards(run, exported, tmp_path
     out = tmp_path / "from-checkpoint"
     assert export.main(["--run", str(run / "run" / "checkpoints" / "checkpoint-2"), "--output_dir", str(out),
                         "--max_shard_size", "20MB"]) == 0
-    names = {p.name for p in out.iterdir()}
+    names = exported_names(out)
     assert "model.safetensors.index.json" in names and "model.safetensors" not in names
     assert len([n for n in names if n.startswith("model-0")]) >= 2
     assert (FULL_EXPORT - {"model.safetensors"}) <= names
@@ -226,7 +235,7 @@ def test_adapter_only_round_trips_through_peft(run, tmp_path):
     out = tmp_path / "adapter"
     assert export.main(["--run", str(run / "run" / "checkpoints" / "checkpoint-2"), "--output_dir", str(out),
                         "--adapter_only", "--base_model_id", "someone/reasoncd-tiny-base"]) == 0
-    assert {p.name for p in out.iterdir()} == ADAPTER_EXPORT
+    assert exported_names(out) == ADAPTER_EXPORT
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == \
         "someone/reasoncd-tiny-base"
     from huggingface_hub import ModelCard
@@ -257,8 +266,43 @@ def test_clear_errors(run, tmp_path, capsys):
     assert export.main(["--run", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "x")]) == 2
     assert "no such folder" in capsys.readouterr().err
     assert export.main(["--run", str(run / "run"), "--output_dir", str(run / "run" / "model")]) == 2
-    assert "would replace the model being exported" in capsys.readouterr().err
+    assert f"holds this command's input {(run / 'run').resolve()}" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         export.main(["--run", str(checkpoint), "--output_dir", str(tmp_path / "x"), "--adapter_only"])
     assert "--base_model_id" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_refuses_folders_it_did_not_write_and_keeps_them_byte_for_byte(run, tmp_path, capsys):
+    places = precious_places(tmp_path)
+    places.update({"the run being exported": run / "run", "the folder holding the run": run,
+                   "the checkpoint being exported": run / "run" / "checkpoints" / "checkpoint-2"})
+    for what, place in places.items():
+        before = tree(place)
+        assert export.main(["--run", str(run / "run"), "--output_dir", str(place)]) == 2, what
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and (str(place) in error or str(place.resolve()) in error), (what, error)
+        assert tree(place) == before, what
+    # --overwrite writes the export beside the user's file, never over the run it exports.
+    user = places["a folder holding a user's file"]
+    adapter = ["--run", str(run / "run" / "checkpoints" / "checkpoint-2"), "--adapter_only", "--base_model_id",
+               "someone/base", "--overwrite"]
+    assert export.main([*adapter, "--output_dir", str(user)]) == 0
+    assert (user / "notes.txt").read_text() == "a week of field notes\n"
+    assert ADAPTER_EXPORT <= {p.name for p in user.iterdir()}
+    checkpoint = run / "run" / "checkpoints" / "checkpoint-2"
+    before = tree(checkpoint)
+    assert export.main([*adapter, "--output_dir", str(checkpoint)]) == 2
+    assert f"would be replaced, but it is part of {checkpoint.resolve()}" in capsys.readouterr().err
+    assert tree(checkpoint) == before
+
+
+def test_a_damaged_model_is_named(run, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for path in (run / "run" / "model").iterdir():
+        (damaged / path.name).write_bytes(path.read_bytes())
+    (damaged / "config.json").write_text("{'not': json")
+    assert export.main(["--run", str(damaged), "--output_dir", str(tmp_path / "out")]) == 2
+    assert f"{damaged / 'config.json'}: not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -13,8 +13,9 @@ test/ folders, otherwise all of its pairs.
 
 Outputs in --output_dir, written all at once after every input has been checked: `metrics.json` (F1, precision,
 recall, OA, IoU, kappa from the global confusion matrix with change = positive, gIoU, cIoU, the counts; in model
-mode also per question kind, text figures and steering), `report.md`, `per_sample.json`,
-`panels/{best,median,worst}.png` (by IoU) and, in model mode, `predictions/<sample>.png` (0/255, the input's size).
+mode also per question kind, text figures, steering, question sensitivity, the counterfactual F1 drop and the
+fidelity score), `report.md`, `per_sample.json`, `panels/{best,median,worst}.png` (by IoU) and, in model mode,
+`predictions/<sample>.png` (0/255, the input's size).
 Bad input: a message on stderr, exit code 2 and no output. --output_dir must be new, empty or an earlier eval.py
 output (see reasoncd_tools/output_dir.py; --overwrite writes beside other files, replacing only eval.py's own).
 """
@@ -313,10 +314,52 @@ def render_report(summary: dict, per_sample: list[dict], chosen: list[tuple[str,
                   f"{_number(text['absent_accuracy'])} | {text['n_absent']} samples |",
                   f"| mask closer to the asked change than to another one (steering) | "
                   f"{_number(steering['accuracy'])} | {steering['n_comparisons']} comparisons |", ""]
+        if summary["mode"] == "teacher_forced":
+            lines += ["Teacher forced: `[SEG]` counts as emitted where some answer position's most likely next token "
+                      "is `[SEG]` (the masks come from the reference's `[SEG]`).", ""]
+        lines += question_use_report(summary)
     lines += ["## Panels", "", "| | sample | IoU |", "|---|---|---:|"]
     lines += [f"| [{label}](panels/{label}.png) | {per_sample[index]['name']} | {_number(per_sample[index]['iou'])} |"
               for label, index in chosen]
     return "\n".join(lines) + "\n"
+
+
+def question_use_report(summary: dict) -> list[str]:
+    """report.md's section on whether the masks follow the question (see reasoncd_tools.evaluation)."""
+    sensitivity, counterfactual = summary["question_sensitivity"], summary["counterfactual"]
+    return [
+        "## Does the mask follow the question?", "",
+        "| figure | value | over |", "|---|---:|---:|",
+        f"| question sensitivity: mean IoU between masks for different changes of one pair (1 = question ignored) | "
+        f"{_number(sensitivity['mean_iou'])} | {sensitivity['n_comparisons']} comparisons |",
+        f"| the same between their truths (what a perfect model scores) | "
+        f"{_number(sensitivity['truth_mean_iou'])} | {sensitivity['n_comparisons']} comparisons |",
+        f"| F1 of the masks as predicted | {_number(counterfactual['f1_original'])} | "
+        f"{counterfactual['n_rows']} samples |",
+        f"| F1 with the `[SEG]` states swapped between questions of a pair (counterfactual) | "
+        f"{_number(counterfactual['f1_swapped'])} | {counterfactual['n_rows']} samples |",
+        f"| counterfactual F1 drop (about 0 = the mask ignores the prompt) | {_number(counterfactual['f1_drop'])} | "
+        f"{counterfactual['n_rows']} samples |",
+        f"| fidelity score: mean of F1, steering, absent-CRoI accuracy, 1 - sensitivity | "
+        f"{_number(summary['fidelity_score'])} | |", "",
+    ]
+
+
+def question_use_line(summary: dict) -> str:
+    """The printed summary's line on question use, with what each figure means when it is missing."""
+    sensitivity, counterfactual = summary["question_sensitivity"], summary["counterfactual"]
+    if sensitivity["mean_iou"] is None:
+        sensitive = "question sensitivity – (no pair with two asked changes whose truths differ)"
+    else:
+        sensitive = (f"question sensitivity {sensitivity['mean_iou']:.3f} (truths {sensitivity['truth_mean_iou']:.3f},"
+                     f" {sensitivity['n_comparisons']} comparisons; 1 = question ignored)")
+    if counterfactual["f1_drop"] is None:
+        swapped = "counterfactual F1 drop – (no pair with [SEG] answers for two different truths)"
+    else:
+        swapped = (f"counterfactual F1 drop {counterfactual['f1_drop']:.3f} (F1 {counterfactual['f1_original']:.3f}"
+                   f" -> {counterfactual['f1_swapped']:.3f} with [SEG] states swapped, {counterfactual['n_rows']} "
+                   "samples; about 0 = prompt ignored)")
+    return f"{sensitive}; {swapped}; fidelity score {summary['fidelity_score']:.3f}"
 
 
 def write_outputs(staging: Path, summary: dict, per_sample: list[dict], chosen: list[tuple[str, int]]) -> None:
@@ -389,6 +432,8 @@ def main(argv=None) -> int:
         return 2
     figures = ", ".join(f"{METRIC_TITLES[name]} {summary[name]:.3f}" for name in METRIC_NAMES)
     print(f"{summary['mode']}, {summary['n_samples']} samples: {figures}")
+    if "question_sensitivity" in summary:
+        print(question_use_line(summary))
     print(f"wrote {args.output_dir}/ (metrics.json, report.md, panels/)")
     return 0
 

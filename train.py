@@ -28,12 +28,12 @@ from build_reasoncd import build_tiny, save_checkpoint
 from modeling_reasoncd import ReasonCDForChangeDetection
 from processing_reasoncd import ReasonCDProcessor
 from reasoncd_tools.checkpoints import check_checkpoint, write_json_atomic
-from reasoncd_tools.evaluation import predict_samples, score
+from reasoncd_tools.evaluation import (batch_counterfactual, batches_by_pair, encode_batch, predict_samples,
+                                       question_use_figures, score, seg_predicted_teacher_forced)
 from reasoncd_tools.feature_cache import FrozenFeatureCache
 from reasoncd_tools.figures import prediction_panels, training_curves
 from reasoncd_tools.lora import apply_lora, trainable_parameter_groups
 from reasoncd_tools.output_dir import OutputDir, OutputDirError, read_marker
-from reasoncd_tools.metrics import ChangeMetrics
 from reasoncd_tools.samples import ReasonCDCollator, SampleError, as_dataset, load_pair, load_split
 
 REPO = Path(__file__).resolve().parent
@@ -241,7 +241,7 @@ class SaveOnInterrupt(TrainerCallback):
 
 
 class ReasonCDTrainer(Trainer):
-    """Trainer with the frozen-feature cache, per-term loss logging and mask F1 as the validation metric."""
+    """Trainer with the frozen-feature cache, per-term loss logging and the fidelity score as the validation metric."""
 
     def __init__(self, *args, feature_cache=None, val_samples=None, reasoncd_processor=None,
                  eval_batch_size=8, **kwargs):
@@ -280,26 +280,42 @@ class ReasonCDTrainer(Trainer):
 
     @torch.no_grad()
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
-        """Validation loss and teacher-forced mask metrics (fast; the early-stopping signal)."""
+        """
+        Teacher-forced validation (fast; the early-stopping signal): loss, mask F1/precision/recall/IoU, and the
+        question-use figures of `reasoncd_tools.evaluation.score`: steering, `[SEG]` emission and absent-CRoI
+        accuracy (argmax proxies under teacher forcing), question sensitivity, the counterfactual F1 drop, and the
+        fidelity score that picks the best checkpoint (mean of F1, steering, absent accuracy, 1 - sensitivity).
+        """
         model = self.model_wrapped if self.is_deepspeed_enabled else self.model
+        base = self._base_model(model)
         was_training = model.training
         model.eval()
-        collator = self.data_collator
-        metrics, losses = ChangeMetrics(), []
-        for start in range(0, len(self.val_samples), self.eval_batch_size):
-            batch = self.val_samples[start:start + self.eval_batch_size]
-            inputs = self._prepare_inputs(collator(batch))
-            outputs = model(**self._inputs_with_features(model, inputs))
+        losses, predictions = [], [None] * len(self.val_samples)
+        for indices in batches_by_pair(self.val_samples, self.eval_batch_size):  # a pair's questions together
+            batch = [self.val_samples[i] for i in indices]
+            inputs = self._inputs_with_features(model, self._prepare_inputs(self.data_collator(batch)))
+            outputs = model(**inputs)
             losses.append(float(outputs.loss))
             rows = inputs["pair_index"]
-            predicted = self.reasoncd_processor.post_process_masks(
+            masks = self.reasoncd_processor.post_process_masks(
                 outputs.pred_masks, outputs.seg_present, inputs["reshaped_sizes"][rows],
                 inputs["image_sizes"][rows].tolist())
-            for mask, truth in zip(predicted, inputs["masks"].bool().cpu().numpy()):
-                metrics.update(mask, truth)
-        result = metrics.compute()
+            emits_seg = seg_predicted_teacher_forced(outputs.logits, inputs["labels"], base.config.seg_token_id)
+            # The counterfactual reuses the cached encodings; without the cache the encoders run once more.
+            features = inputs.get("frozen_features")
+            if features is None:
+                features = encode_batch(base, inputs)
+            truths = (inputs["masks"] > 0.5).cpu().numpy()
+            swaps = batch_counterfactual(base, self.reasoncd_processor, inputs, features, outputs.seg_present,
+                                         outputs.seg_hidden_states, truths, indices)
+            for row, i in enumerate(indices):
+                predictions[i] = {"text": batch[row]["answer"], "mask": masks[row], "seg": bool(emits_seg[row]),
+                                  "swapped_mask": swaps[row][0], "swap_source": swaps[row][1]}
+        result = score(self.val_samples, predictions)
         logged = {f"{metric_key_prefix}_loss": sum(losses) / max(len(losses), 1)}
         logged.update({f"{metric_key_prefix}_{k}": float(result[k]) for k in ("f1", "precision", "recall", "iou")})
+        logged.update({f"{metric_key_prefix}_{name}": float(value)
+                       for name, value in question_use_figures(result).items() if value is not None})
         self.log(logged)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, logged)
         if was_training:
@@ -393,7 +409,8 @@ def main(argv=None) -> int:
         save_steps=args.eval_steps,
         save_total_limit=2,
         load_best_model_at_end=True,
-        metric_for_best_model="f1",
+        # Not F1 alone: a model that ignores the question or marks absent CRoIs scores low (see evaluate).
+        metric_for_best_model="fidelity_score",
         greater_is_better=True,
         logging_steps=max(1, min(10, args.eval_steps // 4)),
         bf16=args.bf16,

@@ -3,9 +3,23 @@
 Groups: `explicit`, `implicit_seen`, `implicit_heldout`, `explanation`, `absent` (from the samples' metadata).
 Text figures: `[SEG]` emission rate where the CRoI is present, absent-CRoI accuracy (no `[SEG]` where absent), and
 steering: on pairs where another CRoI changed elsewhere, the share of masks closer (IoU) to the asked CRoI's truth.
+
+Question use (a model that draws the same map whatever it is asked can still score a fair F1 where one change
+dominates; these figures expose it):
+
+* question sensitivity: on pairs asked about two or more present CRoIs whose truths differ, the mean IoU between
+  the masks predicted for two such questions (1.0: the question is ignored; a perfect model scores the mean IoU of
+  the truths, reported beside it);
+* counterfactual: each `[SEG]` state decoded over its pair again, but for another question of that pair (one with
+  a different truth); the F1 this loses against each row's own truth (about 0: the mask decoder ignores its prompt);
+* fidelity score: the mean of F1, steering, absent-CRoI accuracy and 1 - question sensitivity (those measured; F1
+  always is), each in [0, 1]. It falls when the question is ignored or an absent CRoI gets a mask, so training picks
+  its best checkpoint by it rather than by F1 alone.
 """
 
+import hashlib
 from collections import defaultdict
+from itertools import combinations
 
 import numpy as np
 import torch
@@ -26,11 +40,23 @@ def group_of(sample: dict) -> str:
     return kind if kind in GROUPS else "explicit"
 
 
-def _batches_by_pair(samples: list[dict], batch_size: int):
-    """Batches of sample indices in which questions about one pair stay together (the pair is encoded once)."""
+def pair_key(sample: dict) -> tuple[str, str]:
+    return sample["img1_path"], sample["img2_path"]
+
+
+def truth_key(truth: np.ndarray) -> str:
+    """A short name for a truth's content: masks of one change stored twice (SECOND's "building added" is its
+    "tree removed") get the same key."""
+    truth = np.asarray(truth, dtype=bool)
+    return f"{truth.shape}:{hashlib.blake2b(np.packbits(truth).tobytes(), digest_size=16).hexdigest()}"
+
+
+def batches_by_pair(samples: list[dict], batch_size: int):
+    """Batches of sample indices in which questions about one pair stay together (the pair is encoded once, and
+    the counterfactual can swap states between its questions)."""
     by_pair = defaultdict(list)
     for index, sample in enumerate(samples):
-        by_pair[(sample["img1_path"], sample["img2_path"])].append(index)
+        by_pair[pair_key(sample)].append(index)
     batch = []
     for indices in by_pair.values():
         if batch and len(batch) + len(indices) > batch_size:
@@ -41,51 +67,144 @@ def _batches_by_pair(samples: list[dict], batch_size: int):
         yield batch
 
 
+# ------------------------------------------------------------------------------------------- per-batch pieces
+
+
+def seg_predicted_teacher_forced(logits: torch.Tensor, labels: torch.Tensor, seg_token_id: int) -> torch.Tensor:
+    """
+    Teacher forcing's stand-in for "the model would answer with `[SEG]`", per row `(B,)`: some answer position
+    (labels not -100) whose most likely next token is `[SEG]`. Positions are shifted as in the text loss.
+    """
+    answer_positions = labels[:, 1:] != -100
+    return ((logits[:, :-1].argmax(-1) == seg_token_id) & answer_positions).any(dim=1)
+
+
+def swap_sources(pair_keys: list, truth_keys: list, has_seg: list[bool]) -> list[int | None]:
+    """
+    For each row, the row whose `[SEG]` state it receives in the counterfactual, or None when it takes no part.
+
+    `truth_keys` name each row's truth (`truth_key`). Within each pair, the rows with `[SEG]` are grouped by truth
+    and each group takes the states of the next group (cyclically; row j of a group takes row j of the next, modulo
+    its size), so every row receives a state made for a different truth. A pair whose `[SEG]` rows all share one
+    truth is left out.
+    """
+    groups_of_pair: dict = defaultdict(lambda: defaultdict(list))
+    for row, (pair, truth, seg) in enumerate(zip(pair_keys, truth_keys, has_seg)):
+        if seg:
+            groups_of_pair[pair][truth].append(row)
+    sources: list[int | None] = [None] * len(pair_keys)
+    for by_truth in groups_of_pair.values():
+        groups = list(by_truth.values())
+        if len(groups) < 2:
+            continue
+        for position, rows in enumerate(groups):
+            donors = groups[(position + 1) % len(groups)]
+            for j, row in enumerate(rows):
+                sources[row] = donors[j % len(donors)]
+    return sources
+
+
+@torch.no_grad()
+def counterfactual_masks(model, processor, inputs, features, seg_hidden_states: torch.Tensor,
+                         sources: list[int | None]) -> list[np.ndarray | None]:
+    """
+    Per row, the mask decoded over the row's own pair from row `sources[row]`'s `[SEG]` state (None where the
+    row takes no part). `inputs` are the processor's (per-pair sizes, `pair_index`), `features` the batch's
+    `model.encode_frozen` output (reused, so the encoders do not run again).
+    """
+    rows = [row for row, source in enumerate(sources) if source is not None]
+    swapped: list[np.ndarray | None] = [None] * len(sources)
+    if not rows:
+        return swapped
+    embeddings = model.mask_embeddings(features, inputs["sam_pixel_values_t1"], inputs["sam_pixel_values_t2"])
+    device = inputs["pair_index"].device
+    pairs = inputs["pair_index"][torch.tensor(rows, device=device)]
+    donors = torch.tensor([sources[row] for row in rows], device=seg_hidden_states.device)
+    logits = model.decode_masks(embeddings[pairs], seg_hidden_states[donors])
+    pairs = pairs.cpu()
+    masks = processor.post_process_masks(logits, [True] * len(rows), inputs["reshaped_sizes"].cpu()[pairs],
+                                         inputs["image_sizes"].cpu()[pairs].tolist())
+    for row, mask in zip(rows, masks):
+        swapped[row] = mask
+    return swapped
+
+
+def encode_batch(model, inputs):
+    """The frozen encoders' output for a processor batch, computed once and handed to the model and the
+    counterfactual alike."""
+    return model.encode_frozen(inputs["pixel_values_t1"], inputs["pixel_values_t2"],
+                               inputs["sam_pixel_values_t1"], inputs["sam_pixel_values_t2"])
+
+
+def batch_counterfactual(model, processor, inputs, features, seg_present, seg_hidden_states, truths,
+                         indices: list[int]) -> list[tuple[np.ndarray | None, int | None]]:
+    """Per row of a batch (the samples at `indices` of the whole list, with their `truths`): the swapped mask and
+    the sample index whose `[SEG]` state it used, or (None, None)."""
+    sources = swap_sources(inputs["pair_index"].tolist(), [truth_key(truth) for truth in truths],
+                           [bool(v) for v in seg_present.tolist()])
+    masks = counterfactual_masks(model, processor, inputs, features, seg_hidden_states, sources)
+    return [(mask, None if source is None else indices[source]) for mask, source in zip(masks, sources)]
+
+
 @torch.no_grad()
 def predict_samples(model, processor, samples: list[dict], *, batch_size: int = 8, teacher_forced: bool = False,
-                    max_new_tokens: int = 48, progress: bool = True) -> list[dict]:
+                    max_new_tokens: int = 48, counterfactual: bool = True, progress: bool = True) -> list[dict]:
     """
-    One `{"text", "mask", "seg"}` per sample. Free generation (what a user gets) by default; `teacher_forced`
-    feeds the reference answer and reads the mask at its `[SEG]` (LISA's validation mode).
+    One `{"text", "mask", "seg", "swapped_mask", "swap_source"}` per sample. Free generation (what a user gets)
+    by default; `teacher_forced` feeds the reference answer and reads the mask at its `[SEG]` (LISA's validation
+    mode). `seg` is the model's own choice: the answer holds `[SEG]` (free generation) or some answer position
+    predicts it (teacher forced). `swapped_mask` is the counterfactual mask decoded from the `[SEG]` state of
+    sample `swap_source` (see `swap_sources`), None where the sample takes no part or `counterfactual` is off.
     """
     from tqdm.auto import tqdm
 
     model.eval()
     results: list[dict | None] = [None] * len(samples)
     bar = tqdm(total=len(samples), desc="teacher-forced" if teacher_forced else "generating", disable=not progress)
-    for indices in _batches_by_pair(samples, batch_size):
+    for indices in batches_by_pair(samples, batch_size):
+        batch = [samples[i] for i in indices]
         pair_keys, pairs, pair_index = {}, [], []
-        for i in indices:
-            key = (samples[i]["img1_path"], samples[i]["img2_path"])
-            if key not in pair_keys:
-                pair_keys[key] = len(pairs)
-                pairs.append(load_images(samples[i]))  # images only: masks are read when scoring
-            pair_index.append(pair_keys[key])
+        for sample in batch:
+            if pair_key(sample) not in pair_keys:
+                pair_keys[pair_key(sample)] = len(pairs)
+                pairs.append(load_images(sample))  # images only: masks are read when scoring
+            pair_index.append(pair_keys[pair_key(sample)])
         inputs = processor(
             images_t1=[p[0] for p in pairs], images_t2=[p[1] for p in pairs],
-            text=[samples[i]["question"] for i in indices], pair_index=pair_index,
-            answers=[samples[i]["answer"] for i in indices] if teacher_forced else None,
+            text=[sample["question"] for sample in batch], pair_index=pair_index,
+            answers=[sample["answer"] for sample in batch] if teacher_forced else None,
             return_tensors="pt",
         ).to(model.device)
+        features = encode_batch(model, inputs)
         if teacher_forced:
-            inputs.pop("labels")
-            outputs = model(**inputs)
-            texts = [samples[i]["answer"] for i in indices]
+            labels = inputs.pop("labels")
+            outputs = model(**inputs, frozen_features=features)
+            texts = [sample["answer"] for sample in batch]
             rows = inputs["pair_index"]
             masks = processor.post_process_masks(outputs.pred_masks, outputs.seg_present,
                                                  inputs["reshaped_sizes"][rows], inputs["image_sizes"][rows].tolist())
-            seg = outputs.seg_present.tolist()
+            seg = seg_predicted_teacher_forced(outputs.logits, labels, model.config.seg_token_id).tolist()
         else:
-            outputs = model.generate(**inputs, max_new_tokens=max_new_tokens)
+            outputs = model.generate(**inputs, frozen_features=features, max_new_tokens=max_new_tokens)
             processed = processor.post_process_generation(outputs)
             texts = [p["text"] for p in processed]
             masks = [p["mask"] for p in processed]
             seg = outputs.seg_present.tolist()
+        if counterfactual:  # the truths only decide which questions swap states; scoring reads them again
+            truths = [load_mask(sample, pairs[pair][0].shape[:2]) for sample, pair in zip(batch, pair_index)]
+            swaps = batch_counterfactual(model, processor, inputs, features, outputs.seg_present,
+                                         outputs.seg_hidden_states, truths, indices)
+        else:
+            swaps = [(None, None)] * len(indices)
         for row, i in enumerate(indices):
-            results[i] = {"text": texts[row], "mask": masks[row], "seg": bool(seg[row])}
+            results[i] = {"text": texts[row], "mask": masks[row], "seg": bool(seg[row]),
+                          "swapped_mask": swaps[row][0], "swap_source": swaps[row][1]}
         bar.update(len(indices))
     bar.close()
     return results
+
+
+# ------------------------------------------------------------------------------------------------ scoring
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -93,35 +212,133 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+class Steering:
+    """Per comparison with another CRoI's truth (covering a different region): is the mask closer to the asked
+    CRoI's truth?"""
+
+    def __init__(self) -> None:
+        self.total = self.right = 0
+
+    def update(self, pred: np.ndarray, truth: np.ndarray, others) -> None:
+        own = _iou(pred, truth)
+        for other in others:
+            if _iou(truth, other) > STEERING_MAX_TRUTH_OVERLAP:
+                continue
+            self.total += 1
+            self.right += own > _iou(pred, other)
+
+    def compute(self) -> dict:
+        return {"accuracy": self.right / self.total if self.total else None, "n_comparisons": self.total}
+
+
+class QuestionSensitivity:
+    """Mean IoU between the masks predicted for two questions about one pair whose truths differ."""
+
+    def __init__(self) -> None:
+        self.pred_ious: list[float] = []
+        self.truth_ious: list[float] = []
+
+    def update(self, rows: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """`rows`: `(predicted mask, truth)` of each present-CRoI question about one pair (an answer without
+        `[SEG]` has an empty mask)."""
+        for (pred_a, truth_a), (pred_b, truth_b) in combinations(rows, 2):
+            if np.array_equal(truth_a, truth_b):  # the same change asked another way: no test of the question
+                continue
+            self.pred_ious.append(_iou(pred_a, pred_b))
+            self.truth_ious.append(_iou(truth_a, truth_b))
+
+    def compute(self) -> dict:
+        return {"mean_iou": _mean(self.pred_ious), "truth_mean_iou": _mean(self.truth_ious),
+                "n_comparisons": len(self.pred_ious)}
+
+
+class Counterfactual:
+    """F1 of the original masks and of the masks decoded from another question's `[SEG]` state, both against the
+    row's own truth, over the same rows."""
+
+    def __init__(self) -> None:
+        self.original, self.swapped = ChangeMetrics(), ChangeMetrics()
+
+    def update(self, pred: np.ndarray, swapped: np.ndarray, truth: np.ndarray) -> None:
+        self.original.update(pred, truth)
+        self.swapped.update(swapped, truth)
+
+    def compute(self) -> dict:
+        rows = self.original.n_samples
+        if not rows:
+            return {"f1_original": None, "f1_swapped": None, "f1_drop": None, "n_rows": 0}
+        original, swapped = self.original.compute()["f1"], self.swapped.compute()["f1"]
+        return {"f1_original": original, "f1_swapped": swapped, "f1_drop": original - swapped, "n_rows": rows}
+
+
+def fidelity_score(result: dict) -> float:
+    """
+    mean(F1, steering accuracy, absent-CRoI accuracy, 1 - question sensitivity) over the terms measured (F1 always
+    is), each in [0, 1]: high only when the masks are right, follow the asked CRoI, differ between questions and
+    stay away from absent CRoIs.
+    """
+    sensitivity = result["question_sensitivity"]["mean_iou"]
+    terms = [result["f1"], result["steering"]["accuracy"], result["text"]["absent_accuracy"],
+             None if sensitivity is None else 1.0 - sensitivity]
+    measured = [float(term) for term in terms if term is not None]
+    return sum(measured) / len(measured)
+
+
+def question_use_figures(result: dict) -> dict[str, float | None]:
+    """The question-use figures of a `score` result under flat names (training logs them as `eval_<name>`)."""
+    return {
+        "steering": result["steering"]["accuracy"],
+        "absent_accuracy": result["text"]["absent_accuracy"],
+        "seg_emission_rate": result["text"]["seg_emission_rate"],
+        "question_sensitivity": result["question_sensitivity"]["mean_iou"],
+        "counterfactual_f1_drop": result["counterfactual"]["f1_drop"],
+        "fidelity_score": result["fidelity_score"],
+    }
+
+
 def score(samples: list[dict], predictions: list[dict]) -> dict:
-    """The metrics dict: overall pixel metrics, per group, text figures, steering, and per-sample IoU."""
+    """
+    The metrics dict: overall pixel metrics, per group, text figures, steering, question sensitivity, the
+    counterfactual, the fidelity score, and per-sample IoU. Truths are read one pair at a time.
+    """
     overall = ChangeMetrics()
     groups = {name: ChangeMetrics() for name in GROUPS}
     seg_expected = seg_emitted = absent_total = absent_right = 0
-    steer_total = steer_right = 0
-    per_sample = []
-    for sample, prediction in zip(samples, predictions):
-        truth = load_mask(sample, prediction["mask"].shape)  # the images themselves are not needed here
-        overall.update(prediction["mask"], truth)
-        group = group_of(sample)
-        groups[group].update(prediction["mask"], truth)
-        present = SEG in sample["answer"]
-        if present:
-            seg_expected += 1
-            seg_emitted += prediction["seg"]
-        else:
-            absent_total += 1
-            absent_right += not prediction["seg"]
-        if present:
-            own = _iou(prediction["mask"], truth)
-            for other_path in sample.get("other_masks", {}).values():
-                other = read_mask(other_path)
-                if _iou(truth, other) > STEERING_MAX_TRUTH_OVERLAP:
-                    continue
-                steer_total += 1
-                steer_right += own > _iou(prediction["mask"], other)
-        per_sample.append({"source": sample.get("source"), "group": group, "question": sample["question"],
-                           "answer": prediction["text"], "iou": _iou(prediction["mask"], truth)})
+    steering, sensitivity, counterfactual = Steering(), QuestionSensitivity(), Counterfactual()
+    per_sample: list[dict | None] = [None] * len(samples)
+    for indices in batches_by_pair(samples, 1):  # batches of one pair each
+        truths = {}
+        present_rows = []
+        for i in indices:
+            sample, prediction = samples[i], predictions[i]
+            truth = truths[i] = load_mask(sample, prediction["mask"].shape)  # the images are not needed here
+            overall.update(prediction["mask"], truth)
+            group = group_of(sample)
+            groups[group].update(prediction["mask"], truth)
+            if SEG in sample["answer"]:
+                seg_expected += 1
+                seg_emitted += prediction["seg"]
+                steering.update(prediction["mask"], truth,
+                                (read_mask(path) for path in sample.get("other_masks", {}).values()))
+                present_rows.append((prediction["mask"], truth))
+            else:
+                absent_total += 1
+                absent_right += not prediction["seg"]
+            per_sample[i] = {"source": sample.get("source"), "group": group, "question": sample["question"],
+                             "answer": prediction["text"], "iou": _iou(prediction["mask"], truth)}
+        sensitivity.update(present_rows)
+        for i in indices:
+            swapped, source = predictions[i].get("swapped_mask"), predictions[i].get("swap_source")
+            if swapped is None:
+                continue
+            source_truth = truths[source] if source in truths else load_mask(samples[source], swapped.shape)
+            if np.array_equal(truths[i], source_truth):  # two mask files of one change: the swap tests nothing
+                continue
+            counterfactual.update(predictions[i]["mask"], swapped, truths[i])
     result = overall.compute()
     result["groups"] = {name: {**m.compute(), "n_samples": m.n_samples} for name, m in groups.items() if m.n_samples}
     result["text"] = {
@@ -130,6 +347,9 @@ def score(samples: list[dict], predictions: list[dict]) -> dict:
         "n_present": seg_expected,
         "n_absent": absent_total,
     }
-    result["steering"] = {"accuracy": steer_right / steer_total if steer_total else None, "n_comparisons": steer_total}
+    result["steering"] = steering.compute()
+    result["question_sensitivity"] = sensitivity.compute()
+    result["counterfactual"] = counterfactual.compute()
+    result["fidelity_score"] = fidelity_score(result)
     result["per_sample"] = per_sample
     return result

@@ -89,7 +89,11 @@ def mask_panels(path, rows: list[dict], title: str | None = None) -> None:
 
 
 def training_curves(path, log_history: list[dict]) -> None:
-    """Total and per-term training loss, and the validation figures, against the optimiser step."""
+    """
+    Total and per-term training loss, the validation mask figures, and whether validation masks follow the
+    question (steering, absent-CRoI accuracy, question sensitivity, counterfactual F1 drop, fidelity score), against
+    the optimiser step.
+    """
     series = {
         "loss": ("training loss (total)", 0),
         "ce_loss": ("text CE", 1),
@@ -98,19 +102,29 @@ def training_curves(path, log_history: list[dict]) -> None:
         "eval_loss": ("validation loss", 0),
         "eval_f1": ("validation F1", 2),
         "eval_iou": ("validation IoU", 2),
+        "eval_fidelity_score": ("fidelity score (picks the best checkpoint)", 3),
+        "eval_steering": ("steering", 3),
+        "eval_absent_accuracy": ("absent-CRoI accuracy", 3),
+        "eval_question_sensitivity": ("question sensitivity (1 = ignored)", 3),
+        "eval_counterfactual_f1_drop": ("counterfactual F1 drop", 3),
     }
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    lowest = 0.0
     for key, (label, panel) in series.items():
         points = [(entry["step"], entry[key]) for entry in log_history if key in entry and "step" in entry]
         if points:
             steps, values = zip(*points)
             axes[panel].plot(steps, values, marker="." if len(points) < 30 else None, label=label)
-    for ax, title in zip(axes, ("total loss", "loss terms", "validation (teacher-forced masks)")):
+            if panel == 3:
+                lowest = min(lowest, *values)  # swapping states can raise F1: the drop may go below 0
+    titles = ("total loss", "loss terms", "validation (teacher-forced masks)", "validation: question use")
+    for ax, title in zip(axes, titles):
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
     axes[2].set_ylim(0, 1)
+    axes[3].set_ylim(lowest - 0.05 if lowest < 0 else 0, 1)
     fig.tight_layout()
     _save(fig, path)

@@ -161,10 +161,14 @@ def test_a_size_mismatch_names_both_files(masks, tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------------- model mode
 
 
-def test_model_mode_on_a_levir_folder(checkpoint, realcd, tmp_path):
+def test_model_mode_on_a_levir_folder(checkpoint, realcd, tmp_path, capsys):
     out = tmp_path / "out"
     assert eval_script.main(["--model", str(checkpoint), "--data", str(realcd / "LEVIR-CD" / "ChangeFormer"),
                              "--question", "Building", "--max_samples", "3", "--output_dir", str(out), *FAST]) == 0
+    # one question per pair: nothing to compare, and the summary says so rather than leaving the figures out
+    printed = capsys.readouterr().out
+    assert "question sensitivity – (no pair with two asked changes" in printed
+    assert "counterfactual F1 drop – (no pair with [SEG] answers for two different truths)" in printed
     metrics = assert_outputs(out, 3, size=(256, 256))
     assert metrics["mode"] == "generate" and metrics["question"] == "Building"
     assert metrics["model"] == str(checkpoint.resolve())
@@ -176,6 +180,8 @@ def test_model_mode_on_a_levir_folder(checkpoint, realcd, tmp_path):
         assert all(0 <= group[name] <= 1 for name in METRIC_NAMES if name != "kappa")
     assert set(metrics["text"]) == {"seg_emission_rate", "absent_accuracy", "n_present", "n_absent"}
     assert "accuracy" in metrics["steering"]
+    assert metrics["question_sensitivity"] == {"mean_iou": None, "truth_mean_iou": None, "n_comparisons": 0}
+    assert metrics["counterfactual"]["n_rows"] == 0 and 0 <= metrics["fidelity_score"] <= 1
     report = (out / "report.md").read_text()
     assert "## By question kind" in report and "| explicit | 3 |" in report and "`[SEG]` emitted" in report
 
@@ -186,8 +192,7 @@ def test_teacher_forced_on_whu_prev_curr_matches_prediction_mode(checkpoint, rea
     assert eval_script.main(["--model", str(checkpoint), "--data", str(whu), "--teacher_forced",
                              "--max_samples", "2", "--batch_size", "2", "--output_dir", str(out)]) == 0
     metrics = assert_outputs(out, 2, size=(1024, 1024))
-    assert metrics["mode"] == "teacher_forced"
-    assert metrics["text"]["seg_emission_rate"] == 1.0  # the reference answer carries the [SEG]
+    assert metrics["mode"] == "teacher_forced" and metrics["text"]["n_present"] == 2
     # the saved predictions, scored as another method's would be, give the same confusion matrix
     labels = tmp_path / "labels"
     labels.mkdir()
@@ -208,6 +213,45 @@ def test_model_mode_on_a_json_split(checkpoint, realcd, tmp_path):
                              "--teacher_forced", "--output_dir", str(out)]) == 0
     metrics = assert_outputs(out, 1, size=(256, 256))
     assert metrics["split"] == "val" and "question" not in metrics
+
+
+@pytest.fixture(scope="module")
+def second_samples(tmp_path_factory) -> Path:
+    """Synthetic SECOND-style pairs: several questions per pair, about changes with different truths."""
+    from reasoncd_tools.second import convert_second
+    from reasoncd_tools.synthetic import generate_second_layout
+
+    root = tmp_path_factory.mktemp("second")
+    generate_second_layout(root / "raw", 6, seed=3, progress=False)
+    convert_second(root / "raw", root / "samples", seed=3, progress=False)
+    return root / "samples"
+
+
+@pytest.mark.parametrize("teacher_forced", [False, True])
+def test_model_mode_reports_whether_the_mask_follows_the_question(tmp_path_factory, second_samples, tmp_path,
+                                                                 capsys, teacher_forced):
+    from helpers import seg_forcing_checkpoint
+
+    out = tmp_path / "out"
+    mode = ["--teacher_forced"] if teacher_forced else ["--max_new_tokens", "2"]
+    assert eval_script.main(["--model", str(seg_forcing_checkpoint(tmp_path_factory)), "--data", str(second_samples),
+                             "--split", "train", "--output_dir", str(out), *mode]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    sensitivity, counterfactual = metrics["question_sensitivity"], metrics["counterfactual"]
+    assert sensitivity["n_comparisons"] > 0 and 0 <= sensitivity["mean_iou"] <= 1
+    assert counterfactual["n_rows"] > 0
+    assert counterfactual["f1_drop"] == pytest.approx(counterfactual["f1_original"] - counterfactual["f1_swapped"])
+    # this model says [SEG] after any prompt, and teacher forcing reads that off its logits too
+    assert metrics["text"]["seg_emission_rate"] == 1.0 and metrics["text"]["absent_accuracy"] == 0.0
+    expected = np.mean([metrics["f1"], metrics["steering"]["accuracy"], 0.0, 1 - sensitivity["mean_iou"]])
+    assert metrics["fidelity_score"] == pytest.approx(expected)
+    report = (out / "report.md").read_text()
+    assert "## Does the mask follow the question?" in report
+    assert f"| {sensitivity['mean_iou']:.3f} | {sensitivity['n_comparisons']} comparisons |" in report
+    assert f"| {counterfactual['f1_drop']:.3f} | {counterfactual['n_rows']} samples |" in report
+    printed = capsys.readouterr().out
+    assert f"question sensitivity {sensitivity['mean_iou']:.3f}" in printed
+    assert f"counterfactual F1 drop {counterfactual['f1_drop']:.3f}" in printed
 
 
 def test_model_mode_input_errors(checkpoint, realcd, tmp_path, capsys):

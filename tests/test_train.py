@@ -165,7 +165,34 @@ def test_resume_continues_from_the_saved_step(samples_dir, tmp_path):
     steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
     assert state["global_step"] == 6
     assert steps == sorted(set(steps)) and steps[-1] == 6  # continued, not restarted
+    # validation reports whether masks follow the question, and the best checkpoint is chosen by the fidelity score
+    evaluations = [entry for entry in state["log_history"] if "eval_loss" in entry]
+    assert [entry["step"] for entry in evaluations] == [2, 4, 6]
+    for entry in evaluations:
+        # the first four validation samples: one pair, four present changes with three different truths
+        for key in ("eval_f1", "eval_steering", "eval_seg_emission_rate", "eval_question_sensitivity",
+                    "eval_counterfactual_f1_drop"):
+            assert key in entry, key
+        terms = [entry["eval_f1"], entry["eval_steering"], 1 - entry["eval_question_sensitivity"]]
+        assert entry["eval_fidelity_score"] == pytest.approx(np.mean(terms))  # no absent question to score
+    assert state["best_metric"] == max(entry["eval_fidelity_score"] for entry in evaluations)
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_training_curves_show_whether_masks_follow_the_question(tmp_path, monkeypatch):
+    from reasoncd_tools import figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path, tight=True: drawn.setdefault("figure", fig))
+    history = [{"step": 1, "loss": 2.0}, {"step": 2, "eval_loss": 1.5, "eval_f1": 0.3, "eval_steering": 0.6,
+               "eval_absent_accuracy": 0.9, "eval_question_sensitivity": 0.95, "eval_counterfactual_f1_drop": -0.02,
+               "eval_fidelity_score": 0.46}]
+    figures.training_curves(tmp_path / "curves.png", history)
+    question_use = drawn["figure"].axes[3]
+    labels = {line.get_label() for line in question_use.lines}
+    assert labels == {"steering", "absent-CRoI accuracy", "question sensitivity (1 = ignored)",
+                      "counterfactual F1 drop", "fidelity score (picks the best checkpoint)"}
+    assert question_use.get_ylim()[0] < -0.02  # a negative drop stays in view
 
 
 def test_accelerate_launch_with_deepspeed_zero2(samples_dir, tmp_path):

@@ -1,0 +1,247 @@
+"""reasoncd_tools.evaluation: the question-use figures on hand-made masks, scoring, and the counterfactual's decode
+path on a tiny model."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reasoncd_tools.evaluation import (Counterfactual, QuestionSensitivity, Steering, counterfactual_masks,
+                                       encode_batch, fidelity_score, predict_samples, score,
+                                       seg_predicted_teacher_forced, swap_sources, truth_key)
+from reasoncd_tools.samples import SEG, ReasonCDCollator, load_split
+
+
+def _block(top: int, left: int, height: int = 8, width: int = 8, size: int = 32) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    mask[top:top + height, left:left + width] = True
+    return mask
+
+
+def _iou(a, b) -> float:
+    return (a & b).sum() / (a | b).sum()
+
+
+# Three changes on one pair: A and B overlap a little, C is elsewhere; A2 is A asked another way (same truth).
+A, B, C = _block(0, 0), _block(4, 4), _block(20, 20)
+A2 = A.copy()
+
+
+# ------------------------------------------------------------------------------------------ question sensitivity
+
+
+def test_a_question_blind_predictor_has_sensitivity_one():
+    sensitivity = QuestionSensitivity()
+    anything = A | B | C  # the same mask whatever is asked
+    sensitivity.update([(anything, A), (anything, A2), (anything, B), (anything, C)])
+    result = sensitivity.compute()
+    assert result["mean_iou"] == 1.0
+    # A-B, A-C, B-C, A2-B, A2-C: the A/A2 pair asks about one change twice and tests nothing
+    assert result["n_comparisons"] == 5
+
+
+def test_a_question_following_predictor_scores_the_iou_of_the_truths():
+    sensitivity = QuestionSensitivity()
+    sensitivity.update([(A, A), (B, B), (C, C)])
+    result = sensitivity.compute()
+    expected = np.mean([_iou(A, B), 0.0, 0.0])
+    assert result["mean_iou"] == pytest.approx(expected) and result["truth_mean_iou"] == pytest.approx(expected)
+    assert 0 < result["mean_iou"] < 0.1 and result["n_comparisons"] == 3
+
+
+def test_sensitivity_counts_missing_answers_as_empty_masks_and_needs_two_truths():
+    sensitivity = QuestionSensitivity()
+    sensitivity.update([(np.zeros_like(A), A), (np.zeros_like(B), B)])  # neither answer had [SEG]
+    sensitivity.update([(A, A)])  # one question: nothing to compare
+    sensitivity.update([(A, A), (A, A2)])  # one truth asked twice
+    assert sensitivity.compute() == {"mean_iou": 1.0, "truth_mean_iou": pytest.approx(_iou(A, B)),
+                                     "n_comparisons": 1}
+    assert QuestionSensitivity().compute() == {"mean_iou": None, "truth_mean_iou": None, "n_comparisons": 0}
+
+
+# ------------------------------------------------------------------------------------------------ counterfactual
+
+
+def test_swap_sources_pairs_rows_with_different_truths_within_a_pair():
+    pairs = ["p", "p", "p", "p", "q", "q", "r", "r", "r"]
+    truths = ["a", "b", "a", "c", "a", "a", "a", "b", "c"]
+    has_seg = [True, True, True, True, True, True, True, False, True]
+    sources = swap_sources(pairs, truths, has_seg)
+    # p: groups a=[0, 2], b=[1], c=[3]; a takes b's state, b takes c's, c takes a's
+    assert sources[:4] == [1, 3, 1, 0]
+    assert sources[4:6] == [None, None]  # one truth only
+    assert sources[6:] == [8, None, 6]  # row 7 has no [SEG]
+    for row, source in enumerate(sources):
+        if source is not None:
+            assert pairs[source] == pairs[row] and truths[source] != truths[row] and has_seg[source]
+
+
+def test_truth_key_names_the_content_not_the_file():
+    assert truth_key(A) == truth_key(A2.astype(np.uint8)) != truth_key(B)
+    assert truth_key(np.zeros((4, 8), bool)) != truth_key(np.zeros((8, 4), bool))
+
+
+def test_a_prompt_blind_mask_path_loses_nothing_and_a_prompt_following_one_does():
+    blind, following = Counterfactual(), Counterfactual()
+    mask = A | B  # what a decoder that ignores its prompt draws for either state
+    for truth, other in ((A, B), (B, A)):
+        blind.update(mask, mask, truth)
+        following.update(truth, other, truth)  # its mask for the other question's state is the other truth
+    blind, following = blind.compute(), following.compute()
+    assert blind["f1_drop"] == 0.0 and blind["n_rows"] == 2
+    assert following["f1_original"] == 1.0
+    assert following["f1_swapped"] == pytest.approx(2 * (A & B).sum() / (A.sum() + B.sum()))
+    assert following["f1_drop"] == pytest.approx(1.0 - following["f1_swapped"]) and following["f1_drop"] > 0.5
+    assert Counterfactual().compute() == {"f1_original": None, "f1_swapped": None, "f1_drop": None, "n_rows": 0}
+
+
+def test_steering_skips_truths_that_overlap_the_asked_one():
+    steering = Steering()
+    steering.update(A, A, [B, C, A2])  # A2 covers the asked change itself: no test
+    steering.update(A | B | C, A, [C])  # as close to C as to A: wrong
+    assert steering.compute() == {"accuracy": 2 / 3, "n_comparisons": 3}
+
+
+def test_fidelity_score_is_the_mean_of_the_measured_terms():
+    result = {"f1": 0.6, "steering": {"accuracy": 0.5}, "text": {"absent_accuracy": 1.0},
+              "question_sensitivity": {"mean_iou": 0.9}}
+    assert fidelity_score(result) == pytest.approx((0.6 + 0.5 + 1.0 + 0.1) / 4)
+    result.update(steering={"accuracy": None}, text={"absent_accuracy": None}, question_sensitivity={"mean_iou": None})
+    assert fidelity_score(result) == pytest.approx(0.6)
+
+
+def test_seg_proxy_reads_answer_positions_only():
+    seg = 7
+    logits = torch.zeros(3, 5, 10)
+    labels = torch.full((3, 5), -100)
+    labels[:, 3:] = 1  # answer tokens at positions 3 and 4: predicted at positions 2 and 3
+    logits[0, 2, seg] = 1.0  # the first answer token would be [SEG]
+    logits[1, 1, seg] = 1.0  # a prompt position: not the model's answer
+    logits[2, 4, seg] = 1.0  # after the last token: nothing follows
+    assert seg_predicted_teacher_forced(logits, labels, seg).tolist() == [True, False, False]
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+
+
+def _png(path: Path, mask: np.ndarray) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+    return str(path)
+
+
+@pytest.fixture
+def pair_samples(tmp_path) -> list[dict]:
+    """One pair with questions about A, B, C, A again (another file of the same mask) and an absent change."""
+    image = _png(tmp_path / "t.png", np.zeros((32, 32), bool))
+    empty = _png(tmp_path / "empty.png", np.zeros((32, 32), bool))
+    paths = {name: _png(tmp_path / f"{name}.png", mask) for name, mask in
+             (("a", A), ("b", B), ("c", C), ("a2", A2))}
+    samples = []
+    for name in ("a", "b", "c", "a2", "absent"):
+        samples.append({"img1_path": image, "img2_path": image, "mask_path": paths.get(name, empty),
+                        "question": name, "answer": "no" if name == "absent" else f"It's {SEG}.",
+                        "kind": "absent" if name == "absent" else "explicit", "pair_id": "p",
+                        "other_masks": {other: path for other, path in paths.items() if other != name}})
+    return samples
+
+
+def test_score_reports_question_use(pair_samples):
+    truths = [A, B, C, A2, np.zeros_like(A)]
+    # a question-following model that also answers the absent question with a mask
+    predictions = [{"text": "", "mask": truth, "seg": True, "swapped_mask": None, "swap_source": None}
+                   for truth in truths]
+    predictions[4]["mask"] = C
+    for row, source in ((0, 1), (1, 2), (2, 0), (3, 0)):  # row 3 takes A's state: its own truth, left out
+        predictions[row].update(swapped_mask=truths[source], swap_source=source)
+    result = score(pair_samples, predictions)
+    assert result["question_sensitivity"]["n_comparisons"] == 5
+    assert result["question_sensitivity"]["mean_iou"] == pytest.approx(result["question_sensitivity"]["truth_mean_iou"])
+    expected = Counterfactual()
+    for row, source in ((0, 1), (1, 2), (2, 0)):
+        expected.update(truths[row], truths[source], truths[row])
+    assert result["counterfactual"] == pytest.approx(expected.compute())
+    assert result["counterfactual"]["n_rows"] == 3 and result["counterfactual"]["f1_original"] == 1.0
+    assert result["text"]["absent_accuracy"] == 0.0
+    terms = [result["f1"], result["steering"]["accuracy"], 0.0, 1 - result["question_sensitivity"]["mean_iou"]]
+    assert result["fidelity_score"] == pytest.approx(np.mean(terms))
+    assert [row["question"] for row in result["per_sample"]] == ["a", "b", "c", "a2", "absent"]
+
+    # the same masks whatever the question: sensitivity 1, no counterfactual drop, a lower fidelity score
+    blind = [{**p, "mask": A | B, "swapped_mask": None if p["swapped_mask"] is None else A | B} for p in predictions]
+    blind_result = score(pair_samples, blind)
+    assert blind_result["question_sensitivity"]["mean_iou"] == 1.0
+    assert blind_result["counterfactual"]["f1_drop"] == 0.0
+    assert blind_result["fidelity_score"] < result["fidelity_score"]
+
+
+# ------------------------------------------------------------------------------------------- on a tiny model
+
+
+@pytest.fixture(scope="module")
+def synthetic_samples(tmp_path_factory) -> list[dict]:
+    from reasoncd_tools.second import convert_second
+    from reasoncd_tools.synthetic import generate_second_layout
+
+    root = tmp_path_factory.mktemp("second")
+    generate_second_layout(root / "raw", 6, seed=3, progress=False)
+    convert_second(root / "raw", root / "samples", seed=3, progress=False)
+    return load_split(root / "samples", "train")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from build_reasoncd import build_tiny
+
+    model, processor = build_tiny(seed=0)
+    return model.eval(), processor
+
+
+def test_counterfactual_decoding_with_each_rows_own_state_gives_the_models_masks(tiny, synthetic_samples):
+    model, processor = tiny
+    batch = [sample for sample in synthetic_samples if SEG in sample["answer"]][:5]
+    assert len({sample["pair_id"] for sample in batch}) > 1  # rows must find their own pair's embedding
+    inputs = ReasonCDCollator(processor)(batch)
+    with torch.no_grad():
+        features = encode_batch(model, inputs)
+        outputs = model(**inputs, frozen_features=features)
+    rows = inputs["pair_index"]
+    own = processor.post_process_masks(outputs.pred_masks, outputs.seg_present, inputs["reshaped_sizes"][rows],
+                                       inputs["image_sizes"][rows].tolist())
+    again = counterfactual_masks(model, processor, inputs, features, outputs.seg_hidden_states,
+                                 list(range(len(batch))))
+    assert any(mask.any() for mask in own)
+    for mask, redone in zip(own, again):
+        np.testing.assert_array_equal(mask, redone)
+    # a real swap changes the masks: the tiny model's decoder does read its prompt
+    swapped = counterfactual_masks(model, processor, inputs, features, outputs.seg_hidden_states,
+                                   [1, 0, None, None, None])
+    assert swapped[2:] == [None, None, None] and not np.array_equal(swapped[0], own[0])
+
+
+@pytest.mark.parametrize("teacher_forced", [True, False])
+def test_predict_samples_swaps_states_within_a_pair_between_different_truths(tiny, synthetic_samples,
+                                                                           teacher_forced):
+    from build_reasoncd import build_tiny
+    from helpers import make_seg_the_only_answer
+
+    model, processor = tiny
+    if not teacher_forced:  # a random model rarely says [SEG]: this one always does
+        model, processor = build_tiny(seed=0)
+        make_seg_the_only_answer(model)
+        model.eval()
+    predictions = predict_samples(model, processor, synthetic_samples, batch_size=4, teacher_forced=teacher_forced,
+                                  max_new_tokens=2, progress=False)
+    swapped = [(i, p) for i, p in enumerate(predictions) if p["swap_source"] is not None]
+    assert swapped
+    for index, prediction in swapped:
+        source = synthetic_samples[prediction["swap_source"]]
+        assert source["pair_id"] == synthetic_samples[index]["pair_id"]
+        assert prediction["swapped_mask"].shape == prediction["mask"].shape
+    result = score(synthetic_samples, predictions)
+    json.dumps({key: value for key, value in result.items() if key != "per_sample"})  # metrics.json can hold it
+    assert result["counterfactual"]["n_rows"] > 0 and result["question_sensitivity"]["n_comparisons"] > 0
+    if not teacher_forced:
+        assert result["text"]["absent_accuracy"] == 0.0  # [SEG] for every question, absent ones included

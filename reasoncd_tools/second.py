@@ -260,10 +260,11 @@ def convert_second(
     the stored summary without work.
     """
     root = Path(root).resolve()
-    output_dir = Path(output_dir).resolve()
-    manifest_path = output_dir / "manifest.json"
     if negatives_per_pair < 0:
         raise ValueError(f"negatives_per_pair must be >= 0, got {negatives_per_pair}")
+    output = OutputDir(output_dir, CONVERTER, inputs=[root], overwrite=overwrite)
+    output_dir = output.path
+    manifest_path = output_dir / "manifest.json"
     files = _list_pairs(root)
     settings = {
         "seed": seed,
@@ -274,7 +275,6 @@ def convert_second(
         "min_change_fraction": MIN_CHANGE_FRACTION,
     }
     fingerprint = _fingerprint(files, settings)
-    output = OutputDir(output_dir, CONVERTER, inputs=[root], overwrite=overwrite)
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("fingerprint") == fingerprint:

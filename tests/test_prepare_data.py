@@ -332,3 +332,43 @@ def test_second_without_its_module(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "reasoncd_tools.second", None)  # makes the import fail
     assert prepare_data.main(["second", "--root", str(tmp_path), "--output_dir", str(tmp_path / "o")]) == 2
     assert "needs reasoncd_tools/second.py" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------- what is never touched
+
+
+@pytest.mark.parametrize("command", ["folder", "bcdd", "second"])
+def test_refuses_folders_it_did_not_write_and_keeps_them_byte_for_byte(tmp_path, capsys, command):
+    from helpers import precious_places, tree
+
+    root = tmp_path / "data"
+    if command == "second":
+        from reasoncd_tools.synthetic import generate_second_layout
+
+        generate_second_layout(root, 3, seed=0, progress=False)
+    else:
+        write_pair(root, "a")
+    args = {"folder": ["folder", "--root", str(root), "--question", "new roads"],
+            "bcdd": ["bcdd", "--t1", str(root / "A" / "a.png"), "--t2", str(root / "B" / "a.png"),
+                     "--label", str(root / "label" / "a.png"), "--tile", "16"],
+            "second": ["second", "--root", str(root)]}[command]
+    places = precious_places(tmp_path / "places")
+    places.update({"the input's own folder": root, "the folder holding the input": tmp_path})
+    for what, place in places.items():
+        before = tree(place)
+        assert prepare_data.main([*args, "--output_dir", str(place)]) == 2, what
+        error = capsys.readouterr().err
+        assert f"prepare_data.py {command}: error: " in error and str(place) in error, (what, error)
+        assert tree(place) == before, what
+
+
+def test_overwrite_keeps_the_users_files(tmp_path):
+    from helpers import precious_places
+
+    root = tmp_path / "data"
+    for stem in ("a", "b", "c"):
+        write_pair(root, stem)
+    user = precious_places(tmp_path / "places")["a folder holding a user's file"]
+    assert prepare_data.main(folder_args(root, user, "--overwrite")) == 0
+    assert (user / "notes.txt").read_text() == "a week of field notes\n"
+    assert len(load_samples(user)) == 3

@@ -345,3 +345,27 @@ def test_dry_run_counts_the_papers_model_without_allocating_it(tmp_path):
     trainable = sum(rows[c][1] for c in components)
     assert rows["total"] == (total, trainable)
     assert f"trainable share: {trainable / total:.2%}" in stdout
+
+
+# --- what the build never touches -------------------------------------------------------------------------------
+def test_refuses_folders_it_did_not_write_and_keeps_them_byte_for_byte(components, tmp_path, capsys):
+    from helpers import precious_places, tree
+
+    places = precious_places(tmp_path)
+    for what, place in places.items():
+        before = tree(place)
+        assert build_reasoncd.main(["--preset", "tiny", "--output_dir", str(place)]) == 2, what
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and str(place) in error, (what, error)
+        assert tree(place) == before, what
+    # The folder holding the components it is built from: refused before minutes of loading.
+    before = tree(components["root"])
+    assert build_reasoncd.main(_build_args(components, components["root"])) == 2
+    assert "holds this command's input" in capsys.readouterr().err
+    assert tree(components["root"]) == before
+    # --overwrite puts the checkpoint beside the user's file; a rebuild replaces its own files only.
+    user = places["a folder holding a user's file"]
+    for _ in range(2):
+        assert build_reasoncd.main(["--preset", "tiny", "--output_dir", str(user), "--overwrite"]) == 0
+    assert (user / "notes.txt").read_text() == "a week of field notes\n"
+    assert AutoModel.from_pretrained(user, trust_remote_code=True) is not None

@@ -18,7 +18,7 @@ dominates; these figures expose it):
 """
 
 import hashlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from itertools import combinations
 
 import numpy as np
@@ -167,7 +167,7 @@ def predict_samples(model, processor, samples: list[dict], *, batch_size: int = 
         for sample in batch:
             if pair_key(sample) not in pair_keys:
                 pair_keys[pair_key(sample)] = len(pairs)
-                pairs.append(load_images(sample))  # images only: masks are read when scoring
+                pairs.append(load_images(sample))  # images only: masks are read when scoring (or swapping)
             pair_index.append(pair_keys[pair_key(sample)])
         inputs = processor(
             images_t1=[p[0] for p in pairs], images_t2=[p[1] for p in pairs],
@@ -190,12 +190,13 @@ def predict_samples(model, processor, samples: list[dict], *, batch_size: int = 
             texts = [p["text"] for p in processed]
             masks = [p["mask"] for p in processed]
             seg = outputs.seg_present.tolist()
-        if counterfactual:  # the truths only decide which questions swap states; scoring reads them again
+        swaps = [(None, None)] * len(indices)
+        seg_rows_per_pair = Counter(pair for pair, has_seg in zip(pair_index, outputs.seg_present.tolist()) if has_seg)
+        if counterfactual and max(seg_rows_per_pair.values(), default=0) > 1:
+            # the truths only decide which questions swap states (scoring reads them again)
             truths = [load_mask(sample, pairs[pair][0].shape[:2]) for sample, pair in zip(batch, pair_index)]
             swaps = batch_counterfactual(model, processor, inputs, features, outputs.seg_present,
                                          outputs.seg_hidden_states, truths, indices)
-        else:
-            swaps = [(None, None)] * len(indices)
         for row, i in enumerate(indices):
             results[i] = {"text": texts[row], "mask": masks[row], "seg": bool(seg[row]),
                           "swapped_mask": swaps[row][0], "swap_source": swaps[row][1]}

@@ -136,3 +136,18 @@ def test_the_page_answers_with_text_mask_and_overlay(app_url, realcd):
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         browser.close()
+
+
+def test_the_untrained_model_never_goes_over_a_users_files(tmp_path, monkeypatch, capsys):
+    import app
+    from helpers import precious_places, tree
+
+    monkeypatch.setattr(app, "DEFAULT_MODEL", tmp_path / "runs" / "quickstart" / "model")
+    monkeypatch.delenv("REASONCD_MODEL", raising=False)
+    for what, place in precious_places(tmp_path / "places").items():
+        monkeypatch.setattr(app, "UNTRAINED_MODEL", place)
+        before = tree(place)
+        assert app.main([]) == 2, what
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and str(place) in error, (what, error)
+        assert tree(place) == before, what

@@ -217,3 +217,44 @@ def test_mosaic_formats_pillow_writes(tmp_path):
                 assert mosaic.windowed == name.endswith(".tif")
             with pytest.raises(ValueError, match=r"rows 290\.\.310 outside 0\.\.300"):
                 mosaic.read_rows(290, 310)
+
+
+def _png_claiming(path, width: int, height: int) -> None:
+    """A tiny PNG whose header claims `width` x `height` RGB pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
+    _png_claiming(tmp_path / "bomb.png", 200_000, 100_000)
+    message = r"bomb\.png: the header claims 200,000 x 100,000 = 20,000,000,000 pixels, more than the limit of " \
+              r"268,435,456 .* set REASONCD_MAX_IMAGE_PIXELS=20000000000 or more"
+    for reader in (read_rgb, read_mask, image_size, Mosaic):
+        with pytest.raises(ImageReadError, match=message):
+            reader(tmp_path / "bomb.png")
+
+
+def test_the_pixel_limit_is_the_users_to_set(tmp_path, monkeypatch):
+    Image.fromarray(RGB).save(tmp_path / "scene.png")
+    tifffile.imwrite(tmp_path / "scene.tif", RGB)
+    monkeypatch.setenv("REASONCD_MAX_IMAGE_PIXELS", "2000")  # below the 40 x 60 = 2,400 pixels of the scene
+    for name in ("scene.png", "scene.tif"):
+        for reader in (read_rgb, read_mask, image_size):
+            with pytest.raises(ImageReadError, match=rf"{name}: the header claims 60 x 40 = 2,400 pixels, more than "
+                                                     r"the limit of 2,000"):
+                reader(tmp_path / name)
+    with Mosaic(tmp_path / "scene.tif") as mosaic:  # read in windows: never whole, so no limit
+        assert mosaic.windowed and np.array_equal(mosaic.read_rows(0, 40), RGB)
+    # Raised past Pillow's own limit (about 179 million pixels), Pillow does not refuse either.
+    monkeypatch.setenv("REASONCD_MAX_IMAGE_PIXELS", "200_000_000")
+    _png_claiming(tmp_path / "wide.png", 190_000, 1_000)
+    assert image_size(tmp_path / "wide.png") == (1_000, 190_000)
+    monkeypatch.setenv("REASONCD_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(ImageReadError, match="REASONCD_MAX_IMAGE_PIXELS='lots': expected a positive whole number"):
+        read_rgb(tmp_path / "scene.png")

@@ -183,3 +183,54 @@ def test_16bit_input(runs):
     assert any(str(deep) in n and "8 bit" in n for n in notes), notes
     assert not any(str(rgb_path) in n for n in notes)
     read_change_map(out, (140, 100))
+
+
+def test_out_never_replaces_an_input_image_or_a_folder(pngs, checkpoint, tmp_path):
+    copy = tmp_path / "a.png"
+    shutil.copy(pngs["a"], copy)
+    before = copy.read_bytes()
+    assert_clean_error(predict(checkpoint, copy, pngs["b"], copy), f"--out {copy} is one of the input images")
+    assert copy.read_bytes() == before
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "notes.txt").write_text("mine")
+    assert_clean_error(predict(checkpoint, pngs["a"], pngs["b"], tmp_path / "maps"), "is a folder")
+    assert [p.name for p in (tmp_path / "maps").iterdir()] == ["notes.txt"]
+
+
+def _damaged_copy(checkpoint, folder, name, damage):
+    shutil.copytree(checkpoint, folder)
+    (folder / name).write_bytes(damage((folder / name).read_bytes()))
+    return folder
+
+
+@pytest.mark.parametrize("name, damage, message", [
+    ("model.safetensors", lambda data: data[: len(data) // 3], "not a readable safetensors file"),
+    ("model.safetensors", lambda data: b"", "not a readable safetensors file"),
+    ("config.json", lambda data: data[:-20], "not valid JSON"),
+    ("processor_config.json", lambda data: b"\xff\xfe garbage", "not valid JSON"),
+])
+def test_a_damaged_checkpoint_names_the_file(pngs, checkpoint, tmp_path, name, damage, message):
+    damaged = _damaged_copy(checkpoint, tmp_path / "damaged", name, damage)
+    result = predict(damaged, pngs["a"], pngs["b"], tmp_path / "m.png")
+    assert_clean_error(result, f"{damaged / name}: {message}")
+    assert not (tmp_path / "m.png").exists()
+
+
+def test_a_decompression_bomb_is_refused_with_its_size_and_the_limit(pngs, checkpoint, tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    # A 70-byte PNG whose header claims 100,000 x 100,000 RGB pixels (30 GB decoded).
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    result = predict(checkpoint, pngs["a"], bomb, tmp_path / "m.png")
+    assert_clean_error(result, str(bomb), "100,000 x 100,000", "limit of 268,435,456", "REASONCD_MAX_IMAGE_PIXELS")
+    # The limit is the user's to lower (or raise, for real large scenes).
+    result = run_script(predict_args(checkpoint, pngs["a"], pngs["b"], tmp_path / "m.png"), cwd=REPO_ROOT,
+                        extra_env={"REASONCD_MAX_IMAGE_PIXELS": "10000"})
+    assert_clean_error(result, str(pngs["a"]), "160 x 120 = 19,200 pixels", "limit of 10,000")
+    assert not (tmp_path / "m.png").exists()

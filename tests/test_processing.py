@@ -292,3 +292,18 @@ def test_seg_absorbs_the_space_before_it(processor):
     seg = ids.index(processor.token_ids["[SEG]"])
     assert tokenizer.convert_ids_to_tokens(ids[seg - 1]).strip("▁") != ""
     assert processor.decode_answer(ids) == "It's the new buildings [SEG]."
+
+
+@pytest.mark.parametrize("raw, readable", [
+    ("It's the new buildings [SEG].", "It's the new buildings."),
+    ("Sure, here are the new roads [SEG].", "Sure, here are the new roads."),
+    ("The change map marks all trees that differ between the earlier image (T1) and the later image (T2): [SEG].",
+     "The change map marks all trees that differ between the earlier image (T1) and the later image (T2)."),
+    ("It's [SEG].", "It's the area marked in the mask."),
+    ("Houses replaced the fields, so the change is [SEG].",
+     "Houses replaced the fields, so the change is the area marked in the mask."),
+    ("[SEG] [SEG] [SEG]", "The change is marked in the mask."),
+    ("There is no change of interest in these images.", "There is no change of interest in these images."),
+])
+def test_the_reader_sees_the_answer_not_the_seg_token(raw, readable):
+    assert ReasonCDProcessor.readable_answer(raw) == readable

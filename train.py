@@ -193,8 +193,13 @@ def check_start(args) -> OutputDir:
         raise ValueError(f"--lora_targets: the language model has no {', '.join(unknown)} layer; its linear layers "
                          f"are {', '.join(sorted(names))}")
     check_resume_checkpoint(args.resume_from_checkpoint)
-    output = OutputDir(args.output_dir, "train.py", inputs=[args.data, args.model], overwrite=args.overwrite,
-                       entries=TRAIN_ENTRIES)
+    try:
+        output = OutputDir(args.output_dir, "train.py", inputs=[args.data, args.model], overwrite=args.overwrite,
+                           entries=TRAIN_ENTRIES)
+    except OutputDirError as error:
+        if args.resume_from_checkpoint and not args.overwrite:  # e.g. a run from before folders were marked
+            raise OutputDirError(f"{error}; with --resume_from_checkpoint, --overwrite removes nothing") from None
+        raise
     earlier = sorted(set(read_marker(output.path).get("train.py", ())) & set(TRAIN_ENTRIES)
                      & {p.name for p in output.path.iterdir()}) if output.path.is_dir() else []
     # Starting over deletes a run's checkpoints: only on request, never because --resume_from_checkpoint was forgotten.
@@ -388,7 +393,8 @@ def main(argv=None) -> int:
     peft_model = apply_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
                             targets=tuple(args.lora_targets.split(",")), full_embeddings=args.full_embeddings)
     print("trainable parameters per component:", trainable_parameter_groups(peft_model))
-    output.claim(start_over=args.resume_from_checkpoint is None)  # record the run; a restart replaces the old one
+    if int(os.environ.get("RANK", "0")) == 0:  # one process of a distributed launch prepares the folder
+        output.claim(start_over=args.resume_from_checkpoint is None)  # a restart replaces the earlier run's outputs
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = max(1, math.ceil(args.batch_size / (args.per_device_train_batch_size * world)))

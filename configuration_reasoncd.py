@@ -66,6 +66,9 @@ FUSION_TINY = {
     "ffn_hidden_dim": 128,
 }
 
+# How the [SEG] state conditions the mask decoder: the paper's sparse prompt, or that plus FiLM of the image embedding.
+MASK_CONDITIONINGS = ("sparse", "film")
+
 # LLaMA-2's tokenizer has 32,000 entries; the five new tokens follow in this order.
 NEW_TOKENS = ("<T1>", "<T2>", "<p>", "</p>", "[SEG]")
 
@@ -91,6 +94,16 @@ class ReasonCDConfig(PretrainedConfig):
         seg_token_loss_weight (`float`): CE weight of the `[SEG]` class for samples whose greedy prediction misses
             a `[SEG]` that the label has.
         bce_pos_weight (`float`): weight of the (rare) change class in the mask BCE.
+
+        Options beyond the paper (the paper's values are the defaults and the `reasoncd-7b` preset's):
+        seg_state_norm (`bool`): standardise the `[SEG]` state per dimension (running statistics) before the mask
+            path reads it, so the part that differs between questions is not swamped by what all states share.
+        mask_conditioning (`str`): `"sparse"` (the paper: the projected `[SEG]` state is SAM's sparse prompt) or
+            `"film"` (also scale and shift each channel of the fused image embedding by the `[SEG]` state).
+        other_change_bce_weight (`float`): BCE weight of pixels that changed for another question about the same
+            pair but not for this one (the pixels a question-blind mask gets wrong); 1.0 weighs them as any other.
+        answer_decision_loss_weight (`float`): CE weight of an answer's first token, where the model decides
+            between a present change ("It's the ...", then `[SEG]`) and an absent one ("There is no change ...").
     """
 
     model_type = "reasoncd"
@@ -118,6 +131,10 @@ class ReasonCDConfig(PretrainedConfig):
         dice_loss_weight=0.5,
         seg_token_loss_weight=10.0,
         bce_pos_weight=3.0,
+        seg_state_norm=False,
+        mask_conditioning="sparse",
+        answer_decision_loss_weight=1.0,
+        other_change_bce_weight=1.0,
         initializer_range=0.02,
         tie_word_embeddings=False,
         **kwargs,
@@ -161,6 +178,12 @@ class ReasonCDConfig(PretrainedConfig):
         self.dice_loss_weight = dice_loss_weight
         self.seg_token_loss_weight = seg_token_loss_weight
         self.bce_pos_weight = bce_pos_weight
+        if mask_conditioning not in MASK_CONDITIONINGS:
+            raise ValueError(f"mask_conditioning={mask_conditioning!r}: choose one of {MASK_CONDITIONINGS}")
+        self.seg_state_norm = bool(seg_state_norm)
+        self.mask_conditioning = mask_conditioning
+        self.answer_decision_loss_weight = answer_decision_loss_weight
+        self.other_change_bce_weight = other_change_bce_weight
         self.initializer_range = initializer_range
         super().__init__(
             pad_token_id=pad_token_id,

@@ -112,6 +112,16 @@ def _per_row(per_pair_or_row: torch.Tensor | None, pair_index: torch.Tensor) -> 
     return per_pair_or_row[pair_index]
 
 
+def _changed_for_other_questions(masks: torch.Tensor, pair_index: torch.Tensor, row: int,
+                                 target: torch.Tensor) -> torch.Tensor:
+    """Pixels that changed for another question about `row`'s pair but not for `row`'s own: 1.0 there, else 0.0."""
+    same_pair = (pair_index == pair_index[row]).nonzero().squeeze(1).tolist()
+    others = [masks[other] > 0.5 for other in same_pair if other != row]
+    if not others:
+        return torch.zeros_like(target)
+    return (torch.stack(others).any(dim=0).float() * (1.0 - target))
+
+
 def _select_cache_rows(cache: Cache, rows: torch.Tensor) -> None:
     """Keeps `rows` (in that order) of every layer of a dynamic or static KV cache."""
     for layer in cache.layers:
@@ -230,6 +240,59 @@ class MultiScaleFeatureFusion(nn.Module):
         return self.ffn(self.pair_attention(pair))
 
 
+class SegStateStandardizer(nn.Module):
+    """
+    Per-dimension standardisation of `[SEG]` states with running statistics (an option beyond the paper).
+
+    The states of different questions share one large component (the "say `[SEG]` next" direction), which swamps
+    the part that names the change of interest; a from-scratch mask path then settles on the question-agnostic
+    answer. Subtracting the running mean and dividing by the running standard deviation leaves what differs between
+    questions. The statistics follow the training batches (the first batch sets them, later ones move them by
+    `momentum`) and are used unchanged at inference, so a question's mask never depends on its batch.
+    """
+
+    def __init__(self, hidden_size: int, momentum: float = 0.05, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("running_mean", torch.zeros(hidden_size))
+        self.register_buffer("running_var", torch.ones(hidden_size))
+        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def _track(self, states: torch.Tensor) -> None:
+        mean, var = states.float().mean(dim=0), states.float().var(dim=0, unbiased=False)
+        rate = 1.0 if int(self.num_batches_tracked) == 0 else self.momentum
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), rate)
+        self.running_var.lerp_(var.to(self.running_var.dtype), rate)
+        self.num_batches_tracked += 1
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        if self.training and states.shape[0] > 1:
+            self._track(states.detach())
+        scale = torch.rsqrt(self.running_var.float() + self.eps)
+        return ((states.float() - self.running_mean.float()) * scale).to(states.dtype)
+
+
+class PromptFiLM(nn.Module):
+    """
+    Question-conditioned dense path (an option beyond the paper): the `[SEG]` state scales and shifts each channel
+    of the fused image embedding, `x * (1 + gamma) + beta`, before the mask decoder reads it. The sparse prompt alone
+    reaches the mask only through the decoder's attention; FiLM lets the question select feature channels (e.g.
+    "water" vs "buildings") directly. The output layer starts at zero, so training starts from the paper's decoder.
+    """
+
+    def __init__(self, hidden_size: int, channels: int) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(hidden_size, channels)
+        self.out = nn.Linear(channels, 2 * channels)
+        self.out.zero_init = True  # read by `_init_weights`
+
+    def forward(self, image_embeddings: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.out(F.relu(self.hidden(states.to(self.hidden.weight.dtype)))).chunk(2, dim=-1)
+        gamma, beta = gamma[..., None, None].to(image_embeddings.dtype), beta[..., None, None].to(image_embeddings.dtype)
+        return image_embeddings * (1 + gamma) + beta
+
+
 class ReasonCDPreTrainedModel(PreTrainedModel):
     config_class = ReasonCDConfig
     base_model_prefix = "model"
@@ -256,6 +319,13 @@ class ReasonCDPreTrainedModel(PreTrainedModel):
             init.zeros_(module.rel_pos_w)
         elif isinstance(module, PositionEmbeddingRandom):
             init.normal_(module.positional_encoding_gaussian_matrix)
+        elif getattr(module, "zero_init", False):  # e.g. FiLM's output layer: training starts from the identity
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, SegStateStandardizer):
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
 
 
 class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
@@ -269,12 +339,15 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
     # Modules trained in full (besides LoRA and token rows); frozen: vision_tower, sam_image_encoder,
     # sam_prompt_encoder and the language model's base weights.
     trainable_module_names = ("multi_modal_projector", "text_hidden_fc", "sam_mask_decoder", "feature_fusion")
+    # Trained in full too when the config switches them on (options beyond the paper).
+    optional_module_names = ("seg_state_norm", "prompt_film")
     frozen_module_names = ("vision_tower", "sam_image_encoder", "sam_prompt_encoder")
     # Kept out of bitsandbytes quantisation (`bitsandbytes_config`): everything but the language model's decoder
     # layers. The encoders and the mask path are small next to a 7B decoder, and the [SEG] decision is read off
     # `lm_head`. transformers matches these as prefixes of module names (and `lm_head` as a suffix).
     unquantized_module_names = ("vision_tower", "multi_modal_projector", "text_hidden_fc", "sam_image_encoder",
-                                "sam_prompt_encoder", "sam_mask_decoder", "feature_fusion", "language_model.lm_head")
+                                "sam_prompt_encoder", "sam_mask_decoder", "feature_fusion", "seg_state_norm",
+                                "prompt_film", "language_model.lm_head")
 
     @classmethod
     def bitsandbytes_config(cls, bits: int, compute_dtype: torch.dtype = torch.bfloat16):
@@ -346,6 +419,11 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         self.feature_fusion = MultiScaleFeatureFusion(
             sam_channels=prompt_dim, out_channels=prompt_dim, settings=config.fusion_module
         )
+        # Options beyond the paper (off in the `reasoncd-7b` preset): see `ReasonCDConfig`.
+        self.seg_state_norm = SegStateStandardizer(text_hidden) if config.seg_state_norm else None
+        self.prompt_film = PromptFiLM(text_hidden, prompt_dim) if config.mask_conditioning == "film" else None
+        self.trainable_module_names = type(self).trainable_module_names + tuple(
+            name for name in self.optional_module_names if getattr(self, name) is not None)
         self.post_init()
 
     # --- embeddings (delegated so resize_token_embeddings and PEFT find them) ---
@@ -365,10 +443,13 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
     def encode_frozen_images(self, pixel_values: torch.Tensor, sam_pixel_values: torch.Tensor):
         """CLIP patch features `(n, image_seq_length, vision_hidden)` and SAM embeddings `(n, C, h, w)` of n images,
         one batched call per encoder (also what the training feature cache stores per image)."""
-        hidden = self.vision_tower(pixel_values.to(self.vision_tower.dtype), output_hidden_states=True).hidden_states
-        vision = hidden[self.config.vision_feature_layer][:, 1:]  # drop CLS
         sam_dtype = self.sam_image_encoder.patch_embed.proj.weight.dtype
-        return vision, self.sam_image_encoder(sam_pixel_values.to(sam_dtype))
+        return self.vision_features(pixel_values), self.sam_image_encoder(sam_pixel_values.to(sam_dtype))
+
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """CLIP patch features of the configured layer, CLS dropped: `(n, image_seq_length, vision_hidden)`."""
+        hidden = self.vision_tower(pixel_values.to(self.vision_tower.dtype), output_hidden_states=True).hidden_states
+        return hidden[self.config.vision_feature_layer][:, 1:]
 
     def encode_frozen(
         self,
@@ -395,6 +476,12 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         if pair_index is None:
             pair_index = torch.arange(input_ids.shape[0], device=input_ids.device)
         if frozen_features is not None and frozen_features.vision_features_t1 is not None:
+            return attention_mask, pair_index, frozen_features
+        if frozen_features is not None and frozen_features.sam_features_t1 is not None:
+            # SAM's features given (cached) without CLIP's: a CLIP being trained encodes its images now.
+            pairs = pixels["pixel_values_t1"].shape[0]
+            vision = self.vision_features(torch.cat([pixels["pixel_values_t1"], pixels["pixel_values_t2"]]))
+            frozen_features.vision_features_t1, frozen_features.vision_features_t2 = vision[:pairs], vision[pairs:]
             return attention_mask, pair_index, frozen_features
         missing = [name for name, value in pixels.items() if value is None]
         if missing:
@@ -443,7 +530,11 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         Returns: low-resolution change logits `(N, 4h, 4w)` (the single-mask output).
         """
         decoder = self.sam_mask_decoder
+        if self.seg_state_norm is not None:
+            seg_hidden_states = self.seg_state_norm(seg_hidden_states)
         prompts = self.text_hidden_fc(seg_hidden_states.to(next(self.text_hidden_fc.parameters()).dtype))
+        if self.prompt_film is not None:
+            image_embeddings = self.prompt_film(image_embeddings, seg_hidden_states)
         n, channels, h, w = image_embeddings.shape
         # segment-anything's prompt encoder takes no text: the sparse prompt is the projected [SEG] state alone,
         # the dense prompt is its "no mask" embedding.
@@ -550,6 +641,10 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         missed = is_seg_target.any(dim=1) & ~predicted_seg
         weights = valid.float()
         weights = torch.where(is_seg_target & missed.unsqueeze(1), weights * self.config.seg_token_loss_weight, weights)
+        if self.config.answer_decision_loss_weight != 1.0:
+            # The answer's first token says "present" or "absent"; one token among twenty would weigh little.
+            first = valid & (valid.long().cumsum(dim=1) == 1)
+            weights = torch.where(first, weights * self.config.answer_decision_loss_weight, weights)
         return (per_token * weights).sum() / weights.sum().clamp(min=1.0)
 
     def _mask_losses(self, pred_masks, seg_present, masks, reshaped_sizes, pair_index):
@@ -561,11 +656,15 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         reshaped_sizes = _per_row(reshaped_sizes, pair_index)
         frame = self.config.sam_config["image_size"]
         pos_weight = torch.tensor(self.config.bce_pos_weight, device=pred_masks.device)
+        other_weight = self.config.other_change_bce_weight
         bce_terms, dice_terms = [], []
         for row in seg_present.nonzero().squeeze(1).tolist():
             logits = upscale_mask_logits(pred_masks[row], reshaped_sizes[row], masks[row].shape[-2:], frame).float()
             target = (masks[row] > 0.5).float()
-            bce_terms.append(F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight))
+            weight = None
+            if other_weight != 1.0:
+                weight = 1.0 + (other_weight - 1.0) * _changed_for_other_questions(masks, pair_index, row, target)
+            bce_terms.append(F.binary_cross_entropy_with_logits(logits, target, weight=weight, pos_weight=pos_weight))
             prob = logits.sigmoid()
             dice_terms.append(1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1))
         return torch.stack(bce_terms).mean(), torch.stack(dice_terms).mean()

@@ -12,17 +12,21 @@ def new_token_ids(config) -> list[int]:
 
 
 def lora_config_for(model, *, rank: int = 8, alpha: int = 16, dropout: float = 0.05,
-                    targets: tuple[str, ...] = ("q_proj", "v_proj"), full_embeddings: bool = False) -> LoraConfig:
+                    targets: tuple[str, ...] = ("q_proj", "v_proj"), full_embeddings: bool = False,
+                    train_vision_tower: bool = False) -> LoraConfig:
     """
     LoRA limited to the language model: a bare `q_proj` would also match CLIP and SAM's decoder attention.
     Token embeddings: only the five new rows of embed_tokens and lm_head are trained (small adapters), or, with
     `full_embeddings`, both whole matrices as LISA does (what a randomly initialised language model needs).
+    `train_vision_tower` trains CLIP in full: a pretrained CLIP stays frozen (the paper), a random one sees nothing.
     """
     ids = new_token_ids(model.config)
     assert len(ids) == len(NEW_TOKENS)
     modules = list(model.trainable_module_names)
     if full_embeddings:
         modules += ["embed_tokens", "lm_head"]
+    if train_vision_tower:
+        modules.append("vision_tower")
     return LoraConfig(
         r=rank,
         lora_alpha=alpha,

@@ -253,7 +253,7 @@ def test_seg_state_same_in_teacher_forcing_and_cached_generation(model, processo
     generated = forced_generate(model, processor, prompts, answers, **GENERATE_MODES[mode])
     assert generated.seg_present.all()
     results = processor.post_process_generation(generated)
-    assert [r["text"] for r in results] == answers
+    assert [r["raw_text"] for r in results] == answers
 
     # Teacher forcing on the same prompts + generated tokens (the processor puts answers after the prompts).
     teacher = processor(images_t1=t1, images_t2=t2, text=questions, answers=answers, masks=[mask] * count)

@@ -193,7 +193,8 @@ def test_post_process_unpads_resizes_and_cleans_text(processor):
         image_sizes=torch.tensor([[height, width], [height, width]]),
     )
     results = processor.post_process_generation(outputs)
-    assert [r["text"] for r in results] == [answer, answer]
+    assert [r["raw_text"] for r in results] == [answer, answer]
+    assert [r["text"] for r in results] == [processor.readable_answer(answer)] * 2
     mask = results[0]["mask"]
     assert mask.shape == (height, width) and mask.dtype == bool
     assert mask[:, : width // 2 - 8].all()

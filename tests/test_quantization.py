@@ -156,7 +156,7 @@ def test_generate_gives_masks_of_the_input_size(quantized, processor, pair):
     assert out.pred_masks.shape == (len(QUESTIONS), side, side) and torch.isfinite(out.pred_masks).all()
     assert out.pred_masks.abs().amax(dim=(1, 2)).min() > 0
     results = processor.post_process_generation(out)
-    assert [r["text"] for r in results] == ANSWERS
+    assert [r["raw_text"] for r in results] == ANSWERS
     assert all(r["mask"].shape == (HEIGHT, WIDTH) for r in results)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reasoncd_tools.checkpoints import check_checkpoint  # noqa: F401 (eval.py, export.py and train.py use it from here)
+from reasoncd_tools.checkpoints import check_checkpoint
 from reasoncd_tools.images import ImageReadError, read_rgb, write_png_atomic
 from reasoncd_tools.quantization import (add_quantize_argument, finish_quantized_loading, quantized_loading_options,
                                          require_bitsandbytes)

@@ -76,7 +76,9 @@ class ChangeDetector:
             encode_seconds = time.perf_counter() - started
             outputs = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
                                           frozen_features=self._cached_features)
-        result = self.processor.post_process_generation(outputs)[0]
+        from predict import with_readable_text
+
+        result = with_readable_text(self.processor.post_process_generation(outputs)[0])
         return {**result, "changed_fraction": float(result["mask"].mean()), "reused": reused,
                 "encode_seconds": encode_seconds}
 

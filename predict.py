@@ -51,10 +51,21 @@ def predict(model, processor, image_t1: np.ndarray, image_t2: np.ndarray, questi
     (`text` is the answer for a reader, `raw_text` the model's own with `[SEG]`)."""
     inputs = processor(images_t1=image_t1, images_t2=image_t2, text=questions, return_tensors="pt").to(model.device)
     outputs = model.generate(**inputs, max_new_tokens=max_new_tokens)
-    results = processor.post_process_generation(outputs)
+    results = [with_readable_text(result) for result in processor.post_process_generation(outputs)]
     for result in results:
         result["changed_fraction"] = float(result["mask"].mean())
     return results
+
+
+def with_readable_text(result: dict) -> dict:
+    """The result with `text` for a reader and `raw_text` with `[SEG]`, also from a checkpoint whose processor code
+    predates `raw_text` (its `text` is the raw answer)."""
+    if "raw_text" not in result:
+        from processing_reasoncd import ReasonCDProcessor
+
+        result["raw_text"] = result["text"]
+        result["text"] = ReasonCDProcessor.readable_answer(result["text"])
+    return result
 
 
 def main(argv=None) -> int:

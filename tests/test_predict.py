@@ -234,3 +234,11 @@ def test_a_decompression_bomb_is_refused_with_its_size_and_the_limit(pngs, check
                         extra_env={"REASONCD_MAX_IMAGE_PIXELS": "10000"})
     assert_clean_error(result, str(pngs["a"]), "160 x 120 = 19,200 pixels", "limit of 10,000")
     assert not (tmp_path / "m.png").exists()
+
+
+def test_checkpoints_with_older_processor_code_still_show_a_readable_answer():
+    from predict import with_readable_text
+
+    result = with_readable_text({"text": "It's the new buildings [SEG].", "mask": None})
+    assert (result["text"], result["raw_text"]) == ("It's the new buildings.", "It's the new buildings [SEG].")
+    assert with_readable_text(dict(result)) == result  # a current processor's result is left as it is

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reasoncd_tools.quantization import add_quantize_argument, require_bitsandbytes
+from reasoncd.loading import add_quantize_argument, require_bitsandbytes
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an analyst's machine
 
@@ -76,7 +76,7 @@ class ChangeDetector:
             encode_seconds = time.perf_counter() - started
             outputs = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
                                           frozen_features=self._cached_features)
-        from predict import with_readable_text
+        from reasoncd.loading import with_readable_text
 
         result = with_readable_text(self.processor.post_process_generation(outputs)[0])
         return {**result, "changed_fraction": float(result["mask"].mean()), "reused": reused,
@@ -90,8 +90,8 @@ def resolve_model(reference: str) -> tuple[str, str | None]:
     if path.exists():
         return str(path), None
     if path.resolve() == DEFAULT_MODEL:
-        from build_reasoncd import build_tiny, save_checkpoint
-        from reasoncd_tools.output_dir import read_marker
+        from reasoncd.build import build_tiny, save_checkpoint
+        from reasoncd.io import read_marker
 
         if "app.py" not in read_marker(UNTRAINED_MODEL):
             print(f"no model at {path}: building an untrained tiny one in {UNTRAINED_MODEL} (train one with "
@@ -108,7 +108,7 @@ def resolve_model(reference: str) -> tuple[str, str | None]:
 def load_detector(reference: str, quantize: int | None = None) -> tuple[ChangeDetector, str | None]:
     from transformers import GenerationConfig
 
-    from predict import load_model
+    from reasoncd.loading import load_model
 
     location, note = resolve_model(reference)
     model, processor = load_model(location, quantize=quantize)  # checks a local folder first
@@ -122,8 +122,8 @@ def load_detector(reference: str, quantize: int | None = None) -> tuple[ChangeDe
 def build_demo(detector: ChangeDetector, model_name: str, note: str | None = None):
     import gradio as gr
 
-    from reasoncd_tools.figures import overlay
-    from reasoncd_tools.images import write_png_atomic
+    from reasoncd.evaluation.figures import overlay
+    from reasoncd.io import write_png_atomic
 
     downloads = Path(tempfile.mkdtemp(prefix="reasoncd-app-"))
 

@@ -17,7 +17,7 @@ mode also per question kind, text figures, steering, question sensitivity, the c
 fidelity score), `report.md`, `per_sample.json`, `panels/{best,median,worst}.png` (by IoU) and, in model mode,
 `predictions/<sample>.png` (0/255, the input's size).
 Bad input: a message on stderr, exit code 2 and no output. --output_dir must be new, empty or an earlier eval.py
-output (see reasoncd_tools/output_dir.py; --overwrite writes beside other files, replacing only eval.py's own).
+output (see reasoncd/io.py; --overwrite writes beside other files, replacing only eval.py's own).
 """
 
 import argparse
@@ -29,15 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from prepare_data import IMAGE_SUFFIXES, SPLITS, PrepareError, find_layout, prepare_folder
-from reasoncd_tools.checkpoints import CheckpointError, write_json_atomic
-from reasoncd_tools.figures import mask_panels, prediction_panels
-from reasoncd_tools.images import ImageReadError, image_size, read_mask, read_rgb, write_png_atomic
-from reasoncd_tools.metrics import METRIC_NAMES, ChangeMetrics
-from reasoncd_tools.output_dir import OutputDir, OutputDirError
-from reasoncd_tools.quantization import add_quantize_argument, require_bitsandbytes
+from reasoncd.data.folders import IMAGE_SUFFIXES, SPLITS, PrepareError, find_layout, prepare_folder
+from reasoncd.loading import CheckpointError
+from reasoncd.evaluation.figures import mask_panels, prediction_panels
+from reasoncd.data.images import ImageReadError, image_size, read_mask, read_rgb
+from reasoncd.evaluation.metrics import METRIC_NAMES, ChangeMetrics
+from reasoncd.io import OutputDir, OutputDirError, write_json_atomic, write_png_atomic
+from reasoncd.loading import add_quantize_argument, require_bitsandbytes
 
-# reasoncd_tools.samples, .evaluation and torch pull in the model code (seconds to import): model mode imports
+# reasoncd.data.samples, .evaluation and torch pull in the model code (seconds to import): model mode imports
 # them where it needs them, so scoring saved masks starts at once.
 
 MAX_LISTED = 20  # names shown in an error before "... and N more"
@@ -65,7 +65,7 @@ def load_samples(data: Path, split: str, question: str, scratch: Path, threshold
     """The samples to evaluate and where they came from: DATA/SPLIT/*.json, DATA/*.json, or a change-detection
     folder converted into `scratch`, asked `question`: its SPLIT/ pairs where it has train/val/test folders (as
     LEVIR-CD is distributed), otherwise all of its pairs."""
-    from reasoncd_tools.samples import load_split
+    from reasoncd.data.samples import load_split
 
     data = data.resolve()
     if not data.is_dir():
@@ -99,7 +99,7 @@ def load_samples(data: Path, split: str, question: str, scratch: Path, threshold
 
 def check_sample_sizes(samples: list[dict]) -> None:
     """Image headers only, so a size mismatch stops the run before the model has spent any time."""
-    from reasoncd_tools.samples import PATH_FIELDS, SEG
+    from reasoncd.data.samples import PATH_FIELDS, SEG
 
     problems = []
     for sample in samples:
@@ -124,9 +124,9 @@ def prediction_names(samples: list[dict]) -> list[str]:
 def run_model(args) -> dict:
     import torch
 
-    from predict import check_checkpoint, load_model
-    from reasoncd_tools.evaluation import predict_samples, score
-    from reasoncd_tools.samples import SampleError, load_pair
+    from reasoncd.loading import check_checkpoint, load_model
+    from reasoncd.evaluation.scoring import predict_samples, score
+    from reasoncd.data.samples import SampleError, load_pair
 
     check_checkpoint(args.model)
     require_bitsandbytes(args.quantize)
@@ -325,7 +325,7 @@ def render_report(summary: dict, per_sample: list[dict], chosen: list[tuple[str,
 
 
 def question_use_report(summary: dict) -> list[str]:
-    """report.md's section on whether the masks follow the question (see reasoncd_tools.evaluation)."""
+    """report.md's section on whether the masks follow the question (see reasoncd.evaluation.scoring)."""
     sensitivity, counterfactual = summary["question_sensitivity"], summary["counterfactual"]
     return [
         "## Does the mask follow the question?", "",

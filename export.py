@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from reasoncd_tools.output_dir import MARKER, OutputDir, OutputDirError, read_marker
+from reasoncd.io import MARKER, OutputDir, OutputDirError, read_marker
 
 REPO = Path(__file__).resolve().parent
 HANDLER_FILE = REPO / "handler.py"
@@ -130,7 +130,7 @@ def load_model(source: Source, base_override: Path | None):
     """The merged model and the processor, with this repository's classes (the export carries their code)."""
     from modeling_reasoncd import ReasonCDForChangeDetection
     from processing_reasoncd import ReasonCDProcessor
-    from reasoncd_tools.checkpoints import CheckpointError, check_checkpoint
+    from reasoncd.loading import CheckpointError, check_checkpoint
 
     def load(folder: Path):
         try:

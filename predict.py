@@ -13,59 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from reasoncd_tools.checkpoints import check_checkpoint
-from reasoncd_tools.images import ImageReadError, read_rgb, write_png_atomic
-from reasoncd_tools.quantization import (add_quantize_argument, finish_quantized_loading, quantized_loading_options,
-                                         require_bitsandbytes)
-
-
-def load_model(location: str | Path, quantize: int | None = None, device: str | None = None):
-    """
-    `AutoModel` / `AutoProcessor` with the checkpoint's own code, in eval mode; `location` is a checkpoint folder
-    (checked first) or a Hub id.
-
-    quantize: 8 or 4 loads the language model's decoder layers with bitsandbytes (LLM.int8 / NF4) and leaves CLIP,
-        SAM, the fusion module, the projector, `text_hidden_fc` and `lm_head` unquantised: in bfloat16 on a GPU
-        that supports it, else in float32.
-    device: where the model runs. Default: the CPU; quantised, CUDA when available.
-    """
-    require_bitsandbytes(quantize)
-    from transformers import AutoModel, AutoProcessor
-
-    location = str(location)
-    if Path(location).exists():
-        check_checkpoint(Path(location))
-    options = {} if quantize is None else quantized_loading_options(location, quantize, device)
-    model = AutoModel.from_pretrained(location, trust_remote_code=True, **options).eval()
-    if quantize is not None:
-        finish_quantized_loading(model)
-    elif device is not None:
-        model.to(device)
-    processor = AutoProcessor.from_pretrained(location, trust_remote_code=True)
-    return model, processor
-
-
-def predict(model, processor, image_t1: np.ndarray, image_t2: np.ndarray, questions: list[str],
-            max_new_tokens: int = 64) -> list[dict]:
-    """One pair, k questions (the images are encoded once): k `{"text", "raw_text", "mask", "changed_fraction"}`
-    (`text` is the answer for a reader, `raw_text` the model's own with `[SEG]`)."""
-    inputs = processor(images_t1=image_t1, images_t2=image_t2, text=questions, return_tensors="pt").to(model.device)
-    outputs = model.generate(**inputs, max_new_tokens=max_new_tokens)
-    results = [with_readable_text(result) for result in processor.post_process_generation(outputs)]
-    for result in results:
-        result["changed_fraction"] = float(result["mask"].mean())
-    return results
-
-
-def with_readable_text(result: dict) -> dict:
-    """The result with `text` for a reader and `raw_text` with `[SEG]`, also from a checkpoint whose processor code
-    predates `raw_text` (its `text` is the raw answer)."""
-    if "raw_text" not in result:
-        from processing_reasoncd import ReasonCDProcessor
-
-        result["raw_text"] = result["text"]
-        result["text"] = ReasonCDProcessor.readable_answer(result["text"])
-    return result
+from reasoncd.data.images import ImageReadError, read_rgb
+from reasoncd.io import write_png_atomic
+from reasoncd.loading import add_quantize_argument, check_checkpoint, load_model, predict, require_bitsandbytes
 
 
 def main(argv=None) -> int:

@@ -7,7 +7,7 @@
 Outputs in --output_dir: `model/` (merged weights that AutoModel/AutoProcessor load with trust_remote_code=True),
 `checkpoints/` (resumable), `metrics.json` (test split, free generation), `samples.png`, `curves.png`.
 --output_dir must be new or empty; a folder of an earlier run is continued with --resume_from_checkpoint or started
-over with --overwrite, which replaces only train.py's outputs (see reasoncd_tools/output_dir.py). Arguments, the
+over with --overwrite, which replaces only train.py's outputs (see reasoncd/io.py). Arguments, the
 starting checkpoint and the output folder are all checked before any data is generated or loaded.
 """
 
@@ -24,17 +24,18 @@ import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from build_reasoncd import build_tiny, save_checkpoint
+from reasoncd.build import build_tiny, save_checkpoint
 from modeling_reasoncd import ReasonCDForChangeDetection
 from processing_reasoncd import ReasonCDProcessor
-from reasoncd_tools.checkpoints import check_checkpoint, write_json_atomic
-from reasoncd_tools.evaluation import (batch_counterfactual, batches_by_pair, encode_batch, predict_samples,
+from reasoncd.io import write_json_atomic
+from reasoncd.loading import check_checkpoint
+from reasoncd.evaluation.scoring import (batch_counterfactual, batches_by_pair, encode_batch, predict_samples,
                                        question_use_figures, score, seg_predicted_teacher_forced)
-from reasoncd_tools.feature_cache import FrozenFeatureCache
-from reasoncd_tools.figures import prediction_panels, training_curves
-from reasoncd_tools.lora import apply_lora, trainable_parameter_groups
-from reasoncd_tools.output_dir import OutputDir, OutputDirError, read_marker
-from reasoncd_tools.samples import ReasonCDCollator, SampleError, as_dataset, load_pair, load_split
+from reasoncd.training.feature_cache import FrozenFeatureCache
+from reasoncd.evaluation.figures import prediction_panels, training_curves
+from reasoncd.training.lora import apply_lora, trainable_parameter_groups
+from reasoncd.io import OutputDir, OutputDirError, read_marker
+from reasoncd.data.samples import ReasonCDCollator, SampleError, as_dataset, load_pair, load_split
 
 REPO = Path(__file__).resolve().parent
 QUICKSTART = {
@@ -212,8 +213,8 @@ def check_start(args) -> OutputDir:
 
 def prepare_quickstart_data(pairs: int, seed: int) -> Path:
     """The built-in synthetic set in SECOND layout, converted to JSON samples (both cached on disk)."""
-    from reasoncd_tools.second import convert_second
-    from reasoncd_tools.synthetic import generate_second_layout
+    from reasoncd.data.second import convert_second
+    from reasoncd.data.synthetic import generate_second_layout
 
     root = QUICKSTART["data"] / f"second-{pairs}-seed{seed}"
     generate_second_layout(root, pairs, seed=seed)
@@ -333,8 +334,6 @@ def load_start_model(args):
         raise SystemExit("--no_fusion changes the architecture: build the starting model with "
                          "build_reasoncd.py --no_fusion and pass it as --model instead")
     if args.model:
-        from predict import check_checkpoint
-
         check_checkpoint(args.model)
         model = ReasonCDForChangeDetection.from_pretrained(args.model)
         processor = ReasonCDProcessor.from_pretrained(args.model, trust_remote_code=True)  # its own tokenizer files

@@ -1,6 +1,5 @@
 """Shared test setup: offline Hub, fixed seeds, and the location of the real change-detection samples."""
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REALCD = REPO_ROOT.parent / "shared" / "data" / "realcd"
-
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 
 @pytest.fixture(scope="session")

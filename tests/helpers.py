@@ -11,10 +11,8 @@ from transformers import LogitsProcessor, PreTrainedTokenizerFast
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-import build_reasoncd  # noqa: E402
+import build_reasoncd
+from reasoncd import build
 
 _CHECKPOINTS: dict[str, Path] = {}
 
@@ -54,10 +52,10 @@ def seg_forcing_checkpoint(tmp_path_factory) -> Path:
     """A `tiny` checkpoint whose model answers `[SEG]` after any prompt, so the mask path runs end to end."""
     key = "seg-forcing"
     if key not in _CHECKPOINTS:
-        model, processor = build_reasoncd.build_tiny(0)
+        model, processor = build.build_tiny(0)
         make_seg_the_only_answer(model)
         out = tmp_path_factory.mktemp(key) / "checkpoint"
-        build_reasoncd.save_checkpoint(model, processor, out)
+        build.save_checkpoint(model, processor, out)
         _CHECKPOINTS[key] = out
     return _CHECKPOINTS[key]
 
@@ -134,7 +132,7 @@ def run_script(args: list[str], *, cwd: Path, timeout: float = 120, extra_env: d
 def precious_places(root: Path) -> dict[str, Path]:
     """Three places no command may write over without being asked: a folder holding a user's file, a training run
     as train.py leaves it (marker, checkpoints, model, metrics), and an existing file."""
-    from reasoncd_tools.output_dir import OutputDir
+    from reasoncd.io import OutputDir
 
     user = root / "mine"
     user.mkdir(parents=True)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from build_reasoncd import build_tiny
+from reasoncd.build import build_tiny
 from helpers import make_seg_the_only_answer
 
 

@@ -14,8 +14,8 @@ import pytest
 
 import export
 from app import ChangeDetector
-from build_reasoncd import save_checkpoint
-from predict import predict
+from reasoncd.build import save_checkpoint
+from reasoncd.loading import predict
 from publish_helpers import image_pair, seg_tiny
 
 REPO = Path(__file__).resolve().parents[1]

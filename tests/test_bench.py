@@ -1,7 +1,7 @@
 """bench.py's computed plans: the FLOPs behind the feature-cache figures and the 7B memory plan (no timing here)."""
 import pytest
 
-import bench
+from benchmarks import bench
 from configuration_reasoncd import ReasonCDConfig
 
 

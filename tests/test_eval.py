@@ -13,9 +13,9 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, jaccard
 
 import build_reasoncd
 import eval as eval_script
-from prepare_data import prepare_folder
-from reasoncd_tools.evaluation import GROUPS
-from reasoncd_tools.metrics import METRIC_NAMES
+from reasoncd.data.folders import prepare_folder
+from reasoncd.evaluation.scoring import GROUPS
+from reasoncd.evaluation.metrics import METRIC_NAMES
 
 SCRIPT = Path(eval_script.__file__)
 FAST = ["--max_new_tokens", "4"]  # a random model never stops on its own: keep its answers short
@@ -218,8 +218,8 @@ def test_model_mode_on_a_json_split(checkpoint, realcd, tmp_path):
 @pytest.fixture(scope="module")
 def second_samples(tmp_path_factory) -> Path:
     """Synthetic SECOND-style pairs: several questions per pair, about changes with different truths."""
-    from reasoncd_tools.second import convert_second
-    from reasoncd_tools.synthetic import generate_second_layout
+    from reasoncd.data.second import convert_second
+    from reasoncd.data.synthetic import generate_second_layout
 
     root = tmp_path_factory.mktemp("second")
     generate_second_layout(root / "raw", 6, seed=3, progress=False)

@@ -1,4 +1,4 @@
-"""reasoncd_tools.evaluation: the question-use figures on hand-made masks, scoring, and the counterfactual's decode
+"""reasoncd.evaluation.scoring: the question-use figures on hand-made masks, scoring, and the counterfactual's decode
 path on a tiny model."""
 import json
 from pathlib import Path
@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from reasoncd_tools.evaluation import (Counterfactual, QuestionSensitivity, Steering, counterfactual_masks,
+from reasoncd.evaluation.scoring import (Counterfactual, QuestionSensitivity, Steering, counterfactual_masks,
                                        encode_batch, fidelity_score, predict_samples, score,
                                        seg_predicted_teacher_forced, swap_sources, truth_key)
-from reasoncd_tools.samples import SEG, ReasonCDCollator, load_split
+from reasoncd.data.samples import SEG, ReasonCDCollator, load_split
 
 
 def _block(top: int, left: int, height: int = 8, width: int = 8, size: int = 32) -> np.ndarray:
@@ -182,8 +182,8 @@ def test_score_reports_question_use(pair_samples):
 
 @pytest.fixture(scope="module")
 def synthetic_samples(tmp_path_factory) -> list[dict]:
-    from reasoncd_tools.second import convert_second
-    from reasoncd_tools.synthetic import generate_second_layout
+    from reasoncd.data.second import convert_second
+    from reasoncd.data.synthetic import generate_second_layout
 
     root = tmp_path_factory.mktemp("second")
     generate_second_layout(root / "raw", 6, seed=3, progress=False)
@@ -193,7 +193,7 @@ def synthetic_samples(tmp_path_factory) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tiny():
-    from build_reasoncd import build_tiny
+    from reasoncd.build import build_tiny
 
     model, processor = build_tiny(seed=0)
     return model.eval(), processor
@@ -224,7 +224,7 @@ def test_counterfactual_decoding_with_each_rows_own_state_gives_the_models_masks
 @pytest.mark.parametrize("teacher_forced", [True, False])
 def test_predict_samples_swaps_states_within_a_pair_between_different_truths(tiny, synthetic_samples,
                                                                            teacher_forced):
-    from build_reasoncd import build_tiny
+    from reasoncd.build import build_tiny
     from helpers import make_seg_the_only_answer
 
     model, processor = tiny

@@ -15,14 +15,14 @@ import torch
 from PIL import Image
 
 import export
-from build_reasoncd import save_checkpoint
+from reasoncd.build import save_checkpoint
 from modeling_reasoncd import ReasonCDForChangeDetection
-from predict import predict
+from reasoncd.loading import predict
 from processing_reasoncd import ReasonCDProcessor
 from helpers import precious_places, tree
 from publish_helpers import image_pair, seg_tiny
-from reasoncd_tools.lora import apply_lora
-from reasoncd_tools.output_dir import MARKER
+from reasoncd.training.lora import apply_lora
+from reasoncd.io import MARKER
 
 QUESTIONS = ["new buildings", "changes caused by heavy rainfall, and explain why"]
 MAX_NEW_TOKENS = 4
@@ -42,7 +42,7 @@ import json, sys
 
 class BlockRepository:
     NAMES = ("configuration_reasoncd", "modeling_reasoncd", "processing_reasoncd", "pipeline_reasoncd",
-             "reasoncd_tools")
+             "reasoncd")
 
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in self.NAMES:

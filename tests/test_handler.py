@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import export
-from build_reasoncd import save_checkpoint
+from reasoncd.build import save_checkpoint
 from handler import EndpointHandler
 from publish_helpers import seg_tiny
 

@@ -4,7 +4,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from reasoncd_tools.images import ImageReadError, Mosaic, image_size, read_mask, read_rgb, write_png_atomic
+from reasoncd.data.images import ImageReadError, Mosaic, image_size, read_mask, read_rgb
+from reasoncd.io import write_png_atomic
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (40, 60, 3), dtype=np.uint8)

@@ -13,7 +13,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from reasoncd_tools.metrics import ChangeMetrics, binary_metrics
+from reasoncd.evaluation.metrics import ChangeMetrics, binary_metrics
 
 METRIC_MODULE = Path(__file__).resolve().parents[1] / "metrics" / "change_detection"
 

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoProcessor, LogitsProcessorList
 
 import build_reasoncd
+from reasoncd import build
 from helpers import REPO_ROOT, ForceAnswers, make_seg_the_only_answer, random_image, run_script, tiny_checkpoint
 from processing_reasoncd import upscale_mask_logits
-from reasoncd_tools.lora import apply_lora
+from reasoncd.training.lora import apply_lora
 
 HEIGHT, WIDTH = 200, 300
 QUESTIONS = ["new buildings", "changes that provide more living areas for people, and explain why"]
@@ -429,9 +430,9 @@ RELOAD_SCRIPT = textwrap.dedent(
 def test_save_and_reload_in_a_clean_interpreter(tmp_path, pair):
     t1, t2, mask = pair
     spec = {"questions": QUESTIONS, "answers": ANSWERS}
-    model, processor = build_reasoncd.build_tiny(seed=3)
+    model, processor = build.build_tiny(seed=3)
     checkpoint = tmp_path / "checkpoint"
-    build_reasoncd.save_checkpoint(model, processor, checkpoint)
+    build.save_checkpoint(model, processor, checkpoint)
     model.eval()
 
     work = tmp_path / "elsewhere"

@@ -1,10 +1,10 @@
-"""reasoncd_tools.output_dir: the one rule of every command's output folder, checked on its own."""
+"""reasoncd.io: the one rule of every command's output folder, checked on its own."""
 import json
 import os
 
 import pytest
 
-from reasoncd_tools.output_dir import MARKER, OutputDir, OutputDirError, read_marker
+from reasoncd.io import MARKER, OutputDir, OutputDirError, read_marker
 
 
 def write(output: OutputDir, files: dict[str, str]) -> None:

@@ -237,7 +237,7 @@ def test_a_decompression_bomb_is_refused_with_its_size_and_the_limit(pngs, check
 
 
 def test_checkpoints_with_older_processor_code_still_show_a_readable_answer():
-    from predict import with_readable_text
+    from reasoncd.loading import with_readable_text
 
     result = with_readable_text({"text": "It's the new buildings [SEG].", "mask": None})
     assert (result["text"], result["raw_text"]) == ("It's the new buildings.", "It's the new buildings [SEG].")

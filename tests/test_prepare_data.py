@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,8 @@ import tifffile
 from PIL import Image
 
 import prepare_data
-from reasoncd_tools.images import read_mask, read_rgb
+from reasoncd.data import folders
+from reasoncd.data.images import read_mask, read_rgb
 
 SCRIPT = Path(prepare_data.__file__)
 
@@ -24,7 +24,7 @@ def run_cli(*args) -> subprocess.CompletedProcess:
 def load_samples(output_dir: Path) -> dict[str, dict]:
     """pair_id -> sample, with the split and every path resolved from the JSON file's folder."""
     samples = {}
-    for split in prepare_data.SPLITS:
+    for split in folders.SPLITS:
         for path in sorted((output_dir / split).glob("*.json")):
             sample = json.loads(path.read_text())
             for key in ("img1_path", "img2_path", "mask_path"):
@@ -46,12 +46,12 @@ def test_help_lists_the_subcommands():
 
 
 def test_split_is_8_1_1_seeded_and_order_free():
-    ids = [prepare_data.tile_name(r * 256, c * 256) for r in range(59) for c in range(126)]
-    split = prepare_data.split_ids(ids, seed=0)
-    counts = {name: list(split.values()).count(name) for name in prepare_data.SPLITS}
+    ids = [folders.tile_name(r * 256, c * 256) for r in range(59) for c in range(126)]
+    split = folders.split_ids(ids, seed=0)
+    counts = {name: list(split.values()).count(name) for name in folders.SPLITS}
     assert counts == {"train": 5948, "val": 743, "test": 743}
-    assert prepare_data.split_ids(reversed(ids), seed=0) == split
-    assert prepare_data.split_ids(ids, seed=1) != split
+    assert folders.split_ids(reversed(ids), seed=0) == split
+    assert folders.split_ids(ids, seed=1) != split
 
 
 # ----------------------------------------------------------------------------------------------------------- bcdd
@@ -108,7 +108,7 @@ def test_bcdd_split_counts_on_disk(tmp_path):
     make_mosaics(tmp_path, 80, 100)
     output_dir = tmp_path / "bcdd"
     assert prepare_data.main(bcdd_args(tmp_path, output_dir, "--tile", 8, "--seed", 3)) == 0
-    counts = {split: len(list((output_dir / split).glob("*.json"))) for split in prepare_data.SPLITS}
+    counts = {split: len(list((output_dir / split).glob("*.json"))) for split in folders.SPLITS}
     assert counts == {"train": 96, "val": 12, "test": 12}  # 10 x 12 tiles
     assert len(list((output_dir / "images" / "label").glob("*.png"))) == 120
 
@@ -242,7 +242,7 @@ def test_folder_on_real_samples(realcd, tmp_path, folder, capsys):
         if label.any():
             assert (sample["answer"], sample["kind"]) == ("It's [SEG].", "explicit")
         else:
-            assert (sample["answer"], sample["kind"]) == (prepare_data.ABSENT_ANSWER, "absent")
+            assert (sample["answer"], sample["kind"]) == (folders.ABSENT_ANSWER, "absent")
             assert "[SEG]" not in sample["answer"]
     if folder == "LEVIR-CD/ChangeFormer":  # its one all-zero label
         assert samples["train_386_0512_0768"]["kind"] == "absent"
@@ -321,17 +321,11 @@ def test_second_calls_the_converter(tmp_path, monkeypatch, capsys):
         calls.append((root, output_dir, seed, overwrite))
         return {"pairs": {"train": 8, "val": 1, "test": 1}, "samples": 60}
 
-    monkeypatch.setitem(sys.modules, "reasoncd_tools.second", types.SimpleNamespace(convert_second=convert_second))
+    monkeypatch.setattr(prepare_data, "convert_second", convert_second)
     assert prepare_data.main(["second", "--root", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--seed=4"]) == 0
     assert calls == [(tmp_path, tmp_path / "o", 4, False)]
     printed = capsys.readouterr().out
     assert "pairs: 10 (train 8, val 1, test 1)" in printed and "samples: 60" in printed
-
-
-def test_second_without_its_module(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "reasoncd_tools.second", None)  # makes the import fail
-    assert prepare_data.main(["second", "--root", str(tmp_path), "--output_dir", str(tmp_path / "o")]) == 2
-    assert "needs reasoncd_tools/second.py" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------- what is never touched
@@ -343,7 +337,7 @@ def test_refuses_folders_it_did_not_write_and_keeps_them_byte_for_byte(tmp_path,
 
     root = tmp_path / "data"
     if command == "second":
-        from reasoncd_tools.synthetic import generate_second_layout
+        from reasoncd.data.synthetic import generate_second_layout
 
         generate_second_layout(root, 3, seed=0, progress=False)
     else:

@@ -11,7 +11,7 @@ from transformers import AutoProcessor, CLIPImageProcessor
 from helpers import llama_like_tokenizer, random_image, tiny_checkpoint
 from modeling_reasoncd import ReasonCDGenerateOutput
 from processing_reasoncd import NEW_TOKENS, ReasonCDProcessor, stretch_to_uint8
-from reasoncd_tools.tokenizer import add_reasoncd_tokens
+from reasoncd.training.tokenizer import add_reasoncd_tokens
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]

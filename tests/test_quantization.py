@@ -15,7 +15,7 @@ import eval as eval_script
 import predict
 from helpers import REPO_ROOT, ForceAnswers, random_image, tiny_checkpoint
 from modeling_reasoncd import ReasonCDForChangeDetection
-from reasoncd_tools.quantization import use_generic_cpu_4bit_kernel
+from reasoncd.loading import use_generic_cpu_4bit_kernel
 
 try:
     import bitsandbytes as bnb

@@ -3,8 +3,8 @@ import random
 
 import pytest
 
-from reasoncd_tools import questions
-from reasoncd_tools.questions import CLASSES, DIRECTIONS, KINDS, corpus, make_question, phrasings
+from reasoncd.data import questions
+from reasoncd.data.questions import CLASSES, DIRECTIONS, KINDS, corpus, make_question, phrasings
 
 CROIS = [(croi, direction) for croi in CLASSES for direction in DIRECTIONS]
 

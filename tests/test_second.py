@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reasoncd_tools.questions import CLASSES
-from reasoncd_tools.second import SECOND_COLOURS, UNCHANGED_COLOUR, convert_second, second_class_maps
+from reasoncd.data.questions import CLASSES
+from reasoncd.data.second import SECOND_COLOURS, UNCHANGED_COLOUR, convert_second, second_class_maps
 
 SIZE = 64
 PAIRS = 10

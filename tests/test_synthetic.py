@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reasoncd_tools.questions import CLASSES
-from reasoncd_tools.second import SECOND_COLOURS, UNCHANGED_COLOUR, second_class_maps
-from reasoncd_tools.synthetic import generate_second_layout, synthesize_pair
+from reasoncd.data.questions import CLASSES
+from reasoncd.data.second import SECOND_COLOURS, UNCHANGED_COLOUR, second_class_maps
+from reasoncd.data.synthetic import generate_second_layout, synthesize_pair
 
 FOLDERS = ("im1", "im2", "label1", "label2")
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from build_reasoncd import build_tiny
-from reasoncd_tools.feature_cache import FrozenFeatureCache, image_keys
-from reasoncd_tools.lora import apply_lora
-from reasoncd_tools.samples import SEG, ReasonCDCollator, SampleError, load_split
-from reasoncd_tools.second import convert_second
-from reasoncd_tools.synthetic import generate_second_layout
+from reasoncd.build import build_tiny
+from reasoncd.training.feature_cache import FrozenFeatureCache, image_keys
+from reasoncd.training.lora import apply_lora
+from reasoncd.data.samples import SEG, ReasonCDCollator, SampleError, load_split
+from reasoncd.data.second import convert_second
+from reasoncd.data.synthetic import generate_second_layout
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -180,7 +180,7 @@ def test_resume_continues_from_the_saved_step(samples_dir, tmp_path):
 
 
 def test_training_curves_show_whether_masks_follow_the_question(tmp_path, monkeypatch):
-    from reasoncd_tools import figures
+    from reasoncd.evaluation import figures
 
     drawn = {}
     monkeypatch.setattr(figures, "_save", lambda fig, path, tight=True: drawn.setdefault("figure", fig))

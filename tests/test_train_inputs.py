@@ -7,7 +7,7 @@ import pytest
 
 import train
 from helpers import precious_places, tiny_checkpoint, tree
-from reasoncd_tools.output_dir import MARKER, read_marker
+from reasoncd.io import MARKER, read_marker
 
 
 @pytest.fixture
@@ -98,8 +98,8 @@ def test_refuses_folders_it_did_not_write_and_keeps_them_byte_for_byte(no_data, 
 
 def test_overwrite_starts_over_but_keeps_the_users_files(tmp_path):
     """A real (one-step) run over an earlier run that the user also keeps notes in."""
-    from reasoncd_tools.second import convert_second
-    from reasoncd_tools.synthetic import generate_second_layout
+    from reasoncd.data.second import convert_second
+    from reasoncd.data.synthetic import generate_second_layout
 
     generate_second_layout(tmp_path / "raw", 10, seed=3, progress=False)
     convert_second(tmp_path / "raw", tmp_path / "samples", seed=3, progress=False)

@@ -2,13 +2,13 @@
 
 Load it from a checkout with ``evaluate.load("/abs/path/to/metrics/change_detection")``. `evaluate` copies this file
 into its module cache and imports it from there, so the arithmetic is imported from the installed
-``reasoncd_tools.metrics`` (``pip install -e .`` at the repository root) instead of being copied here: one
+``reasoncd.evaluation.metrics`` (``pip install -e .`` at the repository root) instead of being copied here: one
 implementation serves this module, the training loop and the evaluation script.
 """
 import datasets
 import evaluate
 
-from reasoncd_tools.metrics import ChangeMetrics
+from reasoncd.evaluation.metrics import ChangeMetrics
 
 _DESCRIPTION = """
 Binary change-detection metrics, change = positive class. F1, precision, recall, overall accuracy (OA), IoU and

@@ -288,32 +288,6 @@ def read_mask(path, threshold: int | None = None) -> np.ndarray:
     return binarize_label(array, Path(path), threshold)
 
 
-def write_png_atomic(path, array) -> None:
-    """Write an array as PNG through a temporary file and os.replace, so readers never see half a file.
-
-    bool masks are written as 0/255 grayscale; uint8 (H, W), (H, W, 3) and (H, W, 4) as L, RGB and RGBA; uint16
-    (H, W) as 16-bit grayscale. Parent folders are created.
-    """
-    path = Path(path)
-    array = np.asarray(array)
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    supported = (array.dtype == np.uint8 and (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4)))) or (
-        array.dtype == np.uint16 and array.ndim == 2
-    )
-    if not supported:
-        raise ValueError(f"{path}: cannot write a {array.dtype} array of shape {array.shape} as PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            Image.fromarray(array).save(file, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def image_size(path) -> tuple[int, int]:
     """(height, width) of an image from its header, without decoding the pixels. An image above the pixel limit is
     refused here already, so that a run stops before any work rather than when it reaches the file."""

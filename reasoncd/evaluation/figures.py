@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from reasoncd.io import atomic_path  # noqa: E402
+
 CHANGE_COLOUR = np.array([255, 40, 40], dtype=np.float32)
 
 
@@ -21,12 +23,11 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> np.ndar
 
 
 def _save(fig, path: Path, tight: bool = True) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial-{os.getpid()}.png")
-    fig.savefig(partial, dpi=110, bbox_inches="tight" if tight else None)
-    plt.close(fig)
-    os.replace(partial, path)
+    try:
+        with atomic_path(path) as temporary:
+            fig.savefig(temporary, dpi=110, bbox_inches="tight" if tight else None)
+    finally:
+        plt.close(fig)
 
 
 def prediction_panels(path, rows: list[dict], title: str | None = None) -> None:

@@ -1,10 +1,10 @@
 """Benchmarks (standard-library timing; no timed assertions live in the tests).
 
-    python bench.py speed [--presets tiny medium] [--model runs/quickstart/model]   # one process, one run
-    python bench.py speed --presets medium --bf16        # on a GPU: bf16 inference and training steps, CUDA memory
-    python bench.py quickstart                                                        # wall time of `python train.py`
-    python bench.py memory          # 7B memory plan (computed) and what the feature cache can save (FLOPs counted)
-    python bench.py memory --measure  # ... and the plan's weight arithmetic against a medium checkpoint, bf16/8/4-bit
+    python benchmarks/bench.py speed [--presets tiny medium] [--model runs/quickstart/model]  # one process, one run
+    python benchmarks/bench.py speed --presets medium --bf16  # on a GPU: bf16 inference and training, CUDA memory
+    python benchmarks/bench.py quickstart                     # wall time of `python train.py`
+    python benchmarks/bench.py memory        # 7B memory plan (computed), what the feature cache can save (FLOPs)
+    python benchmarks/bench.py memory --measure  # ... and the plan's weights against a medium checkpoint, bf16/8/4-bit
 
 `speed` measures, per preset: the latency of the first question on a pair, the marginal latency of questions
 2..8 (asked together, sharing the pair's encoding and KV-cached prompt prefix), the same 8-question session run
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = [
     "new buildings",
     "changes that provide more living areas for people",
@@ -112,7 +112,7 @@ def timed(function, repeats: int = 3) -> tuple[float, float]:
 
 
 def load_model(preset: str, model_dir: Path | None):
-    from build_reasoncd import build_tiny
+    from reasoncd.build import build_tiny
     from modeling_reasoncd import ReasonCDForChangeDetection
     from processing_reasoncd import ReasonCDProcessor
 
@@ -129,7 +129,7 @@ def load_model(preset: str, model_dir: Path | None):
 
 def scene_pair(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic pair from the built-in generator (tiled when larger than one generated pair)."""
-    from reasoncd_tools.synthetic import synthesize_pair
+    from reasoncd.data.synthetic import synthesize_pair
 
     tiles = []
     per_side = max(1, size // 256)
@@ -186,8 +186,8 @@ def bench_throughput(model, processor, t1, t2, new_tokens: int) -> dict:
 
 def bench_train_step(model, processor, t1, t2) -> dict:
     """One optimiser step (batch 4, LoRA as in training) with frozen features from the cache vs recomputed."""
-    from reasoncd_tools.feature_cache import FrozenFeatureCache, image_keys
-    from reasoncd_tools.lora import apply_lora
+    from reasoncd.training.feature_cache import FrozenFeatureCache, image_keys
+    from reasoncd.training.lora import apply_lora
 
     peft_model = apply_lora(model, rank=8, alpha=16)
     peft_model.train()
@@ -288,7 +288,7 @@ def compute_table(plan: dict) -> str:
 def parameter_counts(config) -> dict:
     """Total and trainable parameters (meta device), and the language model's decoder-layer weights, which are all
     that 8/4-bit loading quantises (embeddings, lm_head, CLIP, SAM and the fusion module stay as they are)."""
-    from build_reasoncd import parameter_report
+    from reasoncd.build import parameter_report
 
     rows = {name: (count, trainable) for name, count, trainable in parameter_report(config)}
     text = config.text_config
@@ -315,9 +315,9 @@ def measured_footprints(preset: str = "medium") -> dict:
 
     from transformers import AutoModel
 
-    from build_reasoncd import build_tiny, save_checkpoint
+    from reasoncd.build import build_tiny, save_checkpoint
     from modeling_reasoncd import ReasonCDForChangeDetection
-    from reasoncd_tools.quantization import finish_quantized_loading
+    from reasoncd.loading import finish_quantized_loading
 
     model, processor = build_tiny(0, preset=preset)
     planned = planned_weight_bytes(model.config)
@@ -444,11 +444,11 @@ def bench_quickstart(output_dir: Path, fresh_data: bool) -> dict:
     if fresh_data:
         import shutil
 
-        from train import QUICKSTART
-
-        # Only the quickstart's own cache (what train.py generates by default), not whatever else data/ holds.
-        for name in (f"second-{QUICKSTART['pairs']}-seed0", f"samples-{QUICKSTART['pairs']}-seed0"):
-            shutil.rmtree(QUICKSTART["data"] / name, ignore_errors=True)
+        # Only the caches train.py generates for its synthetic set (data/synthetic/{second,samples}-PAIRS-seed0),
+        # not whatever else data/ holds.
+        for folder in (REPO / "data" / "synthetic").glob("*-seed0"):
+            if folder.name.startswith(("second-", "samples-")):
+                shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
     # --overwrite: the benchmark starts its own earlier run over each time.
     result = subprocess.run([sys.executable, str(REPO / "train.py"), "--output_dir", str(output_dir), "--overwrite"],

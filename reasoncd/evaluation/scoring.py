@@ -24,9 +24,9 @@ from itertools import combinations
 import numpy as np
 import torch
 
-from .images import read_mask
-from .metrics import ChangeMetrics
-from .samples import SEG, load_images, load_mask
+from reasoncd.data.images import read_mask
+from reasoncd.evaluation.metrics import ChangeMetrics
+from reasoncd.data.samples import SEG, load_images, load_mask
 
 GROUPS = ("explicit", "implicit_seen", "implicit_heldout", "explanation", "absent")
 # Another CRoI's truth only tests steering when it covers a different region from the asked one's.

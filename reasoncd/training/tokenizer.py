@@ -8,7 +8,7 @@ from transformers import PreTrainedTokenizerFast
 
 from processing_reasoncd import DEFAULT_CHAT_TEMPLATE, NEW_TOKENS, SEG_TOKEN
 
-from .questions import corpus as question_corpus
+from reasoncd.data.questions import corpus as question_corpus
 
 # LLaMA's special tokens keep LLaMA's ids 0, 1, 2; `<unk>` doubles as padding (no pad token is added).
 LLAMA_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")

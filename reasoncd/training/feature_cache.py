@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from modeling_reasoncd import ReasonCDFrozenFeatures
+from reasoncd.io import atomic_path
 
 
 def image_keys(batch: dict) -> list[str]:
@@ -69,9 +70,8 @@ class FrozenFeatureCache:
         self._memory[key] = entry
         if self.directory:
             target = self.directory / f"{key}.safetensors"
-            partial = target.with_suffix(f".partial-{os.getpid()}")
-            save_file({"vision": entry[0], "sam": entry[1]}, str(partial))
-            os.replace(partial, target)
+            with atomic_path(target) as temporary:
+                save_file({"vision": entry[0], "sam": entry[1]}, str(temporary))
 
     def frozen_features(self, model, batch: dict, keys: list[str]):
         """The frozen features of a batch's P pairs; only images never seen before go through the encoders."""

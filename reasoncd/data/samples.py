@@ -10,8 +10,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from .feature_cache import image_keys
-from .images import read_mask, read_rgb
+from reasoncd.training.feature_cache import image_keys
+from reasoncd.data.images import read_mask, read_rgb
 
 REQUIRED_FIELDS = ("img1_path", "img2_path", "mask_path", "question", "answer")
 PATH_FIELDS = ("img1_path", "img2_path", "mask_path")

@@ -6,7 +6,7 @@ that date) and unchanged pixels are white. A CRoI is a class plus a direction: `
 ``increase`` = ``label2 == c``, ``any`` = either.
 
 :func:`convert_second` turns such a folder into the JSON layout the training code reads (paper Table II plus
-metadata), with questions drawn from :mod:`reasoncd_tools.questions`.
+metadata), with questions drawn from :mod:`reasoncd.data.questions`.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .output_dir import OutputDir
-from .questions import CLASSES, corpus, make_question
+from reasoncd.io import OutputDir
+from reasoncd.data.questions import CLASSES, corpus, make_question
 
 # Class colours in CLASSES order.
 SECOND_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -254,7 +254,7 @@ def convert_second(
     → mask path, for the other classes that changed on the pair). Masks are 0/255 PNGs in ``output_dir/masks``.
 
     Every input is validated before anything is written (``ValueError`` naming the files). The output folder
-    follows reasoncd_tools.output_dir (new, empty, or written by this conversion before; ``overwrite`` writes
+    follows reasoncd.io (new, empty, or written by this conversion before; ``overwrite`` writes
     beside other files); the result is built in a temporary sibling folder and put in place at the end.
     ``manifest.json`` records the inputs and settings, and a second call with the same inputs and settings returns
     the stored summary without work.

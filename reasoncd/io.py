@@ -1,4 +1,9 @@
-"""The one rule every command follows for its output folder: write new or own folders, never lose anyone's files.
+"""Writing files and folders so that no reader sees half of them, and no command loses anyone's files.
+
+Single files: `atomic_path` (a temporary name beside the target, renamed into place), used by `write_json_atomic`,
+`write_png_atomic` and every other writer of one file (figures, feature cache, synthetic images, the marker).
+
+Output folders: the one rule every command follows (`OutputDir`).
 
 A command may write into
   * a new or empty folder;
@@ -28,6 +33,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 MARKER = ".reasoncd-output.json"
 MAX_SHOWN = 6  # entry names listed in a message before "..."
@@ -35,6 +41,60 @@ MAX_SHOWN = 6  # entry names listed in a message before "..."
 
 class OutputDirError(ValueError):
     """An output folder a command must not write to; the message names the path and the way out."""
+
+
+# ------------------------------------------------------------------------------------------------- single files
+
+
+@contextlib.contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """A temporary path beside `path` (hidden, same suffix) to write to; renamed onto `path` when the block ends
+    without an error, removed otherwise. Parent folders are created. A reader sees the old file or the new one,
+    never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.partial-", suffix=path.suffix)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path, text: str) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path, data) -> None:
+    """JSON (indented, numpy numbers as floats) written all at once."""
+    write_text_atomic(path, json.dumps(data, indent=2, default=float) + "\n")
+
+
+def write_png_atomic(path, array, compress_level: int = 6) -> None:
+    """Write an array as PNG all at once.
+
+    bool masks are written as 0/255 grayscale; uint8 (H, W), (H, W, 3) and (H, W, 4) as L, RGB and RGBA; uint16
+    (H, W) as 16-bit grayscale. Parent folders are created.
+    """
+    import numpy as np
+    from PIL import Image
+
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    supported = (array.dtype == np.uint8 and (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4)))) or (
+        array.dtype == np.uint16 and array.ndim == 2
+    )
+    if not supported:
+        raise ValueError(f"{path}: cannot write a {array.dtype} array of shape {array.shape} as PNG")
+    with atomic_path(path) as temporary:
+        Image.fromarray(array).save(temporary, format="PNG", compress_level=compress_level)
+
+
+# ------------------------------------------------------------------------------------------------ output folders
 
 
 def _shown(names) -> str:
@@ -59,9 +119,7 @@ def _write_marker(folder: Path, outputs: dict[str, list[str]]) -> None:
                                 "they leave every other file alone.",
                        "outputs": {command: sorted(entries) for command, entries in sorted(outputs.items())}},
                       indent=2) + "\n"
-    partial = folder / f"{MARKER}.partial-{os.getpid()}"
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, folder / MARKER)
+    write_text_atomic(folder / MARKER, text)
 
 
 class OutputDir:

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .questions import CLASSES
-from .second import SECOND_COLOURS, UNCHANGED_COLOUR
+from reasoncd.data.questions import CLASSES
+from reasoncd.data.second import SECOND_COLOURS, UNCHANGED_COLOUR
+from reasoncd.io import write_png_atomic
 
 WATER, GROUND, LOW_VEGETATION, TREE, BUILDING, PLAYGROUND = range(len(CLASSES))
 _INSTANCED = (BUILDING, PLAYGROUND)  # coloured per object, not from a class-wide texture
@@ -575,12 +576,6 @@ def synthesize_pair(index: int, *, seed: int = 0, size: int = 256) -> SyntheticP
     )
 
 
-def _save_atomic(array: np.ndarray, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(array).save(temporary, format="PNG", compress_level=1)
-    os.replace(temporary, path)
-
-
 def generate_second_layout(out_dir, n_pairs: int, *, seed: int = 0, size: int = 256, progress: bool = True) -> Path:
     """Write ``n_pairs`` synthetic pairs as ``out_dir/{im1,im2,label1,label2}/NNNNN.png``.
 
@@ -606,7 +601,7 @@ def generate_second_layout(out_dir, n_pairs: int, *, seed: int = 0, size: int = 
         pair = synthesize_pair(index, seed=seed, size=size)
         for key, array in (("im1", pair.image1), ("im2", pair.image2), ("label1", pair.label1),
                            ("label2", pair.label2)):
-            _save_atomic(array, folders[key] / name)
+            write_png_atomic(folders[key] / name, array, compress_level=1)
     return out_dir
 
 

@@ -1,0 +1,230 @@
+"""Assembling ReasonCD checkpoints: the random presets (`build_tiny`), a model from real LLaMA / CLIP / SAM / ResNet
+components (`build_from_components`), the processor that fits a config, saving (`save_checkpoint`) and the parameter
+report of a dry run. `build_reasoncd.py` is the command line over it."""
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel
+
+from configuration_reasoncd import ReasonCDConfig
+from modeling_reasoncd import ReasonCDForChangeDetection
+from processing_reasoncd import NEW_TOKENS, ReasonCDProcessor
+from reasoncd.io import OutputDir, OutputDirError
+from reasoncd.training.tokenizer import add_reasoncd_tokens, train_tiny_tokenizer
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+SAM_PREFIXES = {"image_encoder.": "sam_image_encoder.", "prompt_encoder.": "sam_prompt_encoder.",
+                "mask_decoder.": "sam_mask_decoder."}
+
+
+def clip_image_processor(image_size: int, base: CLIPImageProcessor | None = None) -> CLIPImageProcessor:
+    """CLIP preprocessing that resizes a whole tile to a square: no centre crop (it would cut changes off)."""
+    kwargs = base.to_dict() if base is not None else {"image_mean": CLIP_MEAN, "image_std": CLIP_STD}
+    kwargs = {k: v for k, v in kwargs.items() if k in ("image_mean", "image_std", "rescale_factor")}
+    return CLIPImageProcessor(
+        **kwargs, do_resize=True, size={"height": image_size, "width": image_size}, resample=3,
+        do_center_crop=False, do_rescale=True, do_normalize=True, do_convert_rgb=True,
+    )
+
+
+def make_processor(config: ReasonCDConfig, tokenizer, image_processor=None) -> ReasonCDProcessor:
+    return ReasonCDProcessor(
+        image_processor=clip_image_processor(config.vision_config.image_size, image_processor),
+        tokenizer=tokenizer,
+        image_seq_length=config.image_seq_length,
+        sam_image_size=config.sam_config["image_size"],
+        sam_pixel_mean=config.sam_config["pixel_mean"],
+        sam_pixel_std=config.sam_config["pixel_std"],
+        max_sequence_length=config.text_config.max_position_embeddings,
+    )
+
+
+def set_token_ids(config: ReasonCDConfig, tokenizer) -> None:
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in NEW_TOKENS]
+    config.t1_token_id, config.t2_token_id, config.p_start_token_id, config.p_end_token_id, config.seg_token_id = ids
+    config.pad_token_id = tokenizer.pad_token_id
+    config.bos_token_id = tokenizer.bos_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    config.text_config.vocab_size = len(tokenizer)
+
+
+def save_checkpoint(model: ReasonCDForChangeDetection, processor: ReasonCDProcessor, output_dir: Path | OutputDir,
+                    *, command: str = "build_reasoncd.py", overwrite: bool = False) -> None:
+    """Writes weights (safetensors), config, remote code and processor; all or nothing. `output_dir` follows
+    reasoncd.io as `command` (an OutputDir made earlier, or a path checked now)."""
+    output = output_dir if isinstance(output_dir, OutputDir) else OutputDir(output_dir, command, overwrite=overwrite)
+    model.config.register_for_auto_class()
+    model.register_for_auto_class("AutoModel")
+    processor.register_for_auto_class("AutoProcessor")
+    with output.staged() as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+
+
+# --- tiny preset -------------------------------------------------------------------------------------------------
+def build_tiny(seed: int, preset: str = "tiny", **config_overrides) -> tuple[ReasonCDForChangeDetection, ReasonCDProcessor]:
+    """Random weights and our offline tokenizer, for `tiny` (and `medium`, for benchmarks)."""
+    tokenizer = train_tiny_tokenizer(seed=seed)
+    config = ReasonCDConfig.from_preset(preset, **config_overrides)
+    set_token_ids(config, tokenizer)
+    torch.manual_seed(seed)
+    model = ReasonCDForChangeDetection(config)
+    return model, make_processor(config, tokenizer)
+
+
+# --- real components -------------------------------------------------------------------------------------------
+def load_sam_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """SAM's official `sam_vit_*.pth` (tensors only: `weights_only=True`) or a safetensors file."""
+    if not path.is_file():
+        raise SystemExit(f"--sam {path}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a corrupt or pickled-object file: say which and why
+        raise SystemExit(f"--sam {path}: not a loadable tensor file ({type(error).__name__}: {error})") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict) or "image_encoder.patch_embed.proj.weight" not in state:
+        raise SystemExit(
+            f"--sam {path}: not a segment-anything checkpoint (no 'image_encoder.patch_embed.proj.weight'); "
+            "expected sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth or sam_vit_h_4b8939.pth"
+        )
+    return state
+
+
+def sam_config_from_state_dict(state: dict[str, torch.Tensor]) -> dict:
+    """Reads SAM's sizes off its weights (the official files carry no config)."""
+    patch = state["image_encoder.patch_embed.proj.weight"]
+    embed_dim, patch_size = patch.shape[0], patch.shape[-1]
+    grid = state["image_encoder.pos_embed"].shape[1]
+    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k)))
+    global_blocks, window = [], None
+    head_dim = state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1]
+    for i in range(depth):
+        span = (state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0] + 1) // 2
+        if span == grid:
+            global_blocks.append(i)
+        else:
+            window = span
+    decoder_depth = 1 + max(int(m.group(1)) for k in state
+                            if (m := re.match(r"mask_decoder\.transformer\.layers\.(\d+)\.", k)))
+    iou_layers = sorted({int(m.group(1)) for k in state
+                         if (m := re.match(r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\.", k))})
+    return {
+        "image_size": grid * patch_size,
+        "patch_size": patch_size,
+        "encoder_embed_dim": embed_dim,
+        "encoder_depth": depth,
+        "encoder_num_heads": embed_dim // head_dim,
+        "encoder_global_attn_indexes": global_blocks,
+        "encoder_window_size": window or grid,
+        "prompt_embed_dim": state["image_encoder.neck.0.weight"].shape[0],
+        "mask_in_chans": state["prompt_encoder.mask_downscaling.0.weight"].shape[0] * 4,
+        "decoder_depth": decoder_depth,
+        "decoder_mlp_dim": state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
+        "iou_head_depth": len(iou_layers),
+        "iou_head_hidden_dim": state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
+        "num_multimask_outputs": state["mask_decoder.mask_tokens.weight"].shape[0] - 1,
+    }
+
+
+def load_resnet_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise SystemExit(f"--resnet {path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def init_new_token_rows(language_model, num_new: int) -> None:
+    """New rows of embed_tokens / lm_head start at the mean of the existing rows (not random noise)."""
+    for matrix in (language_model.get_input_embeddings().weight, language_model.get_output_embeddings().weight):
+        with torch.no_grad():
+            matrix[-num_new:] = matrix[:-num_new].mean(dim=0, keepdim=True)
+
+
+def build_from_components(args, overrides: dict) -> tuple[ReasonCDForChangeDetection, ReasonCDProcessor]:
+    tokenizer = AutoTokenizer.from_pretrained(args.llm)
+    old_vocab = len(tokenizer)
+    add_reasoncd_tokens(tokenizer)
+    sam_state = load_sam_state_dict(Path(args.sam))
+    sam_config = sam_config_from_state_dict(sam_state)
+    vision_config = AutoConfig.from_pretrained(args.vision)
+    vision_config = getattr(vision_config, "vision_config", None) or vision_config  # a full CLIP folder
+    config = ReasonCDConfig.from_preset(
+        args.preset,
+        text_config=AutoConfig.from_pretrained(args.llm),
+        vision_config=vision_config,
+        sam_config=sam_config,
+        fusion_module={"resnet_image_size": sam_config["image_size"], **overrides.get("fusion_module", {})},
+    )
+    set_token_ids(config, tokenizer)
+
+    # Build from config first (post_init initialises everything), then load the pretrained parts on top.
+    torch.manual_seed(args.seed)
+    model = ReasonCDForChangeDetection(config)
+    language_model = AutoModelForCausalLM.from_pretrained(args.llm, dtype=torch.float32)
+    language_model.resize_token_embeddings(len(tokenizer))
+    init_new_token_rows(language_model, len(tokenizer) - old_vocab)
+    _load_exact(model.language_model, language_model.state_dict(), "--llm")
+    _load_exact(model.vision_tower, CLIPVisionModel.from_pretrained(args.vision).state_dict(), "--vision")
+    for source, target in SAM_PREFIXES.items():
+        part = {k[len(source):]: v for k, v in sam_state.items() if k.startswith(source)}
+        _load_exact(getattr(model, target.rstrip(".")), part, "--sam")
+    if args.resnet:
+        if not config.use_feature_fusion:
+            raise SystemExit("--resnet given but the fusion module is disabled in this preset")
+        resnet = {k: v for k, v in load_resnet_state_dict(Path(args.resnet)).items() if not k.startswith("fc.")}
+        _load_exact(model.feature_fusion.resnet_fpn.backbone, resnet, "--resnet")
+    try:
+        base_processor = CLIPImageProcessor.from_pretrained(args.vision)
+    except OSError:
+        base_processor = None
+    return model, make_processor(config, tokenizer, base_processor)
+
+
+def _load_exact(module: nn.Module, state: dict, flag: str) -> None:
+    result = module.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
+    if missing or result.unexpected_keys:
+        raise SystemExit(f"{flag}: weights do not fit the model: missing {missing[:5]}, "
+                         f"unexpected {result.unexpected_keys[:5]}")
+
+
+# --- dry run ---------------------------------------------------------------------------------------------------
+def parameter_report(config: ReasonCDConfig, lora_rank: int = 8) -> list[tuple[str, int, int]]:
+    """(component, parameters, trainable) on the meta device; trainable follows the paper's recipe."""
+    with torch.device("meta"):
+        model = ReasonCDForChangeDetection(config)
+    rows = []
+    new_tokens = len(NEW_TOKENS)
+    hidden = config.text_config.hidden_size
+    for name, module in model.named_children():
+        count = sum(p.numel() for p in module.parameters())
+        if name in model.trainable_module_names:
+            trainable = count
+        elif name == "language_model":
+            lora = sum(lora_rank * (m.in_features + m.out_features) for n, m in module.named_modules()
+                       if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in ("q_proj", "v_proj"))
+            trainable = lora + 2 * new_tokens * hidden  # LoRA + new rows of embed_tokens and lm_head
+        else:
+            trainable = 0
+        rows.append((name, count, trainable))
+    return rows
+
+
+def print_report(rows, lora_rank: int) -> None:
+    print(f"{'component':<24}{'parameters':>16}{'trainable':>16}")
+    for name, count, trainable in rows:
+        print(f"{name:<24}{count:>16,}{trainable:>16,}")
+    total, trainable = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    print(f"{'total':<24}{total:>16,}{trainable:>16,}")
+    print(f"trainable share: {trainable / total:.2%} (LoRA r={lora_rank} on q_proj/v_proj of the language model)")

@@ -1,0 +1,297 @@
+"""Change-detection data sets as ReasonCD samples (one JSON file per image pair, see `reasoncd.data.samples`):
+BCDD's mosaics cut into tiles (`prepare_bcdd`) and folder layouts such as LEVIR-CD's A/B/label (`find_layout`,
+`prepare_folder`). SECOND's semantic labels are `reasoncd.data.second`. `prepare_data.py` is the command line.
+
+Every function checks its input and its output folder first (unmatched file names, size mismatches, non-binary
+labels; an output folder it may not write, see `reasoncd.io`), writes into a temporary folder beside the output
+folder and puts the result in place at the end, so a failure leaves no partial output.
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from reasoncd.data.images import ImageReadError, Mosaic, binarize_label, image_size, read_mask, to_rgb8
+from reasoncd.io import OutputDir, write_png_atomic
+
+SPLITS = ("train", "val", "test")
+PLAIN_ANSWER = "It's [SEG]."
+ABSENT_ANSWER = "There is no change of interest in these images."
+# Folder names of the common change-detection layouts (LEVIR-CD, WHU-CD, DSIFN, CDD, S2Looking, ...), matched
+# without regard to case.
+IMAGE_FOLDER_PAIRS = (
+    ("a", "b"),
+    ("im1", "im2"),
+    ("image1", "image2"),
+    ("t1", "t2"),
+    ("prev", "curr"),
+    ("before", "after"),
+    ("time1", "time2"),
+)
+LABEL_FOLDERS = ("label", "labels", "mask", "gt", "cd")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+MAX_LISTED = 20  # problems shown before "... and N more"
+
+
+class PrepareError(Exception):
+    """A problem with the user's input, reported as a message without a traceback."""
+
+
+def _problems(title: str, problems: list[str]) -> PrepareError:
+    listed = problems[:MAX_LISTED]
+    if len(problems) > MAX_LISTED:
+        listed.append(f"... and {len(problems) - MAX_LISTED} more")
+    return PrepareError("\n  ".join([title, *listed]))
+
+
+def split_ids(ids, seed: int) -> dict[str, str]:
+    """Assign ids to train/val/test 8:1:1: a permutation seeded by `seed` of the sorted ids, so the split does not
+    depend on listing order. val and test get round(10%) each, train the rest."""
+    ids = sorted(ids)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_held = round(len(ids) * 0.1)
+    names = ["val"] * n_held + ["test"] * n_held + ["train"] * (len(ids) - 2 * n_held)
+    return {ids[index]: name for index, name in zip(order, names)}
+
+
+def _relative(target: Path, start: Path) -> str:
+    return Path(os.path.relpath(target, start)).as_posix()
+
+
+def _write_sample(path: Path, sample: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sample, indent=2) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------------------- bcdd
+
+
+def tile_name(top: int, left: int) -> str:
+    return f"r{top:06d}_c{left:06d}"
+
+
+def prepare_bcdd(
+    t1,
+    t2,
+    label,
+    output_dir,
+    tile: int = 256,
+    seed: int = 0,
+    question: str = "Building",
+    threshold: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Cut co-registered T1/T2 mosaics and their change label into non-overlapping `tile`-pixel tiles.
+
+    Partial tiles at the right and bottom edges are dropped (BCDD's 32,507 x 15,354 gives 126 x 59 = 7,434 pairs).
+    Tiles are PNG files under OUT/images/{t1,t2,label}/ named by their pixel offset (`r000256_c000512.png`), the
+    samples JSON files under OUT/{train,val,test}/. Mosaics are read one row of tiles at a time (see
+    reasoncd.data.images.Mosaic), so a TIFF mosaic never sits whole in memory. Returns the summary.
+    """
+    if tile < 1:
+        raise PrepareError(f"--tile must be positive, got {tile}")
+    output = OutputDir(output_dir, "prepare_data.py bcdd", inputs=[t1, t2, label], overwrite=overwrite)
+    with ExitStack() as stack:
+        t1_mosaic, t2_mosaic, label_mosaic = (stack.enter_context(Mosaic(path)) for path in (t1, t2, label))
+        sizes = {m.path: (m.height, m.width) for m in (t1_mosaic, t2_mosaic, label_mosaic)}
+        if len(set(sizes.values())) > 1:
+            raise _problems(
+                "T1, T2 and label sizes differ (height x width):", [f"{p}: {h} x {w}" for p, (h, w) in sizes.items()]
+            )
+        for mosaic in (t1_mosaic, t2_mosaic):
+            if mosaic.dtype != np.uint8:
+                raise PrepareError(
+                    f"{mosaic.path}: {mosaic.dtype} pixels; bcdd needs 8-bit mosaics so that every tile is scaled"
+                    " alike (convert first, e.g. gdal_translate -ot Byte -scale)"
+                )
+        height, width = t1_mosaic.height, t1_mosaic.width
+        rows, columns = height // tile, width // tile
+        if not rows or not columns:
+            raise PrepareError(f"the mosaics ({height} x {width}) are smaller than one {tile}-pixel tile")
+        names = [tile_name(row * tile, column * tile) for row in range(rows) for column in range(columns)]
+        splits = split_ids(names, seed)
+
+        changed = 0
+        with output.staged() as staging:
+            for row in tqdm(range(rows), desc="bcdd", unit="tile row"):
+                top = row * tile
+                band_t1 = to_rgb8(t1_mosaic.read_rows(top, top + tile), alpha=t1_mosaic.alpha)[0]
+                band_t2 = to_rgb8(t2_mosaic.read_rows(top, top + tile), alpha=t2_mosaic.alpha)[0]
+                band_label = label_mosaic.read_rows(top, top + tile)
+                if label_mosaic.alpha:
+                    band_label = band_label[..., :-1]
+                source = f"{label_mosaic.path} (rows {top}-{top + tile - 1})"
+                band_mask = binarize_label(band_label[:, : columns * tile], source, threshold)
+                changed += int(np.count_nonzero(band_mask))
+                for column in range(columns):
+                    window = slice(column * tile, (column + 1) * tile)
+                    name = tile_name(top, column * tile)
+                    files = {kind: staging / "images" / kind / f"{name}.png" for kind in ("t1", "t2", "label")}
+                    write_png_atomic(files["t1"], band_t1[:, window])
+                    write_png_atomic(files["t2"], band_t2[:, window])
+                    write_png_atomic(files["label"], band_mask[:, window])
+                    sample_dir = staging / splits[name]
+                    _write_sample(
+                        sample_dir / f"{name}.json",
+                        {
+                            "img1_path": _relative(files["t1"], sample_dir),
+                            "img2_path": _relative(files["t2"], sample_dir),
+                            "mask_path": _relative(files["label"], sample_dir),
+                            "question": question,
+                            "answer": PLAIN_ANSWER,
+                            "kind": "explicit",
+                            "croi": "building",
+                            "direction": "increase",
+                            "pair_id": name,
+                            "heldout": False,
+                        },
+                    )
+    return {
+        "pairs": {name: list(splits.values()).count(name) for name in SPLITS},
+        "change_fraction": changed / (len(names) * tile * tile),
+        "tiles": f"{rows} rows x {columns} columns of {tile} px",
+        "dropped": f"{width - columns * tile} px at the right, {height - rows * tile} px at the bottom",
+        "decoded whole": ", ".join(str(m.path) for m in (t1_mosaic, t2_mosaic, label_mosaic) if not m.windowed)
+        or "none (all read in windows)",
+    }
+
+
+# --------------------------------------------------------------------------------------------------------- folder
+
+
+def _subfolders(folder: Path) -> dict[str, Path]:
+    """Subfolders by lower-case name; two names differing only in case would make the layout ambiguous."""
+    found: dict[str, Path] = {}
+    for child in sorted(folder.iterdir()):
+        if child.is_dir():
+            if child.name.lower() in found:
+                raise PrepareError(f"{folder}: both {found[child.name.lower()].name}/ and {child.name}/ exist")
+            found[child.name.lower()] = child
+    return found
+
+
+def find_layout(root: Path) -> list[tuple[str | None, Path, Path, Path]]:
+    """(split, T1 folder, T2 folder, label folder) for ROOT or, when present, each of ROOT/{train,val,test}."""
+    if not root.is_dir():
+        raise PrepareError(f"{root}: no such folder")
+    children = _subfolders(root)
+    bases = [(split, children[split]) for split in SPLITS if split in children] or [(None, root)]
+    layouts = []
+    for split, base in bases:
+        folders = _subfolders(base)
+        pairs = [(folders[a], folders[b]) for a, b in IMAGE_FOLDER_PAIRS if a in folders and b in folders]
+        labels = [folders[name] for name in LABEL_FOLDERS if name in folders]
+        if len(pairs) != 1 or len(labels) != 1:
+            found = ", ".join(sorted(folder.name for folder in folders.values())) or "none"
+            raise PrepareError(
+                f"{base}: expected one image folder pair ({', '.join(f'{a}/{b}' for a, b in IMAGE_FOLDER_PAIRS)})"
+                f" and one label folder ({', '.join(LABEL_FOLDERS)}); found {found}"
+            )
+        layouts.append((split, *pairs[0], labels[0]))
+    return layouts
+
+
+def _images_by_stem(folder: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.stem in files:
+                raise PrepareError(f"{folder}: {files[path.stem].name} and {path.name} share the name {path.stem}")
+            files[path.stem] = path
+    return files
+
+
+def prepare_folder(
+    root,
+    question: str,
+    output_dir,
+    answer: str = PLAIN_ANSWER,
+    seed: int = 0,
+    threshold: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Index a data set in a standard change-detection layout (see `find_layout`) as samples asking `question`.
+
+    Pairs match by file name without extension. The images stay where they are and are referenced by relative
+    path; labels (0/1, 0/255 or binary colour) are re-written as 0/255 PNG under OUT/masks/<split>/. A pair whose
+    label has change gets `answer`; one with an empty label gets a no-change sentence without [SEG] and
+    `kind: "absent"`. Existing train/val/test folders are kept as the split, otherwise a seeded 8:1:1 split is
+    made. Returns the summary.
+    """
+    output = OutputDir(output_dir, "prepare_data.py folder", inputs=[root], overwrite=overwrite)
+    root, output_dir = Path(root).resolve(), output.path
+    pairs = []  # (split or None, stem, t1, t2, label)
+    unmatched, unreadable, mismatched = [], [], []
+    for split, t1_dir, t2_dir, label_dir in find_layout(root):
+        listings = {folder: _images_by_stem(folder) for folder in (t1_dir, t2_dir, label_dir)}
+        for stem in sorted(set().union(*listings.values())):
+            missing = [folder for folder, files in listings.items() if stem not in files]
+            if missing:
+                unmatched.append(f"{stem}: not in {', '.join(_relative(folder, root) + '/' for folder in missing)}")
+                continue
+            files = [listings[folder][stem] for folder in (t1_dir, t2_dir, label_dir)]
+            try:
+                sizes = [image_size(path) for path in files]
+            except ImageReadError as error:
+                unreadable.append(str(error))
+                continue
+            if len(set(sizes)) > 1:
+                mismatched.append(
+                    f"{stem}: " + ", ".join(f"{_relative(p, root)} {h} x {w}" for p, (h, w) in zip(files, sizes))
+                )
+            pairs.append((split, stem, *files))
+    if unmatched:
+        raise _problems(f"{root}: {len(unmatched)} file names have no partner:", unmatched)
+    if unreadable:
+        raise _problems(f"{root}: {len(unreadable)} files cannot be read:", unreadable)
+    if mismatched:
+        raise _problems(f"{root}: {len(mismatched)} pairs differ in size (height x width):", mismatched)
+    if not pairs:
+        raise PrepareError(f"{root}: no image pairs found")
+
+    made_splits = split_ids([stem for split, stem, *_ in pairs if split is None], seed)
+    counts = dict.fromkeys(SPLITS, 0)
+    changed = total = absent = 0
+    non_binary = []
+    with output.staged() as staging:
+        for split, stem, t1, t2, label in tqdm(pairs, desc="folder", unit="pair"):
+            try:
+                mask = read_mask(label, threshold)
+            except ImageReadError as error:
+                non_binary.append(str(error))
+                continue
+            split = split or made_splits[stem]
+            mask_file = staging / "masks" / split / f"{stem}.png"
+            write_png_atomic(mask_file, mask)
+            has_change = bool(mask.any())
+            sample_dir = output_dir / split  # the final place, which the relative paths must resolve from
+            _write_sample(
+                staging / split / f"{stem}.json",
+                {
+                    "img1_path": _relative(t1, sample_dir),
+                    "img2_path": _relative(t2, sample_dir),
+                    "mask_path": _relative(output_dir / "masks" / split / f"{stem}.png", sample_dir),
+                    "question": question,
+                    "answer": answer if has_change else ABSENT_ANSWER,
+                    "kind": "explicit" if has_change else "absent",
+                    "pair_id": stem,
+                    "heldout": False,
+                },
+            )
+            counts[split] += 1
+            changed += int(np.count_nonzero(mask))
+            total += mask.size
+            absent += not has_change
+        if non_binary:
+            raise _problems(f"{len(non_binary)} labels cannot be used:", non_binary)
+    return {
+        "pairs": counts,
+        "change_fraction": changed / total,
+        "absent": absent,
+        "split": f"8:1:1, seed {seed}" if made_splits else "from the train/val/test folders",
+    }

@@ -205,7 +205,7 @@ def test_answers_without_seg_give_text_loss_only_and_empty_masks(model, processo
 
 
 def _weighted_ce(logits, labels, seg_id, seg_weight):
-    """DESIGN §6 by hand: mean CE over answer tokens, the [SEG] target weighted `seg_weight`."""
+    """The loss (docs/ARCHITECTURE.md, "Data flow") by hand: mean CE over answer tokens, the [SEG] target weighted `seg_weight`."""
     logits, targets = logits[:, :-1].float(), labels[:, 1:]
     valid = targets != -100
     per_token = F.cross_entropy(logits[valid], targets[valid], reduction="none")

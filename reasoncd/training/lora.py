@@ -39,7 +39,7 @@ def lora_config_for(model, *, rank: int = 8, alpha: int = 16, dropout: float = 0
 
 
 def apply_lora(model, **lora_kwargs) -> PeftModel:
-    """Freezes everything, then makes exactly DESIGN §3's trainable parts trainable."""
+    """Freezes everything, then makes exactly the trainable parts of docs/ARCHITECTURE.md ("What is trained") trainable."""
     return get_peft_model(model, lora_config_for(model, **lora_kwargs))
 
 

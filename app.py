@@ -11,7 +11,6 @@ Asking several questions about the same pair reuses the encoded images: CLIP and
 import argparse
 import hashlib
 import os
-import re
 import sys
 import tempfile
 import threading
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reasoncd.loading import add_quantize_argument, require_bitsandbytes
+from reasoncd.loading import HUB_ID, add_quantize_argument, require_bitsandbytes
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an analyst's machine
 
@@ -28,7 +27,6 @@ REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = REPO / "runs" / "quickstart" / "model"
 # Shown while DEFAULT_MODEL does not exist; its own folder, so that train.py's run folder stays train.py's.
 UNTRAINED_MODEL = REPO / "runs" / "untrained-tiny"
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 EXAMPLE_QUESTIONS = [
     ("explicit", "new buildings"),
     ("implicit", "changes that provide more living areas for people"),
@@ -123,6 +121,7 @@ def build_demo(detector: ChangeDetector, model_name: str, note: str | None = Non
     import gradio as gr
 
     from reasoncd.evaluation.figures import overlay
+    from reasoncd.data.samples import SEG
     from reasoncd.io import write_png_atomic
 
     downloads = Path(tempfile.mkdtemp(prefix="reasoncd-app-"))
@@ -142,7 +141,7 @@ def build_demo(detector: ChangeDetector, model_name: str, note: str | None = Non
         encoding = ("reused the encoded images of this pair" if result["reused"]
                     else f"images encoded in {result['encode_seconds']:.2f} s")
         status = f"**{result['changed_fraction']:.2%}** of the pixels changed · {encoding}"
-        if "[SEG]" not in result["raw_text"]:
+        if SEG not in result["raw_text"]:
             status += " · the model found no such change: the map is empty"
         return result["text"], (mask.astype(np.uint8) * 255), overlay(image_t2, mask), str(path), status
 

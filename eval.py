@@ -29,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from reasoncd.data.folders import IMAGE_SUFFIXES, SPLITS, PrepareError, find_layout, prepare_folder
+from reasoncd.data.folders import PrepareError, find_layout, prepare_folder
 from reasoncd.loading import CheckpointError
 from reasoncd.evaluation.figures import mask_panels, prediction_panels
-from reasoncd.data.images import ImageReadError, image_size, read_mask, read_rgb
-from reasoncd.evaluation.metrics import METRIC_NAMES, ChangeMetrics
+from reasoncd.data.images import IMAGE_SUFFIXES, ImageReadError, image_size, images_by_stem, read_mask, read_rgb
+from reasoncd.data.samples import SPLITS
+from reasoncd.evaluation.metrics import METRIC_NAMES, METRIC_TITLES, ChangeMetrics
 from reasoncd.io import OutputDir, OutputDirError, write_json_atomic, write_png_atomic
 from reasoncd.loading import add_quantize_argument, require_bitsandbytes
 
@@ -41,8 +42,6 @@ from reasoncd.loading import add_quantize_argument, require_bitsandbytes
 # them where it needs them, so scoring saved masks starts at once.
 
 MAX_LISTED = 20  # names shown in an error before "... and N more"
-METRIC_TITLES = {"f1": "F1", "precision": "Precision", "recall": "Recall", "oa": "OA", "iou": "IoU",
-                 "kappa": "Kappa", "giou": "gIoU", "ciou": "cIoU"}
 
 
 class EvalError(Exception):
@@ -180,14 +179,10 @@ def run_model(args) -> dict:
 def _images_by_stem(folder: Path, flag: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise EvalError(f"{flag} {folder}: no such folder")
-    files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES:
-            if path.stem in files:
-                raise EvalError(f"{flag} {folder}: {files[path.stem].name} and {path.name} share the name "
-                                f"{path.stem}; keep one")
-            files[path.stem] = path
-    return files
+    try:
+        return images_by_stem(folder)
+    except ValueError as error:
+        raise EvalError(f"{flag} {error}") from None
 
 
 def match_files(args) -> dict[str, dict[str, Path]]:

@@ -23,7 +23,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from reasoncd.evaluation.metrics import METRIC_TITLES
 from reasoncd.io import MARKER, OutputDir, OutputDirError, read_marker
+from reasoncd.loading import HUB_ID
 
 REPO = Path(__file__).resolve().parent
 HANDLER_FILE = REPO / "handler.py"
@@ -31,7 +33,6 @@ PIPELINE_TASK = "change-detection"
 PAPER_TITLE = "ReasonCD: A Multimodal Reasoning Large Model for Implicit Change-of-Interest Semantic Mining"
 PAPER_AUTHORS = "Huang, Zhenyang and Yu, Xiao and Zhang, Yi and Wang, Decheng and Ruan, Hang"
 CARD_TAGS = ["custom_code", "change-detection", "remote-sensing", "image-segmentation"]
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # The paper's components, recognised by their sizes when the config does not name them.
 PAPER_LLM = ("meta-llama/Llama-2-7b-chat-hf", {"hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 11008})
 PAPER_CLIP = ("openai/clip-vit-large-patch14", {"hidden_size": 1024, "num_hidden_layers": 24, "patch_size": 14})
@@ -39,8 +40,6 @@ SAM_BY_WIDTH = {(768, 12): "facebook/sam-vit-base", (1024, 24): "facebook/sam-vi
                 (1280, 32): "facebook/sam-vit-huge"}
 # What an endpoint needs beyond its base image: the remote code imports segment_anything and torchvision.
 REQUIREMENTS = ["transformers>=5.24,<6", "torchvision", "segment-anything", "pillow", "numpy"]
-METRIC_NAMES = {"f1": "F1", "precision": "Precision", "recall": "Recall", "oa": "OA", "iou": "IoU",
-                "kappa": "Kappa", "giou": "gIoU", "ciou": "cIoU"}
 RANDOM_PRESETS = ("tiny", "medium")
 RANDOM_PRESET_NOTE = """**This is the `{name}` preset: small components that start from random weights, for tests,
 benchmarks and demonstrations. It knows at most the built-in synthetic data; do not use it on real imagery.**"""
@@ -191,8 +190,8 @@ def _format(value) -> str:
 
 
 def metrics_section(metrics: dict) -> str:
-    lines = ["| " + " | ".join(METRIC_NAMES.values()) + " |", "|" + "---|" * len(METRIC_NAMES),
-             "| " + " | ".join(_format(metrics.get(key, "")) for key in METRIC_NAMES) + " |"]
+    lines = ["| " + " | ".join(METRIC_TITLES.values()) + " |", "|" + "---|" * len(METRIC_TITLES),
+             "| " + " | ".join(_format(metrics.get(key, "")) for key in METRIC_TITLES) + " |"]
     text = ["## Evaluation", "",
             "Pixel metrics from the global confusion matrix over all test pixels (change = positive); gIoU is the "
             "mean per-sample IoU, cIoU the total intersection over the total union; free generation (the model "
@@ -222,14 +221,14 @@ def build_card(*, config, processor, repo_id: str, metrics: dict | None, dataset
         eval_results = [EvalResult(task_type="image-segmentation", task_name="Change detection",
                                    dataset_type=datasets[0], dataset_name=datasets[0], dataset_split="test",
                                    metric_type=key, metric_name=name, metric_value=round(float(metrics[key]), 4))
-                        for key, name in METRIC_NAMES.items() if isinstance(metrics.get(key), (int, float))]
+                        for key, name in METRIC_TITLES.items() if isinstance(metrics.get(key), (int, float))]
     data = ModelCardData(
         library_name="peft" if adapter_base else "transformers",
         pipeline_tag="image-text-to-text",
         tags=CARD_TAGS + (["lora"] if adapter_base else []),
         base_model=adapter_base or base_ids or None,
         datasets=datasets or None,
-        metrics=[key for key in METRIC_NAMES if metrics and key in metrics] or None,
+        metrics=[key for key in METRIC_TITLES if metrics and key in metrics] or None,
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results,
         license="llama2" if any("llama-2" in b.lower() for b in base_ids) else None,
@@ -406,8 +405,8 @@ def read_metrics(path: Path | None) -> dict | None:
         metrics = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ExportError(f"--metrics {path}: not JSON ({error})") from None
-    if not isinstance(metrics, dict) or not any(key in metrics for key in METRIC_NAMES):
-        raise ExportError(f"--metrics {path}: none of {', '.join(METRIC_NAMES)} found (expected train.py's "
+    if not isinstance(metrics, dict) or not any(key in metrics for key in METRIC_TITLES):
+        raise ExportError(f"--metrics {path}: none of {', '.join(METRIC_TITLES)} found (expected train.py's "
                           "metrics.json)")
     return metrics
 

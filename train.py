@@ -35,7 +35,8 @@ from reasoncd.training.feature_cache import FrozenFeatureCache
 from reasoncd.evaluation.figures import prediction_panels, training_curves
 from reasoncd.training.lora import apply_lora, trainable_parameter_groups
 from reasoncd.io import OutputDir, OutputDirError, read_marker
-from reasoncd.data.samples import ReasonCDCollator, SampleError, as_dataset, load_pair, load_split
+from reasoncd.data.samples import SampleError, load_pair, load_split
+from reasoncd.training.dataset import ReasonCDCollator, as_dataset
 
 REPO = Path(__file__).resolve().parent
 QUICKSTART = {
@@ -288,7 +289,7 @@ class ReasonCDTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
         """
         Teacher-forced validation (fast; the early-stopping signal): loss, mask F1/precision/recall/IoU, and the
-        question-use figures of `reasoncd_tools.evaluation.score`: steering, `[SEG]` emission and absent-CRoI
+        question-use figures of `reasoncd.evaluation.scoring.score`: steering, `[SEG]` emission and absent-CRoI
         accuracy (argmax proxies under teacher forcing), question sensitivity, the counterfactual F1 drop, and the
         fidelity score that picks the best checkpoint (mean of F1, steering, absent accuracy, 1 - sensitivity).
         """

@@ -10,10 +10,13 @@ import argparse
 import importlib.util
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 
+# A Hugging Face Hub repository id, ORG/NAME (what --model or --push_to_hub may name instead of a folder).
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # Files a checkpoint folder cannot load without (weights may also be sharded: an index names the shards).
 REQUIRED_FILES = ("config.json", "processor_config.json", "tokenizer_config.json", "modeling_reasoncd.py",
                   "configuration_reasoncd.py", "processing_reasoncd.py")

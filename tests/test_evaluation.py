@@ -11,7 +11,8 @@ from PIL import Image
 from reasoncd.evaluation.scoring import (Counterfactual, QuestionSensitivity, Steering, counterfactual_masks,
                                        encode_batch, fidelity_score, predict_samples, score,
                                        seg_predicted_teacher_forced, swap_sources, truth_key)
-from reasoncd.data.samples import SEG, ReasonCDCollator, load_split
+from reasoncd.data.samples import SEG, load_split
+from reasoncd.training.dataset import ReasonCDCollator
 
 
 def _block(top: int, left: int, height: int = 8, width: int = 8, size: int = 32) -> np.ndarray:

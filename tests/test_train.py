@@ -15,7 +15,8 @@ import torch
 from reasoncd.build import build_tiny
 from reasoncd.training.feature_cache import FrozenFeatureCache, image_keys
 from reasoncd.training.lora import apply_lora
-from reasoncd.data.samples import SEG, ReasonCDCollator, SampleError, load_split
+from reasoncd.data.samples import SEG, SampleError, load_split
+from reasoncd.training.dataset import ReasonCDCollator
 from reasoncd.data.second import convert_second
 from reasoncd.data.synthetic import generate_second_layout
 

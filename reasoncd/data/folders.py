@@ -8,18 +8,17 @@ folder and puts the result in place at the end, so a failure leaves no partial o
 """
 from __future__ import annotations
 
-import json
-import os
 from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from reasoncd.data.images import ImageReadError, Mosaic, binarize_label, image_size, read_mask, to_rgb8
+from reasoncd.data.images import (ImageReadError, Mosaic, binarize_label, image_size, images_by_stem,
+                                  read_mask, to_rgb8)
+from reasoncd.data.samples import SPLITS, relative_path, write_sample
 from reasoncd.io import OutputDir, write_png_atomic
 
-SPLITS = ("train", "val", "test")
 PLAIN_ANSWER = "It's [SEG]."
 ABSENT_ANSWER = "There is no change of interest in these images."
 # Folder names of the common change-detection layouts (LEVIR-CD, WHU-CD, DSIFN, CDD, S2Looking, ...), matched
@@ -34,7 +33,6 @@ IMAGE_FOLDER_PAIRS = (
     ("time1", "time2"),
 )
 LABEL_FOLDERS = ("label", "labels", "mask", "gt", "cd")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MAX_LISTED = 20  # problems shown before "... and N more"
 
 
@@ -57,15 +55,6 @@ def split_ids(ids, seed: int) -> dict[str, str]:
     n_held = round(len(ids) * 0.1)
     names = ["val"] * n_held + ["test"] * n_held + ["train"] * (len(ids) - 2 * n_held)
     return {ids[index]: name for index, name in zip(order, names)}
-
-
-def _relative(target: Path, start: Path) -> str:
-    return Path(os.path.relpath(target, start)).as_posix()
-
-
-def _write_sample(path: Path, sample: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(sample, indent=2) + "\n", encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------------------------------- bcdd
@@ -136,21 +125,9 @@ def prepare_bcdd(
                     write_png_atomic(files["t2"], band_t2[:, window])
                     write_png_atomic(files["label"], band_mask[:, window])
                     sample_dir = staging / splits[name]
-                    _write_sample(
-                        sample_dir / f"{name}.json",
-                        {
-                            "img1_path": _relative(files["t1"], sample_dir),
-                            "img2_path": _relative(files["t2"], sample_dir),
-                            "mask_path": _relative(files["label"], sample_dir),
-                            "question": question,
-                            "answer": PLAIN_ANSWER,
-                            "kind": "explicit",
-                            "croi": "building",
-                            "direction": "increase",
-                            "pair_id": name,
-                            "heldout": False,
-                        },
-                    )
+                    write_sample(sample_dir / f"{name}.json", sample_dir, img1=files["t1"], img2=files["t2"],
+                                 mask=files["label"], question=question, answer=PLAIN_ANSWER, kind="explicit",
+                                 croi="building", direction="increase", pair_id=name, heldout=False)
     return {
         "pairs": {name: list(splits.values()).count(name) for name in SPLITS},
         "change_fraction": changed / (len(names) * tile * tile),
@@ -196,16 +173,6 @@ def find_layout(root: Path) -> list[tuple[str | None, Path, Path, Path]]:
     return layouts
 
 
-def _images_by_stem(folder: Path) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES:
-            if path.stem in files:
-                raise PrepareError(f"{folder}: {files[path.stem].name} and {path.name} share the name {path.stem}")
-            files[path.stem] = path
-    return files
-
-
 def prepare_folder(
     root,
     question: str,
@@ -228,11 +195,11 @@ def prepare_folder(
     pairs = []  # (split or None, stem, t1, t2, label)
     unmatched, unreadable, mismatched = [], [], []
     for split, t1_dir, t2_dir, label_dir in find_layout(root):
-        listings = {folder: _images_by_stem(folder) for folder in (t1_dir, t2_dir, label_dir)}
+        listings = {folder: images_by_stem(folder) for folder in (t1_dir, t2_dir, label_dir)}
         for stem in sorted(set().union(*listings.values())):
             missing = [folder for folder, files in listings.items() if stem not in files]
             if missing:
-                unmatched.append(f"{stem}: not in {', '.join(_relative(folder, root) + '/' for folder in missing)}")
+                unmatched.append(f"{stem}: not in {', '.join(relative_path(folder, root) + '/' for folder in missing)}")
                 continue
             files = [listings[folder][stem] for folder in (t1_dir, t2_dir, label_dir)]
             try:
@@ -242,7 +209,7 @@ def prepare_folder(
                 continue
             if len(set(sizes)) > 1:
                 mismatched.append(
-                    f"{stem}: " + ", ".join(f"{_relative(p, root)} {h} x {w}" for p, (h, w) in zip(files, sizes))
+                    f"{stem}: " + ", ".join(f"{relative_path(p, root)} {h} x {w}" for p, (h, w) in zip(files, sizes))
                 )
             pairs.append((split, stem, *files))
     if unmatched:
@@ -270,19 +237,10 @@ def prepare_folder(
             write_png_atomic(mask_file, mask)
             has_change = bool(mask.any())
             sample_dir = output_dir / split  # the final place, which the relative paths must resolve from
-            _write_sample(
-                staging / split / f"{stem}.json",
-                {
-                    "img1_path": _relative(t1, sample_dir),
-                    "img2_path": _relative(t2, sample_dir),
-                    "mask_path": _relative(output_dir / "masks" / split / f"{stem}.png", sample_dir),
-                    "question": question,
-                    "answer": answer if has_change else ABSENT_ANSWER,
-                    "kind": "explicit" if has_change else "absent",
-                    "pair_id": stem,
-                    "heldout": False,
-                },
-            )
+            write_sample(staging / split / f"{stem}.json", sample_dir, img1=t1, img2=t2,
+                         mask=output_dir / "masks" / split / f"{stem}.png", question=question,
+                         answer=answer if has_change else ABSENT_ANSWER, kind="explicit" if has_change else "absent",
+                         pair_id=stem, heldout=False)
             counts[split] += 1
             changed += int(np.count_nonzero(mask))
             total += mask.size

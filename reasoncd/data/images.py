@@ -280,6 +280,22 @@ def binarize_label(array: np.ndarray, source, threshold: int | None = None) -> n
     )
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def images_by_stem(folder) -> dict[str, Path]:
+    """The image files of `folder` by name without extension (hidden files, the leftovers of editors, the OS or
+    interrupted writes, are skipped); ValueError when two files share a name."""
+    files: dict[str, Path] = {}
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.stem in files:
+                raise ValueError(f"{folder}: {files[path.stem].name} and {path.name} share the name {path.stem}; "
+                                 "keep one")
+            files[path.stem] = path
+    return files
+
+
 def read_mask(path, threshold: int | None = None) -> np.ndarray:
     """Read a change label as an (H, W) bool mask (True = change); see :func:`binarize_label` for the rules."""
     array, alpha, _ = _decode(path)

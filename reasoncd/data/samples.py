@@ -5,23 +5,38 @@ optional metadata the evaluation reads: `kind`, `croi`, `direction`, `heldout`, 
 """
 
 import json
+import os
 from pathlib import Path
 
-import datasets
 import numpy as np
 
-from reasoncd.training.feature_cache import image_keys
 from reasoncd.data.images import read_mask, read_rgb
+from reasoncd.io import write_json_atomic
 
 REQUIRED_FIELDS = ("img1_path", "img2_path", "mask_path", "question", "answer")
 PATH_FIELDS = ("img1_path", "img2_path", "mask_path")
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test")  # the folders of a data set, each holding sample JSON files
+# processing_reasoncd.SEG_TOKEN, spelled out so that reading and writing samples does not import torch (prepare_data.py
+# cuts mosaics within a memory bound that torch alone would exceed).
 SEG = "[SEG]"
 MAX_LISTED_PROBLEMS = 20
 
 
 class SampleError(ValueError):
     """A split that cannot be used; the message lists each bad file and field."""
+
+
+def relative_path(target, start) -> str:
+    """`target` relative to the folder `start`, with forward slashes (as samples store their paths)."""
+    return Path(os.path.relpath(target, start)).as_posix()
+
+
+def write_sample(path, folder, *, img1, img2, mask, question: str, answer: str, **metadata) -> None:
+    """Writes one sample JSON at `path`. The image and mask paths are stored relative to `folder`, the folder the
+    JSON file ends up in (which `path` may differ from while a data set is built in a staging folder)."""
+    record = {"img1_path": relative_path(img1, folder), "img2_path": relative_path(img2, folder),
+              "mask_path": relative_path(mask, folder), "question": question, "answer": answer, **metadata}
+    write_json_atomic(path, record)
 
 
 def _resolve(json_path: Path, value: str) -> Path:
@@ -95,25 +110,6 @@ def group_by_pair(samples: list[dict]) -> list[dict]:
     return list(groups.values())
 
 
-def as_dataset(samples: list[dict]) -> datasets.Dataset:
-    """
-    A `datasets.Dataset` with one row per image pair (paths and texts only; the collator decodes images lazily,
-    batch by batch). Batch sizes therefore count pairs; all questions about a pair travel together.
-    """
-    groups = group_by_pair(samples)
-    columns = ("img1_path", "img2_path", "pair_id", "questions", "answers", "mask_paths")
-    return datasets.Dataset.from_dict({key: [g[key] for g in groups] for key in columns})
-
-
-def _as_samples(item: dict) -> list[dict]:
-    """A dataset row (a pair with its questions) or a single sample, as a list of samples."""
-    if "questions" not in item:
-        return [item]
-    return [{"img1_path": item["img1_path"], "img2_path": item["img2_path"], "mask_path": mask,
-             "question": question, "answer": answer}
-            for question, answer, mask in zip(item["questions"], item["answers"], item["mask_paths"])]
-
-
 def load_images(sample: dict) -> tuple[np.ndarray, np.ndarray]:
     """T1 and T2 as HxWx3 uint8, which must have the same size."""
     image_t1, _ = read_rgb(sample["img1_path"])
@@ -138,34 +134,3 @@ def load_pair(sample: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """T1, T2 and the mask of one sample."""
     image_t1, image_t2 = load_images(sample)
     return image_t1, image_t2, load_mask(sample, image_t1.shape[:2])
-
-
-class ReasonCDCollator:
-    """Decodes a batch of samples and builds model inputs with the processor (labels: answer tokens only)."""
-
-    def __init__(self, processor, *, cache_keys: bool = False):
-        self.processor = processor
-        self.cache_keys = cache_keys  # content keys for the frozen-feature cache, hashed here on the CPU
-
-    def __call__(self, batch: list[dict]) -> dict:
-        samples = [sample for item in batch for sample in _as_samples(item)]
-        pair_of, pairs, pair_index, masks = {}, [], [], []
-        for sample in samples:
-            key = (sample["img1_path"], sample["img2_path"])
-            if key not in pair_of:  # each pair is decoded (and later encoded) once, however many questions
-                pair_of[key] = len(pairs)
-                pairs.append(load_images(sample))
-            pair_index.append(pair_of[key])
-            masks.append(load_mask(sample, pairs[pair_of[key]][0].shape[:2]))
-        inputs = dict(self.processor(
-            images_t1=[p[0] for p in pairs],
-            images_t2=[p[1] for p in pairs],
-            text=[s["question"] for s in samples],
-            answers=[s["answer"] for s in samples],
-            masks=masks,
-            pair_index=pair_index,
-            return_tensors="pt",
-        ))
-        if self.cache_keys:
-            inputs["cache_keys"] = image_keys(inputs)
-        return inputs

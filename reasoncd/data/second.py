@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from reasoncd.data.images import IMAGE_SUFFIXES
+from reasoncd.data.samples import SPLITS, relative_path, write_sample
 from reasoncd.io import OutputDir
 from reasoncd.data.questions import CLASSES, corpus, make_question
 
@@ -35,8 +36,6 @@ SECOND_COLOURS: dict[str, tuple[int, int, int]] = {
 }
 UNCHANGED_COLOUR = (255, 255, 255)
 SUBFOLDERS = ("im1", "im2", "label1", "label2")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-SPLIT_NAMES = ("train", "val", "test")
 # A class whose change covers less than this share of the pair is too small to ask about, and is not safely
 # absent either: it gets no sample.
 MIN_CHANGE_FRACTION = 0.001
@@ -232,10 +231,6 @@ def _pair_samples(
     return samples, masks
 
 
-def _relative(path: Path, start: Path) -> str:
-    return Path(os.path.relpath(path, start)).as_posix()
-
-
 def convert_second(
     root,
     output_dir,
@@ -293,7 +288,7 @@ def convert_second(
 def _write(files, splits, sizes, staging: Path, output_dir: Path, seed, explanations, negatives_per_pair, progress):
     """Write masks and JSONs into ``staging``, with paths computed as if it were already ``output_dir``."""
     (staging / "masks").mkdir(parents=True)
-    for name in SPLIT_NAMES:
+    for name in SPLITS:
         (staging / name).mkdir()
     pairs, samples_per_split, kinds, heldout = Counter(), Counter(), Counter(), Counter()
     changed_pixels = total_pixels = mismatch_pixels = 0
@@ -325,34 +320,24 @@ def _write(files, splits, sizes, staging: Path, output_dir: Path, seed, explanat
             key = sample.pop("mask_key")
             mask_name = mask_names[key] if key else empty_name
             others = {
-                other: _relative(output_dir / "masks" / mask_names[other], json_dir)
+                other: relative_path(output_dir / "masks" / mask_names[other], json_dir)
                 for other in sorted(masks)
                 if other.split("/")[0] != sample["croi"] and not other.endswith("/any")
             }
-            record = {
-                "img1_path": _relative(files[stem]["im1"], json_dir),
-                "img2_path": _relative(files[stem]["im2"], json_dir),
-                "mask_path": _relative(output_dir / "masks" / mask_name, json_dir),
-                "question": sample["question"],
-                "answer": sample["answer"],
-                "kind": sample["kind"],
-                "croi": sample["croi"],
-                "direction": sample["direction"],
-                "heldout": sample["heldout"],
-                "pair_id": stem,
-                "other_masks": others,
-            }
             name = f"{stem}__{sample['croi']}__{sample['direction']}.json"
-            (staging / split_name / name).write_text(json.dumps(record, indent=1))
+            write_sample(staging / split_name / name, json_dir, img1=files[stem]["im1"], img2=files[stem]["im2"],
+                         mask=output_dir / "masks" / mask_name, question=sample["question"],
+                         answer=sample["answer"], kind=sample["kind"], croi=sample["croi"],
+                         direction=sample["direction"], heldout=sample["heldout"], pair_id=stem, other_masks=others)
             samples_per_split[split_name] += 1
             kinds[sample["kind"]] += 1
             heldout[split_name] += int(sample["heldout"])
 
     return {
-        "pairs": {name: pairs[name] for name in SPLIT_NAMES},
-        "samples": {name: samples_per_split[name] for name in SPLIT_NAMES},
+        "pairs": {name: pairs[name] for name in SPLITS},
+        "samples": {name: samples_per_split[name] for name in SPLITS},
         "kinds": dict(sorted(kinds.items())),
-        "heldout_samples": {name: heldout[name] for name in SPLIT_NAMES},
+        "heldout_samples": {name: heldout[name] for name in SPLITS},
         "change_fraction": changed_pixels / max(total_pixels, 1),
         "label_mismatch_pixels": mismatch_pixels,
     }

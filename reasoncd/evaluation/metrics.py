@@ -21,6 +21,9 @@ from __future__ import annotations
 import numpy as np
 
 METRIC_NAMES = ("f1", "precision", "recall", "oa", "iou", "kappa", "giou", "ciou")
+# How reports, model cards and messages write each metric.
+METRIC_TITLES = {"f1": "F1", "precision": "Precision", "recall": "Recall", "oa": "OA", "iou": "IoU",
+                 "kappa": "Kappa", "giou": "gIoU", "ciou": "cIoU"}
 
 
 def _ratio(numerator: int, denominator: int) -> float:

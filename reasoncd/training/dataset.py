@@ -1,0 +1,58 @@
+"""Samples as training data: a `datasets.Dataset` with one row per image pair, and the collator that decodes a batch
+and builds the model's inputs with the processor."""
+
+import datasets
+
+from reasoncd.data.samples import group_by_pair, load_images, load_mask
+from reasoncd.training.feature_cache import image_keys
+
+
+def as_dataset(samples: list[dict]) -> datasets.Dataset:
+    """
+    A `datasets.Dataset` with one row per image pair (paths and texts only; the collator decodes images lazily,
+    batch by batch). Batch sizes therefore count pairs; all questions about a pair travel together.
+    """
+    groups = group_by_pair(samples)
+    columns = ("img1_path", "img2_path", "pair_id", "questions", "answers", "mask_paths")
+    return datasets.Dataset.from_dict({key: [g[key] for g in groups] for key in columns})
+
+
+def _as_samples(item: dict) -> list[dict]:
+    """A dataset row (a pair with its questions) or a single sample, as a list of samples."""
+    if "questions" not in item:
+        return [item]
+    return [{"img1_path": item["img1_path"], "img2_path": item["img2_path"], "mask_path": mask,
+             "question": question, "answer": answer}
+            for question, answer, mask in zip(item["questions"], item["answers"], item["mask_paths"])]
+
+
+
+class ReasonCDCollator:
+    """Decodes a batch of samples and builds model inputs with the processor (labels: answer tokens only)."""
+
+    def __init__(self, processor, *, cache_keys: bool = False):
+        self.processor = processor
+        self.cache_keys = cache_keys  # content keys for the frozen-feature cache, hashed here on the CPU
+
+    def __call__(self, batch: list[dict]) -> dict:
+        samples = [sample for item in batch for sample in _as_samples(item)]
+        pair_of, pairs, pair_index, masks = {}, [], [], []
+        for sample in samples:
+            key = (sample["img1_path"], sample["img2_path"])
+            if key not in pair_of:  # each pair is decoded (and later encoded) once, however many questions
+                pair_of[key] = len(pairs)
+                pairs.append(load_images(sample))
+            pair_index.append(pair_of[key])
+            masks.append(load_mask(sample, pairs[pair_of[key]][0].shape[:2]))
+        inputs = dict(self.processor(
+            images_t1=[p[0] for p in pairs],
+            images_t2=[p[1] for p in pairs],
+            text=[s["question"] for s in samples],
+            answers=[s["answer"] for s in samples],
+            masks=masks,
+            pair_index=pair_index,
+            return_tensors="pt",
+        ))
+        if self.cache_keys:
+            inputs["cache_keys"] = image_keys(inputs)
+        return inputs

@@ -1,1 +1,1 @@
-"""Support code for ReasonCD: data, question bank, metrics and figures. Not shipped with the weights."""
+"""Support package of ReasonCD, split by stage (docs/ARCHITECTURE.md, "Package map"). Not shipped with the weights."""

@@ -1,0 +1,1 @@
+"""Evaluation: change-detection metrics, scoring a model on samples, figures."""

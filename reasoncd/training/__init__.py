@@ -1,0 +1,1 @@
+"""Training parts: LoRA, the frozen-feature cache, the dataset and collator, the tokenizer."""

@@ -1,0 +1,55 @@
+"""reasoncd.data.samples: the sample format written and read back, from a staging folder to its final place."""
+import json
+
+import numpy as np
+
+from reasoncd.data.samples import SEG, load_pair, load_split, read_sample, write_sample
+from reasoncd.io import write_png_atomic
+
+
+def _pair(root):
+    t1, t2, mask = root / "images" / "t1.png", root / "images" / "t2.png", root / "masks" / "m.png"
+    write_png_atomic(t1, np.full((8, 10, 3), 10, np.uint8))
+    write_png_atomic(t2, np.full((8, 10, 3), 200, np.uint8))
+    truth = np.zeros((8, 10), bool)
+    truth[2:5, 3:7] = True
+    write_png_atomic(mask, truth)
+    return t1, t2, mask, truth
+
+
+def test_written_sample_reads_back_with_paths_relative_to_its_final_folder(tmp_path):
+    data = tmp_path / "data"
+    t1, t2, mask, truth = _pair(data)
+    # Built in a staging folder, read where it ends up: the stored paths are relative to the final folder.
+    staged = tmp_path / "staging" / "train" / "p.json"
+    write_sample(staged, data / "train", img1=t1, img2=t2, mask=mask, question="new buildings",
+                 answer=f"It's {SEG}.", kind="explicit", pair_id="p", heldout=False)
+    record = json.loads(staged.read_text())
+    assert record["img1_path"] == "../images/t1.png" and record["mask_path"] == "../masks/m.png"
+    assert (record["question"], record["kind"], record["heldout"]) == ("new buildings", "explicit", False)
+
+    (data / "train").mkdir()
+    staged.rename(data / "train" / "p.json")
+    sample, problems = read_sample(data / "train" / "p.json")
+    assert problems == [] and sample["img1_path"] == str(t1.resolve())
+    image_t1, image_t2, read_truth = load_pair(sample)
+    assert image_t1.shape == (8, 10, 3) and int(image_t2[0, 0, 0]) == 200
+    assert np.array_equal(read_truth, truth)
+    assert [s["pair_id"] for s in load_split(data, "train")] == ["p"]
+
+
+def test_an_answer_without_seg_is_absent_and_has_an_empty_mask(tmp_path):
+    t1, t2, mask, _ = _pair(tmp_path)
+    write_sample(tmp_path / "train" / "a.json", tmp_path / "train", img1=t1, img2=t2, mask=mask,
+                 question="new roads", answer="There is no change of interest in these images.")
+    sample, problems = read_sample(tmp_path / "train" / "a.json")
+    assert problems == [] and sample["kind"] == "absent"
+    assert not load_pair(sample)[2].any()
+
+
+def test_missing_fields_are_named(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"img1_path": "a.png", "question": ""}))
+    sample, problems = read_sample(path)
+    assert sample is None
+    assert any("'answer' is missing" in p for p in problems) and any("'question' must be" in p for p in problems)

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from configuration_reasoncd import ReasonCDConfig
-from reasoncd.build import build_from_components, build_tiny, parameter_report, print_report, save_checkpoint
+from reasoncd.build import (add_option_arguments, build_from_components, build_tiny, option_overrides,
+                            parameter_report, print_report, save_checkpoint)
 from reasoncd.io import OutputDir, OutputDirError
 
 
@@ -31,6 +32,7 @@ def main(argv=None) -> int:
                         help="the paper's ablation: SAM features of T1 and T2 concatenated, no ResNet-FPN fusion")
     parser.add_argument("--dry_run", action="store_true", help="print parameter counts, allocate no weights")
     parser.add_argument("--lora_rank", type=int, default=8)
+    add_option_arguments(parser)
     args = parser.parse_args(argv)
 
     real = any([args.llm, args.vision, args.sam])
@@ -38,6 +40,7 @@ def main(argv=None) -> int:
         parser.error("building from real components needs --llm, --vision and --sam together")
     args.preset = args.preset or ("reasoncd-7b" if real else "tiny")
     overrides = {"fusion_module": {"enabled": False}} if args.no_fusion else {}
+    overrides.update(option_overrides(args))
     if args.no_fusion and args.resnet:
         parser.error("--resnet loads the fusion module's ResNet, which --no_fusion removes")
     if args.dry_run:

@@ -12,6 +12,7 @@ Data flow (top to bottom in this file):
 """
 
 import importlib.util
+import math
 from dataclasses import dataclass
 from functools import partial
 from numbers import Integral
@@ -29,10 +30,12 @@ from transformers.utils import ModelOutput
 
 try:
     from .configuration_reasoncd import ReasonCDConfig
-    from .processing_reasoncd import upscale_mask_logits
 except ImportError:
     from configuration_reasoncd import ReasonCDConfig
-    from processing_reasoncd import upscale_mask_logits
+
+
+# Answer tokens that `answer_decision_loss_weight` weighs (see `_text_loss`).
+ANSWER_DECISION_TOKENS = 2
 
 
 @dataclass
@@ -103,6 +106,22 @@ class ReasonCDGenerateOutput(ModelOutput):
     seg_hidden_states: torch.FloatTensor | None = None
     reshaped_sizes: torch.LongTensor | None = None
     image_sizes: torch.LongTensor | None = None
+
+
+# --- mask geometry: SAM's frame <-> the input's size (the processor's post-processing uses it too) ---
+def sam_resized_shape(height: int, width: int, longest_side: int) -> tuple[int, int]:
+    """segment-anything's `ResizeLongestSide.get_preprocess_shape`."""
+    scale = longest_side / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def upscale_mask_logits(low_res: torch.Tensor, reshaped_size, target_size, frame: int) -> torch.Tensor:
+    """Low-res logits `(h, w)` -> SAM's padded `frame` -> un-padded to `reshaped_size` -> `target_size` `(H, W)`."""
+    rh, rw = (int(v) for v in reshaped_size)
+    full = F.interpolate(low_res[None, None], size=(frame, frame), mode="bilinear", align_corners=False)
+    full = full[..., :rh, :rw]
+    target = tuple(int(v) for v in target_size)
+    return F.interpolate(full, size=target, mode="bilinear", align_corners=False)[0, 0]
 
 
 def _per_row(per_pair_or_row: torch.Tensor | None, pair_index: torch.Tensor) -> torch.Tensor | None:
@@ -340,14 +359,14 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
     # sam_prompt_encoder and the language model's base weights.
     trainable_module_names = ("multi_modal_projector", "text_hidden_fc", "sam_mask_decoder", "feature_fusion")
     # Trained in full too when the config switches them on (options beyond the paper).
-    optional_module_names = ("seg_state_norm", "prompt_film")
+    optional_module_names = ("seg_state_norm", "prompt_film", "change_projector")
     frozen_module_names = ("vision_tower", "sam_image_encoder", "sam_prompt_encoder")
     # Kept out of bitsandbytes quantisation (`bitsandbytes_config`): everything but the language model's decoder
     # layers. The encoders and the mask path are small next to a 7B decoder, and the [SEG] decision is read off
     # `lm_head`. transformers matches these as prefixes of module names (and `lm_head` as a suffix).
     unquantized_module_names = ("vision_tower", "multi_modal_projector", "text_hidden_fc", "sam_image_encoder",
-                                "sam_prompt_encoder", "sam_mask_decoder", "feature_fusion", "seg_state_norm",
-                                "prompt_film", "language_model.lm_head")
+                                "sam_prompt_encoder", "sam_mask_decoder", "feature_fusion", "prompt_film",
+                                "change_projector", "language_model.lm_head")
 
     @classmethod
     def bitsandbytes_config(cls, bits: int, compute_dtype: torch.dtype = torch.bfloat16):
@@ -422,6 +441,9 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         # Options beyond the paper (off in the `reasoncd-7b` preset): see `ReasonCDConfig`.
         self.seg_state_norm = SegStateStandardizer(text_hidden) if config.seg_state_norm else None
         self.prompt_film = PromptFiLM(text_hidden, prompt_dim) if config.mask_conditioning == "film" else None
+        self.change_projector = nn.Linear(prompt_dim, text_hidden) if config.change_tokens else None
+        if self.change_projector is not None:
+            self.change_projector.zero_init = True  # starts as the paper's image tokens
         self.trainable_module_names = type(self).trainable_module_names + tuple(
             name for name in self.optional_module_names if getattr(self, name) is not None)
         self.post_init()
@@ -490,13 +512,18 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
 
     # --- 2. language model inputs ---
     def _merge_image_tokens(
-        self, input_ids: torch.Tensor, features: ReasonCDFrozenFeatures, pair_index: torch.Tensor
+        self, input_ids: torch.Tensor, features: ReasonCDFrozenFeatures, pair_index: torch.Tensor,
+        mask_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Token embeddings with the projected CLIP features of each row's pair at its `<T1>`/`<T2>` placeholders."""
+        """
+        Token embeddings with the projected CLIP features of each row's pair at its `<T1>`/`<T2>` placeholders;
+        with `change_tokens`, the `<T2>` tokens also carry the pair's fused change embedding (`mask_embeds`).
+        """
         embeds = self.get_input_embeddings()(input_ids)
         n = self.config.image_seq_length
-        for token_id, vision in ((self.config.t1_token_id, features.vision_features_t1),
-                                 (self.config.t2_token_id, features.vision_features_t2)):
+        change = self._change_tokens(mask_embeds) if self.change_projector is not None else None
+        for token_id, vision, extra in ((self.config.t1_token_id, features.vision_features_t1, None),
+                                        (self.config.t2_token_id, features.vision_features_t2, change)):
             slots = input_ids == token_id
             counts = slots.sum(dim=1)
             if not bool((counts == n).all()):
@@ -504,9 +531,20 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
                     f"each prompt must hold {n} image placeholder tokens (id {token_id}) per date, found "
                     f"{counts.tolist()}; build inputs with ReasonCDProcessor, which expands them"
                 )
-            tokens = self.multi_modal_projector(vision.to(self.multi_modal_projector.weight.dtype))[pair_index]
-            embeds = embeds.masked_scatter(slots.unsqueeze(-1), tokens.to(embeds.dtype))
+            tokens = self.multi_modal_projector(vision.to(self.multi_modal_projector.weight.dtype))
+            if extra is not None:
+                tokens = tokens + extra.to(tokens.dtype)
+            embeds = embeds.masked_scatter(slots.unsqueeze(-1), tokens[pair_index].to(embeds.dtype))
         return embeds
+
+    def _change_tokens(self, mask_embeds: torch.Tensor) -> torch.Tensor:
+        """The fused change embedding `(P, C, h, w)` pooled to CLIP's patch grid (row-major, as CLIP's patches) and
+        projected into the language model: `(P, image_seq_length, hidden_size)`."""
+        if mask_embeds is None:
+            raise ValueError("change_tokens needs the fused change embedding before the language model runs")
+        grid = math.isqrt(self.config.image_seq_length)
+        pooled = F.adaptive_avg_pool2d(mask_embeds, grid).flatten(2).transpose(1, 2)
+        return self.change_projector(pooled.to(self.change_projector.weight.dtype))
 
     @staticmethod
     def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -594,7 +632,8 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
             pixel_values_t1=pixel_values_t1, pixel_values_t2=pixel_values_t2,
             sam_pixel_values_t1=sam_pixel_values_t1, sam_pixel_values_t2=sam_pixel_values_t2,
         )
-        inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index)
+        mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
+        inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index, mask_embeds)
         lm_out = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -604,7 +643,6 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         )
         last_hidden = lm_out.hidden_states[-1]
         seg_present, seg_hidden = self._seg_states_teacher_forced(input_ids, last_hidden)
-        mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
         pred_masks = self._masks_for_rows(mask_embeds, pair_index, seg_present, seg_hidden)
 
         loss = ce = bce = dice = None
@@ -613,6 +651,10 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
             bce, dice = self._mask_losses(pred_masks, seg_present, masks, reshaped_sizes, pair_index)
             cfg = self.config
             loss = cfg.ce_loss_weight * ce + cfg.bce_loss_weight * bce + cfg.dice_loss_weight * dice
+            if self.training and not bool(seg_present.any()):
+                # No mask to learn from in this batch (only absent CRoIs): the mask path still runs once, weighted
+                # zero, so that every process of a distributed run reduces gradients for the same parameters.
+                loss = loss + 0.0 * self.decode_masks(mask_embeds[:1], seg_hidden[:1]).sum()
         return ReasonCDOutput(
             loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice, logits=lm_out.logits,
             pred_masks=pred_masks, seg_present=seg_present, seg_hidden_states=seg_hidden,
@@ -642,9 +684,11 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         weights = valid.float()
         weights = torch.where(is_seg_target & missed.unsqueeze(1), weights * self.config.seg_token_loss_weight, weights)
         if self.config.answer_decision_loss_weight != 1.0:
-            # The answer's first token says "present" or "absent"; one token among twenty would weigh little.
-            first = valid & (valid.long().cumsum(dim=1) == 1)
-            weights = torch.where(first, weights * self.config.answer_decision_loss_weight, weights)
+            # Where an answer says "present" or "absent": explicit answers decide at their first token ("There is
+            # no change" / "It's the"), implicit ones by their second ("The question points" / "The change map").
+            # Two tokens among twenty would weigh little.
+            opening = valid & (valid.long().cumsum(dim=1) <= ANSWER_DECISION_TOKENS)
+            weights = torch.where(opening, weights * self.config.answer_decision_loss_weight, weights)
         return (per_token * weights).sum() / weights.sum().clamp(min=1.0)
 
     def _mask_losses(self, pred_masks, seg_present, masks, reshaped_sizes, pair_index):
@@ -706,6 +750,10 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
             pixel_values_t1=pixel_values_t1, pixel_values_t2=pixel_values_t2,
             sam_pixel_values_t1=sam_pixel_values_t1, sam_pixel_values_t2=sam_pixel_values_t2,
         )
+        # The fusion module is question-independent: with change tokens the language model reads it, so it runs first.
+        mask_embeds = None
+        if self.change_projector is not None:
+            mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
         prefix_length = use_cache and share_prefix and self._shared_prefix_length(input_ids, attention_mask)
         if prefix_length:
             input_ids, attention_mask = self._shared_prefix_layout(input_ids, attention_mask, prefix_length)
@@ -718,9 +766,9 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         elif prefix_length:
             cache = DynamicCache(config=self.language_model.config)
         if prefix_length:
-            inputs_embeds = self._prefill_prefix(input_ids, features, pair_index, prefix_length, cache)
+            inputs_embeds = self._prefill_prefix(input_ids, features, pair_index, prefix_length, cache, mask_embeds)
         else:
-            inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index)
+            inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index, mask_embeds)
         if own_loop:
             sequences, step_states = self._greedy_decode(inputs_embeds, attention_mask, cache, max_new_tokens,
                                                          **generate_kwargs)
@@ -736,7 +784,8 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
             step_states = torch.stack([states[-1][:, -1] for states in generated.hidden_states], dim=1)
         seg_present, seg_hidden = self._seg_states_generated(sequences, step_states)
         if bool(seg_present.any()):
-            mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
+            if mask_embeds is None:
+                mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
             pred_masks = self._masks_for_rows(mask_embeds, pair_index, seg_present, seg_hidden)
         else:  # every answer says the change is absent: no need to run the fusion module and decoder
             side = 4 * self.config.sam_config["image_size"] // self.config.sam_config["patch_size"]
@@ -776,7 +825,7 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
             mask[row, layout.shape[1] - suffix:] = 1
         return layout, mask
 
-    def _prefill_prefix(self, input_ids, features, pair_index, prefix_length, cache):
+    def _prefill_prefix(self, input_ids, features, pair_index, prefix_length, cache, mask_embeds=None):
         """
         Fills `cache` with the common prefix's keys and values, computed once per pair and copied to each of the
         pair's rows; returns every row's input embeddings (the prefix's, with the image features, also made once
@@ -788,7 +837,7 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         device = input_ids.device
         prefix_rows = torch.tensor(list(first_row_of_pair.values()), device=device)
         prefix_embeds = self._merge_image_tokens(input_ids[prefix_rows, :prefix_length], features,
-                                                 pair_index[prefix_rows])
+                                                 pair_index[prefix_rows], mask_embeds)
         self.language_model(inputs_embeds=prefix_embeds, cache=cache, use_cache=True, logits_to_keep=1)
         slot = {pair: i for i, pair in enumerate(first_row_of_pair)}
         row_slots = torch.tensor([slot[p] for p in pair_index.tolist()], device=device)

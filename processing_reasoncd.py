@@ -14,10 +14,16 @@ from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
+try:
+    from .configuration_reasoncd import NEW_TOKENS, SAM_VIT_H
+    from .modeling_reasoncd import sam_resized_shape, upscale_mask_logits
+except ImportError:
+    from configuration_reasoncd import NEW_TOKENS, SAM_VIT_H
+    from modeling_reasoncd import sam_resized_shape, upscale_mask_logits
+
 logger = logging.get_logger(__name__)
 
-T1_TOKEN, T2_TOKEN, P_START_TOKEN, P_END_TOKEN, SEG_TOKEN = "<T1>", "<T2>", "<p>", "</p>", "[SEG]"
-NEW_TOKENS = (T1_TOKEN, T2_TOKEN, P_START_TOKEN, P_END_TOKEN, SEG_TOKEN)
+T1_TOKEN, T2_TOKEN, P_START_TOKEN, P_END_TOKEN, SEG_TOKEN = NEW_TOKENS
 # What a reader sees where `[SEG]` is the object of the sentence ("It's [SEG].").
 SEG_STANDIN = "the area marked in the mask"
 SEG_ONLY_ANSWER = "The change is marked in the mask."
@@ -38,23 +44,8 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% endfor %}"
 )
 
-SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
-SAM_PIXEL_STD = (58.395, 57.12, 57.375)
-
-
-def sam_resized_shape(height: int, width: int, longest_side: int) -> tuple[int, int]:
-    """segment-anything's `ResizeLongestSide.get_preprocess_shape`."""
-    scale = longest_side / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
-
-
-def upscale_mask_logits(low_res: torch.Tensor, reshaped_size, target_size, frame: int) -> torch.Tensor:
-    """Low-res logits `(h, w)` -> SAM's padded `frame` -> un-padded to `reshaped_size` -> `target_size` `(H, W)`."""
-    rh, rw = (int(v) for v in reshaped_size)
-    full = F.interpolate(low_res[None, None], size=(frame, frame), mode="bilinear", align_corners=False)
-    full = full[..., :rh, :rw]
-    target = tuple(int(v) for v in target_size)
-    return F.interpolate(full, size=target, mode="bilinear", align_corners=False)[0, 0]
+SAM_PIXEL_MEAN = tuple(SAM_VIT_H["pixel_mean"])
+SAM_PIXEL_STD = tuple(SAM_VIT_H["pixel_std"])
 
 
 def stretch_to_uint8(array: np.ndarray, max_samples: int = 1_000_000) -> tuple[np.ndarray, float, float]:

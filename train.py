@@ -24,7 +24,8 @@ import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from reasoncd.build import build_tiny, save_checkpoint
+from reasoncd.build import (ARCHITECTURE_OPTIONS, LOSS_OPTIONS, add_option_arguments, build_tiny, option_overrides,
+                            save_checkpoint)
 from modeling_reasoncd import ReasonCDForChangeDetection
 from processing_reasoncd import ReasonCDProcessor
 from reasoncd.io import write_json_atomic
@@ -35,7 +36,7 @@ from reasoncd.training.feature_cache import FrozenFeatureCache
 from reasoncd.evaluation.figures import prediction_panels, training_curves
 from reasoncd.training.lora import apply_lora, trainable_parameter_groups
 from reasoncd.io import OutputDir, OutputDirError, read_marker
-from reasoncd.data.samples import SampleError, load_pair, load_split
+from reasoncd.data.samples import SEG, SampleError, load_pair, load_split
 from reasoncd.training.dataset import ReasonCDCollator, as_dataset
 
 REPO = Path(__file__).resolve().parent
@@ -54,13 +55,15 @@ QUICKSTART = {
     # The tiny language model starts from random weights: it has no vocabulary to reuse, so it learns its
     # embeddings and output layer in full and adapts the MLPs as well as attention.
     "full_embeddings": True,
+    # Its CLIP is random too: frozen, it shows the language model too little to tell what changed.
+    "train_vision_tower": True,
 }
 # Everything train.py writes into --output_dir: what it may replace there when it starts over.
 TRAIN_ENTRIES = ("checkpoints", "model", "metrics.json", "predictions.json", "samples.png", "curves.png",
                  "feature_cache")
 PAPER = {"num_train_epochs": 100, "learning_rate": 5e-5, "warmup_steps": 100, "per_device_train_batch_size": 4,
          "batch_size": 16, "lora_rank": 8, "lora_targets": "q_proj,v_proj", "eval_steps": 200,
-         "full_embeddings": False}
+         "full_embeddings": False, "train_vision_tower": False}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -91,6 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--early_stopping_patience", type=int, default=5)
     parser.add_argument("--bce_pos_weight", type=float,
                         help="weight of the change class in the mask BCE (default: the model config's, 3.0)")
+    parser.add_argument("--train_vision_tower", action=argparse.BooleanOptionalAction, default=None,
+                        help="train CLIP in full instead of freezing it (for a randomly initialised CLIP)")
+    add_option_arguments(parser)  # architecture options: for a freshly built --preset model only
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (default fp32, as the paper)")
     parser.add_argument("--deepspeed", help="DeepSpeed config (configs/ds_zero2.json or configs/ds_zero3.json)")
     parser.add_argument("--gradient_checkpointing", action="store_true")
@@ -112,7 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.quickstart = args.data is None
     defaults = {**PAPER, **(QUICKSTART if args.quickstart else {})}
     for key in ("num_train_epochs", "learning_rate", "warmup_steps", "per_device_train_batch_size", "batch_size",
-                "lora_rank", "lora_targets", "eval_steps", "full_embeddings"):
+                "lora_rank", "lora_targets", "eval_steps", "full_embeddings", "train_vision_tower"):
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
     if args.lora_alpha is None:
@@ -185,6 +191,11 @@ def check_start(args) -> OutputDir:
         if args.no_fusion:
             raise ValueError("--no_fusion changes the architecture: build the starting model with "
                              "build_reasoncd.py --no_fusion and pass it as --model instead")
+        changed = option_overrides(args, ARCHITECTURE_OPTIONS)
+        if changed:
+            flags = " ".join(f"--{name}" for name in changed)
+            raise ValueError(f"{flags} changes the architecture: build the starting model with "
+                             f"build_reasoncd.py {flags} and pass it as --model instead")
         check_checkpoint(args.model)
     elif args.preset != "tiny":
         raise ValueError(f"--preset {args.preset}: build it from real weights with build_reasoncd.py, then pass the "
@@ -250,10 +261,11 @@ class SaveOnInterrupt(TrainerCallback):
 class ReasonCDTrainer(Trainer):
     """Trainer with the frozen-feature cache, per-term loss logging and the fidelity score as the validation metric."""
 
-    def __init__(self, *args, feature_cache=None, val_samples=None, reasoncd_processor=None,
+    def __init__(self, *args, feature_cache=None, cache_vision=True, val_samples=None, reasoncd_processor=None,
                  eval_batch_size=8, **kwargs):
         super().__init__(*args, **kwargs)
         self.feature_cache = feature_cache
+        self.cache_vision = cache_vision  # False while CLIP trains: its cached features would be stale
         self.val_samples = val_samples or []
         self.reasoncd_processor = reasoncd_processor
         self.eval_batch_size = eval_batch_size
@@ -267,7 +279,10 @@ class ReasonCDTrainer(Trainer):
     def _inputs_with_features(self, model, inputs: dict) -> dict:
         keys = inputs.pop("cache_keys", None)
         if self.feature_cache is not None and keys:
-            inputs["frozen_features"] = self.feature_cache.frozen_features(self._base_model(model), inputs, keys)
+            features = self.feature_cache.frozen_features(self._base_model(model), inputs, keys)
+            if not self.cache_vision:
+                features.vision_features_t1 = features.vision_features_t2 = None
+            inputs["frozen_features"] = features
         return inputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -343,6 +358,7 @@ def load_start_model(args):
         raise SystemExit(f"--preset {args.preset}: build it from real weights with build_reasoncd.py, "
                          "then pass the folder as --model")
     overrides = {"fusion_module": {"enabled": False}} if args.no_fusion else {}
+    overrides.update(option_overrides(args, ARCHITECTURE_OPTIONS))
     return build_tiny(args.seed, **overrides)
 
 
@@ -357,18 +373,39 @@ def final_test(model, processor, test_samples, args) -> dict:
 
 
 def samples_figure(model, processor, samples, predictions, path: Path) -> None:
-    """Several questions on the same test pair (the pair with the most questions)."""
+    """
+    One test pair asked about different changes and about one that is absent: the figure shows whether each
+    question gets its own mask. The pair with the most distinct changes asked about, one that has an absent
+    question preferred; up to three present changes and one absent one.
+    """
     by_pair = defaultdict(list)
     for index, sample in enumerate(samples):
         by_pair[sample["pair_id"]].append(index)
-    indices = max(by_pair.values(), key=len)[:5]
+
+    def chosen(indices):
+        present, absent, seen = [], [], set()
+        for index in indices:
+            sample = samples[index]
+            if SEG not in sample["answer"]:
+                absent.append(index)
+            elif (sample.get("croi"), sample.get("direction")) not in seen:
+                seen.add((sample.get("croi"), sample.get("direction")))
+                present.append(index)
+        return present[:3] + absent[:1]
+
+    def preference(indices):
+        picked = chosen(indices)
+        has_absent = any(SEG not in samples[i]["answer"] for i in picked)
+        return (has_absent, len(picked))
+
+    indices = chosen(max(by_pair.values(), key=preference))
     rows = []
     for index in indices:
         t1, t2, truth = load_pair(samples[index])
         rows.append({"t1": t1, "t2": t2, "truth": truth, "pred": predictions[index]["mask"],
                      "question": samples[index]["question"], "answer": predictions[index]["text"],
                      "note": samples[index].get("kind", "")})
-    prediction_panels(path, rows, title=f"pair {samples[indices[0]]['pair_id']}: one pair, several questions")
+    prediction_panels(path, rows, title=f"pair {samples[indices[0]]['pair_id']}: one pair, one mask per question")
 
 
 def main(argv=None) -> int:
@@ -390,8 +427,11 @@ def main(argv=None) -> int:
     model, processor = load_start_model(args)
     if args.bce_pos_weight is not None:
         model.config.bce_pos_weight = args.bce_pos_weight
+    for name, value in option_overrides(args, LOSS_OPTIONS).items():  # loss weights: any model may change them
+        setattr(model.config, name, value)
     peft_model = apply_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                            targets=tuple(args.lora_targets.split(",")), full_embeddings=args.full_embeddings)
+                            targets=tuple(args.lora_targets.split(",")), full_embeddings=args.full_embeddings,
+                            train_vision_tower=args.train_vision_tower)
     print("trainable parameters per component:", trainable_parameter_groups(peft_model))
     if int(os.environ.get("RANK", "0")) == 0:  # one process of a distributed launch prepares the folder
         output.claim(start_over=args.resume_from_checkpoint is None)  # a restart replaces the earlier run's outputs
@@ -443,6 +483,7 @@ def main(argv=None) -> int:
         processing_class=processor.tokenizer,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience), interrupt],
         feature_cache=cache,
+        cache_vision=not args.train_vision_tower,
         val_samples=val_samples,
         reasoncd_processor=processor,
         eval_batch_size=args.eval_batch_size,

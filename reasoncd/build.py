@@ -164,6 +164,7 @@ def build_from_components(args, overrides: dict) -> tuple[ReasonCDForChangeDetec
         text_config=AutoConfig.from_pretrained(args.llm),
         vision_config=vision_config,
         sam_config=sam_config,
+        **{key: value for key, value in overrides.items() if key != "fusion_module"},
         fusion_module={"resnet_image_size": sam_config["image_size"], **overrides.get("fusion_module", {})},
     )
     set_token_ids(config, tokenizer)
@@ -228,3 +229,35 @@ def print_report(rows, lora_rank: int) -> None:
     total, trainable = sum(r[1] for r in rows), sum(r[2] for r in rows)
     print(f"{'total':<24}{total:>16,}{trainable:>16,}")
     print(f"trainable share: {trainable / total:.2%} (LoRA r={lora_rank} on q_proj/v_proj of the language model)")
+
+
+# --- the options beyond the paper, as command-line flags (build_reasoncd.py and train.py) ---
+ARCHITECTURE_OPTIONS = ("seg_state_norm", "mask_conditioning", "change_tokens")
+LOSS_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight")
+
+
+def add_option_arguments(parser) -> None:
+    """The config options beyond the paper (ReasonCDConfig's docstring and the README say what each does). Unset
+    flags keep the preset's value: off in `reasoncd-7b` and `medium`, on in `tiny`."""
+    import argparse
+
+    from configuration_reasoncd import MASK_CONDITIONINGS
+
+    group = parser.add_argument_group("options beyond the paper (default: the preset's)")
+    group.add_argument("--seg_state_norm", action=argparse.BooleanOptionalAction, default=None,
+                       help="standardise the [SEG] state before the mask path reads it")
+    group.add_argument("--mask_conditioning", choices=MASK_CONDITIONINGS,
+                       help="sparse: the paper's prompt only; film: the [SEG] state also scales and shifts the "
+                       "image embedding's channels")
+    group.add_argument("--change_tokens", action=argparse.BooleanOptionalAction, default=None,
+                       help="add the fusion module's change embedding to the later image's tokens")
+    group.add_argument("--other_change_bce_weight", type=float,
+                       help="BCE weight of pixels that changed for another question about the pair but not this one")
+    group.add_argument("--answer_decision_loss_weight", type=float,
+                       help="CE weight of an answer's first two (present/absent) tokens")
+
+
+def option_overrides(args, names=ARCHITECTURE_OPTIONS + LOSS_OPTIONS) -> dict:
+    """The options given on the command line, as config overrides."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+

@@ -14,7 +14,7 @@ from transformers import AutoModel, AutoProcessor, LogitsProcessorList
 import build_reasoncd
 from reasoncd import build
 from helpers import REPO_ROOT, ForceAnswers, make_seg_the_only_answer, random_image, run_script, tiny_checkpoint
-from processing_reasoncd import upscale_mask_logits
+from modeling_reasoncd import ANSWER_DECISION_TOKENS, upscale_mask_logits
 from reasoncd.training.lora import apply_lora
 
 HEIGHT, WIDTH = 200, 300
@@ -204,12 +204,15 @@ def test_answers_without_seg_give_text_loss_only_and_empty_masks(model, processo
     assert results[1]["raw_text"] == "It's [SEG]." and results[1]["text"] == "It's the area marked in the mask."
 
 
-def _weighted_ce(logits, labels, seg_id, seg_weight):
-    """The loss (docs/ARCHITECTURE.md, "Data flow") by hand: mean CE over answer tokens, the [SEG] target weighted `seg_weight`."""
+def _weighted_ce(logits, labels, seg_id, seg_weight, decision_weight=1.0):
+    """The loss (docs/ARCHITECTURE.md, "Data flow") by hand: mean CE over answer tokens, the [SEG] target weighted
+    `seg_weight`, each answer's opening (present/absent) tokens `decision_weight`."""
     logits, targets = logits[:, :-1].float(), labels[:, 1:]
     valid = targets != -100
     per_token = F.cross_entropy(logits[valid], targets[valid], reduction="none")
     weights = torch.where(targets[valid] == seg_id, seg_weight, 1.0)
+    opening = (valid.long().cumsum(dim=1) <= ANSWER_DECISION_TOKENS)[valid]
+    weights = torch.where(opening, weights * decision_weight, weights)
     return (per_token * weights).sum() / weights.sum()
 
 
@@ -217,14 +220,15 @@ def test_ce_weights_seg_tenfold_only_when_greedy_misses_it(model, processor, pai
     t1, t2, mask = pair
     config = model.config
     assert config.seg_token_loss_weight == 10.0
+    decision = config.answer_decision_loss_weight
     inputs = processor(images_t1=t1, images_t2=t2, text=QUESTIONS, answers=ANSWERS, masks=[mask, mask])
     seg_id, labels = config.seg_token_id, inputs["labels"]
     with torch.no_grad():
         out = model(**inputs)
     # The random model never predicts [SEG] greedily: the [SEG] class weighs 10 in both rows.
     assert not (out.logits.argmax(-1) == seg_id).any()
-    torch.testing.assert_close(out.ce_loss, _weighted_ce(out.logits, labels, seg_id, 10.0))
-    assert not torch.allclose(out.ce_loss, _weighted_ce(out.logits, labels, seg_id, 1.0))
+    torch.testing.assert_close(out.ce_loss, _weighted_ce(out.logits, labels, seg_id, 10.0, decision))
+    assert not torch.allclose(out.ce_loss, _weighted_ce(out.logits, labels, seg_id, 1.0, decision))
 
     # A model whose greedy answer is [SEG] everywhere is not penalised extra: plain mean CE.
     always_seg = copy.deepcopy(model)
@@ -232,8 +236,8 @@ def test_ce_weights_seg_tenfold_only_when_greedy_misses_it(model, processor, pai
     with torch.no_grad():
         out = always_seg(**inputs)
     assert (out.logits.argmax(-1) == seg_id).all()
-    torch.testing.assert_close(out.ce_loss, _weighted_ce(out.logits, labels, seg_id, 1.0))
-    assert not torch.allclose(out.ce_loss, _weighted_ce(out.logits, labels, seg_id, 10.0))
+    torch.testing.assert_close(out.ce_loss, _weighted_ce(out.logits, labels, seg_id, 1.0, decision))
+    assert not torch.allclose(out.ce_loss, _weighted_ce(out.logits, labels, seg_id, 10.0, decision))
 
 
 # --- the [SEG] convention ---------------------------------------------------------------------------------------

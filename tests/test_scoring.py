@@ -115,13 +115,24 @@ def test_fidelity_score_is_the_mean_of_the_measured_terms():
 
 def test_seg_proxy_reads_answer_positions_only():
     seg = 7
-    logits = torch.zeros(3, 5, 10)
-    labels = torch.full((3, 5), -100)
-    labels[:, 3:] = 1  # answer tokens at positions 3 and 4: predicted at positions 2 and 3
-    logits[0, 2, seg] = 1.0  # the first answer token would be [SEG]
+    logits = torch.zeros(3, 6, 10)
+    labels = torch.full((3, 6), -100)
+    labels[:, 3:] = torch.tensor([1, 2, seg])  # answers "1 2 [SEG]" at positions 3-5: predicted at 2-4
+    logits[0, 4, seg] = 1.0  # the model would say [SEG] where the reference does
     logits[1, 1, seg] = 1.0  # a prompt position: not the model's answer
-    logits[2, 4, seg] = 1.0  # after the last token: nothing follows
+    logits[2, 5, seg] = 1.0  # after the last token: nothing follows
     assert seg_predicted_teacher_forced(logits, labels, seg).tolist() == [True, False, False]
+
+
+def test_seg_proxy_reads_an_absent_answers_decision_in_its_opening():
+    """Fed an absent answer, no position predicts [SEG]: the model's "absent" is whether it opens like the reference."""
+    logits = torch.zeros(3, 6, 10)
+    labels = torch.full((3, 6), -100)
+    labels[:, 3:] = torch.tensor([4, 5, 6])  # "There is no ..."
+    logits[:, 2, 4] = logits[:, 3, 5] = logits[:, 4, 6] = 1.0  # opens as the reference: answers "absent"
+    logits[1, 2, 3] = 2.0  # would open differently ("It's the ..."): answers "present"
+    logits[2, 4, 3] = 2.0  # differs only after the opening: still "absent"
+    assert seg_predicted_teacher_forced(logits, labels, 7).tolist() == [False, True, False]
 
 
 # ---------------------------------------------------------------------------------------------------- scoring

@@ -24,6 +24,7 @@ from itertools import combinations
 import numpy as np
 import torch
 
+from modeling_reasoncd import ANSWER_DECISION_TOKENS
 from reasoncd.data.images import read_mask
 from reasoncd.evaluation.metrics import ChangeMetrics
 from reasoncd.data.samples import SEG, load_images, load_mask
@@ -72,11 +73,20 @@ def batches_by_pair(samples: list[dict], batch_size: int):
 
 def seg_predicted_teacher_forced(logits: torch.Tensor, labels: torch.Tensor, seg_token_id: int) -> torch.Tensor:
     """
-    Teacher forcing's stand-in for "the model would answer with `[SEG]`", per row `(B,)`: some answer position
-    (labels not -100) whose most likely next token is `[SEG]`. Positions are shifted as in the text loss.
+    Teacher forcing's stand-in for "the model would answer with `[SEG]`", per row `(B,)`. Positions are shifted as
+    in the text loss. A row whose reference holds `[SEG]`: some answer position's most likely next token is `[SEG]`.
+    A row whose reference is an absent answer: its most likely opening differs from the reference's. Fed an absent
+    answer, a model never predicts `[SEG]` inside it; whether it would have said "absent" is decided in the
+    opening tokens ("There is no change" / "It's the"), the ones `answer_decision_loss_weight` weighs.
     """
-    answer_positions = labels[:, 1:] != -100
-    return ((logits[:, :-1].argmax(-1) == seg_token_id) & answer_positions).any(dim=1)
+    targets = labels[:, 1:]
+    answer = targets != -100
+    predicted = logits[:, :-1].argmax(-1)
+    emits_seg = ((predicted == seg_token_id) & answer).any(dim=1)
+    opening = answer & (answer.long().cumsum(dim=1) <= ANSWER_DECISION_TOKENS)
+    opens_as_reference = ((predicted == targets) | ~opening).all(dim=1)
+    reference_has_seg = ((targets == seg_token_id) & answer).any(dim=1)
+    return torch.where(reference_has_seg, emits_seg, ~opens_as_reference)
 
 
 def swap_sources(pair_keys: list, truth_keys: list, has_seg: list[bool]) -> list[int | None]:

@@ -1,0 +1,241 @@
+"""The mask must follow the question: a short training of the mask path alone, on pairs where two questions have
+disjoint truths, must give each question its own mask.
+
+The `[SEG]` states are made the way a collapsed language model makes them: one large component shared by every
+question (the "say [SEG] next" direction) plus a small part that names the change. The tiny preset's mask path
+(standardised states, FiLM) separates the two questions; the paper's (`seg_state_norm=False`,
+`mask_conditioning="sparse"`) does not pass in this budget.
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from configuration_reasoncd import ReasonCDConfig
+from modeling_reasoncd import (ANSWER_DECISION_TOKENS, ReasonCDForChangeDetection, SegStateStandardizer,
+                               _changed_for_other_questions)
+from reasoncd.build import build_tiny
+
+SIZE = 256  # the tiny preset's SAM frame: no resize, no padding
+STEPS = 120
+
+
+def _pair(rng: np.random.Generator):
+    """T1/T2 with two kinds of change in disjoint places: red roofs appear (A), a dark pond appears (B)."""
+    t1 = (rng.normal(0.45, 0.05, (SIZE, SIZE, 3)) * 255).clip(0, 255)
+    t2 = t1 + rng.normal(0, 6, t1.shape)
+    truth_a, truth_b = np.zeros((SIZE, SIZE), bool), np.zeros((SIZE, SIZE), bool)
+    left = rng.integers(0, 2)  # which half gets which change
+    for truth, x0 in ((truth_a, 0 if left else SIZE // 2), (truth_b, SIZE // 2 if left else 0)):
+        y, x = rng.integers(16, SIZE - 96), x0 + rng.integers(16, SIZE // 2 - 80)
+        truth[y:y + 64 + rng.integers(0, 16), x:x + 64 + rng.integers(0, 16)] = True
+    t2[truth_a] = (200, 40, 30)
+    t2[truth_b] = (20, 40, 90)
+    return t1.clip(0, 255).astype(np.uint8), t2.clip(0, 255).astype(np.uint8), truth_a, truth_b
+
+
+# The part of a [SEG] state that names the change, relative to the part all states share: cosine 0.998 between two
+# questions, as measured between the prompts of a collapsed quickstart model.
+CLASS_SCALE = 0.134
+
+
+def _seg_states(hidden: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    shared = 3.0 * torch.randn(hidden, generator=generator)
+    return shared + CLASS_SCALE * torch.randn(2, hidden, generator=generator)  # rows: question A, question B
+
+
+def _sam_pixels(image: np.ndarray, config: ReasonCDConfig) -> torch.Tensor:
+    """SAM's normalisation; a 256-px image fills the tiny preset's frame, so there is nothing to resize or pad."""
+    mean = torch.tensor(config.sam_config["pixel_mean"]).view(3, 1, 1)
+    std = torch.tensor(config.sam_config["pixel_std"]).view(3, 1, 1)
+    return (torch.from_numpy(image).permute(2, 0, 1).float() - mean) / std
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    union = (a | b).sum().item()
+    return 1.0 if union == 0 else (a & b).sum().item() / union
+
+
+@pytest.mark.timeout(600)
+def test_a_short_training_of_the_mask_path_gives_each_question_its_own_mask():
+    torch.manual_seed(0)
+    config = ReasonCDConfig.from_preset("tiny")
+    model = ReasonCDForChangeDetection(config)
+    rng = np.random.default_rng(0)
+    train_pairs, test_pairs = [_pair(rng) for _ in range(8)], [_pair(rng) for _ in range(4)]
+    states = _seg_states(config.text_config.hidden_size, seed=0)
+
+    def encode(pairs):
+        t1 = torch.stack([_sam_pixels(p[0], config) for p in pairs])
+        t2 = torch.stack([_sam_pixels(p[1], config) for p in pairs])
+        truths = torch.tensor(np.stack([np.stack([p[2], p[3]]) for p in pairs]), dtype=torch.float32)
+        with torch.no_grad():
+            sam = model.sam_image_encoder(torch.cat([t1, t2]))
+        return t1, t2, sam[: len(pairs)], sam[len(pairs):], truths
+
+    def masks_for(batch):
+        t1, t2, sam1, sam2, _ = batch
+        embeds = model.feature_fusion(sam1, sam2, t1, t2)
+        n = embeds.shape[0]
+        per_row = embeds.repeat_interleave(2, dim=0)  # each pair asked both questions
+        logits = model.decode_masks(per_row, states.repeat(n, 1))
+        return F.interpolate(logits[:, None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)[:, 0]
+
+    trainable = [p for name in model.trainable_module_names if name != "multi_modal_projector"
+                 for p in getattr(model, name).parameters()]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    train = encode(train_pairs)
+    model.train()
+    for step in range(STEPS):
+        chosen = torch.tensor(np.random.default_rng(step).choice(len(train_pairs), 4, replace=False))
+        batch = tuple(part[chosen] for part in train)
+        logits = masks_for(batch)
+        target = batch[4].reshape(-1, SIZE, SIZE)
+        probability = logits.sigmoid()
+        dice = 1 - (2 * (probability * target).sum((1, 2)) + 1) / (probability.sum((1, 2)) + target.sum((1, 2)) + 1)
+        loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(3.0)) + dice.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    model.eval()
+    test = encode(test_pairs)
+    with torch.no_grad():
+        predicted = (masks_for(test) > 0).reshape(len(test_pairs), 2, SIZE, SIZE)
+    truths = test[4].bool()
+    for index in range(len(test_pairs)):
+        mask_a, mask_b = predicted[index]
+        truth_a, truth_b = truths[index]
+        assert _iou(mask_a, mask_b) < 0.5, f"pair {index}: the two questions got (nearly) the same mask"
+        assert _iou(mask_a, truth_a) > _iou(mask_a, truth_b), f"pair {index}: question A's mask is closer to B's truth"
+        assert _iou(mask_b, truth_b) > _iou(mask_b, truth_a), f"pair {index}: question B's mask is closer to A's truth"
+
+
+# --- the options beyond the paper, one by one ---
+def test_the_papers_preset_keeps_the_papers_mask_path():
+    config = ReasonCDConfig.from_preset("reasoncd-7b")
+    assert (config.seg_state_norm, config.mask_conditioning) == (False, "sparse")
+    assert (config.answer_decision_loss_weight, config.other_change_bce_weight) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="mask_conditioning='dense'"):
+        ReasonCDConfig.from_preset("tiny", mask_conditioning="dense")
+
+
+def test_standardizer_learns_statistics_in_training_and_keeps_them_at_inference():
+    norm = SegStateStandardizer(4, momentum=0.5)
+    first = torch.tensor([[1.0, 2.0, 3.0, 4.0], [3.0, 6.0, 3.0, 0.0]])
+    out = norm.train()(first)
+    assert torch.allclose(norm.running_mean, torch.tensor([2.0, 4.0, 3.0, 2.0]))  # the first batch sets them
+    assert torch.allclose(out[:, [0, 1, 3]].abs(), torch.ones(2, 3), atol=1e-4)
+    norm(torch.zeros(2, 4))  # later batches move them by `momentum`
+    assert torch.allclose(norm.running_mean, torch.tensor([1.0, 2.0, 1.5, 1.0]))
+    norm.eval()
+    frozen = norm.running_mean.clone()
+    single = norm(first[:1])
+    assert torch.equal(norm.running_mean, frozen)  # inference never moves the statistics
+    assert torch.allclose(norm(first)[:1], single)  # a question's state does not depend on its batch
+
+
+def test_film_starts_as_the_papers_decoder_and_then_conditions_on_the_question():
+    torch.manual_seed(0)
+    config = ReasonCDConfig.from_preset("tiny")
+    assert config.mask_conditioning == "film"
+    model = ReasonCDForChangeDetection(config).eval()
+    paper = ReasonCDForChangeDetection(ReasonCDConfig.from_preset("tiny", mask_conditioning="sparse")).eval()
+    paper.load_state_dict(model.state_dict(), strict=False)
+    embeds = torch.randn(2, 64, 16, 16)
+    states = torch.randn(2, config.text_config.hidden_size)
+    with torch.no_grad():
+        assert torch.equal(model.decode_masks(embeds, states), paper.decode_masks(embeds, states))
+        model.prompt_film.out.weight.normal_()
+        conditioned = model.prompt_film(embeds[:1].expand(2, -1, -1, -1), states)
+    assert not torch.allclose(conditioned[0], conditioned[1])  # two questions, two image embeddings
+    assert "prompt_film" in model.trainable_module_names and "prompt_film" not in paper.trainable_module_names
+
+
+def test_other_questions_changes_are_the_hard_negatives_of_each_question():
+    masks = torch.zeros(4, 2, 3)
+    masks[0, 0, :] = 1  # pair 0, question A: top row
+    masks[1, :, 0] = 1  # pair 0, question B: left column (overlaps A at (0, 0))
+    masks[2, 1, :] = 1  # pair 1: a change of another pair
+    pair_index = torch.tensor([0, 0, 1, 0])  # row 3: an absent question about pair 0
+    hard = _changed_for_other_questions(masks, pair_index, 0, masks[0])
+    assert hard.tolist() == [[0, 0, 0], [1, 0, 0]]  # B's pixels outside A's truth; never pair 1's
+    assert _changed_for_other_questions(masks, pair_index, 2, masks[2]).sum() == 0
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A random `tiny` model (with the question-following options) and its processor."""
+    torch.manual_seed(0)
+    model, processor = build_tiny(0)
+    return model, processor
+
+
+def _pair_inputs(processor, questions, answers, masks=None):
+    rng = np.random.default_rng(1)
+    t1 = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    t2 = t1.copy()
+    t2[20:60, 30:90] = 240
+    return processor(images_t1=t1, images_t2=t2, text=questions, answers=answers, masks=masks)
+
+
+def test_a_batch_without_any_mask_reaches_the_same_parameters_as_one_with_masks(tiny):
+    """Only absent CRoIs on a process: its mask path must still take part in the gradient reduction (with zeros),
+    or the processes of a distributed run reduce different parameter sets."""
+    model, processor = tiny
+    mask = np.zeros((96, 128), bool)
+    mask[20:60, 30:90] = True
+
+    def reached(answers):
+        model.zero_grad()
+        out = model(**_pair_inputs(processor, ["new buildings", "roads"], answers, masks=[mask, mask]))
+        out.loss.backward()
+        return out, {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+    model.train()
+    try:
+        _, with_masks = reached(["It's the new buildings [SEG].", "No roads."])
+        out, without = reached(["There is no change of interest.", "No roads."])
+    finally:
+        model.eval()
+    assert not out.seg_present.any()
+    assert set(without) == set(with_masks)
+    mask_path = [name for name in without if name.startswith(("text_hidden_fc", "sam_mask_decoder", "prompt_film"))]
+    assert mask_path and not any(without[name].any() for name in mask_path)  # reached, but nothing learned
+
+
+def test_answer_decision_weight_reweighs_only_the_answers_opening_tokens(tiny):
+    model, processor = tiny
+    inputs = _pair_inputs(processor, ["new buildings"], ["It's the new buildings [SEG]."])
+    logits = torch.randn(1, inputs["input_ids"].shape[1], model.config.text_config.vocab_size)
+    labels = inputs["labels"]
+    weight = model.config.answer_decision_loss_weight
+    targets = labels[0, 1:]
+    per_token = F.cross_entropy(logits[0, :-1], targets.clamp(min=0), reduction="none")[targets != -100]
+    weights = torch.ones_like(per_token)
+    weights[:ANSWER_DECISION_TOKENS] = weight
+    if bool((logits[0, :-1].argmax(-1)[targets != -100] != model.config.seg_token_id).all()):
+        weights[targets[targets != -100] == model.config.seg_token_id] *= model.config.seg_token_loss_weight
+    expected = (per_token * weights).sum() / weights.sum()
+    torch.testing.assert_close(model._text_loss(logits, labels), expected)
+
+
+def test_change_tokens_show_the_language_model_the_fused_change_embedding(tiny):
+    model, processor = tiny
+    inputs = _pair_inputs(processor, ["new buildings"], None)
+    with torch.no_grad():
+        features = model.encode_frozen(inputs["pixel_values_t1"], inputs["pixel_values_t2"],
+                                       inputs["sam_pixel_values_t1"], inputs["sam_pixel_values_t2"])
+        embeds = model.mask_embeddings(features, inputs["sam_pixel_values_t1"], inputs["sam_pixel_values_t2"])
+        pair_index = torch.zeros(1, dtype=torch.long)
+        before = model._merge_image_tokens(inputs["input_ids"], features, pair_index, embeds)
+        saved = model.change_projector.weight.clone()
+        model.change_projector.weight.normal_()
+        after = model._merge_image_tokens(inputs["input_ids"], features, pair_index, embeds)
+        model.change_projector.weight.copy_(saved)
+    t1 = inputs["input_ids"][0] == model.config.t1_token_id
+    t2 = inputs["input_ids"][0] == model.config.t2_token_id
+    assert torch.equal(before[0, t1], after[0, t1])  # the earlier image's tokens are CLIP's alone
+    assert not torch.allclose(before[0, t2], after[0, t2])  # the later image's carry what changed
+    assert torch.equal(before[0, ~(t1 | t2)], after[0, ~(t1 | t2)])

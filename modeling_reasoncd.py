@@ -15,7 +15,6 @@ import importlib.util
 import math
 from dataclasses import dataclass
 from functools import partial
-from numbers import Integral
 
 import torch
 import torch.nn.functional as F
@@ -24,14 +23,16 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from segment_anything.modeling.image_encoder import Attention as SamAttention
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, Cache, DynamicCache, PreTrainedModel, StaticCache
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 try:
     from .configuration_reasoncd import ReasonCDConfig
+    from .generation_reasoncd import ReasonCDGenerateOutput, ReasonCDGenerationMixin, _per_row
 except ImportError:
     from configuration_reasoncd import ReasonCDConfig
+    from generation_reasoncd import ReasonCDGenerateOutput, ReasonCDGenerationMixin, _per_row
 
 
 # Answer tokens that `answer_decision_loss_weight` weighs (see `_text_loss`).
@@ -83,31 +84,6 @@ class ReasonCDOutput(ModelOutput):
     seg_hidden_states: torch.FloatTensor | None = None
 
 
-@dataclass
-class ReasonCDGenerateOutput(ModelOutput):
-    """
-    Output of [`ReasonCDForChangeDetection.generate`]; `ReasonCDProcessor.post_process_generation` turns it into
-    answer texts and full-size masks.
-
-    Args:
-        sequences (`torch.LongTensor` of shape `(B, T)`): the generated token ids (prompt excluded), padded with
-            `pad_token_id` after `</s>`.
-        pred_masks (`torch.FloatTensor` of shape `(B, h_low, w_low)`): low-resolution change logits in SAM's padded
-            frame; zeros where `seg_present` is False.
-        seg_present (`torch.BoolTensor` of shape `(B,)`): whether the answer holds a `[SEG]` token.
-        seg_hidden_states (`torch.FloatTensor` of shape `(B, hidden_size)`): the state that predicted `[SEG]`.
-        reshaped_sizes (`torch.LongTensor` of shape `(B, 2)`): each input's size after SAM's longest-side resize.
-        image_sizes (`torch.LongTensor` of shape `(B, 2)`): each input's original `(height, width)`.
-    """
-
-    sequences: torch.LongTensor | None = None
-    pred_masks: torch.FloatTensor | None = None
-    seg_present: torch.BoolTensor | None = None
-    seg_hidden_states: torch.FloatTensor | None = None
-    reshaped_sizes: torch.LongTensor | None = None
-    image_sizes: torch.LongTensor | None = None
-
-
 # --- mask geometry: SAM's frame <-> the input's size (the processor's post-processing uses it too) ---
 def sam_resized_shape(height: int, width: int, longest_side: int) -> tuple[int, int]:
     """segment-anything's `ResizeLongestSide.get_preprocess_shape`."""
@@ -124,13 +100,6 @@ def upscale_mask_logits(low_res: torch.Tensor, reshaped_size, target_size, frame
     return F.interpolate(full, size=target, mode="bilinear", align_corners=False)[0, 0]
 
 
-def _per_row(per_pair_or_row: torch.Tensor | None, pair_index: torch.Tensor) -> torch.Tensor | None:
-    """Sizes given per pair (P rows) become per question (B rows); per-question sizes pass through."""
-    if per_pair_or_row is None or per_pair_or_row.shape[0] == pair_index.shape[0]:
-        return per_pair_or_row
-    return per_pair_or_row[pair_index]
-
-
 def _changed_for_other_questions(masks: torch.Tensor, pair_index: torch.Tensor, row: int,
                                  target: torch.Tensor) -> torch.Tensor:
     """Pixels that changed for another question about `row`'s pair but not for `row`'s own: 1.0 there, else 0.0."""
@@ -139,14 +108,6 @@ def _changed_for_other_questions(masks: torch.Tensor, pair_index: torch.Tensor, 
     if not others:
         return torch.zeros_like(target)
     return (torch.stack(others).any(dim=0).float() * (1.0 - target))
-
-
-def _select_cache_rows(cache: Cache, rows: torch.Tensor) -> None:
-    """Keeps `rows` (in that order) of every layer of a dynamic or static KV cache."""
-    for layer in cache.layers:
-        if layer.is_initialized:
-            layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
-            layer.batch_size = len(rows)
 
 
 class ChannelAttention(nn.Module):
@@ -347,7 +308,7 @@ class ReasonCDPreTrainedModel(PreTrainedModel):
             init.zeros_(module.num_batches_tracked)
 
 
-class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
+class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedModel):
     """
     ReasonCD: answers a question about the change between two images with text and a change mask.
 
@@ -562,6 +523,12 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
         """
         SAM's mask decoder for N prompts at once, each with its own image embedding.
 
+        This is segment-anything's `MaskDecoder.predict_masks` with `multimask_output=False`, inlined for two
+        reasons: upstream repeats one image embedding for all prompts of an image, while here every question brings
+        its own (its pair's, and with FiLM its own modulation of it), so N questions about P pairs decode in one
+        batched call; and only the single-mask output is needed, so the IoU head is skipped. A test checks that it
+        equals upstream's decoder on the same inputs.
+
         Args:
             image_embeddings: `(N, C, h, w)`, already gathered per prompt.
             seg_hidden_states: `(N, hidden_size)`.
@@ -712,195 +679,5 @@ class ReasonCDForChangeDetection(ReasonCDPreTrainedModel):
             prob = logits.sigmoid()
             dice_terms.append(1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1))
         return torch.stack(bce_terms).mean(), torch.stack(dice_terms).mean()
-
-    # --- inference ---
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        pixel_values_t1: torch.FloatTensor | None = None,
-        pixel_values_t2: torch.FloatTensor | None = None,
-        sam_pixel_values_t1: torch.FloatTensor | None = None,
-        sam_pixel_values_t2: torch.FloatTensor | None = None,
-        pair_index: torch.LongTensor | None = None,
-        reshaped_sizes: torch.LongTensor | None = None,
-        image_sizes: torch.LongTensor | None = None,
-        max_new_tokens: int = 64,
-        frozen_features: ReasonCDFrozenFeatures | None = None,
-        use_cache: bool = True,
-        share_prefix: bool = True,
-        **generate_kwargs,
-    ) -> ReasonCDGenerateOutput:
-        """
-        Greedy decoding with the KV cache, then one mask per sample from the state that predicted `[SEG]`.
-
-        The images of each pair are encoded once, however many questions (rows) refer to it via `pair_index`.
-        With `share_prefix`, the prompt up to the question (task sentence and both images' tokens, most of the
-        sequence) is prefilled once per pair and its KV cache reused by every question about that pair; the
-        question suffixes then decode together, and each row leaves the batch as soon as it ends, so short answers
-        stop costing compute while an explanation goes on. This loop honours `logits_processor` and
-        `min_new_tokens`; other `generate` options (sampling, beams, ...) are handed to the language model's own
-        `generate`. `use_cache=False` recomputes the whole sequence at every step.
-        """
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        attention_mask, pair_index, features = self._prepare_inputs(
-            input_ids, attention_mask, pair_index, frozen_features,
-            pixel_values_t1=pixel_values_t1, pixel_values_t2=pixel_values_t2,
-            sam_pixel_values_t1=sam_pixel_values_t1, sam_pixel_values_t2=sam_pixel_values_t2,
-        )
-        # The fusion module is question-independent: with change tokens the language model reads it, so it runs first.
-        mask_embeds = None
-        if self.change_projector is not None:
-            mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
-        prefix_length = use_cache and share_prefix and self._shared_prefix_length(input_ids, attention_mask)
-        if prefix_length:
-            input_ids, attention_mask = self._shared_prefix_layout(input_ids, attention_mask, prefix_length)
-        own_loop = use_cache and set(generate_kwargs) <= {"logits_processor", "min_new_tokens"}
-        # Our loop writes into a preallocated cache (no copy of every row's keys and values per step); the language
-        # model's `generate` gets the dynamic cache it expects.
-        cache = None
-        if own_loop:
-            cache = StaticCache(config=self.language_model.config, max_cache_len=input_ids.shape[1] + max_new_tokens)
-        elif prefix_length:
-            cache = DynamicCache(config=self.language_model.config)
-        if prefix_length:
-            inputs_embeds = self._prefill_prefix(input_ids, features, pair_index, prefix_length, cache, mask_embeds)
-        else:
-            inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index, mask_embeds)
-        if own_loop:
-            sequences, step_states = self._greedy_decode(inputs_embeds, attention_mask, cache, max_new_tokens,
-                                                         **generate_kwargs)
-        else:
-            generated = self.language_model.generate(
-                inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
-                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=use_cache,
-                output_hidden_states=True, return_dict_in_generate=True,
-                pad_token_id=self.config.pad_token_id, eos_token_id=self.config.eos_token_id, **generate_kwargs,
-            )
-            sequences = generated.sequences
-            # hidden_states[j][-1][:, -1] is the last-layer state that predicted generated token j.
-            step_states = torch.stack([states[-1][:, -1] for states in generated.hidden_states], dim=1)
-        seg_present, seg_hidden = self._seg_states_generated(sequences, step_states)
-        if bool(seg_present.any()):
-            if mask_embeds is None:
-                mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
-            pred_masks = self._masks_for_rows(mask_embeds, pair_index, seg_present, seg_hidden)
-        else:  # every answer says the change is absent: no need to run the fusion module and decoder
-            side = 4 * self.config.sam_config["image_size"] // self.config.sam_config["patch_size"]
-            pred_masks = seg_hidden.new_zeros(seg_present.shape[0], side, side)
-        return ReasonCDGenerateOutput(
-            sequences=sequences, pred_masks=pred_masks, seg_present=seg_present, seg_hidden_states=seg_hidden,
-            reshaped_sizes=_per_row(reshaped_sizes, pair_index), image_sizes=_per_row(image_sizes, pair_index),
-        )
-
-    def _shared_prefix_length(self, input_ids, attention_mask) -> int:
-        """Length of the prompt up to and including `<p>` when it is the same in every row (else 0)."""
-        starts = input_ids == self.config.p_start_token_id
-        if not bool(starts.any(dim=1).all()):
-            return 0
-        first = starts.float().argmax(dim=1)
-        lengths = first + 1 - (attention_mask == 0).sum(dim=1)  # left padding comes before the prompt
-        if bool((lengths != lengths[0]).any()) or int(lengths[0]) >= int(attention_mask.sum(dim=1).min()):
-            return 0
-        return int(lengths[0])
-
-    def _shared_prefix_layout(self, input_ids, attention_mask, prefix_length):
-        """
-        Left-padded rows re-laid as prefix | padding | suffix, so every row's prefix lines up with the shared cache;
-        positions (cumulative sum of the mask) stay those of the unpadded prompt.
-        """
-        rows = input_ids.shape[0]
-        real = [input_ids[row][attention_mask[row].bool()] for row in range(rows)]
-        width = max(len(ids) for ids in real) - prefix_length
-        layout = torch.full((rows, prefix_length + width), self.config.pad_token_id, dtype=input_ids.dtype,
-                            device=input_ids.device)
-        mask = torch.zeros_like(layout)
-        for row, ids in enumerate(real):
-            suffix = len(ids) - prefix_length
-            layout[row, :prefix_length] = ids[:prefix_length]
-            layout[row, layout.shape[1] - suffix:] = ids[prefix_length:]
-            mask[row, :prefix_length] = 1
-            mask[row, layout.shape[1] - suffix:] = 1
-        return layout, mask
-
-    def _prefill_prefix(self, input_ids, features, pair_index, prefix_length, cache, mask_embeds=None):
-        """
-        Fills `cache` with the common prefix's keys and values, computed once per pair and copied to each of the
-        pair's rows; returns every row's input embeddings (the prefix's, with the image features, also made once
-        per pair).
-        """
-        first_row_of_pair = {}
-        for row, pair in enumerate(pair_index.tolist()):
-            first_row_of_pair.setdefault(pair, row)
-        device = input_ids.device
-        prefix_rows = torch.tensor(list(first_row_of_pair.values()), device=device)
-        prefix_embeds = self._merge_image_tokens(input_ids[prefix_rows, :prefix_length], features,
-                                                 pair_index[prefix_rows], mask_embeds)
-        self.language_model(inputs_embeds=prefix_embeds, cache=cache, use_cache=True, logits_to_keep=1)
-        slot = {pair: i for i, pair in enumerate(first_row_of_pair)}
-        row_slots = torch.tensor([slot[p] for p in pair_index.tolist()], device=device)
-        _select_cache_rows(cache, row_slots)
-        suffix_embeds = self.get_input_embeddings()(input_ids[:, prefix_length:])
-        return torch.cat([prefix_embeds[row_slots], suffix_embeds.to(prefix_embeds.dtype)], dim=1)
-
-    def _greedy_decode(self, inputs_embeds, attention_mask, cache, max_new_tokens, logits_processor=None,
-                       min_new_tokens: int = 0):
-        """
-        Greedy decoding with the KV cache, continuing from what `cache` holds (the prefilled prefix, or nothing).
-
-        A row leaves the batch, its cache rows dropped, as soon as it emits `</s>`. Logits processors still see the
-        whole batch (rows that ended get zero scores, and `pad_token_id` as their tokens), as in `generate`.
-        Returns the generated ids `(B, T)`, `pad_token_id` after `</s>`, and the last-layer state that predicted
-        each of them `(B, T, hidden_size)`.
-        """
-        language_model, cfg = self.language_model, self.config
-        rows, device = inputs_embeds.shape[0], inputs_embeds.device
-        positions = self._position_ids(attention_mask)
-        done = int(cache.get_seq_length())
-        step_inputs = dict(inputs_embeds=inputs_embeds[:, done:], position_ids=positions[:, done:])
-        next_position = positions[:, -1:] + 1
-        active = torch.arange(rows, device=device)
-        tokens, states = [], []
-        for step in range(max_new_tokens):
-            output = language_model(**step_inputs, attention_mask=attention_mask, cache=cache, use_cache=True,
-                                    output_hidden_states=True, logits_to_keep=1)
-            hidden = output.hidden_states[-1][:, -1]
-            scores = output.logits[:, -1].float()
-            if step < min_new_tokens:
-                scores[:, cfg.eos_token_id] = float("-inf")
-            if logits_processor is not None:
-                everyone = scores.new_zeros(rows, scores.shape[-1]).index_copy(0, active, scores)
-                so_far = torch.stack(tokens, dim=1) if tokens else active.new_zeros(rows, 0)
-                scores = logits_processor(so_far, everyone)[active]
-            chosen = scores.argmax(dim=-1)
-            tokens.append(chosen.new_full((rows,), cfg.pad_token_id).index_copy(0, active, chosen))
-            states.append(hidden.new_zeros(rows, hidden.shape[-1]).index_copy(0, active, hidden))
-            going = chosen != cfg.eos_token_id
-            if step + 1 == max_new_tokens or not bool(going.any()):
-                break
-            if not bool(going.all()):
-                keep = going.nonzero().squeeze(1)
-                _select_cache_rows(cache, keep)
-                active, chosen = active[keep], chosen[keep]
-                attention_mask, next_position = attention_mask[keep], next_position[keep]
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=1)
-            step_inputs = dict(inputs_embeds=self.get_input_embeddings()(chosen.unsqueeze(1)),
-                               position_ids=next_position)
-            next_position = next_position + 1
-        return torch.stack(tokens, dim=1), torch.stack(states, dim=1)
-
-    def _seg_states_generated(self, sequences, step_states):
-        """First `[SEG]` before `</s>` in each generated row, and the state that predicted it."""
-        is_seg = sequences == self.config.seg_token_id
-        ended_before = (sequences == self.config.eos_token_id).long().cumsum(dim=1) > 0
-        is_seg = is_seg & ~ended_before
-        seg_present = is_seg.any(dim=1)
-        step = is_seg.float().argmax(dim=1)
-        rows = torch.arange(sequences.shape[0], device=sequences.device)
-        seg_hidden = step_states[rows, step] * seg_present.unsqueeze(-1).to(step_states.dtype)
-        return seg_present, seg_hidden
-
 
 __all__ = ["ReasonCDForChangeDetection", "ReasonCDPreTrainedModel", "ReasonCDOutput", "ReasonCDGenerateOutput"]

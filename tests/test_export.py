@@ -27,12 +27,13 @@ from reasoncd.io import MARKER
 QUESTIONS = ["new buildings", "changes caused by heavy rainfall, and explain why"]
 MAX_NEW_TOKENS = 4
 FULL_EXPORT = {"README.md", "chat_template.jinja", "config.json", "configuration_reasoncd.py",
-               "generation_config.json", "handler.py", "model.safetensors", "modeling_reasoncd.py",
+               "generation_config.json", "generation_reasoncd.py", "handler.py", "model.safetensors", "modeling_reasoncd.py",
                "pipeline_reasoncd.py", "processing_reasoncd.py", "processor_config.json", "requirements.txt",
                "tokenizer.json", "tokenizer_config.json"}
-# The processor's code imports the mask geometry from the model's and the token list from the configuration's.
+# The processor's code imports the mask geometry from the model's (which imports its decoding loop) and the token
+# list from the configuration's.
 ADAPTER_EXPORT = {"README.md", "adapter_config.json", "adapter_model.safetensors", "chat_template.jinja",
-                  "configuration_reasoncd.py", "modeling_reasoncd.py", "processing_reasoncd.py",
+                  "configuration_reasoncd.py", "generation_reasoncd.py", "modeling_reasoncd.py", "processing_reasoncd.py",
                   "processor_config.json", "tokenizer.json", "tokenizer_config.json"}
 METRICS = {"f1": 0.61, "precision": 0.58, "recall": 0.64, "oa": 0.95, "iou": 0.44, "kappa": 0.58, "giou": 0.5,
            "ciou": 0.44, "n_samples": 12, "groups": {"explicit": {"f1": 0.7, "iou": 0.54, "giou": 0.6, "n_samples": 6}}}

@@ -444,11 +444,17 @@ def bench_quickstart(output_dir: Path, fresh_data: bool) -> dict:
     if fresh_data:
         import shutil
 
-        # Only the caches train.py generates for its synthetic set (data/synthetic/{second,samples}-PAIRS-seed0),
-        # not whatever else data/ holds.
+        from reasoncd.data.second import CONVERTER
+        from reasoncd.data.synthetic import GENERATOR
+        from reasoncd.io import written_only_by
+
+        # Only the quickstart's caches (data/synthetic/{second,samples}-PAIRS-seed0), and only where their marker
+        # says the generator or converter wrote everything in them: never a user's files of the same name.
         for folder in (REPO / "data" / "synthetic").glob("*-seed0"):
-            if folder.name.startswith(("second-", "samples-")):
-                shutil.rmtree(folder, ignore_errors=True)
+            if folder.name.startswith(("second-", "samples-")) and written_only_by(folder, (GENERATOR, CONVERTER)):
+                shutil.rmtree(folder)
+            elif folder.name.startswith(("second-", "samples-")):
+                print(f"kept {folder}: it holds files the quickstart did not write", file=sys.stderr)
     start = time.perf_counter()
     # --overwrite: the benchmark starts its own earlier run over each time.
     result = subprocess.run([sys.executable, str(REPO / "train.py"), "--output_dir", str(output_dir), "--overwrite"],

@@ -114,6 +114,32 @@ def read_marker(folder: Path) -> dict[str, list[str]]:
     return {str(k): [str(e) for e in v] for k, v in outputs.items() if isinstance(v, list)}
 
 
+def _free_name(path: Path) -> Path:
+    """`path`, or `path.1`, `path.2`, ...: the first that does not exist."""
+    candidate, number = path, 0
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.name}.{number}")
+    return candidate
+
+
+def record_outputs(folder: Path, command: str, entries) -> None:
+    """Adds `entries` of `folder` to what its marker says `command` wrote (for writers that fill a folder in place)."""
+    recorded = read_marker(folder)
+    recorded[command] = sorted(set(recorded.get(command, ())) | set(entries))
+    _write_marker(Path(folder), recorded)
+
+
+def written_only_by(folder: Path, commands) -> bool:
+    """Whether the marker of `folder` accounts for every entry in it, all written by one of `commands` (then the
+    whole folder is theirs to delete)."""
+    folder = Path(folder)
+    recorded = read_marker(folder)
+    own = {name for command in commands for name in recorded.get(command, ())}
+    present = {p.name for p in folder.iterdir()} - {MARKER} if folder.is_dir() else set()
+    return bool(own) and set(recorded) <= set(commands) and present <= own
+
+
 def _write_marker(folder: Path, outputs: dict[str, list[str]]) -> None:
     text = json.dumps({"about": "Entries that ReasonCD commands wrote here and may replace on their next run; "
                                 "they leave every other file alone.",
@@ -229,13 +255,23 @@ class OutputDir:
         self._swap(staging, names, replaced + dropped)
 
     def _swap(self, staging: Path | None, names: set[str], retire: list[str]) -> None:
-        """Move `retire` out of the folder, the staged `names` in, record them; undone if a move fails."""
+        """
+        Move `retire` out of the folder, the staged `names` in, record them; undone if a move fails. Only the
+        command's own earlier entries are deleted; an entry it did not record (one that `--overwrite` lets it
+        replace) is kept beside, as `NAME.before-overwrite` (numbered if that exists).
+        """
+        own = set(read_marker(self.path).get(self.command, ()))
         trash = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.replaced-"))
-        retired, placed = [], []
+        retired, placed, kept = [], [], []
         try:
             for name in retire:
-                os.replace(self.path / name, trash / name)
-                retired.append(name)
+                if name in own:
+                    os.replace(self.path / name, trash / name)
+                    retired.append(name)
+                else:
+                    aside = _free_name(self.path / f"{name}.before-overwrite")
+                    os.replace(self.path / name, aside)
+                    kept.append((name, aside))
             for name in sorted(names) if staging else []:
                 os.replace(staging / name, self.path / name)
                 placed.append(name)
@@ -247,6 +283,8 @@ class OutputDir:
                 os.replace(self.path / name, staging / name)
             for name in retired:
                 os.replace(trash / name, self.path / name)
+            for name, aside in kept:
+                os.replace(aside, self.path / name)
             raise
         finally:
             shutil.rmtree(trash, ignore_errors=True)

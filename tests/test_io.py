@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from reasoncd.io import MARKER, OutputDir, OutputDirError, read_marker
+from reasoncd.io import MARKER, OutputDir, OutputDirError, read_marker, record_outputs, written_only_by
 
 
 def write(output: OutputDir, files: dict[str, str]) -> None:
@@ -71,10 +71,11 @@ def test_overwrite_writes_beside_other_files_and_never_over_another_commands(tmp
     with pytest.raises(OutputDirError, match=r"metrics.json \(train.py's output\)"):
         write(OutputDir(out, "eval.py", overwrite=True), {"metrics.json": "evaluated"})
     assert snapshot(out)["metrics.json"] == b"trained"
-    # Names no other command recorded are the user's to give up with --overwrite; everything else stays.
+    # With --overwrite a user's file of an output's name gives way, kept beside it; everything else stays.
     write(OutputDir(out, "eval.py", overwrite=True), {"report.md": "evaluated", "per_sample.json": "[]"})
     assert snapshot(out) == {"metrics.json": b"trained", "model.bin": b"weights", "notes.txt": b"mine",
-                             "report.md": b"evaluated", "per_sample.json": b"[]"}
+                             "report.md": b"evaluated", "per_sample.json": b"[]",
+                             "report.md.before-overwrite": b"an old report the user made by hand"}
     assert read_marker(out) == {"train.py": ["metrics.json", "model.bin"], "eval.py": ["per_sample.json", "report.md"]}
     # Without --overwrite a name the user wrote is never replaced, even in a folder the command wrote before.
     (out / "panels").mkdir()
@@ -166,3 +167,14 @@ def test_claim_records_a_folder_written_as_the_command_goes(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "notes.txt"]
     assert json.loads((out / MARKER).read_text())["outputs"] == {"train.py": sorted(entries)}
     assert no_leftovers(tmp_path)
+
+
+def test_only_a_folder_whose_marker_accounts_for_everything_counts_as_written_by_a_command(tmp_path):
+    cache = tmp_path / "second-3-seed0"
+    for name in ("im1", "im2"):
+        (cache / name).mkdir(parents=True)
+    assert not written_only_by(cache, ["generator"])  # no marker: could be anyone's
+    record_outputs(cache, "generator", ["im1", "im2"])
+    assert written_only_by(cache, ["generator"]) and not written_only_by(cache, ["converter"])
+    (cache / "notes.txt").write_text("mine")
+    assert not written_only_by(cache, ["generator"])  # a file nobody recorded

@@ -5,7 +5,8 @@ from PIL import Image
 
 from reasoncd.data.questions import CLASSES
 from reasoncd.data.second import SECOND_COLOURS, UNCHANGED_COLOUR, second_class_maps
-from reasoncd.data.synthetic import generate_second_layout, synthesize_pair
+from reasoncd.data.synthetic import GENERATOR, generate_second_layout, synthesize_pair
+from reasoncd.io import MARKER, read_marker
 
 FOLDERS = ("im1", "im2", "label1", "label2")
 
@@ -101,5 +102,6 @@ def test_resume_skips_complete_pairs_and_leaves_no_temporary_files(tmp_path):
     assert np.array_equal(_read(out / "im1" / "00000.png"), marker)
     for folder in FOLDERS:
         assert (out / folder / "00001.png").read_bytes() == reference[(folder, 1)]
-    assert not [p for p in out.rglob("*") if p.is_file() and not p.name.endswith(".png")]
+    assert not [p for p in out.rglob("*") if p.is_file() and not p.name.endswith(".png") and p.name != MARKER]
+    assert read_marker(out) == {GENERATOR: ["im1", "im2", "label1", "label2"]}  # what a clean-up may remove
     assert not [p for p in out.rglob(".*")]

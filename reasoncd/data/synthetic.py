@@ -25,7 +25,7 @@ from PIL import Image
 
 from reasoncd.data.questions import CLASSES
 from reasoncd.data.second import SECOND_COLOURS, UNCHANGED_COLOUR
-from reasoncd.io import write_png_atomic
+from reasoncd.io import record_outputs, write_png_atomic
 
 WATER, GROUND, LOW_VEGETATION, TREE, BUILDING, PLAYGROUND = range(len(CLASSES))
 _INSTANCED = (BUILDING, PLAYGROUND)  # coloured per object, not from a class-wide texture
@@ -576,6 +576,10 @@ def synthesize_pair(index: int, *, seed: int = 0, size: int = 256) -> SyntheticP
     )
 
 
+# How folders record that this generator wrote them (benchmarks/bench.py deletes only such folders).
+GENERATOR = "reasoncd synthetic generator"
+
+
 def generate_second_layout(out_dir, n_pairs: int, *, seed: int = 0, size: int = 256, progress: bool = True) -> Path:
     """Write ``n_pairs`` synthetic pairs as ``out_dir/{im1,im2,label1,label2}/NNNNN.png``.
 
@@ -586,6 +590,7 @@ def generate_second_layout(out_dir, n_pairs: int, *, seed: int = 0, size: int = 
     folders = {name: out_dir / name for name in ("im1", "im2", "label1", "label2")}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
+    record_outputs(out_dir, GENERATOR, folders)  # so a clean-up can tell this folder from a user's
     indices = range(n_pairs)
     if progress:
         try:

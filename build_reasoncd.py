@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     if real and not all([args.llm, args.vision, args.sam]):
         parser.error("building from real components needs --llm, --vision and --sam together")
     args.preset = args.preset or ("reasoncd-7b" if real else "tiny")
-    overrides = {"fusion_module": {"enabled": False}} if args.no_fusion else {}
+    overrides = {"use_feature_fusion": False} if args.no_fusion else {}
     overrides.update(option_overrides(args))
     if args.no_fusion and args.resnet:
         parser.error("--resnet loads the fusion module's ResNet, which --no_fusion removes")

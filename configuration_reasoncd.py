@@ -1,49 +1,153 @@
 """ReasonCD configuration.
 
 A ReasonCD model is a CLIP vision tower, a causal language model, a SAM image encoder / prompt encoder / mask
-decoder and a multi-scale feature fusion module. The two Hugging Face parts have their own configs
-(`text_config`, `vision_config`); SAM and the fusion module are plain dicts because they are not transformers
-models. Every size the modeling code needs is read from here.
+decoder and a multi-scale feature fusion module. Each part has its own typed config: `text_config` and
+`vision_config` are transformers' own, `sam_config` is a [`ReasonCDSamConfig`] and `feature_fusion_config` a
+[`ReasonCDFusionConfig`] (not `fusion_config`: transformers reads that name for its kernel fusions). Every size
+the modeling code needs is read from them.
 """
 
 import copy
+import inspect
 
 from transformers import AutoConfig, CLIPVisionConfig, LlamaConfig, PretrainedConfig
 
-# SAM ViT-H, the paper's image encoder, with segment-anything's prompt encoder and mask decoder sizes.
-SAM_VIT_H = {
-    "image_size": 1024,
-    "patch_size": 16,
-    "encoder_embed_dim": 1280,
-    "encoder_depth": 32,
-    "encoder_num_heads": 16,
-    "encoder_global_attn_indexes": [7, 15, 23, 31],
-    "encoder_window_size": 14,
-    "prompt_embed_dim": 256,
-    "mask_in_chans": 16,
-    "decoder_depth": 2,
-    "decoder_mlp_dim": 2048,
-    "decoder_num_heads": 8,
-    "iou_head_depth": 3,
-    "iou_head_hidden_dim": 256,
-    "num_multimask_outputs": 3,
-    # segment-anything normalises 0..255 pixels with ImageNet statistics.
-    "pixel_mean": [123.675, 116.28, 103.53],
-    "pixel_std": [58.395, 57.12, 57.375],
-}
 
-# The paper's Multi-scale Feature Fusion module: ResNet34 + FPN on the SAM-preprocessed image.
-FUSION_RESNET34 = {
-    "enabled": True,
-    "resnet_depth": 34,
-    "resnet_image_size": 1024,
-    "fpn_channels": 256,
-    "attention_reduction": 16,
-    "ffn_hidden_dim": 512,
-}
+class _SizesConfig(PretrainedConfig):
+    """A sub-config of plain sizes: saved as its own `__init__` arguments only, without PretrainedConfig's
+    generic fields (labels, output flags), which mean nothing for SAM or the fusion module."""
 
+    def to_dict(self) -> dict:
+        fields = [name for name, parameter in inspect.signature(type(self).__init__).parameters.items()
+                  if name != "self" and parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        # transformers removes the version from nested configs itself.
+        return {"model_type": self.model_type, "transformers_version": self.transformers_version,
+                **{name: copy.deepcopy(getattr(self, name)) for name in fields}}
+
+
+class ReasonCDSamConfig(_SizesConfig):
+    r"""
+    SAM's image encoder, prompt encoder and mask decoder sizes, named as segment-anything's `build_sam` names them.
+    The defaults are SAM ViT-H, the paper's image encoder.
+
+    Args:
+        image_size (`int`): side of SAM's square input frame (1024 for the official checkpoints).
+        patch_size (`int`): the image encoder's patch size; the embedding grid is `image_size / patch_size`.
+        encoder_embed_dim, encoder_depth, encoder_num_heads (`int`): the ViT image encoder.
+        encoder_global_attn_indexes (`list[int]`): encoder blocks with global (not windowed) attention.
+        encoder_window_size (`int`): side of the other blocks' attention windows.
+        encoder_mlp_ratio (`float`), encoder_layer_norm_eps (`float`): the ViT blocks' MLP width and LayerNorm eps.
+        prompt_embed_dim (`int`): channels of the image embedding, the prompts and the mask decoder.
+        mask_in_chans (`int`): hidden channels of the prompt encoder's mask input branch.
+        decoder_depth, decoder_mlp_dim, decoder_num_heads (`int`): the mask decoder's two-way transformer.
+        iou_head_depth, iou_head_hidden_dim (`int`): the mask decoder's IoU head (kept so official weights load).
+        num_multimask_outputs (`int`): masks per prompt besides the single-mask output.
+        pixel_mean, pixel_std (`list[float]`): per-channel statistics for 0..255 pixels.
+    """
+
+    model_type = "reasoncd_sam"
+
+    # SAM's mask decoder upsamples its image embedding twice by 2 (`output_upscaling`): low-res masks are 4x the grid.
+    mask_upscale = 4
+
+    def __init__(
+        self,
+        image_size=1024,
+        patch_size=16,
+        encoder_embed_dim=1280,
+        encoder_depth=32,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(7, 15, 23, 31),
+        encoder_window_size=14,
+        encoder_mlp_ratio=4.0,
+        encoder_layer_norm_eps=1e-6,
+        prompt_embed_dim=256,
+        mask_in_chans=16,
+        decoder_depth=2,
+        decoder_mlp_dim=2048,
+        decoder_num_heads=8,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
+        num_multimask_outputs=3,
+        # segment-anything normalises 0..255 pixels with ImageNet statistics.
+        pixel_mean=(123.675, 116.28, 103.53),
+        pixel_std=(58.395, 57.12, 57.375),
+        **kwargs,
+    ):
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.encoder_embed_dim = encoder_embed_dim
+        self.encoder_depth = encoder_depth
+        self.encoder_num_heads = encoder_num_heads
+        self.encoder_global_attn_indexes = list(encoder_global_attn_indexes)
+        self.encoder_window_size = encoder_window_size
+        self.encoder_mlp_ratio = encoder_mlp_ratio
+        self.encoder_layer_norm_eps = encoder_layer_norm_eps
+        self.prompt_embed_dim = prompt_embed_dim
+        self.mask_in_chans = mask_in_chans
+        self.decoder_depth = decoder_depth
+        self.decoder_mlp_dim = decoder_mlp_dim
+        self.decoder_num_heads = decoder_num_heads
+        self.iou_head_depth = iou_head_depth
+        self.iou_head_hidden_dim = iou_head_hidden_dim
+        self.num_multimask_outputs = num_multimask_outputs
+        self.pixel_mean = list(pixel_mean)
+        self.pixel_std = list(pixel_std)
+        super().__init__(**kwargs)
+
+    @property
+    def embedding_grid(self) -> int:
+        """Side of the image embedding (64 for SAM at 1024 px)."""
+        return self.image_size // self.patch_size
+
+    @property
+    def low_res_mask_size(self) -> int:
+        """Side of the mask decoder's output (256 for SAM at 1024 px)."""
+        return self.mask_upscale * self.embedding_grid
+
+
+class ReasonCDFusionConfig(_SizesConfig):
+    r"""
+    The paper's Multi-scale Feature Fusion module: a torchvision ResNet with an FPN over its four stages, run on the
+    SAM-preprocessed image; the defaults are the paper's ResNet34. Whether the module is used at all is the top-level
+    `ReasonCDConfig.use_feature_fusion`.
+
+    Args:
+        resnet_depth (`int`): 18 or 34.
+        resnet_image_size (`int`): side the SAM-preprocessed image is resized to for the ResNet.
+        fpn_channels (`int`): channels of each FPN level.
+        attention_reduction (`int`): channel-attention bottleneck ratio.
+        ffn_hidden_dim (`int`): hidden channels of the convolutional feed-forward that outputs the mask decoder's
+            image embedding.
+    """
+
+    model_type = "reasoncd_fusion"
+
+    # The FPN has one level per ResNet stage.
+    fpn_levels = 4
+
+    def __init__(self, resnet_depth=34, resnet_image_size=1024, fpn_channels=256, attention_reduction=16,
+                 ffn_hidden_dim=512, **kwargs):
+        self.resnet_depth = resnet_depth
+        self.resnet_image_size = resnet_image_size
+        self.fpn_channels = fpn_channels
+        self.attention_reduction = attention_reduction
+        self.ffn_hidden_dim = ffn_hidden_dim
+        super().__init__(**kwargs)
+
+
+def _typed(value, config_class):
+    """A sub-config from a dict (as read from config.json), a config, or None (the defaults)."""
+    if isinstance(value, config_class):
+        return value
+    value = dict(value or {})
+    for key in ("model_type", "transformers_version"):
+        value.pop(key, None)
+    return config_class(**value)
+
+
+# The sizes the tiny preset changes (the defaults are the paper's SAM ViT-H and ResNet34).
 SAM_TINY = {
-    **SAM_VIT_H,
     "image_size": 256,
     "encoder_embed_dim": 64,
     "encoder_depth": 2,
@@ -56,9 +160,7 @@ SAM_TINY = {
     "decoder_num_heads": 4,
     "iou_head_hidden_dim": 64,
 }
-
 FUSION_TINY = {
-    "enabled": True,
     "resnet_depth": 18,
     "resnet_image_size": 128,
     "fpn_channels": 32,
@@ -81,9 +183,11 @@ class ReasonCDConfig(PretrainedConfig):
         text_config (`dict` or `PretrainedConfig`, *optional*): the causal language model (LLaMA by default; any
             model `AutoModelForCausalLM` can build).
         vision_config (`dict` or `PretrainedConfig`, *optional*): the CLIP vision tower.
-        sam_config (`dict`, *optional*): SAM image encoder, prompt encoder and mask decoder sizes (see `SAM_VIT_H`).
-        fusion_module (`dict`, *optional*): the Multi-scale Feature Fusion module (see `FUSION_RESNET34`);
-            `enabled: False` gives the paper's ablation (SAM features of T1 and T2 concatenated, then the FFN).
+        sam_config (`dict` or [`ReasonCDSamConfig`], *optional*): SAM's sizes (default: ViT-H).
+        feature_fusion_config (`dict` or [`ReasonCDFusionConfig`], *optional*): the fusion module's sizes (default:
+            the paper's ResNet34 + FPN).
+        use_feature_fusion (`bool`): the paper's Multi-scale Feature Fusion module; False gives the paper's ablation
+            (SAM features of T1 and T2 concatenated, then the FFN).
         vision_feature_layer (`int`): CLIP hidden layer used for the image tokens (-2: the penultimate one).
         image_seq_length (`int`): image tokens per image, (image_size / patch_size)^2 of the vision tower.
         t1_token_id, t2_token_id, p_start_token_id, p_end_token_id, seg_token_id (`int`): the new tokens.
@@ -110,14 +214,16 @@ class ReasonCDConfig(PretrainedConfig):
     """
 
     model_type = "reasoncd"
-    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
+    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig, "sam_config": ReasonCDSamConfig,
+                   "feature_fusion_config": ReasonCDFusionConfig}
 
     def __init__(
         self,
         text_config=None,
         vision_config=None,
         sam_config=None,
-        fusion_module=None,
+        feature_fusion_config=None,
+        use_feature_fusion=True,
         vision_feature_layer=-2,
         image_seq_length=None,
         t1_token_id=32000,
@@ -156,8 +262,14 @@ class ReasonCDConfig(PretrainedConfig):
             )
         self.text_config = text_config
         self.vision_config = vision_config
-        self.sam_config = {**SAM_VIT_H, **(sam_config or {})}
-        self.fusion_module = {**FUSION_RESNET34, **(fusion_module or {})}
+        legacy_fusion = kwargs.pop("fusion_module", None)
+        if legacy_fusion is not None:  # checkpoints saved before the typed sub-configs: one dict with "enabled"
+            legacy_fusion = dict(legacy_fusion)
+            use_feature_fusion = legacy_fusion.pop("enabled", use_feature_fusion)
+            feature_fusion_config = feature_fusion_config or legacy_fusion
+        self.sam_config = _typed(sam_config, ReasonCDSamConfig)
+        self.feature_fusion_config = _typed(feature_fusion_config, ReasonCDFusionConfig)
+        self.use_feature_fusion = bool(use_feature_fusion)
 
         patches = vision_config.image_size // vision_config.patch_size
         if image_seq_length is None:
@@ -198,10 +310,6 @@ class ReasonCDConfig(PretrainedConfig):
             **kwargs,
         )
 
-    @property
-    def use_feature_fusion(self) -> bool:
-        return bool(self.fusion_module["enabled"])
-
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "ReasonCDConfig":
         """`reasoncd-7b` (the paper: LLaMA-2-7b, CLIP ViT-L/14 at 224, SAM ViT-H, ResNet34) or `tiny`."""
@@ -209,8 +317,8 @@ class ReasonCDConfig(PretrainedConfig):
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         kwargs = copy.deepcopy(PRESETS[name])
         for key, value in overrides.items():
-            if isinstance(value, dict) and isinstance(kwargs.get(key), dict):
-                kwargs[key] = {**kwargs[key], **value}
+            if isinstance(value, dict) and key in cls.sub_configs:  # a sub-config override changes only its keys
+                kwargs[key] = {**kwargs.get(key, {}), **value}
             else:
                 kwargs[key] = value
         return cls(**kwargs)
@@ -249,8 +357,6 @@ PRESETS = {
     "reasoncd-7b": {
         "text_config": _llama(32000 + len(NEW_TOKENS), 4096, 11008, 32, 32, 4096),
         "vision_config": _clip(1024, 4096, 24, 16, 224),
-        "sam_config": SAM_VIT_H,
-        "fusion_module": FUSION_RESNET34,
     },
     # Same architecture at a size that trains on two CPU cores: CLIP at 112 px gives 64 tokens per image. Trained
     # from random weights, its mask path collapses to "every change, whatever the question" and its random CLIP
@@ -260,7 +366,7 @@ PRESETS = {
         "text_config": _llama(2048, 256, 688, 4, 4, 512),
         "vision_config": _clip(64, 128, 2, 2, 112),
         "sam_config": SAM_TINY,
-        "fusion_module": FUSION_TINY,
+        "feature_fusion_config": FUSION_TINY,
         **QUESTION_FOLLOWING,
     },
     # Between the two, for benchmarks and GPU smoke runs: a 1024-wide 8-layer LLM, CLIP at 224 px (256 tokens per
@@ -269,7 +375,6 @@ PRESETS = {
         "text_config": _llama(2048, 1024, 2816, 8, 16, 1024),
         "vision_config": _clip(256, 1024, 4, 4, 224),
         "sam_config": {
-            **SAM_VIT_H,
             "image_size": 512,
             "encoder_embed_dim": 256,
             "encoder_depth": 4,
@@ -277,6 +382,6 @@ PRESETS = {
             "encoder_global_attn_indexes": [1, 3],
             "encoder_window_size": 14,
         },
-        "fusion_module": {**FUSION_RESNET34, "resnet_image_size": 256},
+        "feature_fusion_config": {"resnet_image_size": 256},
     },
 }

@@ -168,7 +168,7 @@ def base_models(config) -> list[str]:
             found.append(recorded)
         elif _matches(sub_config, sizes):
             found.append(paper_id)
-    sam = SAM_BY_WIDTH.get((config.sam_config["encoder_embed_dim"], config.sam_config["encoder_depth"]))
+    sam = SAM_BY_WIDTH.get((config.sam_config.encoder_embed_dim, config.sam_config.encoder_depth))
     return found + ([sam] if sam else [])
 
 
@@ -238,11 +238,11 @@ def build_card(*, config, processor, repo_id: str, metrics: dict | None, dataset
         chat_template=processor.chat_template, tokenize=False)
     text, vision, sam = config.text_config, config.vision_config, config.sam_config
     size = f"{parameters / 1e6:,.1f} M parameters; " if parameters else ""
-    fusion = f"ResNet-{config.fusion_module['resnet_depth']} + FPN" if config.use_feature_fusion else "off"
+    fusion = f"ResNet-{config.feature_fusion_config.resnet_depth} + FPN" if config.use_feature_fusion else "off"
     components = (f"{size}language model {text.model_type} ({text.hidden_size} wide, {text.num_hidden_layers} "
                   f"layers), CLIP vision tower at {vision.image_size} px ({config.image_seq_length} tokens per image), "
-                  f"SAM image encoder {sam['encoder_embed_dim']} wide × {sam['encoder_depth']} blocks at "
-                  f"{sam['image_size']} px, feature fusion {fusion}")
+                  f"SAM image encoder {sam.encoder_embed_dim} wide × {sam.encoder_depth} blocks at "
+                  f"{sam.image_size} px, feature fusion {fusion}")
     if adapter_base:
         usage = f"""```python
 from peft import PeftModel
@@ -340,7 +340,7 @@ explanation ending with `[SEG]`, or a sentence without `[SEG]` when the change o
 - Custom code: load with `trust_remote_code=True`. The code imports `segment-anything` and `torchvision`; both must
   be installed or loading fails.
 - Both dates must be co-registered RGB images of the same size. CLIP sees each date at {vision.image_size} px and
-  SAM at {sam['image_size']} px (longest side), so changes much smaller than a SAM patch of the resized image may be
+  SAM at {sam.image_size} px (longest side), so changes much smaller than a SAM patch of the resized image may be
   missed; tile large scenes. 16-bit and float images are scaled to 8 bit per image.
 - The answer and the mask come from one model: a wrong answer without `[SEG]` gives an empty mask.
 - Implicit questions rely on the training question bank; phrasings far from it are less reliable.

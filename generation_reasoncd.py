@@ -130,7 +130,7 @@ class ReasonCDGenerationMixin:
                 mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
             pred_masks = self._masks_for_rows(mask_embeds, pair_index, seg_present, seg_hidden)
         else:  # every answer says the change is absent: no need to run the fusion module and decoder
-            side = 4 * self.config.sam_config["image_size"] // self.config.sam_config["patch_size"]
+            side = self.config.sam_config.low_res_mask_size
             pred_masks = seg_hidden.new_zeros(seg_present.shape[0], side, side)
         return ReasonCDGenerateOutput(
             sequences=sequences, pred_masks=pred_masks, seg_present=seg_present, seg_hidden_states=seg_hidden,

@@ -28,14 +28,14 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 try:
-    from .configuration_reasoncd import ReasonCDConfig
+    from .configuration_reasoncd import ReasonCDConfig, ReasonCDFusionConfig
     from .generation_reasoncd import ReasonCDGenerateOutput, ReasonCDGenerationMixin, _per_row
 except ImportError:
-    from configuration_reasoncd import ReasonCDConfig
+    from configuration_reasoncd import ReasonCDConfig, ReasonCDFusionConfig
     from generation_reasoncd import ReasonCDGenerateOutput, ReasonCDGenerationMixin, _per_row
 
 
-# Answer tokens that `answer_decision_loss_weight` weighs (see `_text_loss`).
+# Answer tokens that `answer_decision_loss_weight` weighs (see `answer_loss`).
 ANSWER_DECISION_TOKENS = 2
 
 
@@ -110,6 +110,61 @@ def _changed_for_other_questions(masks: torch.Tensor, pair_index: torch.Tensor, 
     return (torch.stack(others).any(dim=0).float() * (1.0 - target))
 
 
+# --- losses (weights and options from `ReasonCDConfig`) ---
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor, config: ReasonCDConfig) -> torch.Tensor:
+    """
+    Cross-entropy over answer tokens (`labels` != -100). Two extra weights, both off at 1.0:
+    `seg_token_loss_weight` on the `[SEG]` class in rows whose greedy prediction misses the `[SEG]` the label has,
+    and `answer_decision_loss_weight` on an answer's opening tokens, where it says "present" or "absent".
+    """
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    valid = targets != -100
+    per_token = F.cross_entropy(logits.transpose(1, 2), targets.masked_fill(~valid, 0), reduction="none")
+    seg = config.seg_token_id
+    is_seg_target = targets == seg
+    predicted_seg = ((logits.argmax(-1) == seg) & valid).any(dim=1)
+    missed = is_seg_target.any(dim=1) & ~predicted_seg
+    weights = valid.float()
+    weights = torch.where(is_seg_target & missed.unsqueeze(1), weights * config.seg_token_loss_weight, weights)
+    if config.answer_decision_loss_weight != 1.0:
+        # Explicit answers decide at their first token ("There is no change" / "It's the"), implicit ones by their
+        # second ("The question points" / "The change map"). Two tokens among twenty would weigh little.
+        opening = valid & (valid.long().cumsum(dim=1) <= ANSWER_DECISION_TOKENS)
+        weights = torch.where(opening, weights * config.answer_decision_loss_weight, weights)
+    return (per_token * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def mask_losses(pred_masks: torch.Tensor, seg_present: torch.Tensor, masks: torch.Tensor | None,
+                reshaped_sizes: torch.Tensor | None, pair_index: torch.Tensor,
+                config: ReasonCDConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Mean BCE and Dice over the rows with `[SEG]`, each mask upscaled to its ground truth's own size. The change
+    class weighs `bce_pos_weight`; pixels that changed only for another question about the same pair weigh
+    `other_change_bce_weight`. Both losses are a connected zero when no row has a mask.
+    """
+    zero = pred_masks.sum() * 0.0
+    if masks is None or not bool(seg_present.any()):
+        return zero, zero
+    if reshaped_sizes is None:
+        raise ValueError("masks were given without reshaped_sizes; pass the processor's output unchanged")
+    reshaped_sizes = _per_row(reshaped_sizes, pair_index)
+    frame = config.sam_config.image_size
+    pos_weight = torch.tensor(config.bce_pos_weight, device=pred_masks.device)
+    other_weight = config.other_change_bce_weight
+    bce_terms, dice_terms = [], []
+    for row in seg_present.nonzero().squeeze(1).tolist():
+        logits = upscale_mask_logits(pred_masks[row], reshaped_sizes[row], masks[row].shape[-2:], frame).float()
+        target = (masks[row] > 0.5).float()
+        weight = None
+        if other_weight != 1.0:
+            weight = 1.0 + (other_weight - 1.0) * _changed_for_other_questions(masks, pair_index, row, target)
+        bce_terms.append(F.binary_cross_entropy_with_logits(logits, target, weight=weight, pos_weight=pos_weight))
+        prob = logits.sigmoid()
+        dice_terms.append(1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1))
+    return torch.stack(bce_terms).mean(), torch.stack(dice_terms).mean()
+
+
 class ChannelAttention(nn.Module):
     """Average- and max-pooled channel descriptors through one shared MLP, summed, sigmoid, multiplied in."""
 
@@ -152,7 +207,7 @@ class ResNetFPN(nn.Module):
         super().__init__()
         builders = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34}
         if depth not in builders:
-            raise ValueError(f"fusion_module.resnet_depth={depth}: supported depths are {sorted(builders)}")
+            raise ValueError(f"feature_fusion_config.resnet_depth={depth}: supported depths are {sorted(builders)}")
         self.backbone = builders[depth](weights=None)
         self.backbone.fc = nn.Identity()  # classification head unused; keeps official keys for the rest
         stage_channels = [stage[-1].conv2.out_channels for stage in self._stages()]
@@ -179,20 +234,19 @@ class MultiScaleFeatureFusion(nn.Module):
     attention -> FFN -> the mask decoder's embedding. Disabled (the paper's ablation): SAM T1 ++ SAM T2 -> FFN.
     """
 
-    def __init__(self, *, sam_channels: int, out_channels: int, settings: dict) -> None:
+    def __init__(self, *, sam_channels: int, out_channels: int, config: ReasonCDFusionConfig, enabled: bool) -> None:
         super().__init__()
-        self.enabled = bool(settings["enabled"])
-        self.resnet_image_size = int(settings["resnet_image_size"])
+        self.enabled = enabled
+        self.resnet_image_size = config.resnet_image_size
         if self.enabled:
-            fpn_channels = settings["fpn_channels"]
-            self.resnet_fpn = ResNetFPN(settings["resnet_depth"], fpn_channels)
-            per_image = sam_channels + 4 * fpn_channels
-            self.image_attention = ChannelAttention(per_image, settings["attention_reduction"])
-            self.pair_attention = ChannelAttention(2 * per_image, settings["attention_reduction"])
+            self.resnet_fpn = ResNetFPN(config.resnet_depth, config.fpn_channels)
+            per_image = sam_channels + config.fpn_levels * config.fpn_channels
+            self.image_attention = ChannelAttention(per_image, config.attention_reduction)
+            self.pair_attention = ChannelAttention(2 * per_image, config.attention_reduction)
             ffn_in = 2 * per_image
         else:
             ffn_in = 2 * sam_channels
-        self.ffn = ConvFeedForward(ffn_in, settings["ffn_hidden_dim"], out_channels)
+        self.ffn = ConvFeedForward(ffn_in, config.ffn_hidden_dim, out_channels)
 
     def forward(
         self,
@@ -355,8 +409,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         super().__init__(config)
         text_hidden = config.text_config.hidden_size
         sam = config.sam_config
-        prompt_dim = sam["prompt_embed_dim"]
-        grid = sam["image_size"] // sam["patch_size"]
+        prompt_dim = sam.prompt_embed_dim
+        grid = sam.embedding_grid
 
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = nn.Linear(config.vision_config.hidden_size, text_hidden)
@@ -365,39 +419,40 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             nn.Linear(text_hidden, text_hidden), nn.ReLU(), nn.Linear(text_hidden, prompt_dim)
         )
         self.sam_image_encoder = ImageEncoderViT(
-            img_size=sam["image_size"],
-            patch_size=sam["patch_size"],
-            embed_dim=sam["encoder_embed_dim"],
-            depth=sam["encoder_depth"],
-            num_heads=sam["encoder_num_heads"],
-            mlp_ratio=4,
+            img_size=sam.image_size,
+            patch_size=sam.patch_size,
+            embed_dim=sam.encoder_embed_dim,
+            depth=sam.encoder_depth,
+            num_heads=sam.encoder_num_heads,
+            mlp_ratio=sam.encoder_mlp_ratio,
             out_chans=prompt_dim,
             qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            norm_layer=partial(nn.LayerNorm, eps=sam.encoder_layer_norm_eps),
             use_rel_pos=True,
-            window_size=sam["encoder_window_size"],
-            global_attn_indexes=tuple(sam["encoder_global_attn_indexes"]),
+            window_size=sam.encoder_window_size,
+            global_attn_indexes=tuple(sam.encoder_global_attn_indexes),
         )
         self.sam_prompt_encoder = PromptEncoder(
             embed_dim=prompt_dim,
             image_embedding_size=(grid, grid),
-            input_image_size=(sam["image_size"], sam["image_size"]),
-            mask_in_chans=sam["mask_in_chans"],
+            input_image_size=(sam.image_size, sam.image_size),
+            mask_in_chans=sam.mask_in_chans,
         )
         self.sam_mask_decoder = MaskDecoder(
-            num_multimask_outputs=sam["num_multimask_outputs"],
+            num_multimask_outputs=sam.num_multimask_outputs,
             transformer=TwoWayTransformer(
-                depth=sam["decoder_depth"],
+                depth=sam.decoder_depth,
                 embedding_dim=prompt_dim,
-                mlp_dim=sam["decoder_mlp_dim"],
-                num_heads=sam["decoder_num_heads"],
+                mlp_dim=sam.decoder_mlp_dim,
+                num_heads=sam.decoder_num_heads,
             ),
             transformer_dim=prompt_dim,
-            iou_head_depth=sam["iou_head_depth"],
-            iou_head_hidden_dim=sam["iou_head_hidden_dim"],
+            iou_head_depth=sam.iou_head_depth,
+            iou_head_hidden_dim=sam.iou_head_hidden_dim,
         )
         self.feature_fusion = MultiScaleFeatureFusion(
-            sam_channels=prompt_dim, out_channels=prompt_dim, settings=config.fusion_module
+            sam_channels=prompt_dim, out_channels=prompt_dim, config=config.feature_fusion_config,
+            enabled=config.use_feature_fusion,
         )
         # Options beyond the paper (off in the `reasoncd-7b` preset): see `ReasonCDConfig`.
         self.seg_state_norm = SegStateStandardizer(text_hidden) if config.seg_state_norm else None
@@ -432,7 +487,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """CLIP patch features of the configured layer, CLS dropped: `(n, image_seq_length, vision_hidden)`."""
         hidden = self.vision_tower(pixel_values.to(self.vision_tower.dtype), output_hidden_states=True).hidden_states
-        return hidden[self.config.vision_feature_layer][:, 1:]
+        # CLIP prepends one class token to its patches.
+        return hidden[self.config.vision_feature_layer][:, -self.config.image_seq_length:]
 
     def encode_frozen(
         self,
@@ -560,7 +616,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
 
     def _masks_for_rows(self, mask_embeds, pair_index, seg_present, seg_hidden):
         h, w = mask_embeds.shape[-2:]
-        out = seg_hidden.new_zeros(seg_present.shape[0], 4 * h, 4 * w, dtype=mask_embeds.dtype)
+        scale = self.config.sam_config.mask_upscale
+        out = seg_hidden.new_zeros(seg_present.shape[0], scale * h, scale * w, dtype=mask_embeds.dtype)
         rows = seg_present.nonzero().squeeze(1)
         if rows.numel():
             out[rows] = self.decode_masks(mask_embeds[pair_index[rows]], seg_hidden[rows]).to(out.dtype)
@@ -593,6 +650,9 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                 used for rows whose sequence holds `[SEG]`.
             reshaped_sizes (`(B or P, 2)`): size after SAM's longest-side resize (needed with `masks`).
             frozen_features: precomputed CLIP/SAM features (the training cache); skips the frozen encoders.
+            image_sizes: accepted and unused, so that the processor's output can be passed as `**inputs`; masks are
+                compared with the ground truth at its own size.
+            return_dict: accepted for transformers' calling convention; the output is always a `ReasonCDOutput`.
         """
         attention_mask, pair_index, features = self._prepare_inputs(
             input_ids, attention_mask, pair_index, frozen_features,
@@ -614,8 +674,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
 
         loss = ce = bce = dice = None
         if labels is not None:
-            ce = self._text_loss(lm_out.logits, labels)
-            bce, dice = self._mask_losses(pred_masks, seg_present, masks, reshaped_sizes, pair_index)
+            ce = answer_loss(lm_out.logits, labels, self.config)
+            bce, dice = mask_losses(pred_masks, seg_present, masks, reshaped_sizes, pair_index, self.config)
             cfg = self.config
             loss = cfg.ce_loss_weight * ce + cfg.bce_loss_weight * bce + cfg.dice_loss_weight * dice
             if self.training and not bool(seg_present.any()):
@@ -636,48 +696,5 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         seg_hidden = last_hidden[rows, position] * seg_present.unsqueeze(-1).to(last_hidden.dtype)
         return seg_present, seg_hidden
 
-    def _text_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """CE over answer tokens; the `[SEG]` class weighs `seg_token_loss_weight` in rows that miss it greedily."""
-        logits = logits[:, :-1].float()
-        targets = labels[:, 1:]
-        valid = targets != -100
-        per_token = F.cross_entropy(
-            logits.transpose(1, 2), targets.masked_fill(~valid, 0), reduction="none"
-        )
-        seg = self.config.seg_token_id
-        is_seg_target = targets == seg
-        predicted_seg = ((logits.argmax(-1) == seg) & valid).any(dim=1)
-        missed = is_seg_target.any(dim=1) & ~predicted_seg
-        weights = valid.float()
-        weights = torch.where(is_seg_target & missed.unsqueeze(1), weights * self.config.seg_token_loss_weight, weights)
-        if self.config.answer_decision_loss_weight != 1.0:
-            # Where an answer says "present" or "absent": explicit answers decide at their first token ("There is
-            # no change" / "It's the"), implicit ones by their second ("The question points" / "The change map").
-            # Two tokens among twenty would weigh little.
-            opening = valid & (valid.long().cumsum(dim=1) <= ANSWER_DECISION_TOKENS)
-            weights = torch.where(opening, weights * self.config.answer_decision_loss_weight, weights)
-        return (per_token * weights).sum() / weights.sum().clamp(min=1.0)
-
-    def _mask_losses(self, pred_masks, seg_present, masks, reshaped_sizes, pair_index):
-        zero = pred_masks.sum() * 0.0  # keeps the graph connected when no row has a mask
-        if masks is None or not bool(seg_present.any()):
-            return zero, zero
-        if reshaped_sizes is None:
-            raise ValueError("masks were given without reshaped_sizes; pass the processor's output unchanged")
-        reshaped_sizes = _per_row(reshaped_sizes, pair_index)
-        frame = self.config.sam_config["image_size"]
-        pos_weight = torch.tensor(self.config.bce_pos_weight, device=pred_masks.device)
-        other_weight = self.config.other_change_bce_weight
-        bce_terms, dice_terms = [], []
-        for row in seg_present.nonzero().squeeze(1).tolist():
-            logits = upscale_mask_logits(pred_masks[row], reshaped_sizes[row], masks[row].shape[-2:], frame).float()
-            target = (masks[row] > 0.5).float()
-            weight = None
-            if other_weight != 1.0:
-                weight = 1.0 + (other_weight - 1.0) * _changed_for_other_questions(masks, pair_index, row, target)
-            bce_terms.append(F.binary_cross_entropy_with_logits(logits, target, weight=weight, pos_weight=pos_weight))
-            prob = logits.sigmoid()
-            dice_terms.append(1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1))
-        return torch.stack(bce_terms).mean(), torch.stack(dice_terms).mean()
 
 __all__ = ["ReasonCDForChangeDetection", "ReasonCDPreTrainedModel", "ReasonCDOutput", "ReasonCDGenerateOutput"]

@@ -15,10 +15,10 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
 try:
-    from .configuration_reasoncd import NEW_TOKENS, SAM_VIT_H
+    from .configuration_reasoncd import NEW_TOKENS, ReasonCDSamConfig
     from .modeling_reasoncd import sam_resized_shape, upscale_mask_logits
 except ImportError:
-    from configuration_reasoncd import NEW_TOKENS, SAM_VIT_H
+    from configuration_reasoncd import NEW_TOKENS, ReasonCDSamConfig
     from modeling_reasoncd import sam_resized_shape, upscale_mask_logits
 
 logger = logging.get_logger(__name__)
@@ -44,8 +44,8 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% endfor %}"
 )
 
-SAM_PIXEL_MEAN = tuple(SAM_VIT_H["pixel_mean"])
-SAM_PIXEL_STD = tuple(SAM_VIT_H["pixel_std"])
+SAM_PIXEL_MEAN = tuple(ReasonCDSamConfig().pixel_mean)
+SAM_PIXEL_STD = tuple(ReasonCDSamConfig().pixel_std)
 
 
 def stretch_to_uint8(array: np.ndarray, max_samples: int = 1_000_000) -> tuple[np.ndarray, float, float]:

@@ -363,7 +363,7 @@ def load_start_model(args):
     if args.preset != "tiny":
         raise SystemExit(f"--preset {args.preset}: build it from real weights with build_reasoncd.py, "
                          "then pass the folder as --model")
-    overrides = {"fusion_module": {"enabled": False}} if args.no_fusion else {}
+    overrides = {"use_feature_fusion": False} if args.no_fusion else {}
     overrides.update(option_overrides(args, ARCHITECTURE_OPTIONS))
     return build_tiny(args.seed, **overrides)
 

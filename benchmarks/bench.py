@@ -362,7 +362,7 @@ def memory_plan(preset: str = "reasoncd-7b", sequence: int = 600, questions: int
     inference = {name: round((w + kv) / gib, 1) for name, w in weights.items()}
     # Per sample: checkpointed layer inputs of the LLM, one layer recomputed, and the trainable fusion/decoder
     # activations at SAM's frame (both dates), measured as ~0.9 GiB per 1024-px image for ResNet34+FPN in bf16.
-    sam = config.sam_config["image_size"]
+    sam = config.sam_config.image_size
     per_sample = (text.num_hidden_layers * sequence * text.hidden_size * 2
                   + sequence * (4 * text.hidden_size + 3 * text.intermediate_size) * 4
                   + 2 * 0.9 * gib * (sam / 1024) ** 2)
@@ -405,11 +405,11 @@ def compute_plan(presets=("tiny", "medium", "reasoncd-7b"), text_tokens: int = 6
         config = ReasonCDConfig.from_preset(preset)
         with torch.device("meta"):
             model = ReasonCDForChangeDetection(config)
-            clip_size, sam_size = config.vision_config.image_size, config.sam_config["image_size"]
-            grid = sam_size // config.sam_config["patch_size"]
+            clip_size, sam_size = config.vision_config.image_size, config.sam_config.image_size
+            grid = config.sam_config.embedding_grid
             sequence = 2 * config.image_seq_length + text_tokens
             sam_pixels = torch.zeros(1, 3, sam_size, sam_size)
-            sam_features = torch.zeros(1, config.sam_config["prompt_embed_dim"], grid, grid)
+            sam_features = torch.zeros(1, config.sam_config.prompt_embed_dim, grid, grid)
             forward = {
                 "clip_per_pair": tflops(lambda: model.vision_tower(torch.zeros(2, 3, clip_size, clip_size),
                                                                    output_hidden_states=True)),

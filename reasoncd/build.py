@@ -36,9 +36,9 @@ def make_processor(config: ReasonCDConfig, tokenizer, image_processor=None) -> R
         image_processor=clip_image_processor(config.vision_config.image_size, image_processor),
         tokenizer=tokenizer,
         image_seq_length=config.image_seq_length,
-        sam_image_size=config.sam_config["image_size"],
-        sam_pixel_mean=config.sam_config["pixel_mean"],
-        sam_pixel_std=config.sam_config["pixel_std"],
+        sam_image_size=config.sam_config.image_size,
+        sam_pixel_mean=config.sam_config.pixel_mean,
+        sam_pixel_std=config.sam_config.pixel_std,
         max_sequence_length=config.text_config.max_position_embeddings,
     )
 
@@ -164,8 +164,9 @@ def build_from_components(args, overrides: dict) -> tuple[ReasonCDForChangeDetec
         text_config=AutoConfig.from_pretrained(args.llm),
         vision_config=vision_config,
         sam_config=sam_config,
-        **{key: value for key, value in overrides.items() if key != "fusion_module"},
-        fusion_module={"resnet_image_size": sam_config["image_size"], **overrides.get("fusion_module", {})},
+        **{key: value for key, value in overrides.items() if key != "feature_fusion_config"},
+        feature_fusion_config={"resnet_image_size": sam_config["image_size"],
+                               **overrides.get("feature_fusion_config", {})},
     )
     set_token_ids(config, tokenizer)
 

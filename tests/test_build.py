@@ -26,7 +26,7 @@ from transformers import (
 )
 
 import build_reasoncd
-from configuration_reasoncd import ReasonCDConfig
+from configuration_reasoncd import SAM_TINY, ReasonCDConfig
 from helpers import REPO_ROOT, llama_like_tokenizer, random_image, script_env, tiny_checkpoint
 
 LLAMA_VOCAB = 32000
@@ -128,7 +128,7 @@ def components(tmp_path_factory):
     _randomise(clip_vision, 3)
     clip_vision.save_pretrained(vision_dir)
 
-    sam = _tiny_sam(ReasonCDConfig.from_preset("tiny").sam_config)
+    sam = _tiny_sam(ReasonCDConfig.from_preset("tiny").sam_config.to_dict())
     _randomise(sam, 4)
     sam_state = sam.state_dict()
     assert {k.split(".")[0] for k in sam_state} == {"image_encoder", "prompt_encoder", "mask_decoder"}
@@ -172,8 +172,9 @@ def test_build_from_real_format_components(components, tmp_path, vision):
     assert [config.t1_token_id, config.t2_token_id, config.p_start_token_id, config.p_end_token_id,
             config.seg_token_id] == list(range(LLAMA_VOCAB, LLAMA_VOCAB + 5))
     assert config.pad_token_id == 0 and config.bos_token_id == 1 and config.eos_token_id == 2
-    tiny_sam = ReasonCDConfig.from_preset("tiny").sam_config
-    assert {k: config.sam_config[k] for k in tiny_sam} == tiny_sam  # sizes read back off the SAM weights
+    tiny_sam = ReasonCDConfig.from_preset("tiny").sam_config.to_dict()
+    read_back = config.sam_config.to_dict()  # sizes read back off the SAM weights
+    assert {k: read_back[k] for k in SAM_TINY} == {k: tiny_sam[k] for k in SAM_TINY}
     assert config.image_seq_length == 64
 
     # Language model: old rows and all other weights as saved; the 5 new rows at the mean of the old rows.

@@ -155,7 +155,7 @@ def test_generate_gives_masks_of_the_input_size(quantized, processor, pair):
                                                             answers=ANSWERS)["labels"]]
     out = model.generate(**inputs, max_new_tokens=max(map(len, rows)) + 1,
                          logits_processor=LogitsProcessorList([ForceAnswers(rows, model.config.eos_token_id)]))
-    side = 4 * model.config.sam_config["image_size"] // model.config.sam_config["patch_size"]
+    side = model.config.sam_config.low_res_mask_size
     assert out.seg_present.all()
     assert out.pred_masks.shape == (len(QUESTIONS), side, side) and torch.isfinite(out.pred_masks).all()
     assert out.pred_masks.abs().amax(dim=(1, 2)).min() > 0

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from configuration_reasoncd import ReasonCDConfig
 from modeling_reasoncd import (ANSWER_DECISION_TOKENS, ReasonCDForChangeDetection, SegStateStandardizer,
-                               _changed_for_other_questions)
+                               _changed_for_other_questions, answer_loss)
 from reasoncd.build import build_tiny
 
 SIZE = 256  # the tiny preset's SAM frame: no resize, no padding
@@ -47,8 +47,8 @@ def _seg_states(hidden: int, seed: int) -> torch.Tensor:
 
 def _sam_pixels(image: np.ndarray, config: ReasonCDConfig) -> torch.Tensor:
     """SAM's normalisation; a 256-px image fills the tiny preset's frame, so there is nothing to resize or pad."""
-    mean = torch.tensor(config.sam_config["pixel_mean"]).view(3, 1, 1)
-    std = torch.tensor(config.sam_config["pixel_std"]).view(3, 1, 1)
+    mean = torch.tensor(config.sam_config.pixel_mean).view(3, 1, 1)
+    std = torch.tensor(config.sam_config.pixel_std).view(3, 1, 1)
     return (torch.from_numpy(image).permute(2, 0, 1).float() - mean) / std
 
 
@@ -218,7 +218,7 @@ def test_answer_decision_weight_reweighs_only_the_answers_opening_tokens(tiny):
     if bool((logits[0, :-1].argmax(-1)[targets != -100] != model.config.seg_token_id).all()):
         weights[targets[targets != -100] == model.config.seg_token_id] *= model.config.seg_token_loss_weight
     expected = (per_token * weights).sum() / weights.sum()
-    torch.testing.assert_close(model._text_loss(logits, labels), expected)
+    torch.testing.assert_close(answer_loss(logits, labels, model.config), expected)
 
 
 def test_change_tokens_show_the_language_model_the_fused_change_embedding(tiny):
@@ -265,7 +265,7 @@ def test_decode_masks_equals_segment_anythings_single_mask_decoder():
 
 def test_the_papers_ablation_without_fusion_decodes_from_sam_features_alone():
     torch.manual_seed(0)
-    config = ReasonCDConfig.from_preset("tiny", fusion_module={"enabled": False})
+    config = ReasonCDConfig.from_preset("tiny", use_feature_fusion=False)
     model = ReasonCDForChangeDetection(config).eval()
     assert not hasattr(model.feature_fusion, "resnet_fpn")
     sam_t1, sam_t2 = torch.randn(2, 64, 16, 16), torch.randn(2, 64, 16, 16)

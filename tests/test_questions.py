@@ -19,12 +19,6 @@ def _all_phrasings(kind):
             for text in phrasings(croi, direction, kind, held)]
 
 
-def test_constants():
-    assert CLASSES == ("water", "ground", "low_vegetation", "tree", "building", "playground")
-    assert DIRECTIONS == ("increase", "decrease", "any")
-    assert KINDS == ("explicit", "implicit", "explanation", "absent")
-
-
 @pytest.mark.parametrize("croi,direction", CROIS)
 def test_every_croi_has_explicit_implicit_and_absent(croi, direction):
     explicit = phrasings(croi, direction, "explicit", False) + phrasings(croi, direction, "explicit", True)

@@ -32,7 +32,7 @@ def encoder_fingerprint(model) -> str:
     """Hash of what determines the frozen features: encoder configs, feature layer and encoder weights."""
     digest = hashlib.sha1()
     digest.update(model.config.vision_config.to_json_string().encode())
-    digest.update(repr(sorted(model.config.sam_config.items())).encode())
+    digest.update(model.config.sam_config.to_json_string(use_diff=False).encode())
     digest.update(str(model.config.vision_feature_layer).encode())
     for module in (model.vision_tower, model.sam_image_encoder):
         for name, tensor in module.state_dict().items():

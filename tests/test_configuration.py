@@ -1,0 +1,91 @@
+"""The configuration on its own: presets, typed sub-configs, saving and reading back, older config files."""
+import json
+
+import pytest
+
+from configuration_reasoncd import (
+    FUSION_TINY, PRESETS, QUESTION_FOLLOWING, SAM_TINY, ReasonCDConfig, ReasonCDFusionConfig, ReasonCDSamConfig,
+)
+from modeling_reasoncd import ReasonCDForChangeDetection
+
+
+def test_the_paper_preset_is_the_papers_architecture():
+    config = ReasonCDConfig.from_preset("reasoncd-7b")
+    text, vision, sam, fusion = (config.text_config, config.vision_config, config.sam_config,
+                                 config.feature_fusion_config)
+    assert (text.hidden_size, text.num_hidden_layers, text.vocab_size) == (4096, 32, 32005)
+    assert (vision.hidden_size, vision.image_size, vision.patch_size) == (1024, 224, 14)
+    assert config.image_seq_length == 256
+    assert (sam.image_size, sam.encoder_embed_dim, sam.encoder_depth) == (1024, 1280, 32)
+    assert (sam.embedding_grid, sam.low_res_mask_size) == (64, 256)
+    assert config.use_feature_fusion and (fusion.resnet_depth, fusion.resnet_image_size) == (34, 1024)
+    # Nothing beyond the paper is switched on.
+    assert not config.seg_state_norm and not config.change_tokens and config.mask_conditioning == "sparse"
+    assert config.answer_decision_loss_weight == 1.0 and config.other_change_bce_weight == 1.0
+
+
+def test_tiny_preset_switches_on_the_question_following_options():
+    config = ReasonCDConfig.from_preset("tiny")
+    for key, value in QUESTION_FOLLOWING.items():
+        assert getattr(config, key) == value, key
+    assert all(getattr(config.sam_config, key) == value for key, value in SAM_TINY.items())
+    assert all(getattr(config.feature_fusion_config, key) == value for key, value in FUSION_TINY.items())
+
+
+def test_sub_config_overrides_change_only_their_own_keys():
+    config = ReasonCDConfig.from_preset("tiny", sam_config={"decoder_depth": 1}, use_feature_fusion=False)
+    assert config.sam_config.decoder_depth == 1
+    assert config.sam_config.image_size == SAM_TINY["image_size"]  # the rest of the preset's SAM stays
+    assert not config.use_feature_fusion
+    assert PRESETS["tiny"]["sam_config"]["decoder_depth"] == 2  # the preset table itself is untouched
+
+
+def test_saved_config_reads_back_with_typed_sub_configs(tmp_path):
+    config = ReasonCDConfig.from_preset("tiny", use_feature_fusion=False)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    # Sub-configs are saved as their sizes only, not PretrainedConfig's generic fields.
+    assert saved["sam_config"]["model_type"] == "reasoncd_sam" and "id2label" not in saved["sam_config"]
+    assert set(saved["feature_fusion_config"]) == {"model_type", *FUSION_TINY}
+    loaded = ReasonCDConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded.sam_config, ReasonCDSamConfig)
+    assert isinstance(loaded.feature_fusion_config, ReasonCDFusionConfig)
+    assert loaded.sam_config.to_dict() == config.sam_config.to_dict()
+    assert loaded.feature_fusion_config.to_dict() == config.feature_fusion_config.to_dict()
+    assert loaded.use_feature_fusion is False
+
+
+def test_config_files_from_before_the_typed_sub_configs_still_load(tmp_path):
+    """Older checkpoints hold `sam_config` without the encoder's MLP ratio / eps and a `fusion_module` dict with an
+    `enabled` switch; they read as the same architecture, with the same parameter names."""
+    config = ReasonCDConfig.from_preset("tiny", use_feature_fusion=False)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["sam_config"] = {key: value for key, value in saved["sam_config"].items()
+                           if key not in ("encoder_mlp_ratio", "encoder_layer_norm_eps", "model_type")}
+    saved["fusion_module"] = {"enabled": False, **{key: value for key, value in saved.pop("feature_fusion_config").items()
+                                                   if key != "model_type"}}
+    del saved["use_feature_fusion"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+
+    legacy = ReasonCDConfig.from_pretrained(tmp_path)
+    assert legacy.use_feature_fusion is False
+    assert legacy.sam_config.to_dict() == config.sam_config.to_dict()
+    assert legacy.feature_fusion_config.to_dict() == config.feature_fusion_config.to_dict()
+    names = {name: tuple(p.shape) for name, p in ReasonCDForChangeDetection(legacy).state_dict().items()}
+    assert names == {name: tuple(p.shape) for name, p in ReasonCDForChangeDetection(config).state_dict().items()}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"image_seq_length": 10}, "image_seq_length=10 does not match"),
+    ({"seg_hidden_state": "last"}, "only 'predicting'"),
+    ({"mask_conditioning": "concat"}, "mask_conditioning='concat'"),
+])
+def test_inconsistent_values_are_refused_by_name(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        ReasonCDConfig.from_preset("tiny", **overrides)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown preset 'huge'.*'medium'.*'reasoncd-7b'.*'tiny'"):
+        ReasonCDConfig.from_preset("huge")

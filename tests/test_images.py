@@ -1,10 +1,16 @@
 """Image and label reading: conversions, their notes, and errors that name the file."""
+import warnings
+
 import numpy as np
 import pytest
+import rasterio
+import rasterio.errors
 import tifffile
 from PIL import Image
+from rasterio.transform import Affine
 
-from reasoncd.data.images import ImageReadError, Mosaic, image_size, read_mask, read_rgb
+from reasoncd.data.images import (ImageReadError, Mosaic, bands_to_rgb8, image_size, read_mask, read_rgb,
+                                  select_bands, to_rgb8)
 from reasoncd.io import write_png_atomic
 
 RNG = np.random.default_rng(0)
@@ -99,7 +105,7 @@ def test_missing_and_corrupt_files_name_the_path(tmp_path):
     with pytest.raises(ImageReadError, match=r"noise\.png: cannot read image"):
         read_rgb(tmp_path / "noise.png")
     (tmp_path / "broken.tif").write_bytes(b"II*\x00" + b"\xff" * 40)
-    with pytest.raises(ImageReadError, match=r"broken\.tif: cannot read image \(tifffile: .*; Pillow: "):
+    with pytest.raises(ImageReadError, match=r"broken\.tif: cannot read image \(rasterio: .*; Pillow: "):
         read_rgb(tmp_path / "broken.tif")
     with pytest.raises(ImageReadError, match=r"broken\.tif"):
         Mosaic(tmp_path / "broken.tif")
@@ -208,14 +214,15 @@ def test_mosaic_bands_equal_the_image(tmp_path, layout):
 
 
 def test_mosaic_formats_pillow_writes(tmp_path):
-    Image.fromarray(IMAGE).save(tmp_path / "packbits.tif", compression="packbits")  # tifffile decodes it itself
-    Image.fromarray(IMAGE).save(tmp_path / "lzw.tif", compression="tiff_lzw")  # tifffile needs imagecodecs for LZW
+    Image.fromarray(IMAGE).save(tmp_path / "packbits.tif", compression="packbits")
+    Image.fromarray(IMAGE).save(tmp_path / "lzw.tif", compression="tiff_lzw")
+    Image.fromarray(IMAGE).save(tmp_path / "jpeg.tif", compression="jpeg")  # YCbCr: GDAL gives RGB
     Image.fromarray(IMAGE).save(tmp_path / "mosaic.png")
-    for name in ("packbits.tif", "lzw.tif", "mosaic.png"):
+    for name in ("packbits.tif", "lzw.tif", "jpeg.tif", "mosaic.png"):
         with Mosaic(tmp_path / name) as mosaic:
-            assert np.array_equal(mosaic.read_rows(100, 164), IMAGE[100:164])
-            if name != "lzw.tif":  # windowed there only where imagecodecs is installed
-                assert mosaic.windowed == name.endswith(".tif")
+            expected = read_rgb(tmp_path / name)[0] if name == "jpeg.tif" else IMAGE  # lossy: as read whole
+            assert np.array_equal(mosaic.read_rows(100, 164), expected[100:164])
+            assert mosaic.windowed == name.endswith(".tif")
             with pytest.raises(ValueError, match=r"rows 290\.\.310 outside 0\.\.300"):
                 mosaic.read_rows(290, 310)
 
@@ -259,3 +266,98 @@ def test_the_pixel_limit_is_the_users_to_set(tmp_path, monkeypatch):
     monkeypatch.setenv("REASONCD_MAX_IMAGE_PIXELS", "lots")
     with pytest.raises(ImageReadError, match="REASONCD_MAX_IMAGE_PIXELS='lots': expected a positive whole number"):
         read_rgb(tmp_path / "scene.png")
+
+
+def _write_raster(path, bands: np.ndarray, **profile) -> None:
+    """(bands, H, W) written with rasterio; without crs/transform the file is a plain, not georeferenced raster."""
+    profile = {"driver": "GTiff", "count": bands.shape[0], "height": bands.shape[1], "width": bands.shape[2],
+               "dtype": bands.dtype, **profile}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dataset:
+            dataset.write(bands)
+
+
+def test_a_georeferenced_geotiff_reads_like_a_plain_tiff(tmp_path):
+    bands = np.moveaxis(IMAGE16, 2, 0)
+    _write_raster(tmp_path / "geo.tif", bands, crs="EPSG:32650", tiled=True, blockxsize=64, blockysize=64,
+                  compress="deflate", transform=Affine(0.5, 0, 500_000, 0, -0.5, 4_000_000))
+    tifffile.imwrite(tmp_path / "plain.tif", IMAGE16, photometric="rgb")
+    with rasterio.open(tmp_path / "geo.tif") as dataset:
+        assert dataset.crs.to_epsg() == 32650  # the fixture really is georeferenced
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NotGeoreferencedWarning for the plain file, nothing else either
+        geo, geo_note = read_rgb(tmp_path / "geo.tif")
+        plain, plain_note = read_rgb(tmp_path / "plain.tif")
+    assert np.array_equal(geo, plain) and geo_note == plain_note
+    assert plain_note.startswith("uint16 scaled to 8 bit by a 2-98 percentile stretch")
+    assert np.abs(plain.astype(int) - percentile_stretch(IMAGE16)).max() <= 1
+
+
+def test_mosaic_reads_any_row_range_in_any_order(tmp_path):
+    # Bands that do not line up with the 32-row blocks, reads that go back, overlap, or end inside the rows kept
+    # from the last read: each equals the slice of the whole image.
+    _write_raster(tmp_path / "tiled.tif", np.moveaxis(IMAGE, 2, 0), tiled=True, blockxsize=32, blockysize=32,
+                  compress="deflate")
+    whole = read_rgb(tmp_path / "tiled.tif")[0]
+    assert np.array_equal(whole, IMAGE)
+    with Mosaic(tmp_path / "tiled.tif") as mosaic:
+        for top, bottom in [(0, 50), (50, 60), (60, 61), (61, 140), (100, 120), (5, 300), (299, 300), (0, 300)]:
+            assert np.array_equal(mosaic.read_rows(top, bottom), whole[top:bottom]), (top, bottom)
+
+
+def test_palette_cmyk_and_one_bit_tiffs_read_like_pillow_reads_them(tmp_path):
+    palette = Image.fromarray(RGB[..., 0] // 128, mode="L").convert("P")
+    palette.putpalette([0, 0, 0, 200, 10, 20] + [0] * 762)
+    palette.save(tmp_path / "palette.tif")
+    Image.fromarray(RGB).convert("CMYK").save(tmp_path / "cmyk.tif")
+    bits = RGB[..., 1] > 50
+    Image.fromarray(bits).save(tmp_path / "bits.tif")
+    tifffile.imwrite(tmp_path / "miniswhite.tif", bits, photometric="miniswhite")  # 1 is black here
+    for name, note in [("palette.tif", "palette colours expanded to RGB"), ("cmyk.tif", "CMYK converted to RGB"),
+                       ("bits.tif", "1-bit image scaled to 0/255; grayscale replicated to 3 channels"),
+                       ("miniswhite.tif", "1-bit image scaled to 0/255; grayscale replicated to 3 channels")]:
+        array, read_note = read_rgb(tmp_path / name)
+        with Image.open(tmp_path / name) as image:
+            assert np.array_equal(array, np.asarray(image.convert("RGB"))), name
+        assert read_note == note, name
+    assert np.array_equal(read_mask(tmp_path / "bits.tif"), bits)
+    assert np.array_equal(read_mask(tmp_path / "miniswhite.tif"), ~bits)  # white (0 in the file) is True
+
+
+def test_band_helpers_for_band_first_arrays():
+    assert select_bands(3) == ([1, 2, 3], [])
+    assert select_bands(4, alpha=True) == ([1, 2, 3], ["alpha channel dropped"])
+    assert select_bands(13) == ([1, 2, 3], ["first 3 of 13 bands kept"])
+    assert select_bands(2) == ([1], ["first of 2 bands kept"])
+    assert select_bands(2, alpha=True) == ([1], ["alpha channel dropped"])
+    bands = RNG.integers(0, 4096, (5, 40, 60), dtype=np.uint16)
+    rgb, note = bands_to_rgb8(bands)
+    assert rgb.shape == (40, 60, 3) and rgb.dtype == np.uint8
+    assert np.array_equal(rgb, to_rgb8(np.moveaxis(bands, 0, -1))[0])
+    assert np.abs(rgb.astype(int) - percentile_stretch(np.moveaxis(bands[:3], 0, -1))).max() <= 1
+    assert note.startswith("first 3 of 5 bands kept; uint16 scaled to 8 bit")
+    gray_alpha = np.stack([RGB[..., 0], np.full((40, 60), 255, np.uint8)])
+    rgb, note = bands_to_rgb8(gray_alpha, alpha=True)
+    assert np.array_equal(rgb[..., 2], RGB[..., 0])
+    assert note == "alpha channel dropped; grayscale replicated to 3 channels"
+
+
+def test_other_gdal_formats_and_damaged_tiffs(tmp_path):
+    # ERDAS Imagine: neither TIFF nor a Pillow format, read by GDAL, by window too.
+    _write_raster(tmp_path / "scene.img", np.moveaxis(IMAGE, 2, 0), driver="HFA")
+    assert np.array_equal(read_rgb(tmp_path / "scene.img")[0], IMAGE)
+    assert image_size(tmp_path / "scene.img") == (300, 200)
+    with Mosaic(tmp_path / "scene.img") as mosaic:
+        assert mosaic.windowed and np.array_equal(mosaic.read_rows(10, 90), IMAGE[10:90])
+
+    tifffile.imwrite(tmp_path / "full.tif", IMAGE, photometric="rgb", compression="zlib", rowsperstrip=16)
+    data = (tmp_path / "full.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])
+    assert image_size(tmp_path / "cut.tif") == (300, 200)  # the header survives
+    with pytest.raises(ImageReadError, match=r"cut\.tif: cannot read image \(RasterioIOError: .*TIFFReadEncodedStrip"):
+        read_rgb(tmp_path / "cut.tif")
+    with Mosaic(tmp_path / "cut.tif") as mosaic:
+        assert np.array_equal(mosaic.read_rows(0, 16), IMAGE[:16])  # the first strips are intact
+        with pytest.raises(ImageReadError, match=r"cut\.tif: cannot read image"):
+            mosaic.read_rows(200, 300)

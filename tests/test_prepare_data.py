@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import tifffile
 from PIL import Image
+from rasterio.enums import ColorInterp
+from rasterio.transform import Affine
 
 import prepare_data
 from reasoncd.data import folders
@@ -141,6 +144,35 @@ def test_bcdd_input_errors_write_nothing(tmp_path):
     assert result.returncode == 2 and "t1.tif: uint16 pixels; bcdd needs 8-bit mosaics" in result.stderr
     assert_nothing_written(tmp_path / "out16")
 
+
+
+def test_bcdd_tiles_georeferenced_geotiffs_whose_blocks_straddle_the_tiles(tmp_path):
+    """Tiled, deflated GeoTIFFs as GIS tools write them (T1 RGBA, the label one 0/255 band), cut into 24-pixel
+    tiles across their 32-pixel blocks: every tile equals the window of the source."""
+    rng = np.random.default_rng(1)
+    t1 = rng.integers(0, 256, (4, 100, 90), dtype=np.uint8)
+    t2 = rng.integers(0, 256, (3, 100, 90), dtype=np.uint8)
+    label = (rng.random((1, 100, 90)) < 0.3).astype(np.uint8) * 255
+    for name, bands in (("t1.tif", t1), ("t2.tif", t2), ("label.tif", label)):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", count=len(bands), height=100, width=90,
+                           dtype="uint8", crs="EPSG:32650", transform=Affine(0.5, 0, 500_000, 0, -0.5, 4_000_000),
+                           tiled=True, blockxsize=32, blockysize=32, compress="deflate",
+                           **({"photometric": "rgb", "alpha": "yes"} if name == "t1.tif" else {})) as dataset:
+            dataset.write(bands)
+    with rasterio.open(tmp_path / "t1.tif") as dataset:
+        assert dataset.colorinterp[3] == ColorInterp.alpha
+    output_dir = tmp_path / "tiles"
+    args = ["bcdd", "--t1", tmp_path / "t1.tif", "--t2", tmp_path / "t2.tif", "--label", tmp_path / "label.tif",
+            "--output_dir", output_dir, "--tile", 24]
+    assert prepare_data.main(list(map(str, args))) == 0
+    samples = load_samples(output_dir)
+    assert len(samples) == 4 * 3  # 100 x 90 in 24-pixel tiles
+    for sample in samples.values():
+        top, left = int(sample["pair_id"][1:7]), int(sample["pair_id"][9:])
+        window = (slice(top, top + 24), slice(left, left + 24))
+        assert np.array_equal(read_rgb(sample["img1_path"])[0], np.moveaxis(t1[:3], 0, -1)[window])
+        assert np.array_equal(read_rgb(sample["img2_path"])[0], np.moveaxis(t2, 0, -1)[window])
+        assert np.array_equal(read_mask(sample["mask_path"]), label[0][window] > 0)
 
 # Runs a script and prints the peak RSS of its own address space. getrusage's ru_maxrss cannot be used: a child
 # that subprocess starts with vfork keeps the pytest process's high-water mark through exec.

@@ -3,21 +3,22 @@
 Images become (H, W, 3) uint8 RGB. Anything else is converted and the conversion is reported as a short note:
 
 * grayscale is replicated to three channels, an alpha channel is dropped, of more than three bands the first three
-  are kept (multispectral TIFF: usually R, G, B first);
+  are kept (multispectral TIFF: usually R, G, B first), of two bands the first (`select_bands`);
+* palette colours are expanded to RGB, 1-bit images become 0/255;
 * 16-bit and float images are stretched linearly between their own 2nd and 98th percentiles (over all bands at
   once, so colour balance is kept) and clipped: the default of GIS viewers, and the choice that keeps 11- or 12-bit
   sensor data visible, where dividing by 257 would leave it nearly black. The stretch is per image, so the two dates
   of a pair are stretched independently.
 * Pillow reduces 16-bit RGB PNG to 8 bit itself (keeping the high byte); that is reported, not stretched.
 
-TIFF is read with tifffile (any bit depth, band count and planar layout); what tifffile cannot read (palette, CMYK,
-YCbCr, or a compression that needs the optional imagecodecs package) goes through Pillow. PNG, JPEG and the rest go
-through Pillow.
+PNG and JPEG are read with Pillow. Everything else (TIFF and GeoTIFF of any bit depth, band count, planar layout
+and compression, and the other raster formats GDAL reads) is read with GDAL through rasterio (`RasterPicture`),
+with Pillow as the fallback for files GDAL cannot open.
 
 Change labels become (H, W) bool: single-channel 0/1 or 0/255 (any other values are an error unless a threshold is
 given), or colour labels with black for "no change" and one colour for "change".
 
-Large mosaics are read in row bands by :class:`Mosaic`, without loading the whole file where the format allows.
+Large mosaics are read in row bands by :class:`Mosaic`, through rasterio windows where the format allows.
 
 An image decoded whole may have at most REASONCD_MAX_IMAGE_PIXELS pixels (default DEFAULT_MAX_IMAGE_PIXELS), checked
 from its header before any pixel is decoded: a small file can claim a huge size (a "decompression bomb") and would
@@ -25,21 +26,21 @@ otherwise fill the memory. Real scenes above the limit: raise it in the environm
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
-import tifffile
+import rasterio
 from PIL import Image, UnidentifiedImageError
+from rasterio.enums import ColorInterp
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window
 
-_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
-# Photometric interpretations whose samples tifffile returns as they are meant to be shown.
-_TIFFFILE_PHOTOMETRICS = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB)
-_ALPHA_SAMPLES = (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
-
+_PILLOW_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # PNG, JPEG
+# GDAL's block cache otherwise grows to 5% of the memory while a mosaic is read; reads here decode each block once.
+_MIN_GDAL_CACHE_BYTES = 4 << 20
 
 DEFAULT_MAX_IMAGE_PIXELS = 2**28  # 268 million pixels, e.g. 16,384 x 16,384: 805 MB as 8-bit RGB
 MAX_IMAGE_PIXELS_VARIABLE = "REASONCD_MAX_IMAGE_PIXELS"
@@ -71,23 +72,10 @@ def check_pixel_limit(path, height: int, width: int) -> None:
             f"large, set {MAX_IMAGE_PIXELS_VARIABLE}={width * height} or more, or cut it into tiles")
 
 
-@contextlib.contextmanager
-def _open_pillow(path):
-    """Image.open with Pillow's own decompression-bomb check replaced by ours, so that the one limit above applies
-    (and can be raised past Pillow's); the header is checked before the caller decodes anything."""
-    with _PILLOW_LIMIT_LOCK:
-        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            image = Image.open(path)
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
-    with image:
-        check_pixel_limit(path, image.height, image.width)
-        yield image
-
-
-def _tiff_size(series) -> tuple[int, int]:
-    return series.shape[series.axes.index("Y")], series.shape[series.axes.index("X")]
+def _describe(error: BaseException) -> str:
+    # rasterio's read errors say "see previous exception": the GDAL message is their cause.
+    cause = f" ({error.__cause__})" if isinstance(error, RasterioError) and error.__cause__ else ""
+    return f"{type(error).__name__}: {error}{cause}"
 
 
 def _existing(path) -> Path:
@@ -97,25 +85,116 @@ def _existing(path) -> Path:
     return path
 
 
-def _is_tiff(path: Path) -> bool:
+def open_raster(path) -> rasterio.DatasetReader:
+    """rasterio.open without the NotGeoreferencedWarning that plain (not geo-) TIFFs would raise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path)
+
+
+def _open_pillow(path: Path) -> Image.Image:
+    """Image.open with Pillow's own decompression-bomb check replaced by ours, so that the one limit above applies
+    (and can be raised past Pillow's); the header is checked before the caller decodes anything."""
+    with _PILLOW_LIMIT_LOCK:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            image = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    try:
+        check_pixel_limit(path, image.height, image.width)
+    except ImageReadError:
+        image.close()
+        raise
+    return image
+
+
+def _open(path, action: str = "read image") -> rasterio.DatasetReader | Image.Image:
+    """`path` opened by the reader that suits it: Pillow for PNG and JPEG, rasterio for anything else, and Pillow
+    for what GDAL cannot open. Only the header is read; the caller closes the result. `action` words the error."""
+    path = _existing(path)
     with open(path, "rb") as file:
-        return file.read(4) in _TIFF_SIGNATURES
+        pillow_format = file.read(8).startswith(_PILLOW_SIGNATURES)
+    gdal_error = None
+    if not pillow_format:
+        try:
+            return open_raster(path)
+        except RasterioError as error:
+            gdal_error = error
+    try:
+        return _open_pillow(path)
+    except ImageReadError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        detail = _describe(error)
+        if gdal_error is not None:
+            detail = f"rasterio: {_describe(gdal_error)}; Pillow: {detail}"
+        raise ImageReadError(f"{path}: cannot {action} ({detail})") from error
 
 
-def _has_alpha(page: tifffile.TiffPage) -> bool:
-    return bool(page.extrasamples) and page.extrasamples[-1] in _ALPHA_SAMPLES
+def select_bands(count: int, alpha: bool = False) -> tuple[list[int], list[str]]:
+    """Which of an image's `count` bands make its picture, as band numbers from 1 (rasterio's numbering), and notes
+    saying what was left out. `alpha` says that the last band is an alpha channel: it is dropped; of more than three
+    bands the first three are kept, of two the first (grayscale + an unmarked extra band)."""
+    notes = []
+    if alpha and count > 1:
+        count -= 1
+        notes.append("alpha channel dropped")
+    if count > 3:
+        notes.append(f"first 3 of {count} bands kept")
+        count = 3
+    elif count == 2:
+        notes.append("first of 2 bands kept")
+        count = 1
+    return list(range(1, count + 1)), notes
 
 
-def _tiff_to_hwc(array: np.ndarray, axes: str, path: Path) -> np.ndarray:
-    """Reorder a tifffile series to (H, W) or (H, W, bands), whatever its planar layout."""
-    keep = [i for i, axis in enumerate(axes) if axis in "YX" or array.shape[i] > 1]
-    array = array.reshape([array.shape[i] for i in keep])
-    axes = "".join(axes[i] for i in keep)
-    if len(axes) == 2:
-        return array
-    if len(axes) == 3 and "Y" in axes and "X" in axes:
-        return np.moveaxis(array, [axes.index("Y"), axes.index("X")], [0, 1])
-    raise ImageReadError(f"{path}: unsupported TIFF layout, axes {axes!r} with shape {array.shape}")
+class RasterPicture:
+    """The picture of an open rasterio dataset: ``read(window=None)`` gives (rows, columns, bands) with only the
+    bands of `select_bands` (alpha dropped), palette colours expanded to RGB and 1-bit data as bool (white is True,
+    as Pillow gives it); ``dtype``, ``bands`` and ``notes`` (what was converted) describe it. GDAL itself delivers
+    CMYK and YCbCr TIFF as RGB. Read errors name `path`."""
+
+    def __init__(self, dataset: rasterio.DatasetReader, path=None):
+        self.dataset, self.path = dataset, Path(path or dataset.name)
+        if dataset.count == 0:
+            raise ImageReadError(f"{self.path}: no raster bands (a container of subdatasets? open one of them)")
+        self._table = None  # value -> colour or value -> bool, for palettes and 1-bit data
+        interpretation = dataset.colorinterp
+        bilevel = dataset.tags(1, ns="IMAGE_STRUCTURE").get("NBITS") == "1"
+        if dataset.tags(ns="IMAGE_STRUCTURE").get("SOURCE_COLOR_SPACE") == "CMYK":  # GDAL: RGB + an opaque alpha
+            self._bands, self.notes = [1, 2, 3], ["CMYK converted to RGB"]
+        elif interpretation[0] == ColorInterp.palette:
+            self._bands, self.notes = [1], []
+            colours = np.zeros((1 << (8 * np.dtype(dataset.dtypes[0]).itemsize), 3), np.uint8)  # every value
+            for value, colour in dataset.colormap(1).items():
+                colours[value] = colour[:3]
+            if bilevel:
+                self._table = colours.mean(axis=1) > 127
+            else:
+                self._table = colours
+                self.notes.append("palette colours expanded to RGB")
+        else:
+            self._bands, self.notes = select_bands(dataset.count, alpha=interpretation[-1] == ColorInterp.alpha)
+            if bilevel:
+                self._table = np.array([False, True])
+        self.dtype = np.dtype(dataset.dtypes[0]) if self._table is None else self._table.dtype
+        self.bands = 3 if self._table is not None and self._table.ndim == 2 else len(self._bands)
+        block_height = dataset.block_shapes[0][0]
+        block_row_bytes = block_height * dataset.width * dataset.count * np.dtype(dataset.dtypes[0]).itemsize
+        self._cache_bytes = max(_MIN_GDAL_CACHE_BYTES, 2 * block_row_bytes)
+
+    def read(self, window: Window | None = None) -> np.ndarray:
+        """The picture's pixels in `window` (whole-pixel offsets and sizes; default: all of it)."""
+        window = window or Window(0, 0, self.dataset.width, self.dataset.height)
+        # GDAL writes straight into the pixel-interleaved layout, so no second copy is made.
+        pixels = np.empty((int(window.height), int(window.width), len(self._bands)), self.dataset.dtypes[0])
+        try:
+            with rasterio.Env(GDAL_CACHEMAX=self._cache_bytes):
+                self.dataset.read(self._bands, window=window, out=np.moveaxis(pixels, -1, 0))
+        except RasterioError as error:
+            raise ImageReadError(f"{self.path}: cannot read image ({_describe(error)})") from error
+        return pixels if self._table is None else self._table[pixels[..., 0]]
 
 
 def _pillow_to_array(image: Image.Image, notes: list[str]) -> tuple[np.ndarray, bool]:
@@ -123,7 +202,10 @@ def _pillow_to_array(image: Image.Image, notes: list[str]) -> tuple[np.ndarray, 
     # The raw mode of the file is only visible before decoding.
     if any(";16" in str(tile.args) for tile in image.tile) and image.mode in ("RGB", "RGBA"):
         notes.append("16-bit colour reduced to 8 bit by Pillow (high byte kept)")
-    image.load()
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageReadError(f"{image.filename}: cannot read image ({_describe(error)})") from error
     if image.mode == "P":
         has_alpha = "transparency" in image.info
         image = image.convert("RGBA" if has_alpha else "RGB")
@@ -135,36 +217,14 @@ def _pillow_to_array(image: Image.Image, notes: list[str]) -> tuple[np.ndarray, 
 
 
 def _decode(path) -> tuple[np.ndarray, bool, list[str]]:
-    """All pixels of an image file, its alpha flag and the conversion notes so far; errors name the file."""
-    path = _existing(path)
-    notes: list[str] = []
-    tiff_error = None
-    if _is_tiff(path):
-        try:
-            with tifffile.TiffFile(path) as tiff:
-                page, series = tiff.pages.first, tiff.series[0]
-                if page.photometric in _TIFFFILE_PHOTOMETRICS:
-                    check_pixel_limit(path, *_tiff_size(series))
-                    return _tiff_to_hwc(series.asarray(), series.axes, path), _has_alpha(page), notes
-        except ImageReadError:
-            raise
-        except Exception as error:  # tifffile raises many types for unsupported or broken files
-            tiff_error = error
-    try:
-        with _open_pillow(path) as image:
-            array, alpha = _pillow_to_array(image, notes)
-            return array, alpha, notes
-    except ImageReadError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        detail = _describe(error)
-        if tiff_error:
-            detail = f"tifffile: {_describe(tiff_error)}; Pillow: {detail}"
-        raise ImageReadError(f"{path}: cannot read image ({detail})") from error
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    """All pixels of an image file, whether its last band is alpha, and the conversion notes so far."""
+    with _open(path) as opened:
+        if isinstance(opened, Image.Image):
+            notes: list[str] = []
+            return *_pillow_to_array(opened, notes), notes
+        check_pixel_limit(path, opened.height, opened.width)
+        picture = RasterPicture(opened, path)
+        return picture.read(), False, list(picture.notes)
 
 
 def _stretch_to_uint8(array: np.ndarray, notes: list[str]) -> np.ndarray:
@@ -195,17 +255,9 @@ def to_rgb8(array: np.ndarray, alpha: bool = False) -> tuple[np.ndarray, str | N
     `alpha` says that the last band is an alpha channel. Returns the array and a note on the conversion (or None).
     """
     notes: list[str] = []
-    if array.ndim == 3 and alpha:
-        array = array[..., :-1]
-        notes.append("alpha channel dropped")
-    if array.ndim == 3 and array.shape[2] > 3:
-        notes.append(f"first 3 of {array.shape[2]} bands kept")
-        array = array[..., :3]
-    elif array.ndim == 3 and array.shape[2] == 2:
-        notes.append("first of 2 bands kept")
-        array = array[..., 0]
-    elif array.ndim == 3 and array.shape[2] == 1:
-        array = array[..., 0]
+    if array.ndim == 3:
+        kept, notes = select_bands(array.shape[2], alpha)
+        array = array[..., : len(kept)] if len(kept) > 1 else array[..., 0]
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
         notes.append("1-bit image scaled to 0/255")
@@ -215,6 +267,12 @@ def to_rgb8(array: np.ndarray, alpha: bool = False) -> tuple[np.ndarray, str | N
         array = np.repeat(array[..., None], 3, axis=2)
         notes.append("grayscale replicated to 3 channels")
     return np.ascontiguousarray(array), "; ".join(notes) or None
+
+
+def bands_to_rgb8(bands: np.ndarray, alpha: bool = False) -> tuple[np.ndarray, str | None]:
+    """`to_rgb8` for bands first, as rasterio reads them: (bands, H, W) or (H, W) of any dtype to (H, W, 3) uint8,
+    with the note on the conversion (or None). `alpha` says that the last band is an alpha channel."""
+    return to_rgb8(np.moveaxis(bands, 0, -1) if bands.ndim == 3 else bands, alpha=alpha)
 
 
 def _distinct(array: np.ndarray) -> np.ndarray:
@@ -307,186 +365,63 @@ def read_mask(path, threshold: int | None = None) -> np.ndarray:
 def image_size(path) -> tuple[int, int]:
     """(height, width) of an image from its header, without decoding the pixels. An image above the pixel limit is
     refused here already, so that a run stops before any work rather than when it reaches the file."""
-    path = _existing(path)
-    try:
-        if _is_tiff(path):
-            with tifffile.TiffFile(path) as tiff:
-                height, width = _tiff_size(tiff.series[0])
-            check_pixel_limit(path, height, width)
-            return height, width
-        with _open_pillow(path) as image:
-            return image.height, image.width
-    except ImageReadError:
-        raise
-    except Exception as error:  # tifffile and Pillow raise many types for broken headers
-        raise ImageReadError(f"{path}: cannot read image header ({_describe(error)})") from error
-
-
-class _TiffMosaic:
-    """Row bands of the first page of a TIFF, read segment by segment.
-
-    Uncompressed strips are read row by row straight from the file (a whole uncompressed mosaic is often one strip),
-    compressed strips and tiles are decoded one at a time with tifffile's own decoders; decoded segments that reach
-    below the band just read are kept for the next band, so each is decoded once. Memory therefore stays at about
-    one band plus one row of segments. A mosaic stored as one compressed strip is the exception: that strip is
-    decoded whole.
-    """
-
-    def __init__(self, path: Path):
-        self._tiff = tifffile.TiffFile(path)
-        page = self._page = self._tiff.pages.first
-        planes, depth, self.height, self.width, self._samples = page.shaped
-        if page.photometric not in _TIFFFILE_PHOTOMETRICS or depth != 1 or page.dtype is None:
-            self._tiff.close()
-            raise ImageReadError(
-                f"{path}: unsupported TIFF for windowed reading (photometric {page.photometric.name}, depth {depth},"
-                f" {page.bitspersample}-bit); convert it to grayscale/RGB"
-            )
-        self.path = path
-        self.bands = planes * self._samples
-        self.dtype = np.dtype(page.dtype)
-        self.alpha = _has_alpha(page)
-        self._planes = planes
-        if page.is_tiled:
-            self._segment_height, self._segment_width = page.tilelength, page.tilewidth
-        else:
-            self._segment_height, self._segment_width = min(page.rowsperstrip or self.height, self.height), self.width
-        self._across = -(-self.width // self._segment_width)
-        self._down = -(-self.height // self._segment_height)
-        self._row_readable = (
-            page.compression == tifffile.COMPRESSION.NONE and not page.is_tiled and page.bitspersample % 8 == 0
-        )
-        self._file_dtype = self.dtype.newbyteorder(self._tiff.byteorder)
-        self._decoded: dict[int, np.ndarray] = {}
-        if not self._row_readable:
-            try:  # fail now, not halfway through a mosaic, when the compression has no decoder here
-                self._segment(0)
-            except ImageReadError:
-                self._tiff.close()
-                raise
-
-    def close(self) -> None:
-        self._tiff.close()
-
-    def _read_raw_rows(self, index: int, first: int, destination: np.ndarray) -> None:
-        """Read rows first.. of uncompressed strip `index` into `destination` (rows, width, samples)."""
-        handle = self._tiff.filehandle
-        handle.seek(self._page.dataoffsets[index] + first * self.width * self._samples * self._file_dtype.itemsize)
-        # Read straight into the output where its layout and byte order allow, so no second copy is made.
-        direct = destination.flags.c_contiguous and destination.dtype == self._file_dtype
-        buffer = destination if direct else np.empty(destination.shape, self._file_dtype)
-        if handle.readinto(buffer) != buffer.nbytes:
-            raise ImageReadError(f"{self.path}: file is truncated")
-        if not direct:
-            destination[...] = buffer
-
-    def _segment(self, index: int) -> np.ndarray:
-        """One decoded strip or tile as (rows, columns, samples), padded to the full segment size."""
-        if index not in self._decoded:
-            offset, size = self._page.dataoffsets[index], self._page.databytecounts[index]
-            shape = (self._segment_height, self._segment_width, self._samples)
-            if size == 0:  # sparse TIFFs leave empty segments out
-                self._decoded[index] = np.zeros(shape, self.dtype)
-            else:
-                self._tiff.filehandle.seek(offset)
-                try:
-                    data = self._page.decode(self._tiff.filehandle.read(size), index)[0]
-                except Exception as error:  # unknown compression, corrupt data, ...
-                    raise ImageReadError(
-                        f"{self.path}: cannot decode TIFF segment {index} ({_describe(error)}); "
-                        "installing the imagecodecs package adds tifffile decoders for JPEG, WebP and others"
-                    ) from error
-                segment = np.zeros(shape, self.dtype)
-                segment[: data.shape[1], : data.shape[2]] = data[0]
-                self._decoded[index] = segment
-        return self._decoded[index]
-
-    def read_rows(self, top: int, bottom: int) -> np.ndarray:
-        """Rows top..bottom-1 as (rows, width, bands) in the file's dtype."""
-        out = np.empty((bottom - top, self.width, self.bands), self.dtype)
-        used: set[int] = set()
-        for plane in range(self._planes):
-            bands = slice(plane * self._samples, (plane + 1) * self._samples)
-            for segment_row in range(top // self._segment_height, -(-bottom // self._segment_height)):
-                segment_top = segment_row * self._segment_height
-                first, last = max(top, segment_top), min(bottom, segment_top + self._segment_height)
-                for segment_column in range(self._across):
-                    index = (plane * self._down + segment_row) * self._across + segment_column
-                    left = segment_column * self._segment_width
-                    width = min(self._segment_width, self.width - left)
-                    destination = out[first - top : last - top, left : left + width, bands]
-                    if self._row_readable:
-                        self._read_raw_rows(index, first - segment_top, destination)
-                    else:
-                        destination[...] = self._segment(index)[first - segment_top : last - segment_top, :width]
-                        used.add(index)
-        # Keep only segments that continue below this band: the next band starts there.
-        self._decoded = {
-            index: self._decoded[index]
-            for index in used
-            if (index // self._across % self._down + 1) * self._segment_height > bottom
-        }
-        return out
-
-
-class _PillowMosaic:
-    """A PNG/JPEG/... mosaic. These formats cannot be read by window cheaply, so the file is decoded once, whole."""
-
-    def __init__(self, path: Path):
-        try:
-            with _open_pillow(path) as image:  # decoded whole: the pixel limit applies
-                pixels, self.alpha = _pillow_to_array(image, [])
-        except ImageReadError:
-            raise
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-            raise ImageReadError(f"{path}: cannot read image ({_describe(error)})") from error
-        self.path = path
-        self._pixels = pixels if pixels.ndim == 3 else pixels[..., None]
-        self.height, self.width, self.bands = self._pixels.shape
-        self.dtype = self._pixels.dtype
-
-    def close(self) -> None:
-        self._pixels = None
-
-    def read_rows(self, top: int, bottom: int) -> np.ndarray:
-        return self._pixels[top:bottom]
+    with _open(path, "read image header") as opened:
+        check_pixel_limit(path, opened.height, opened.width)
+        return opened.height, opened.width
 
 
 class Mosaic:
     """A large image read in row bands: ``height``, ``width``, ``bands``, ``dtype``, ``alpha`` and
-    ``read_rows(top, bottom) -> (rows, width, bands)`` in the file's own dtype. Use as a context manager.
+    ``read_rows(top, bottom) -> (rows, width, bands)`` in the picture's dtype. Use as a context manager.
 
-    TIFF (GeoTIFF included) is read band by band from the file (see `_TiffMosaic`) when tifffile can decode its
-    compression: uncompressed, Deflate and PackBits always, LZW, JPEG, WebP, ... only with the imagecodecs package.
-    Otherwise, and for PNG, JPEG and other formats, the file is decoded whole by Pillow; ``windowed`` tells which.
+    What GDAL opens (TIFF and GeoTIFF whatever their compression, tiling or planar layout) is read by rasterio
+    windows as a `RasterPicture` (bands selected, so ``alpha`` is False): memory stays at about one band plus one
+    row of the file's blocks, except for a file stored as one compressed strip, which GDAL decodes whole. PNG and
+    JPEG cannot be read by window cheaply, so Pillow decodes them whole (the pixel limit applies); ``windowed`` tells
+    which.
     """
 
     def __init__(self, path):
-        path = _existing(path)
-        self.windowed = _is_tiff(path)
-        try:
-            self._reader = _TiffMosaic(path) if self.windowed else _PillowMosaic(path)
-        except Exception as error:  # a broken header, an unsupported photometric, a compression without decoder
-            if not self.windowed:
-                raise
-            self.windowed = False
+        self.path = _existing(path)
+        opened = _open(self.path)
+        self.windowed = not isinstance(opened, Image.Image)
+        if self.windowed:
             try:
-                self._reader = _PillowMosaic(path)
+                self._picture = RasterPicture(opened, self.path)
             except ImageReadError:
-                if isinstance(error, ImageReadError):
-                    raise error from None
-                raise ImageReadError(f"{path}: cannot read image ({_describe(error)})") from error
-        self.path = path
-        self.height, self.width, self.bands = self._reader.height, self._reader.width, self._reader.bands
-        self.dtype, self.alpha = self._reader.dtype, self._reader.alpha
+                opened.close()
+                raise
+            self.bands, self.dtype, self.alpha = self._picture.bands, self._picture.dtype, False
+            self._block_height = opened.block_shapes[0][0]
+            self._ahead_top, self._ahead = 0, np.empty((0,))  # rows already decoded below the last band read
+        else:
+            with opened:
+                pixels, self.alpha = _pillow_to_array(opened, [])
+            self._pixels = pixels if pixels.ndim == 3 else pixels[..., None]
+            self.bands, self.dtype = self._pixels.shape[2], self._pixels.dtype
+        self.height, self.width = opened.height, opened.width
 
     def read_rows(self, top: int, bottom: int) -> np.ndarray:
         if not 0 <= top < bottom <= self.height:
             raise ValueError(f"{self.path}: rows {top}..{bottom} outside 0..{self.height}")
-        return self._reader.read_rows(top, bottom)
+        if not self.windowed:
+            return self._pixels[top:bottom]
+        # GDAL decodes whole blocks: read on to the end of the last block row touched and keep the rows below
+        # `bottom`, so that bands read in order decode every block once, whatever the size of GDAL's cache.
+        parts, start = [], top
+        if self._ahead_top <= top < self._ahead_top + len(self._ahead):
+            parts.append(self._ahead[top - self._ahead_top : bottom - self._ahead_top])
+            start = self._ahead_top + len(self._ahead)
+        if start < bottom:
+            end = min(self.height, -(-bottom // self._block_height) * self._block_height)
+            self._ahead_top, self._ahead = start, self._picture.read(Window(0, start, self.width, end - start))
+            parts.append(self._ahead[: bottom - start])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def close(self) -> None:
-        self._reader.close()
+        if self.windowed:
+            self._picture.dataset.close()
+        self._ahead = self._pixels = None
 
     def __enter__(self) -> Mosaic:
         return self

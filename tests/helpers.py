@@ -1,5 +1,6 @@
-"""Shared building blocks of the core tests: tiny checkpoints (built once per session), image pairs, a
-LLaMA-2-like tokenizer made offline, and a logits processor that makes greedy decoding emit a chosen answer."""
+"""Shared building blocks of the tests: tiny checkpoints (built once per session) and tiny models whose answers
+hold `[SEG]`, image pairs, a LLaMA-2-like tokenizer made offline, a logits processor that makes greedy decoding emit
+a chosen answer, running scripts, and the places no command may write over."""
 import os
 import subprocess
 import sys
@@ -58,6 +59,24 @@ def seg_forcing_checkpoint(tmp_path_factory) -> Path:
         build.save_checkpoint(model, processor, out)
         _CHECKPOINTS[key] = out
     return _CHECKPOINTS[key]
+
+
+def seg_tiny(seed: int = 0):
+    """A `tiny` model (in memory, eval mode) and its processor whose answers hold `[SEG]`, so masks are really
+    decoded (the export, handler and app tests)."""
+    model, processor = build.build_tiny(seed)
+    make_seg_the_only_answer(model)
+    return model.eval(), processor
+
+
+def image_pair(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two smooth random RGB images, the second with a bright block (a 'change')."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(height // 8 + 1, width // 8 + 1, 3))
+    t1 = np.kron(coarse, np.ones((8, 8, 1)))[:height, :width].astype(np.uint8)
+    t2 = t1.copy()
+    t2[height // 4: height // 2, width // 3: 2 * width // 3] = 250
+    return t1, t2
 
 
 def random_image(height: int, width: int, seed: int) -> np.ndarray:

@@ -16,7 +16,7 @@ import export
 from app import ChangeDetector
 from reasoncd.build import save_checkpoint
 from reasoncd.loading import predict
-from publish_helpers import image_pair, seg_tiny
+from helpers import image_pair, seg_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -19,10 +19,10 @@ from reasoncd.build import save_checkpoint
 from modeling_reasoncd import ReasonCDForChangeDetection
 from reasoncd.loading import predict
 from processing_reasoncd import ReasonCDProcessor
-from helpers import precious_places, tree
-from publish_helpers import image_pair, seg_tiny
+from helpers import image_pair, precious_places, seg_tiny, tree
 from reasoncd.training.lora import apply_lora
 from reasoncd.io import MARKER
+from reasoncd.publishing.card import base_models
 
 QUESTIONS = ["new buildings", "changes caused by heavy rainfall, and explain why"]
 MAX_NEW_TOKENS = 4
@@ -213,7 +213,7 @@ def test_model_card_metadata_and_text(exported):
 def test_card_names_the_paper_components_of_the_7b_preset():
     from configuration_reasoncd import ReasonCDConfig
 
-    assert export.base_models(ReasonCDConfig.from_preset("reasoncd-7b")) == [
+    assert base_models(ReasonCDConfig.from_preset("reasoncd-7b")) == [
         "meta-llama/Llama-2-7b-chat-hf", "openai/clip-vit-large-patch14", "facebook/sam-vit-huge"]
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 import export
 from reasoncd.build import save_checkpoint
 from handler import EndpointHandler
-from publish_helpers import seg_tiny
+from helpers import seg_tiny
 
 LEVIR = "LEVIR-CD/ChangeFormer"
 

@@ -13,7 +13,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from reasoncd.evaluation.metrics import ChangeMetrics, binary_metrics
+from reasoncd.evaluation.metrics import ChangeMetrics, binary_metrics, mask_iou
 
 METRIC_MODULE = Path(__file__).resolve().parents[1] / "metrics" / "change_detection"
 
@@ -116,6 +116,17 @@ def test_giou_and_ciou_by_hand():
     assert result["ciou"] == pytest.approx(5 / 11)
     assert result["iou"] == result["ciou"]
     assert (result["tp"], result["fp"], result["fn"]) == (5, 1, 5)
+
+
+def test_mask_iou_is_the_per_sample_iou_of_the_metrics():
+    rng = np.random.default_rng(5)
+    pairs = [(rng.random((12, 12)) < 0.4, rng.random((12, 12)) < 0.4) for _ in range(3)] + [(EMPTY, EMPTY)]
+    metrics = ChangeMetrics()
+    for pred, target in pairs:
+        metrics.update(pred, target)
+    assert [mask_iou(pred, target) for pred, target in pairs] == metrics.sample_ious
+    assert mask_iou(*pairs[0]) == pytest.approx(jaccard_score(pairs[0][1].ravel(), pairs[0][0].ravel()))
+    assert mask_iou(EMPTY, EMPTY) == 1.0 and mask_iou(pairs[0][0].astype(np.uint8) * 255, pairs[0][0]) == 1.0
 
 
 def test_batched_update_equals_per_sample_updates():

@@ -1,6 +1,5 @@
 """Figures a person would rather look at than read: prediction panels and training curves."""
 
-import os
 import textwrap
 from pathlib import Path
 

@@ -58,6 +58,17 @@ def binary_metrics(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
     }
 
 
+def _iou_of_counts(intersection: int, union: int) -> float:
+    """Per-sample IoU: 1.0 for an empty prediction of an empty target (LISA's convention)."""
+    return intersection / union if union else 1.0
+
+
+def mask_iou(a, b) -> float:
+    """IoU of two boolean masks of one sample (1.0 when both are empty)."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    return _iou_of_counts(int(np.count_nonzero(a & b)), int(np.count_nonzero(a | b)))
+
+
 def _as_binary(array, name: str) -> np.ndarray:
     """A bool view of a bool or 0/1 array; anything else is a caller error, not something to guess about."""
     array = np.asarray(array)
@@ -107,7 +118,7 @@ class ChangeMetrics:
             self.fn += fn
             self.tn += sample_pred.size - tp - fp - fn
             union = tp + fp + fn
-            self.sample_ious.append(tp / union if union else 1.0)
+            self.sample_ious.append(_iou_of_counts(tp, union))
 
     @property
     def n_samples(self) -> int:

@@ -26,7 +26,7 @@ import torch
 
 from modeling_reasoncd import ANSWER_DECISION_TOKENS
 from reasoncd.data.images import read_mask
-from reasoncd.evaluation.metrics import ChangeMetrics
+from reasoncd.evaluation.metrics import ChangeMetrics, mask_iou
 from reasoncd.data.samples import SEG, load_images, load_mask
 
 GROUPS = ("explicit", "implicit_seen", "implicit_heldout", "explanation", "absent")
@@ -218,11 +218,6 @@ def predict_samples(model, processor, samples: list[dict], *, batch_size: int = 
 # ------------------------------------------------------------------------------------------------ scoring
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
@@ -235,12 +230,12 @@ class Steering:
         self.total = self.right = 0
 
     def update(self, pred: np.ndarray, truth: np.ndarray, others) -> None:
-        own = _iou(pred, truth)
+        own = mask_iou(pred, truth)
         for other in others:
-            if _iou(truth, other) > STEERING_MAX_TRUTH_OVERLAP:
+            if mask_iou(truth, other) > STEERING_MAX_TRUTH_OVERLAP:
                 continue
             self.total += 1
-            self.right += own > _iou(pred, other)
+            self.right += own > mask_iou(pred, other)
 
     def compute(self) -> dict:
         return {"accuracy": self.right / self.total if self.total else None, "n_comparisons": self.total}
@@ -259,8 +254,8 @@ class QuestionSensitivity:
         for (pred_a, truth_a), (pred_b, truth_b) in combinations(rows, 2):
             if np.array_equal(truth_a, truth_b):  # the same change asked another way: no test of the question
                 continue
-            self.pred_ious.append(_iou(pred_a, pred_b))
-            self.truth_ious.append(_iou(truth_a, truth_b))
+            self.pred_ious.append(mask_iou(pred_a, pred_b))
+            self.truth_ious.append(mask_iou(truth_a, truth_b))
 
     def compute(self) -> dict:
         return {"mean_iou": _mean(self.pred_ious), "truth_mean_iou": _mean(self.truth_ious),
@@ -340,7 +335,7 @@ def score(samples: list[dict], predictions: list[dict]) -> dict:
                 absent_total += 1
                 absent_right += not prediction["seg"]
             per_sample[i] = {"source": sample.get("source"), "group": group, "question": sample["question"],
-                             "answer": prediction["text"], "iou": _iou(prediction["mask"], truth)}
+                             "answer": prediction["text"], "iou": mask_iou(prediction["mask"], truth)}
         sensitivity.update(present_rows)
         for i in indices:
             swapped, source = predictions[i].get("swapped_mask"), predictions[i].get("swap_source")

@@ -1,0 +1,125 @@
+"""What an evaluation leaves behind for a reader: report.md, the samples shown as panels, the printed summary, and
+the files of the output folder (metrics.json, per_sample.json, report.md)."""
+
+from pathlib import Path
+
+from reasoncd.evaluation.metrics import METRIC_NAMES, METRIC_TITLES
+from reasoncd.io import write_json_atomic, write_text_atomic
+
+PANEL_LABELS = ("best", "median", "worst")
+
+
+def best_median_worst(per_sample: list[dict]) -> list[tuple[str, int]]:
+    """Indices of the best, median and worst sample by IoU (ties broken by name, so reruns pick the same)."""
+    order = sorted(range(len(per_sample)), key=lambda i: (per_sample[i]["iou"], per_sample[i]["name"]))
+    return list(zip(PANEL_LABELS, (order[-1], order[len(order) // 2], order[0])))
+
+
+def describe_data(data: dict) -> str:
+    """Where the samples came from, in words: a JSON sample folder (and its split) or a converted
+    change-detection folder with the question asked about it."""
+    if data.get("question") is not None:
+        pairs = f"split {data['split']}" if data["split"] else "all pairs"
+        return f"{data['data']} (change-detection folder, {pairs}, question {data['question']!r})"
+    return data["data"] + (f" (split {data['split']})" if data["split"] else "")
+
+
+def number(value) -> str:
+    """A figure as the report writes it; a dash for one that could not be measured."""
+    return "–" if value is None else f"{value:.3f}"
+
+
+def render_report(summary: dict, per_sample: list[dict], chosen: list[tuple[str, int]]) -> str:
+    """report.md: the overall figures, the breakdown by question kind and the text figures, as GitHub tables."""
+    if "data" in summary:
+        source = describe_data(summary)
+    else:
+        source = f"{summary['pred_dir']} against {summary['label_dir']}"
+    lines = [
+        "# ReasonCD evaluation", "",
+        f"- mode: `{summary['mode']}`",
+        *([f"- model: `{summary['model']}`"] if "model" in summary else []),
+        f"- data: {source}",
+        f"- samples: {summary['n_samples']}", "",
+        "## Overall (global confusion matrix, change = positive)", "",
+        "| " + " | ".join(METRIC_TITLES[name] for name in METRIC_NAMES) + " |",
+        "|" + "---:|" * len(METRIC_NAMES),
+        "| " + " | ".join(number(summary[name]) for name in METRIC_NAMES) + " |", "",
+        f"Pixels: TP {summary['tp']:,}, FP {summary['fp']:,}, FN {summary['fn']:,}, TN {summary['tn']:,}.", "",
+    ]
+    if "groups" in summary:
+        lines += ["## By question kind", "",
+                  "| kind | samples | " + " | ".join(METRIC_TITLES[name] for name in METRIC_NAMES) + " |",
+                  "|---|---:|" + "---:|" * len(METRIC_NAMES)]
+        for group, figures in summary["groups"].items():
+            lines.append(f"| {group} | {figures['n_samples']} | "
+                         + " | ".join(number(figures[name]) for name in METRIC_NAMES) + " |")
+        text, steering = summary["text"], summary["steering"]
+        lines += ["", "## Text", "", "| figure | value | over |", "|---|---:|---:|",
+                  f"| `[SEG]` emitted where the change of interest is present | "
+                  f"{number(text['seg_emission_rate'])} | {text['n_present']} samples |",
+                  f"| no `[SEG]` where it is absent (absent-CRoI accuracy) | "
+                  f"{number(text['absent_accuracy'])} | {text['n_absent']} samples |",
+                  f"| mask closer to the asked change than to another one (steering) | "
+                  f"{number(steering['accuracy'])} | {steering['n_comparisons']} comparisons |", ""]
+        if summary["mode"] == "teacher_forced":
+            lines += ["Teacher forced: `[SEG]` counts as emitted where some answer position's most likely next token "
+                      "is `[SEG]` (the masks come from the reference's `[SEG]`).", ""]
+        lines += question_use_report(summary)
+    lines += ["## Panels", "", "| | sample | IoU |", "|---|---|---:|"]
+    lines += [f"| [{label}](panels/{label}.png) | {per_sample[index]['name']} | {number(per_sample[index]['iou'])} |"
+              for label, index in chosen]
+    return "\n".join(lines) + "\n"
+
+
+def question_use_report(summary: dict) -> list[str]:
+    """report.md's section on whether the masks follow the question (see reasoncd.evaluation.scoring)."""
+    sensitivity, counterfactual = summary["question_sensitivity"], summary["counterfactual"]
+    return [
+        "## Does the mask follow the question?", "",
+        "| figure | value | over |", "|---|---:|---:|",
+        f"| question sensitivity: mean IoU between masks for different changes of one pair (1 = question ignored) | "
+        f"{number(sensitivity['mean_iou'])} | {sensitivity['n_comparisons']} comparisons |",
+        f"| the same between their truths (what a perfect model scores) | "
+        f"{number(sensitivity['truth_mean_iou'])} | {sensitivity['n_comparisons']} comparisons |",
+        f"| F1 of the masks as predicted | {number(counterfactual['f1_original'])} | "
+        f"{counterfactual['n_rows']} samples |",
+        f"| F1 with the `[SEG]` states swapped between questions of a pair (counterfactual) | "
+        f"{number(counterfactual['f1_swapped'])} | {counterfactual['n_rows']} samples |",
+        f"| counterfactual F1 drop (about 0 = the mask ignores the prompt) | {number(counterfactual['f1_drop'])} | "
+        f"{counterfactual['n_rows']} samples |",
+        f"| fidelity score: mean of F1, steering, absent-CRoI accuracy, 1 - sensitivity | "
+        f"{number(summary['fidelity_score'])} | |", "",
+    ]
+
+
+def question_use_line(summary: dict) -> str:
+    """The printed summary's line on question use, with what each figure means when it is missing."""
+    sensitivity, counterfactual = summary["question_sensitivity"], summary["counterfactual"]
+    if sensitivity["mean_iou"] is None:
+        sensitive = "question sensitivity – (no pair with two asked changes whose truths differ)"
+    else:
+        sensitive = (f"question sensitivity {sensitivity['mean_iou']:.3f} (truths {sensitivity['truth_mean_iou']:.3f},"
+                     f" {sensitivity['n_comparisons']} comparisons; 1 = question ignored)")
+    if counterfactual["f1_drop"] is None:
+        swapped = "counterfactual F1 drop – (no pair with [SEG] answers for two different truths)"
+    else:
+        swapped = (f"counterfactual F1 drop {counterfactual['f1_drop']:.3f} (F1 {counterfactual['f1_original']:.3f}"
+                   f" -> {counterfactual['f1_swapped']:.3f} with [SEG] states swapped, {counterfactual['n_rows']} "
+                   "samples; about 0 = prompt ignored)")
+    return f"{sensitive}; {swapped}; fidelity score {summary['fidelity_score']:.3f}"
+
+
+def summary_lines(summary: dict, output_dir: Path) -> list[str]:
+    """What eval.py prints when it is done: the headline figures, question use (model mode), where the files are."""
+    figures = ", ".join(f"{METRIC_TITLES[name]} {summary[name]:.3f}" for name in METRIC_NAMES)
+    lines = [f"{summary['mode']}, {summary['n_samples']} samples: {figures}"]
+    if "question_sensitivity" in summary:
+        lines.append(question_use_line(summary))
+    return lines + [f"wrote {output_dir}/ (metrics.json, report.md, panels/)"]
+
+
+def write_outputs(staging: Path, summary: dict, per_sample: list[dict], chosen: list[tuple[str, int]]) -> None:
+    write_json_atomic(staging / "metrics.json", summary)
+    write_json_atomic(staging / "per_sample.json", per_sample)
+    write_text_atomic(staging / "report.md", render_report(summary, per_sample, chosen))

@@ -154,7 +154,7 @@ def test_a_size_mismatch_names_both_files(masks, tmp_path, capsys):
     assert eval_script.main(["--pred_dir", str(pred_dir), "--label_dir", str(label_dir), "--threshold", "127",
                              "--output_dir", str(out)]) == 2
     error = capsys.readouterr().err
-    assert f"{pred_dir / 'a.png'} (32 x 31) vs {label_dir / 'a.png'} (32 x 32)" in error
+    assert f"{pred_dir / 'a.png'} 32 x 31, {label_dir / 'a.png'} 32 x 32" in error
     assert_nothing_written(out)
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reasoncd.evaluation.evaluate import MAX_LISTED, EvalError, check_file_sizes, match_files, prediction_names
+from reasoncd.evaluation.evaluate import EvalError, check_file_sizes, match_files, prediction_names
+from reasoncd.messages import MAX_LISTED
 
 
 def png(path, array) -> None:
@@ -44,5 +45,4 @@ def test_check_file_sizes_names_every_file_of_a_mismatch(tmp_path):
     check_file_sizes({"x": {"pred": tmp_path / "p.png", "label": tmp_path / "l.png"}})
     with pytest.raises(EvalError, match="1 predictions differ in size") as error:
         check_file_sizes({"x": {"pred": tmp_path / "p.png", "label": tmp_path / "l.png", "t1": tmp_path / "t1.png"}})
-    assert f"{tmp_path / 'p.png'} (4 x 6) vs {tmp_path / 'l.png'} (4 x 6) vs {tmp_path / 't1.png'} (4 x 5)" in \
-        str(error.value)
+    assert f"{tmp_path / 'p.png'} 4 x 6, {tmp_path / 'l.png'} 4 x 6, {tmp_path / 't1.png'} 4 x 5" in str(error.value)

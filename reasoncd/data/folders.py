@@ -18,6 +18,7 @@ from reasoncd.data.images import (ImageReadError, Mosaic, binarize_label, image_
                                   read_mask, to_rgb8)
 from reasoncd.data.samples import SPLITS, relative_path, write_sample
 from reasoncd.io import OutputDir, write_png_atomic
+from reasoncd.messages import listed, size_mismatch
 
 PLAIN_ANSWER = "It's [SEG]."
 ABSENT_ANSWER = "There is no change of interest in these images."
@@ -33,7 +34,6 @@ IMAGE_FOLDER_PAIRS = (
     ("time1", "time2"),
 )
 LABEL_FOLDERS = ("label", "labels", "mask", "gt", "cd")
-MAX_LISTED = 20  # problems shown before "... and N more"
 
 
 class PrepareError(Exception):
@@ -41,10 +41,7 @@ class PrepareError(Exception):
 
 
 def _problems(title: str, problems: list[str]) -> PrepareError:
-    listed = problems[:MAX_LISTED]
-    if len(problems) > MAX_LISTED:
-        listed.append(f"... and {len(problems) - MAX_LISTED} more")
-    return PrepareError("\n  ".join([title, *listed]))
+    return PrepareError(f"{title}\n  {listed(problems)}")
 
 
 def split_ids(ids, seed: int) -> dict[str, str]:
@@ -88,7 +85,7 @@ def prepare_bcdd(
     with ExitStack() as stack:
         t1_mosaic, t2_mosaic, label_mosaic = (stack.enter_context(Mosaic(path)) for path in (t1, t2, label))
         sizes = {m.path: (m.height, m.width) for m in (t1_mosaic, t2_mosaic, label_mosaic)}
-        if len(set(sizes.values())) > 1:
+        if size_mismatch(sizes):
             raise _problems(
                 "T1, T2 and label sizes differ (height x width):", [f"{p}: {h} x {w}" for p, (h, w) in sizes.items()]
             )
@@ -207,10 +204,9 @@ def prepare_folder(
             except ImageReadError as error:
                 unreadable.append(str(error))
                 continue
-            if len(set(sizes)) > 1:
-                mismatched.append(
-                    f"{stem}: " + ", ".join(f"{relative_path(p, root)} {h} x {w}" for p, (h, w) in zip(files, sizes))
-                )
+            mismatch = size_mismatch({relative_path(path, root): size for path, size in zip(files, sizes)})
+            if mismatch:
+                mismatched.append(f"{stem}: {mismatch}")
             pairs.append((split, stem, *files))
     if unmatched:
         raise _problems(f"{root}: {len(unmatched)} file names have no partner:", unmatched)

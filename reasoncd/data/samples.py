@@ -12,6 +12,7 @@ import numpy as np
 
 from reasoncd.data.images import read_mask, read_rgb
 from reasoncd.io import write_json_atomic
+from reasoncd.messages import listed, size_mismatch
 
 REQUIRED_FIELDS = ("img1_path", "img2_path", "mask_path", "question", "answer")
 PATH_FIELDS = ("img1_path", "img2_path", "mask_path")
@@ -19,7 +20,6 @@ SPLITS = ("train", "val", "test")  # the folders of a data set, each holding sam
 # processing_reasoncd.SEG_TOKEN, spelled out so that reading and writing samples does not import torch (prepare_data.py
 # cuts mosaics within a memory bound that torch alone would exceed).
 SEG = "[SEG]"
-MAX_LISTED_PROBLEMS = 20
 
 
 class SampleError(ValueError):
@@ -91,9 +91,7 @@ def load_split(data_dir, split: str, *, limit: int | None = None) -> list[dict]:
         if sample is not None:
             samples.append(sample)
     if problems:
-        listed = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
-        more = f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
-        raise SampleError(f"{len(problems)} problem(s) in {folder}:\n  {listed}{more}")
+        raise SampleError(f"{len(problems)} problem(s) in {folder}:\n  {listed(problems)}")
     return samples[:limit] if limit else samples
 
 
@@ -114,9 +112,10 @@ def load_images(sample: dict) -> tuple[np.ndarray, np.ndarray]:
     """T1 and T2 as HxWx3 uint8, which must have the same size."""
     image_t1, _ = read_rgb(sample["img1_path"])
     image_t2, _ = read_rgb(sample["img2_path"])
-    if image_t2.shape != image_t1.shape:
-        raise SampleError(f"{sample.get('source', sample['img1_path'])}: T1 {image_t1.shape[:2]} and T2 "
-                          f"{image_t2.shape[:2]} must have the same size")
+    mismatch = size_mismatch({"T1": image_t1.shape[:2], "T2": image_t2.shape[:2]})
+    if mismatch:
+        raise SampleError(f"{sample.get('source', sample['img1_path'])}: {mismatch} (height x width); the two dates "
+                          "must have the same size")
     return image_t1, image_t2
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 from reasoncd.data.images import IMAGE_SUFFIXES
 from reasoncd.data.samples import SPLITS, relative_path, write_sample
 from reasoncd.io import OutputDir
+from reasoncd.messages import listed, size_mismatch
 from reasoncd.data.questions import CLASSES, corpus, make_question
 
 # Class colours in CLASSES order.
@@ -101,8 +102,7 @@ def _list_pairs(root: Path) -> dict[str, dict[str, Path]]:
             lacking = ", ".join(f"{name}/" for name in SUBFOLDERS if name not in paths)
             unmatched.append(f"{found} (no match in {lacking})")
     if unmatched:
-        shown = "; ".join(unmatched[:20]) + (f"; and {len(unmatched) - 20} more" if len(unmatched) > 20 else "")
-        raise ValueError(f"unmatched file names in {root}: {shown}")
+        raise ValueError(f"unmatched file names in {root}: {listed(unmatched, separator='; ')}")
     return files
 
 
@@ -143,15 +143,16 @@ def _validate(files: dict[str, dict[str, Path]], progress: bool) -> dict[str, tu
         found = {}
         for name in SUBFOLDERS:
             with Image.open(files[stem][name]) as image:
-                found[name] = image.size
-        if len(set(found.values())) > 1:
-            mismatched.append(", ".join(f"{name}/{files[stem][name].name} {w}x{h}" for name, (w, h) in found.items()))
+                found[f"{name}/{files[stem][name].name}"] = image.size[::-1]
+        mismatch = size_mismatch(found)
+        if mismatch:
+            mismatched.append(mismatch)
             continue
-        sizes[stem] = found["im1"]
+        sizes[stem] = next(iter(found.values()))[::-1]
         for name in ("label1", "label2"):
             _load_label(files[stem][name])
     if mismatched:
-        raise ValueError("image sizes differ within a pair: " + "; ".join(mismatched[:20]))
+        raise ValueError("image sizes differ within a pair (height x width): " + listed(mismatched, separator="; "))
     return sizes
 
 

@@ -21,13 +21,13 @@ from reasoncd.evaluation.figures import mask_panels, prediction_panels
 from reasoncd.evaluation.metrics import ChangeMetrics
 from reasoncd.evaluation.report import best_median_worst, describe_data, write_outputs
 from reasoncd.io import OutputDir, write_png_atomic
+from reasoncd.messages import listed, size_mismatch
 from reasoncd.loading import require_bitsandbytes
 
 # reasoncd.evaluation.scoring, reasoncd.loading's model loading and torch pull in the model code (seconds to
 # import): model mode imports them where it needs them, so scoring saved masks starts at once.
 
 COMMAND = "eval.py"  # the name the output folder's marker records
-MAX_LISTED = 20  # names shown in an error before "... and N more"
 
 
 class EvalError(Exception):
@@ -35,8 +35,7 @@ class EvalError(Exception):
 
 
 def _listed(items: list[str]) -> str:
-    shown = items[:MAX_LISTED] + ([f"... and {len(items) - MAX_LISTED} more"] if len(items) > MAX_LISTED else [])
-    return "\n  " + "\n  ".join(shown)
+    return "\n  " + listed(items)
 
 
 def evaluate(*, output_dir: Path, overwrite: bool = False, model: Path | None = None, data: Path | None = None,
@@ -108,10 +107,9 @@ def check_sample_sizes(samples: list[dict]) -> None:
     problems = []
     for sample in samples:
         fields = [f for f in PATH_FIELDS if f != "mask_path" or SEG in sample["answer"]]
-        sizes = [image_size(sample[field]) for field in fields]
-        if len(set(sizes)) > 1:
-            problems.append(f"{sample['source']}: " + ", ".join(
-                f"{sample[field]} {h} x {w}" for field, (h, w) in zip(fields, sizes)))
+        mismatch = size_mismatch({sample[field]: image_size(sample[field]) for field in fields})
+        if mismatch:
+            problems.append(f"{sample['source']}: {mismatch}")
     if problems:
         raise EvalError(f"{len(problems)} samples have images and masks of different sizes (height x width):"
                         + _listed(problems))
@@ -220,9 +218,9 @@ def check_file_sizes(files: dict[str, dict[str, Path]]) -> None:
     """Each prediction has the size of its label (and images), from the image headers alone."""
     mismatched = []
     for paths in files.values():
-        sizes = {key: image_size(path) for key, path in paths.items()}
-        if len(set(sizes.values())) > 1:
-            mismatched.append(" vs ".join(f"{paths[key]} ({h} x {w})" for key, (h, w) in sizes.items()))
+        mismatch = size_mismatch({path: image_size(path) for path in paths.values()})
+        if mismatch:
+            mismatched.append(mismatch)
     if mismatched:
         raise EvalError(f"{len(mismatched)} predictions differ in size from their label or images (height x width):"
                         + _listed(mismatched))

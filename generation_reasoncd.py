@@ -150,7 +150,8 @@ class ReasonCDGenerationMixin:
             pred_masks = seg_hidden.new_zeros(seg_present.shape[0], side, side)
         return ReasonCDGenerateOutput(
             sequences=sequences, pred_masks=pred_masks, seg_present=seg_present, seg_hidden_states=seg_hidden,
-            seg_probabilities=seg_probabilities, reshaped_sizes=_per_row(reshaped_sizes, pair_index), image_sizes=_per_row(image_sizes, pair_index),
+            seg_probabilities=seg_probabilities, reshaped_sizes=_per_row(reshaped_sizes, pair_index),
+            image_sizes=_per_row(image_sizes, pair_index),
         )
 
     def _shared_prefix_length(self, input_ids, attention_mask) -> int:

@@ -71,7 +71,8 @@ single = detector({"image_t1": t1, "image_t2": t2, "text": questions[0]})
 import base64
 sys.path.insert(0, folder)
 from handler import EndpointHandler
-encoded = {key: base64.b64encode(open(path, "rb").read()).decode() for key, path in (("image_t1", t1), ("image_t2", t2))}
+encoded = {key: base64.b64encode(open(path, "rb").read()).decode()
+           for key, path in (("image_t1", t1), ("image_t2", t2))}
 endpoint = EndpointHandler(folder)({"inputs": {**encoded, "text": questions[0]}})
 np.savez(out + ".npz", direct=np.stack([r["mask"] for r in direct]),
          piped=np.stack([np.array(r["mask"]) for r in piped]), single=np.array(single["mask"]))

@@ -56,8 +56,10 @@ class ChangeDetector:
         self._cached_features = None
 
     def ask(self, image_t1: np.ndarray, image_t2: np.ndarray, question: str) -> dict:
-        """`{"text", "raw_text", "mask" (bool HxW), "changed_fraction", "reused" (bool), "encode_seconds"}` for one
-        question; `text` is the answer for a reader, `raw_text` the model's own with `[SEG]`."""
+        """`{"text", "raw_text", "mask" (bool HxW), "changed_fraction", "mask_confidence", "seg_probability",
+        "reused" (bool), "encode_seconds"}` for one question; `text` is the answer for a reader, `raw_text` the
+        model's own with `[SEG]`; the confidences as `ReasonCDProcessor.post_process_generation` defines them (None
+        from a checkpoint whose code predates them)."""
         import torch
 
         inputs = self.processor(images_t1=image_t1, images_t2=image_t2, text=[question]).to(self.model.device)
@@ -77,8 +79,8 @@ class ChangeDetector:
         from reasoncd.loading import with_readable_text
 
         result = with_readable_text(self.processor.post_process_generation(outputs)[0])
-        return {**result, "changed_fraction": float(result["mask"].mean()), "reused": reused,
-                "encode_seconds": encode_seconds}
+        return {"mask_confidence": None, "seg_probability": None, **result,
+                "changed_fraction": float(result["mask"].mean()), "reused": reused, "encode_seconds": encode_seconds}
 
 
 def resolve_model(reference: str) -> tuple[str, str | None]:
@@ -143,6 +145,9 @@ def build_demo(detector: ChangeDetector, model_name: str, note: str | None = Non
         status = f"**{result['changed_fraction']:.2%}** of the pixels changed · {encoding}"
         if SEG not in result["raw_text"]:
             status += " · the model found no such change: the map is empty"
+        if result["mask_confidence"] is not None:
+            status += (f" · mask confidence {result['mask_confidence']:.2f}, "
+                       f"[SEG] probability {result['seg_probability']:.2f}")
         return result["text"], (mask.astype(np.uint8) * 255), overlay(image_t2, mask), str(path), status
 
     with gr.Blocks(title="ReasonCD change detection") as demo:

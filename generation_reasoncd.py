@@ -26,6 +26,11 @@ class ReasonCDGenerateOutput(ModelOutput):
             frame; zeros where `seg_present` is False.
         seg_present (`torch.BoolTensor` of shape `(B,)`): whether the answer holds a `[SEG]` token.
         seg_hidden_states (`torch.FloatTensor` of shape `(B, hidden_size)`): the state that predicted `[SEG]`.
+        seg_probabilities (`torch.FloatTensor` of shape `(B,)`): where `seg_present`, the probability the language
+            model gave `[SEG]` at the step that emitted it; elsewhere the highest probability `[SEG]` had at any
+            step of the answer (up to and including the one that emitted `</s>`): how close the model came to
+            pointing at a mask. Read off the model's own next-token distribution (softmax of its logits, before
+            logits processors or `min_new_tokens`), so a forced answer still reports what the model believed.
         reshaped_sizes (`torch.LongTensor` of shape `(B, 2)`): each input's size after SAM's longest-side resize.
         image_sizes (`torch.LongTensor` of shape `(B, 2)`): each input's original `(height, width)`.
     """
@@ -34,6 +39,7 @@ class ReasonCDGenerateOutput(ModelOutput):
     pred_masks: torch.FloatTensor | None = None
     seg_present: torch.BoolTensor | None = None
     seg_hidden_states: torch.FloatTensor | None = None
+    seg_probabilities: torch.FloatTensor | None = None
     reshaped_sizes: torch.LongTensor | None = None
     image_sizes: torch.LongTensor | None = None
 
@@ -43,6 +49,12 @@ def _per_row(per_pair_or_row: torch.Tensor | None, pair_index: torch.Tensor) -> 
     if per_pair_or_row is None or per_pair_or_row.shape[0] == pair_index.shape[0]:
         return per_pair_or_row
     return per_pair_or_row[pair_index]
+
+
+def seg_token_probability(logits: torch.Tensor, seg_token_id: int) -> torch.Tensor:
+    """`softmax(logits)[..., seg_token_id]` in float32, without materialising the whole distribution."""
+    logits = logits.float()
+    return (logits[..., seg_token_id] - torch.logsumexp(logits, dim=-1)).exp()
 
 
 def _select_cache_rows(cache: Cache, rows: torch.Tensor) -> None:
@@ -112,19 +124,23 @@ class ReasonCDGenerationMixin:
         else:
             inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index, mask_embeds)
         if own_loop:
-            sequences, step_states = self._greedy_decode(inputs_embeds, attention_mask, cache, max_new_tokens,
-                                                         **generate_kwargs)
+            sequences, step_states, step_seg_probabilities = self._greedy_decode(
+                inputs_embeds, attention_mask, cache, max_new_tokens, **generate_kwargs)
         else:
             generated = self.language_model.generate(
                 inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=use_cache,
-                output_hidden_states=True, return_dict_in_generate=True,
+                output_hidden_states=True, output_logits=True, return_dict_in_generate=True,
                 pad_token_id=self.config.pad_token_id, eos_token_id=self.config.eos_token_id, **generate_kwargs,
             )
             sequences = generated.sequences
             # hidden_states[j][-1][:, -1] is the last-layer state that predicted generated token j.
             step_states = torch.stack([states[-1][:, -1] for states in generated.hidden_states], dim=1)
-        seg_present, seg_hidden = self._seg_states_generated(sequences, step_states)
+            # logits[j] are the unprocessed scores of step j.
+            step_seg_probabilities = seg_token_probability(torch.stack(generated.logits, dim=1),
+                                                           self.config.seg_token_id)
+        seg_present, seg_hidden, seg_probabilities = self._seg_states_generated(sequences, step_states,
+                                                                                step_seg_probabilities)
         if bool(seg_present.any()):
             if mask_embeds is None:
                 mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
@@ -134,7 +150,8 @@ class ReasonCDGenerationMixin:
             pred_masks = seg_hidden.new_zeros(seg_present.shape[0], side, side)
         return ReasonCDGenerateOutput(
             sequences=sequences, pred_masks=pred_masks, seg_present=seg_present, seg_hidden_states=seg_hidden,
-            reshaped_sizes=_per_row(reshaped_sizes, pair_index), image_sizes=_per_row(image_sizes, pair_index),
+            seg_probabilities=seg_probabilities, reshaped_sizes=_per_row(reshaped_sizes, pair_index),
+            image_sizes=_per_row(image_sizes, pair_index),
         )
 
     def _shared_prefix_length(self, input_ids, attention_mask) -> int:
@@ -194,8 +211,10 @@ class ReasonCDGenerationMixin:
 
         A row leaves the batch, its cache rows dropped, as soon as it emits `</s>`. Logits processors still see the
         whole batch (rows that ended get zero scores, and `pad_token_id` as their tokens), as in `generate`.
-        Returns the generated ids `(B, T)`, `pad_token_id` after `</s>`, and the last-layer state that predicted
-        each of them `(B, T, hidden_size)`.
+        Returns the generated ids `(B, T)`, `pad_token_id` after `</s>`, the last-layer state that predicted
+        each of them `(B, T, hidden_size)`, and the probability of `[SEG]` at each step `(B, T)` from the logits
+        before any processor (0 once a row has ended). That probability is read off the logits this step computes
+        anyway: no extra forward pass.
         """
         language_model, cfg = self.language_model, self.config
         rows, device = inputs_embeds.shape[0], inputs_embeds.device
@@ -204,12 +223,13 @@ class ReasonCDGenerationMixin:
         step_inputs = dict(inputs_embeds=inputs_embeds[:, done:], position_ids=positions[:, done:])
         next_position = positions[:, -1:] + 1
         active = torch.arange(rows, device=device)
-        tokens, states = [], []
+        tokens, states, seg_probabilities = [], [], []
         for step in range(max_new_tokens):
             output = language_model(**step_inputs, attention_mask=attention_mask, cache=cache, use_cache=True,
                                     output_hidden_states=True, logits_to_keep=1)
             hidden = output.hidden_states[-1][:, -1]
             scores = output.logits[:, -1].float()
+            seg_probability = seg_token_probability(scores, cfg.seg_token_id)
             if step < min_new_tokens:
                 scores[:, cfg.eos_token_id] = float("-inf")
             if logits_processor is not None:
@@ -219,6 +239,7 @@ class ReasonCDGenerationMixin:
             chosen = scores.argmax(dim=-1)
             tokens.append(chosen.new_full((rows,), cfg.pad_token_id).index_copy(0, active, chosen))
             states.append(hidden.new_zeros(rows, hidden.shape[-1]).index_copy(0, active, hidden))
+            seg_probabilities.append(seg_probability.new_zeros(rows).index_copy(0, active, seg_probability))
             going = chosen != cfg.eos_token_id
             if step + 1 == max_new_tokens or not bool(going.any()):
                 break
@@ -231,15 +252,21 @@ class ReasonCDGenerationMixin:
             step_inputs = dict(inputs_embeds=self.get_input_embeddings()(chosen.unsqueeze(1)),
                                position_ids=next_position)
             next_position = next_position + 1
-        return torch.stack(tokens, dim=1), torch.stack(states, dim=1)
+        return torch.stack(tokens, dim=1), torch.stack(states, dim=1), torch.stack(seg_probabilities, dim=1)
 
-    def _seg_states_generated(self, sequences, step_states):
-        """First `[SEG]` before `</s>` in each generated row, and the state that predicted it."""
-        is_seg = sequences == self.config.seg_token_id
-        ended_before = (sequences == self.config.eos_token_id).long().cumsum(dim=1) > 0
-        is_seg = is_seg & ~ended_before
+    def _seg_states_generated(self, sequences, step_states, step_seg_probabilities):
+        """
+        First `[SEG]` before `</s>` in each generated row, the state that predicted it and `[SEG]`'s probability
+        there; for a row without `[SEG]`, `[SEG]`'s highest probability over the row's steps up to its `</s>`.
+        """
+        ends = (sequences == self.config.eos_token_id).long().cumsum(dim=1)
+        is_seg = (sequences == self.config.seg_token_id) & (ends == 0)
         seg_present = is_seg.any(dim=1)
         step = is_seg.float().argmax(dim=1)
         rows = torch.arange(sequences.shape[0], device=sequences.device)
         seg_hidden = step_states[rows, step] * seg_present.unsqueeze(-1).to(step_states.dtype)
-        return seg_present, seg_hidden
+        # Steps up to and including the first `</s>` (the steps after it only pad a finished row).
+        answered = (ends - (sequences == self.config.eos_token_id).long()) == 0
+        highest = step_seg_probabilities.masked_fill(~answered, 0.0).amax(dim=1)
+        seg_probabilities = torch.where(seg_present, step_seg_probabilities[rows, step], highest)
+        return seg_present, seg_hidden, seg_probabilities

@@ -5,11 +5,17 @@ Request:
      "parameters": {"max_new_tokens": 64}}
 Response per question:
     {"text": "It's the new buildings.", "raw_text": "It's the new buildings [SEG].",
-     "mask": "<base64 PNG, 0/255, the input size>", "changed_fraction": 0.031, "width": W, "height": H}
-a list of them for a list of questions, or {"error": "..."} for a request that cannot be answered.
+     "mask": "<base64 PNG, 0/255, the input size>", "changed_fraction": 0.031, "width": W, "height": H,
+     "mask_confidence": 0.87, "seg_probability": 0.98}
+a list of them for a list of questions, or {"error": "..."} for a request that cannot be answered (an image of
+more than REASONCD_MAX_IMAGE_PIXELS pixels among them, checked from its header before it is decoded).
 
 Set REASONCD_QUANTIZE=8 or 4 in the endpoint's environment to load the language model with bitsandbytes (add
 bitsandbytes to requirements.txt); CLIP, SAM, the fusion module and lm_head stay in bf16 (fp32 on a CPU).
+
+The endpoint answers requests in threads: the handler keeps no per-request state, and the checkpoint's pipeline
+bounds how many decode at once (`max_concurrent`). This file imports nothing from the checkpoint by name: the
+pipeline and the model class come through transformers' loader of the checkpoint's own code.
 """
 
 import base64
@@ -17,7 +23,6 @@ import binascii
 import io
 import os
 
-import torch
 from PIL import Image
 from transformers import pipeline
 
@@ -30,22 +35,17 @@ class RequestError(ValueError):
     """A request the handler cannot answer; the message tells the caller what to fix."""
 
 
-def decode_image(value, name: str) -> Image.Image:
-    """A base64 string (optionally a `data:image/...;base64,` URL) as a decoded PIL image."""
+def decode_base64(value, name: str) -> bytes:
+    """A base64 string (optionally a `data:image/...;base64,` URL) as the encoded image's bytes; the pipeline opens
+    them, checking the size in the header against its pixel limit before decoding."""
     if not isinstance(value, str) or not value.strip():
         raise RequestError(f"inputs.{name} is missing: send the image as a base64-encoded PNG/JPEG/TIFF string")
     if value.startswith("data:"):
         value = value.partition(",")[2]
     try:
-        data = base64.b64decode(value, validate=True)
+        return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as error:
         raise RequestError(f"inputs.{name} is not valid base64 ({error})") from None
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (OSError, Image.DecompressionBombError) as error:
-        raise RequestError(f"inputs.{name}: the decoded {len(data)} bytes are not a readable image ({error})") from None
-    return image
 
 
 def encode_png(image: Image.Image) -> str:
@@ -54,17 +54,13 @@ def encode_png(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def parse_request(data) -> tuple[Image.Image, Image.Image, str | list[str], dict]:
+def parse_request(data) -> tuple[bytes, bytes, str | list[str], dict]:
     if not isinstance(data, dict) or not isinstance(data.get("inputs"), dict):
         raise RequestError('the request must be {"inputs": {"image_t1": ..., "image_t2": ..., "text": ...}, '
                            '"parameters": {...}}')
     inputs = data["inputs"]
-    image_t1 = decode_image(inputs.get("image_t1"), "image_t1")
-    image_t2 = decode_image(inputs.get("image_t2"), "image_t2")
-    if image_t1.size != image_t2.size:
-        raise RequestError(f"image_t1 is {image_t1.width}x{image_t1.height} but image_t2 is "
-                           f"{image_t2.width}x{image_t2.height}: the two dates must be co-registered images of the "
-                           "same size")
+    image_t1 = decode_base64(inputs.get("image_t1"), "image_t1")
+    image_t2 = decode_base64(inputs.get("image_t2"), "image_t2")
     text = inputs.get("text")
     questions = [text] if isinstance(text, str) else text
     if not isinstance(questions, list) or not questions or not all(
@@ -87,8 +83,8 @@ def parse_request(data) -> tuple[Image.Image, Image.Image, str | list[str], dict
 
 
 def loading_options(path: str) -> dict:
-    """`pipeline` arguments: none by default; with REASONCD_QUANTIZE=8|4, the checkpoint's own `BitsAndBytesConfig`
-    (only the language model's decoder layers quantised), on the GPU when there is one."""
+    """`pipeline` arguments: none by default; with REASONCD_QUANTIZE=8|4, the checkpoint's own
+    `quantized_loading_options` (only the language model's decoder layers quantised, its dtype and device)."""
     bits = os.environ.get(QUANTIZE_VARIABLE, "").strip()
     if not bits:
         return {}
@@ -97,21 +93,30 @@ def loading_options(path: str) -> dict:
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
     model_class = get_class_from_dynamic_module("modeling_reasoncd.ReasonCDForChangeDetection", path)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    return {"device_map": {"": device}, "dtype": dtype,
-            "model_kwargs": {"quantization_config": model_class.bitsandbytes_config(int(bits), compute_dtype=dtype)}}
+    options = model_class.quantized_loading_options(int(bits))
+    return {"device_map": options["device_map"], "dtype": options["dtype"],
+            "model_kwargs": {"quantization_config": options["quantization_config"]}}
 
 
 class EndpointHandler:
-    def __init__(self, path: str = ""):
-        self.detector = pipeline("change-detection", model=path, trust_remote_code=True, **loading_options(path))
+    """
+    path: the exported checkpoint. max_image_pixels: the largest image accepted (default: $REASONCD_MAX_IMAGE_PIXELS,
+    else 268,435,456). max_concurrent: requests decoding at once (default: the pipeline's).
+    """
+
+    def __init__(self, path: str = "", max_image_pixels: int | None = None, max_concurrent: int | None = None):
+        options = loading_options(path)
+        if max_image_pixels is not None:
+            options["max_image_pixels"] = max_image_pixels
+        if max_concurrent is not None:
+            options["max_concurrent"] = max_concurrent
+        self.detector = pipeline("change-detection", model=path, trust_remote_code=True, **options)
 
     def __call__(self, data: dict) -> dict | list[dict]:
         try:
             image_t1, image_t2, text, parameters = parse_request(data)
             results = self.detector({"image_t1": image_t1, "image_t2": image_t2, "text": text}, **parameters)
-        except ValueError as error:  # ours above, or the processor's (e.g. a prompt longer than the context)
+        except ValueError as error:  # ours above, or the pipeline's and processor's (size, limit, context, ...)
             return {"error": str(error)}
         answers = [self._serialise(r) for r in (results if isinstance(results, list) else [results])]
         return answers if isinstance(text, list) else answers[0]
@@ -120,4 +125,5 @@ class EndpointHandler:
     def _serialise(result: dict) -> dict:
         mask = result["mask"]
         return {"text": result["text"], "raw_text": result["raw_text"], "mask": encode_png(mask),
-                "changed_fraction": result["changed_fraction"], "width": mask.width, "height": mask.height}
+                "changed_fraction": result["changed_fraction"], "width": mask.width, "height": mask.height,
+                "mask_confidence": result.get("mask_confidence"), "seg_probability": result.get("seg_probability")}

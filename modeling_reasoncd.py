@@ -405,6 +405,19 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=skip)
 
+    @classmethod
+    def quantized_loading_options(cls, bits: int, device: str | torch.device | None = None) -> dict:
+        """
+        `from_pretrained` keyword arguments that load the language model in `bits` (8 or 4): `quantization_config`
+        from `bitsandbytes_config`, the `dtype` of the unquantised parts (bf16 on a GPU that has it, else fp32) and
+        a `device_map` placing everything on `device` (default: CUDA when available), since a bitsandbytes model
+        gets its device while loading and cannot be moved afterwards.
+        """
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        return {"quantization_config": cls.bitsandbytes_config(bits, compute_dtype=dtype), "dtype": dtype,
+                "device_map": {"": device}}
+
     def __init__(self, config: ReasonCDConfig) -> None:
         super().__init__(config)
         text_hidden = config.text_config.hidden_size

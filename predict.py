@@ -1,7 +1,8 @@
 """Answer a question about the change between two images and write the change map.
 
     python predict.py --model runs/quickstart/model --t1 A.png --t2 B.png --question "new buildings" --out mask.png
-    python predict.py ... --json        # {"text": ..., "raw_text": ..., "mask": ..., "changed_fraction": ...}
+    python predict.py ... --json        # {"text", "raw_text", "mask", "changed_fraction", "mask_confidence",
+                                        #  "seg_probability"}
     python predict.py ... --quantize 4  # the language model in 4 (or 8) bits: pip install -e .[quant]
 """
 
@@ -27,7 +28,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output mask PNG (0/255, the inputs' size)")
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--json", action="store_true", help="print the answer (text; raw_text keeps the model's "
-                        "[SEG] token), the mask path and the changed fraction as JSON")
+                        "[SEG] token), the mask path, the changed fraction, the mask's confidence and the "
+                        "probability of [SEG] as JSON")
     add_quantize_argument(parser)
     args = parser.parse_args(argv)
 
@@ -58,7 +60,8 @@ def main(argv=None) -> int:
     write_png_atomic(args.out, result["mask"])
     if args.json:
         print(json.dumps({"text": result["text"], "raw_text": result["raw_text"], "mask": str(args.out),
-                          "changed_fraction": result["changed_fraction"]}))
+                          "changed_fraction": result["changed_fraction"],
+                          "mask_confidence": result["mask_confidence"], "seg_probability": result["seg_probability"]}))
     else:
         print(result["text"])
         print(f"change map: {args.out} ({result['changed_fraction']:.2%} of pixels changed)")

@@ -4,6 +4,7 @@ The prompt is the processor's chat template (the paper's wording in LLaMA-2 chat
 are expanded to `image_seq_length` tokens each, which the model replaces with projected CLIP features.
 """
 
+import os
 import re
 
 import numpy as np
@@ -48,6 +49,38 @@ SAM_PIXEL_MEAN = tuple(ReasonCDSamConfig().pixel_mean)
 SAM_PIXEL_STD = tuple(ReasonCDSamConfig().pixel_std)
 
 
+# The pixel limit of images decoded whole: a small file can claim a huge size (a "decompression bomb") and would
+# fill the memory. The remote code's pipeline and endpoint handler apply it here; reasoncd/data/images.py applies
+# the same variable and default to files read by the scripts (a test keeps the two equal).
+DEFAULT_MAX_IMAGE_PIXELS = 2**28  # 268 million pixels, e.g. 16,384 x 16,384: 805 MB as 8-bit RGB
+MAX_IMAGE_PIXELS_VARIABLE = "REASONCD_MAX_IMAGE_PIXELS"
+
+
+def max_image_pixels(limit: int | None = None) -> int:
+    """The pixel limit: `limit` when given, else $REASONCD_MAX_IMAGE_PIXELS, else DEFAULT_MAX_IMAGE_PIXELS."""
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_image_pixels={limit!r}: expected a positive whole number of pixels")
+        return limit
+    value = os.environ.get(MAX_IMAGE_PIXELS_VARIABLE, "").strip().replace("_", "")
+    if not value:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{MAX_IMAGE_PIXELS_VARIABLE}={value!r}: expected a positive whole number of pixels, "
+                         "e.g. 1000000000")
+    return int(value)
+
+
+def check_image_pixels(name: str, width: int, height: int, limit: int) -> None:
+    """Refuse an image of more than `limit` pixels (call it on a header's size, before decoding)."""
+    if width * height > limit:
+        raise ValueError(
+            f"{name}: the image is {width:,} x {height:,} = {width * height:,} pixels, more than the limit of "
+            f"{limit:,} (which stops damaged or malicious files from filling the memory). For a real scene this "
+            f"large, raise the limit ({MAX_IMAGE_PIXELS_VARIABLE}={width * height} or max_image_pixels), or cut "
+            "it into tiles")
+
+
 def stretch_to_uint8(array: np.ndarray, max_samples: int = 1_000_000) -> tuple[np.ndarray, float, float]:
     """
     16-bit, 32-bit or float imagery to 8 bit by a linear 2-98 percentile stretch (robust to a few hot pixels;
@@ -87,6 +120,18 @@ def to_rgb_array(image, *, name: str = "image") -> np.ndarray:
         logger.warning(f"{name}: image scaled to 8 bit by a 2-98 percentile stretch ({low:g} to {high:g})")
     # torch refuses to share memory with read-only arrays (as decoded images often are): copy those.
     return np.ascontiguousarray(array) if array.flags.writeable else np.array(array)
+
+
+def mask_confidence(probabilities: torch.Tensor, mask: torch.Tensor) -> float:
+    """
+    How sure a decoded mask is, in [0, 1], from the decoder's change probabilities (sigmoid of the logits) at the
+    mask's size: their mean over the predicted change region (each above 0.5 there), or, when the region is empty,
+    the mean of `1 - probability` over the whole image (how sure the decoder is that nothing changed).
+    """
+    probabilities = probabilities.float()
+    if bool(mask.any()):
+        return float(probabilities[mask].mean())
+    return float((1.0 - probabilities).mean())
 
 
 def _as_list(value):
@@ -335,16 +380,21 @@ class ReasonCDProcessor(ProcessorMixin):
 
     def post_process_masks(self, pred_masks, seg_present, reshaped_sizes, target_sizes) -> list[np.ndarray]:
         """Low-res logits `(B, h, w)` -> bool masks of each row's `(height, width)`; empty where no `[SEG]`."""
-        masks = []
+        return [mask for mask, _ in self._masks_and_confidences(pred_masks, seg_present, reshaped_sizes, target_sizes)]
+
+    def _masks_and_confidences(self, pred_masks, seg_present, reshaped_sizes, target_sizes):
+        """Each row's bool mask and its `mask_confidence` (None where no `[SEG]`: no mask was decoded)."""
+        results = []
         for row, (height, width) in enumerate(target_sizes):
             if not bool(seg_present[row]):
-                masks.append(np.zeros((height, width), dtype=bool))
+                results.append((np.zeros((height, width), dtype=bool), None))
                 continue
             reshaped = reshaped_sizes[row] if reshaped_sizes is not None else \
                 sam_resized_shape(height, width, self.sam_image_size)
             logits = upscale_mask_logits(pred_masks[row].float(), reshaped, (height, width), self.sam_image_size)
-            masks.append((logits > 0).cpu().numpy())
-        return masks
+            mask = logits > 0
+            results.append((mask.cpu().numpy(), mask_confidence(torch.sigmoid(logits), mask)))
+        return results
 
     def post_process_generation(self, outputs, target_sizes=None) -> list[dict]:
         """
@@ -352,9 +402,15 @@ class ReasonCDProcessor(ProcessorMixin):
             outputs: [`ReasonCDGenerateOutput`] of `model.generate`.
             target_sizes (`list[tuple[int, int]]`, *optional*): `(height, width)` per row, or one for all rows;
                 defaults to each input's original size.
-        Returns: one `{"text": str, "raw_text": str, "mask": bool ndarray (height, width)}` per row: `text` is the
-            answer for a reader (see `readable_answer`), `raw_text` the model's own with its `[SEG]` token; the mask
-            is empty when the answer holds no `[SEG]` (the change of interest is absent).
+        Returns: one `{"text": str, "raw_text": str, "mask": bool ndarray (height, width), "mask_confidence": float,
+            "seg_probability": float}` per row: `text` is the answer for a reader (see `readable_answer`), `raw_text`
+            the model's own with its `[SEG]` token; the mask is empty when the answer holds no `[SEG]` (the change
+            of interest is absent).
+            `seg_probability` is the probability the language model gave `[SEG]` where it emitted it, or, for an
+            answer without `[SEG]`, the highest it gave `[SEG]` at any step (`ReasonCDGenerateOutput`).
+            `mask_confidence` is `mask_confidence()` of the decoded mask; for an answer without `[SEG]` the map is
+            empty by the language model's decision and its confidence is `1 - seg_probability`. Both are in [0, 1],
+            and None for outputs made without `seg_probabilities`.
         """
         rows = outputs.sequences.shape[0]
         if target_sizes is None:
@@ -366,10 +422,18 @@ class ReasonCDProcessor(ProcessorMixin):
             target_sizes = target_sizes * rows
         if len(target_sizes) != rows:
             raise ValueError(f"got {len(target_sizes)} target sizes for {rows} generated rows")
-        masks = self.post_process_masks(outputs.pred_masks, outputs.seg_present, outputs.reshaped_sizes, target_sizes)
+        masks = self._masks_and_confidences(outputs.pred_masks, outputs.seg_present, outputs.reshaped_sizes,
+                                            target_sizes)
+        seg_probabilities = getattr(outputs, "seg_probabilities", None)
         raw = [self.decode_answer(outputs.sequences[row]) for row in range(rows)]
-        return [{"text": self.readable_answer(raw[row]), "raw_text": raw[row], "mask": masks[row]}
-                for row in range(rows)]
+        results = []
+        for row, (mask, confidence) in enumerate(masks):
+            seg_probability = None if seg_probabilities is None else float(seg_probabilities[row])
+            if confidence is None and seg_probability is not None:
+                confidence = 1.0 - seg_probability
+            results.append({"text": self.readable_answer(raw[row]), "raw_text": raw[row], "mask": mask,
+                            "mask_confidence": confidence, "seg_probability": seg_probability})
+        return results
 
 
 __all__ = ["ReasonCDProcessor"]

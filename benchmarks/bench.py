@@ -5,6 +5,7 @@
     python benchmarks/bench.py quickstart                     # wall time of `python train.py`
     python benchmarks/bench.py memory        # 7B memory plan (computed), what the feature cache can save (FLOPs)
     python benchmarks/bench.py memory --measure  # ... and the plan's weights against a medium checkpoint, bf16/8/4-bit
+    python benchmarks/bench.py serve         # the change-detection pipeline answering 8 threads: requests/s, latency
 
 `speed` measures, per preset: the latency of the first question on a pair, the marginal latency of questions
 2..8 (asked together, sharing the pair's encoding and KV-cached prompt prefix), the same 8-question session run
@@ -12,6 +13,10 @@ LISA-style (no KV cache, everything recomputed per question), generation through
 cache, a training step with and without the frozen-feature cache, and tiles per second over a 2048x2048 scene
 cut into 256x256 tiles; each with the peak resident memory seen while it ran. Figures go to stdout as a table and
 to runs/bench-<command>.json, with the machine they came from.
+
+`serve` sends PNG-encoded 256x256 pairs, one question each, to one `change-detection` pipeline (tiny preset) from
+1 thread and then from 8, for each decoding cap (`max_concurrent`), and reports requests per second, the median
+and 95th-percentile latency and the peak resident memory.
 """
 
 import argparse
@@ -439,6 +444,68 @@ def compute_plan(presets=("tiny", "medium", "reasoncd-7b"), text_tokens: int = 6
     return plan
 
 
+def bench_serve(model_dir: Path | None, threads: int, requests_per_thread: int, max_new_tokens: int,
+                caps: list[int]) -> dict:
+    """The pipeline under `threads` concurrent callers, for each cap on requests decoding at once."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from pipeline_reasoncd import ReasonCDChangeDetectionPipeline
+
+    model, processor, source = load_model("tiny", model_dir)
+    t1, t2 = scene_pair(256)
+
+    def png(image: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    requests = [{"image_t1": png(t1), "image_t2": png(t2), "text": question} for question in QUESTIONS]
+    report = {"model": source, "max_new_tokens": max_new_tokens, "image": "256x256 PNG pair, one question",
+              "runs": []}
+    for callers, cap in [(1, 1)] + [(threads, cap) for cap in caps]:
+        detector = ReasonCDChangeDetectionPipeline(model=model, processor=processor, tokenizer=processor.tokenizer,
+                                                   device=model.device, max_concurrent=cap)
+        detector(requests[0], max_new_tokens=max_new_tokens)  # warm-up
+
+        def serve(caller: int) -> list[float]:
+            latencies = []
+            for k in range(requests_per_thread):
+                start = time.perf_counter()
+                detector(requests[(caller + k) % len(requests)], max_new_tokens=max_new_tokens)
+                latencies.append(time.perf_counter() - start)
+            return latencies
+
+        memory = PeakMemory()
+        with memory.watch():
+            start = time.perf_counter()
+            with ThreadPoolExecutor(callers) as pool:
+                latencies = [t for per_caller in pool.map(serve, range(callers)) for t in per_caller]
+            seconds = time.perf_counter() - start
+        print(f"[serve] {callers} threads, max_concurrent {cap}: {len(latencies) / seconds:.1f} requests/s",
+              file=sys.stderr)
+        report["runs"].append({
+            "threads": callers, "max_concurrent": cap, "requests": len(latencies),
+            "requests_per_s": round(len(latencies) / seconds, 2),
+            "latency_p50_s": round(float(np.percentile(latencies, 50)), 4),
+            "latency_p95_s": round(float(np.percentile(latencies, 95)), 4),
+            "peak_rss_mib": round(memory.peak_mib, 1),
+        })
+    return report
+
+
+def serve_table(report: dict) -> str:
+    lines = ["| threads | max_concurrent | requests/s | p50 latency | p95 latency | peak RSS |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for run in report["runs"]:
+        lines.append(f"| {run['threads']} | {run['max_concurrent']} | {run['requests_per_s']} | "
+                     f"{run['latency_p50_s'] * 1000:.0f} ms | {run['latency_p95_s'] * 1000:.0f} ms | "
+                     f"{run['peak_rss_mib'] / 1024:.2f} GiB |")
+    return "\n".join(lines)
+
+
 def bench_quickstart(output_dir: Path, fresh_data: bool) -> dict:
     """Times the whole quickstart (data generation if absent, build, train, test evaluation, figures)."""
     if fresh_data:
@@ -487,6 +554,14 @@ def main(argv=None) -> int:
     memory.add_argument("--measure", metavar="PRESET", nargs="?", const="medium",
                         help="also load a saved random PRESET checkpoint (default medium) in bf16, 8-bit and 4-bit "
                              "(needs bitsandbytes) and compare its footprint with the plan's arithmetic")
+    serve = sub.add_parser("serve", help="the change-detection pipeline answering concurrent threads (tiny preset)")
+    serve.add_argument("--model", type=Path, default=None,
+                       help="a trained tiny model (default: the random tiny preset)")
+    serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument("--requests_per_thread", type=int, default=10)
+    serve.add_argument("--max_new_tokens", type=int, default=16)
+    serve.add_argument("--max_concurrent", type=int, nargs="+", default=[1, 2, 8],
+                       help="decoding caps to compare under --threads callers")
     quick = sub.add_parser("quickstart", help="time `python train.py` end to end")
     quick.add_argument("--output_dir", type=Path, default=REPO / "runs" / "bench-quickstart")
     quick.add_argument("--keep_data", action="store_true", help="reuse an already generated synthetic set")
@@ -502,6 +577,10 @@ def main(argv=None) -> int:
         if args.measure:
             report["footprint_check"] = measured_footprints(args.measure)
         table = compute_table(report["compute"])
+    elif args.command == "serve":
+        report["serve"] = bench_serve(args.model, args.threads, args.requests_per_thread, args.max_new_tokens,
+                                      args.max_concurrent)
+        table = serve_table(report["serve"])
     else:
         report["quickstart"] = bench_quickstart(args.output_dir, fresh_data=not args.keep_data)
         table = None

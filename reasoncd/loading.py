@@ -107,28 +107,22 @@ def require_bitsandbytes(bits: int | None) -> None:
 
 def _model_class(location: str):
     """The checkpoint's own model class (what `AutoModel` builds); this repository's for code that predates
-    `bitsandbytes_config` (the module names it lists have not changed)."""
+    `quantized_loading_options` (the module names `bitsandbytes_config` lists have not changed)."""
     from transformers import AutoConfig
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
     auto_map = getattr(AutoConfig.from_pretrained(location, trust_remote_code=True), "auto_map", None) or {}
     model_class = get_class_from_dynamic_module(auto_map["AutoModel"], location) if "AutoModel" in auto_map else None
-    if not hasattr(model_class, "bitsandbytes_config"):
+    if not hasattr(model_class, "quantized_loading_options"):
         from modeling_reasoncd import ReasonCDForChangeDetection as model_class
     return model_class
 
 
 def quantized_loading_options(location: str, bits: int, device: str | None = None) -> dict:
-    """`from_pretrained` keyword arguments: the model's `BitsAndBytesConfig`, the dtype of the unquantised parts
-    (bf16 on a GPU that has it, else fp32) and the device (default: CUDA when available), which a bitsandbytes
-    model gets while loading and cannot change afterwards."""
-    import torch
-
+    """`from_pretrained` keyword arguments for the checkpoint at `location` in `bits`: the model's own
+    `quantized_loading_options` (its `BitsAndBytesConfig`, the dtype of the unquantised parts and the device)."""
     require_bitsandbytes(bits)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    return {"quantization_config": _model_class(location).bitsandbytes_config(bits, compute_dtype=dtype),
-            "dtype": dtype, "device_map": {"": device}}
+    return _model_class(location).quantized_loading_options(bits, device)
 
 
 class _OnceFilter(logging.Filter):
@@ -195,13 +189,17 @@ def load_model(location: str | Path, quantize: int | None = None, device: str | 
 
 def predict(model, processor, image_t1: np.ndarray, image_t2: np.ndarray, questions: list[str],
             max_new_tokens: int = 64) -> list[dict]:
-    """One pair, k questions (the images are encoded once): k `{"text", "raw_text", "mask", "changed_fraction"}`
-    (`text` is the answer for a reader, `raw_text` the model's own with `[SEG]`)."""
+    """One pair, k questions (the images are encoded once): k `{"text", "raw_text", "mask", "changed_fraction",
+    "mask_confidence", "seg_probability"}` (`text` is the answer for a reader, `raw_text` the model's own with
+    `[SEG]`; the confidences as `ReasonCDProcessor.post_process_generation` defines them)."""
     inputs = processor(images_t1=image_t1, images_t2=image_t2, text=questions, return_tensors="pt").to(model.device)
     outputs = model.generate(**inputs, max_new_tokens=max_new_tokens)
     results = [with_readable_text(result) for result in processor.post_process_generation(outputs)]
     for result in results:
         result["changed_fraction"] = float(result["mask"].mean())
+        # None from a checkpoint whose code predates the confidences.
+        result.setdefault("mask_confidence", None)
+        result.setdefault("seg_probability", None)
     return results
 
 

@@ -1,6 +1,7 @@
 """app.py: the feature cache (in process) and the page itself, driven in headless Chromium like a user would."""
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -35,6 +36,10 @@ def test_questions_about_one_pair_encode_the_images_once():
     assert (first["reused"], second["reused"], detector.encodings) == (False, True, 1)
     expected = predict(model, processor, t1, t2, ["changes caused by heavy rainfall, and explain why"], 3)[0]
     assert second["text"] == expected["text"] and np.array_equal(second["mask"], expected["mask"])
+    # Reused features give the confidences a fresh encoding gives.
+    assert second["mask_confidence"] == pytest.approx(expected["mask_confidence"], abs=1e-5)
+    assert second["seg_probability"] == pytest.approx(expected["seg_probability"], abs=1e-6)
+    assert 0.5 < second["mask_confidence"] <= 1.0 and 0.99 < second["seg_probability"] <= 1.0
     assert second["raw_text"].startswith("[SEG]") and "[SEG]" not in second["text"]
     assert second["mask"].any()
     detector.ask(t2, t1, "new buildings")  # another pair: encoded again
@@ -125,6 +130,8 @@ def test_the_page_answers_with_text_mask_and_overlay(app_url, realcd):
         expect(page.locator("#mask img")).to_be_visible()
         expect(page.locator("#overlay img")).to_be_visible()
         expect(page.locator("#status")).to_contain_text("images encoded in")
+        expect(page.locator("#status")).to_contain_text(re.compile(r"mask confidence 0\.\d\d|mask confidence 1\.00"))
+        expect(page.locator("#status")).to_contain_text("[SEG] probability 1.00")
         expect(page.locator("#mask_file")).to_contain_text(".png")
 
         # A second question about the same pair, picked from the examples, reuses the encoded images.

@@ -67,6 +67,13 @@ direct = processor.post_process_generation(
     model.generate(**processor(images_t1=images[0], images_t2=images[1], text=questions), max_new_tokens=4))
 piped = detector({"image_t1": t1, "image_t2": t2, "text": questions})
 single = detector({"image_t1": t1, "image_t2": t2, "text": questions[0]})
+# The Inference Endpoints toolkit puts the repository folder on the path and imports handler.py from it.
+import base64
+sys.path.insert(0, folder)
+from handler import EndpointHandler
+encoded = {key: base64.b64encode(open(path, "rb").read()).decode()
+           for key, path in (("image_t1", t1), ("image_t2", t2))}
+endpoint = EndpointHandler(folder)({"inputs": {**encoded, "text": questions[0]}})
 np.savez(out + ".npz", direct=np.stack([r["mask"] for r in direct]),
          piped=np.stack([np.array(r["mask"]) for r in piped]), single=np.array(single["mask"]))
 json.dump({
@@ -76,6 +83,10 @@ json.dump({
     "single": single["raw_text"], "piped_text": [r["text"] for r in piped],
     "modes": [r["mask"].mode for r in piped] + [single["mask"].mode],
     "fractions": [r["changed_fraction"] for r in piped],
+    "confidences": [[r["mask_confidence"], r["seg_probability"]] for r in piped],
+    "direct_confidences": [[r["mask_confidence"], r["seg_probability"]] for r in direct],
+    "endpoint": {key: endpoint[key] for key in ("raw_text", "changed_fraction", "mask_confidence", "seg_probability")},
+    "handler_module": sys.modules["handler"].__file__,
 }, open(out, "w"))
 """
 
@@ -178,6 +189,16 @@ def test_export_loads_without_the_repository_and_answers_as_before(run, exported
     assert set(np.unique(masks["piped"])) <= {0, 255} and after["modes"] == ["L", "L", "L"]
     assert np.array_equal(masks["single"], masks["piped"][0])
     assert after["fractions"] == pytest.approx([float((m > 0).mean()) for m in masks["piped"]])
+    expected_confidences = [[r["mask_confidence"], r["seg_probability"]] for r in before]
+    assert all(0.0 <= value <= 1.0 for pair in expected_confidences for value in pair)
+    for name in ("confidences", "direct_confidences"):
+        assert np.allclose(after[name], expected_confidences, atol=1e-4), name
+    # handler.py from the export answers through the export's own pipeline.
+    assert Path(after["handler_module"]).parent == out
+    assert after["endpoint"]["raw_text"] == texts[0]
+    assert after["endpoint"]["changed_fraction"] == pytest.approx(after["fractions"][0])
+    assert [after["endpoint"]["mask_confidence"], after["endpoint"]["seg_probability"]] == \
+        pytest.approx(after["confidences"][0])
 
 
 def test_config_registers_the_pipeline_and_generation_defaults(exported):

@@ -4,6 +4,9 @@ an error message, never a traceback."""
 import base64
 import io
 import json
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -18,12 +21,17 @@ LEVIR = "LEVIR-CD/ChangeFormer"
 
 
 @pytest.fixture(scope="module")
-def handler(tmp_path_factory) -> EndpointHandler:
+def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("handler")
     save_checkpoint(*seg_tiny(0), root / "model")
     assert export.main(["--run", str(root / "model"), "--output_dir", str(root / "export"),
                         "--max_new_tokens", "3"]) == 0
-    return EndpointHandler(str(root / "export"))
+    return root / "export"
+
+
+@pytest.fixture(scope="module")
+def handler(exported) -> EndpointHandler:
+    return EndpointHandler(str(exported))
 
 
 def _b64(path_or_image) -> str:
@@ -55,6 +63,9 @@ def test_answers_a_real_pair(handler, pair):
     assert mask.shape == (256, 256) and (result["height"], result["width"]) == (256, 256)
     assert set(np.unique(mask)) <= {0, 255} and mask.any()
     assert result["changed_fraction"] == pytest.approx(float((mask > 0).mean()))
+    # The model answers [SEG] whatever it is asked (its logit is the only positive one).
+    assert 0.99 < result["seg_probability"] <= 1.0
+    assert 0.5 < result["mask_confidence"] <= 1.0  # the mean change probability over a non-empty mask
 
 
 def test_a_list_of_questions_gives_a_list(handler, pair):
@@ -69,8 +80,10 @@ def test_a_list_of_questions_gives_a_list(handler, pair):
 @pytest.mark.parametrize("change, message", [
     (lambda p: {"inputs": {"image_t2": p["image_t2"], "text": "roads"}}, "inputs.image_t1 is missing"),
     (lambda p: {"inputs": {**p, "image_t2": "this is not base64!"}}, "inputs.image_t2 is not valid base64"),
-    (lambda p: {"inputs": {**p, "image_t2": base64.b64encode(b"plain text").decode()}}, "not a readable image"),
-    (lambda p: {"inputs": {**p, "image_t2": _b64(Image.new("RGB", (128, 256)))}}, "must be co-registered"),
+    (lambda p: {"inputs": {**p, "image_t2": base64.b64encode(b"plain text").decode(), "text": "roads"}},
+     "image_t2: the 10 bytes given are not a readable image"),
+    (lambda p: {"inputs": {**p, "image_t2": _b64(Image.new("RGB", (128, 256))), "text": "roads"}},
+     "must be co-registered"),
     (lambda p: {"inputs": {**p, "text": "  "}}, "inputs.text must be a non-empty question"),
     (lambda p: {"inputs": {**p, "text": []}}, "inputs.text must be a non-empty question"),
     (lambda p: {"inputs": {**p}}, "inputs.text must be a non-empty question"),
@@ -102,3 +115,54 @@ def test_quantised_endpoint_from_the_environment(tmp_path, monkeypatch, pair):
     result = quantised({"inputs": {**pair, "text": "new buildings"}})
     assert result["raw_text"] == "[SEG] [SEG] [SEG]"
     assert _decode_mask(result).shape == (result["height"], result["width"])
+
+
+def _png_claiming(width: int, height: int) -> str:
+    """Base64 of a PNG of a few dozen bytes whose header claims `width` x `height` RGB pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return base64.b64encode(data).decode()
+
+
+def test_images_above_the_pixel_limit_are_refused(handler, exported, pair, monkeypatch):
+    # A header claiming 8,000 x 7,000 pixels, refused before anything is decoded (the default limit is higher).
+    strict = EndpointHandler(str(exported), max_image_pixels=50_000_000)
+    result = strict({"inputs": {**pair, "image_t2": _png_claiming(8_000, 7_000), "text": "roads"}})
+    assert result == {"error": "image_t2: the image is 8,000 x 7,000 = 56,000,000 pixels, more than the limit of "
+                               "50,000,000 (which stops damaged or malicious files from filling the memory). For a "
+                               "real scene this large, raise the limit (REASONCD_MAX_IMAGE_PIXELS=56000000 or "
+                               "max_image_pixels), or cut it into tiles"}
+    # Without a limit of its own the handler follows the environment, request by request.
+    monkeypatch.setenv("REASONCD_MAX_IMAGE_PIXELS", "65535")  # the 256 x 256 pair has 65,536 pixels
+    assert "image_t1: the image is 256 x 256 = 65,536 pixels" in handler({"inputs": {**pair, "text": "roads"}})["error"]
+    monkeypatch.setenv("REASONCD_MAX_IMAGE_PIXELS", "65536")
+    assert "error" not in handler({"inputs": {**pair, "text": "roads"}, "parameters": {"max_new_tokens": 1}})
+
+
+def test_concurrent_requests_get_the_answers_sequential_ones_get(handler):
+    """8 threads x 8 requests against one handler, as an endpoint serves them, equal one request at a time (the
+    pipeline's own test runs 8 x 25; the handler adds only stateless parsing and encoding)."""
+    from publish_helpers import image_pair
+
+    requests = []
+    for seed, (height, width) in enumerate([(48, 64), (40, 56), (64, 48)]):
+        t1, t2 = (_b64(Image.fromarray(image)) for image in image_pair(height, width, seed=seed))
+        requests.append({"inputs": {"image_t1": t1, "image_t2": t2, "text": "new buildings"},
+                         "parameters": {"max_new_tokens": 2}})
+        requests.append({"inputs": {"image_t1": t1, "image_t2": t2, "text": ["roads", "changes caused by rain"]},
+                         "parameters": {"max_new_tokens": 1}})
+    sequential = [handler(request) for request in requests]
+    assert all("error" not in answer for answer in sequential if isinstance(answer, dict))
+
+    def serve(thread: int) -> list[tuple[int, dict | list]]:
+        return [((thread * 8 + k) % len(requests), handler(requests[(thread * 8 + k) % len(requests)]))
+                for k in range(8)]
+
+    with ThreadPoolExecutor(8) as pool:
+        answered = [item for items in pool.map(serve, range(8)) for item in items]
+    assert len(answered) == 64
+    for index, answer in answered:
+        assert answer == sequential[index], index  # the same text, PNG, fraction and confidences

@@ -92,7 +92,7 @@ def test_levir_pair_json(realcd, runs):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     report = json.loads(result.stdout)  # stdout is the JSON document and nothing else
-    assert set(report) == {"text", "raw_text", "mask", "changed_fraction"}
+    assert set(report) == {"text", "raw_text", "mask", "changed_fraction", "mask_confidence", "seg_probability"}
     assert isinstance(report["text"], str) and report["mask"] == str(out)
     with Image.open(t1) as image:
         size = image.size
@@ -100,6 +100,9 @@ def test_levir_pair_json(realcd, runs):
     assert report["changed_fraction"] == pytest.approx(float((values == 255).mean()))
     # The random tiny model does not answer [SEG]: no change is drawn.
     assert "[SEG]" not in report["raw_text"] and report["changed_fraction"] == 0.0
+    # No [SEG]: its highest probability at any step is reported, and the empty map is as sure as [SEG] was unlikely.
+    assert 0.0 <= report["seg_probability"] < 0.5
+    assert report["mask_confidence"] == pytest.approx(1.0 - report["seg_probability"])
 
 
 def test_whu_1024_pair_with_a_mask(realcd, runs):
@@ -114,6 +117,7 @@ def test_whu_1024_pair_with_a_mask(realcd, runs):
     fraction = float((values == 255).mean())
     assert 0.0 < fraction < 1.0  # both classes present: the decoder's logits were thresholded, not filled
     assert report["changed_fraction"] == pytest.approx(fraction)
+    assert 0.99 < report["seg_probability"] <= 1.0 and 0.5 < report["mask_confidence"] <= 1.0
 
 
 def assert_clean_error(result, *fragments):

@@ -308,3 +308,23 @@ def test_seg_absorbs_the_space_before_it(processor):
 ])
 def test_the_reader_sees_the_answer_not_the_seg_token(raw, readable):
     assert ReasonCDProcessor.readable_answer(raw) == readable
+
+
+def test_the_pixel_limit_is_the_rule_the_scripts_apply(monkeypatch):
+    """The remote code (pipeline, endpoint handler) cannot import the `reasoncd` package, so it holds the pixel
+    limit's rule itself; it must be the one reasoncd/data/images.py applies to files."""
+    import processing_reasoncd
+    from reasoncd.data import images
+
+    assert processing_reasoncd.DEFAULT_MAX_IMAGE_PIXELS == images.DEFAULT_MAX_IMAGE_PIXELS
+    assert processing_reasoncd.MAX_IMAGE_PIXELS_VARIABLE == images.MAX_IMAGE_PIXELS_VARIABLE
+    for value in ("", " 1_000_000 ", "5", "0", "lots", "-3", "2.5"):
+        monkeypatch.setenv(images.MAX_IMAGE_PIXELS_VARIABLE, value)
+        try:
+            expected = images.max_image_pixels()
+        except ValueError as error:
+            with pytest.raises(ValueError, match=str(error).split(":")[0]):
+                processing_reasoncd.max_image_pixels()
+        else:
+            assert processing_reasoncd.max_image_pixels() == expected, value
+    assert processing_reasoncd.max_image_pixels(1234) == 1234  # a limit given wins over the environment

@@ -17,6 +17,7 @@ import numpy as np
 from reasoncd.data.images import ImageReadError, read_rgb
 from reasoncd.io import write_png_atomic
 from reasoncd.loading import add_quantize_argument, check_checkpoint, load_model, predict, require_bitsandbytes
+from reasoncd.messages import size_mismatch
 
 
 def main(argv=None) -> int:
@@ -48,10 +49,10 @@ def main(argv=None) -> int:
             raise ValueError(f"--out {args.out} is one of the input images; give another path for the change map")
         check_checkpoint(args.model)  # before the slow imports
         require_bitsandbytes(args.quantize)
-        if image_t1.shape != image_t2.shape:
-            raise ValueError(f"--t1 {args.t1} is {image_t1.shape[1]}x{image_t1.shape[0]} but --t2 {args.t2} is "
-                             f"{image_t2.shape[1]}x{image_t2.shape[0]}; the two dates must be co-registered images "
-                             "of the same size")
+        mismatch = size_mismatch({f"--t1 {args.t1}": image_t1.shape[:2], f"--t2 {args.t2}": image_t2.shape[:2]})
+        if mismatch:
+            raise ValueError(f"{mismatch} (height x width); the two dates must be co-registered images of the same "
+                             "size")
         model, processor = load_model(args.model, quantize=args.quantize)
         result = predict(model, processor, image_t1, image_t2, [args.question], args.max_new_tokens)[0]
     except (ImageReadError, ValueError, FileNotFoundError, ImportError) as error:

@@ -148,7 +148,7 @@ def test_missing_file(pngs, checkpoint, tmp_path):
 
 def test_size_mismatch(pngs, checkpoint, tmp_path):
     result = predict(checkpoint, pngs["a"], pngs["big"], tmp_path / "m.png")
-    assert_clean_error(result, "160x120", "300x200", str(pngs["big"]))
+    assert_clean_error(result, "120 x 160", "200 x 300", str(pngs["big"]), "height x width")
     assert not (tmp_path / "m.png").exists()
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline_reasoncd import DEFAULT_MAX_CONCURRENT, ReasonCDChangeDetectionPipeline
-from publish_helpers import image_pair, seg_tiny
+from helpers import image_pair, seg_tiny
 
 THREADS, REQUESTS_PER_THREAD = 8, 25
 MAX_NEW_TOKENS = 2

@@ -5,7 +5,6 @@ same parameters; without that, ZeRO-2 aborts with a collective mismatch after th
 way: the Trainer has it search each step's graph for unused parameters, as for any PEFT model.)"""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +38,9 @@ def _absent_only_on_rank_one(samples_dir, target):
         for number, sample in enumerate(kept):
             (target / "train").mkdir(parents=True, exist_ok=True)
             (target / "train" / f"{index:02d}-{number}.json").write_text(json.dumps(sample))
-    shutil.copytree(samples_dir / "val", target / "val")
+    (target / "val").mkdir()
+    for number, sample in enumerate(load_split(samples_dir, "val")):  # paths made absolute by load_split
+        (target / "val" / f"{number:02d}.json").write_text(json.dumps(sample))
     return target
 
 

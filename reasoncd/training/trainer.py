@@ -70,12 +70,12 @@ class ReasonCDTrainer(Trainer):
         finally:
             self._staging = False
         self.accelerator.wait_for_everyone()
+        # The Trainer looked for the best checkpoint among the staged ones: point it at the final names.
+        if self.state.best_global_step:
+            best = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}"
+            if best.name == name or best.is_dir():
+                self.state.best_model_checkpoint = str(best)
         if self.args.process_index == 0:
-            # The Trainer looked for the best checkpoint among the staged ones: point it at the final names.
-            if self.state.best_global_step:
-                best = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}"
-                if best.name == name or best.is_dir():
-                    self.state.best_model_checkpoint = str(best)
             staged = run_dir / STAGING / name
             if self.args.should_save:
                 self.state.save_to_json(str(staged / "trainer_state.json"))

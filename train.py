@@ -15,13 +15,12 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import torch
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from reasoncd.build import (ARCHITECTURE_OPTIONS, LOSS_OPTIONS, add_option_arguments, build_tiny, option_overrides,
@@ -30,11 +29,12 @@ from modeling_reasoncd import ReasonCDForChangeDetection
 from processing_reasoncd import ReasonCDProcessor
 from reasoncd.io import write_json_atomic
 from reasoncd.loading import check_checkpoint
-from reasoncd.evaluation.scoring import (batch_counterfactual, batches_by_pair, encode_batch, predict_samples,
-                                       question_use_figures, score, seg_predicted_teacher_forced)
+from reasoncd.evaluation.scoring import predict_samples, score
 from reasoncd.training.feature_cache import FrozenFeatureCache
 from reasoncd.evaluation.figures import prediction_panels, training_curves
+from reasoncd.training.checkpoints import checkpoint_problem, last_complete_checkpoint
 from reasoncd.training.lora import apply_lora, trainable_parameter_groups
+from reasoncd.training.trainer import ReasonCDTrainer, SaveOnInterrupt
 from reasoncd.io import OutputDir, OutputDirError, read_marker
 from reasoncd.data.samples import SEG, SampleError, load_pair, load_split
 from reasoncd.training.dataset import ReasonCDCollator, as_dataset
@@ -118,6 +118,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--synthetic_pairs", type=int, help="quickstart: number of synthetic pairs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    parser.add_argument("--train_sampling_strategy", choices=["random", "sequential"], default="random",
+                        help="order of the training pairs: shuffled every epoch (seeded), or as listed (sorted by "
+                        "file name); each process of a distributed run takes every WORLD_SIZE-th batch")
     args = parser.parse_args(argv)
 
     args.quickstart = args.data is None
@@ -178,10 +181,17 @@ def language_model_linear_names(args) -> set[str]:
 
 
 def check_resume_checkpoint(value: str | None) -> None:
-    """An explicit --resume_from_checkpoint must be a Trainer checkpoint (checkpoint-N with trainer_state.json)."""
-    if value in (None, "auto") or (Path(value) / "trainer_state.json").is_file():
+    """An explicit --resume_from_checkpoint must be a whole Trainer checkpoint (checkpoint-N with trainer_state.json
+    and a manifest that matches its files: reasoncd/training/checkpoints.py)."""
+    if value in (None, "auto"):
         return
     path = Path(value)
+    if (path / "trainer_state.json").is_file():
+        problem = checkpoint_problem(path)
+        if problem:
+            raise ValueError(f"--resume_from_checkpoint {value}: not a whole checkpoint ({problem}). Give another "
+                             "checkpoint-N folder, or the flag without a value for the latest whole one")
+        return
     found = [get_last_checkpoint(str(folder)) for folder in (path, path / "checkpoints") if folder.is_dir()]
     found = [checkpoint for checkpoint in found if checkpoint]
     hint = f"; the latest checkpoint there is {found[0]}" if found else ""
@@ -241,114 +251,6 @@ def prepare_quickstart_data(pairs: int, seed: int) -> Path:
     summary = convert_second(root, samples, seed=seed, overwrite=True)
     print(f"synthetic data: {json.dumps(summary.get('samples', summary))}")
     return samples
-
-
-class SaveOnInterrupt(TrainerCallback):
-    """First Ctrl-C / SIGTERM: finish the current step, save a checkpoint, stop. A second Ctrl-C aborts."""
-
-    def __init__(self):
-        self.requested = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._request)
-
-    def _request(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)", file=sys.stderr)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.requested:
-            control.should_save = True
-            control.should_training_stop = True
-        return control
-
-
-class ReasonCDTrainer(Trainer):
-    """Trainer with the frozen-feature cache, per-term loss logging and the fidelity score as the validation metric."""
-
-    def __init__(self, *args, feature_cache=None, cache_vision=True, val_samples=None, reasoncd_processor=None,
-                 eval_batch_size=8, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.feature_cache = feature_cache
-        self.cache_vision = cache_vision  # False while CLIP trains: its cached features would be stale
-        self.val_samples = val_samples or []
-        self.reasoncd_processor = reasoncd_processor
-        self.eval_batch_size = eval_batch_size
-        self._terms = defaultdict(float)
-        self._term_count = 0
-
-    def _base_model(self, model):
-        model = self.accelerator.unwrap_model(model)
-        return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-    def _inputs_with_features(self, model, inputs: dict) -> dict:
-        keys = inputs.pop("cache_keys", None)
-        if self.feature_cache is not None and keys:
-            features = self.feature_cache.frozen_features(self._base_model(model), inputs, keys)
-            if not self.cache_vision:
-                features.vision_features_t1 = features.vision_features_t2 = None
-            inputs["frozen_features"] = features
-        return inputs
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**self._inputs_with_features(model, inputs))
-        if model.training:
-            for term in ("ce_loss", "bce_loss", "dice_loss"):
-                self._terms[term] += float(outputs[term].detach())
-            self._term_count += 1
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
-
-    def log(self, logs: dict, start_time=None) -> None:
-        if "loss" in logs and self._term_count:
-            logs.update({term: round(total / self._term_count, 4) for term, total in self._terms.items()})
-            self._terms.clear()
-            self._term_count = 0
-        super().log(logs, start_time)
-
-    @torch.no_grad()
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
-        """
-        Teacher-forced validation (fast; the early-stopping signal): loss, mask F1/precision/recall/IoU, and the
-        question-use figures of `reasoncd.evaluation.scoring.score`: steering, `[SEG]` emission and absent-CRoI
-        accuracy (argmax proxies under teacher forcing), question sensitivity, the counterfactual F1 drop, and the
-        fidelity score that picks the best checkpoint (mean of F1, steering, absent accuracy, 1 - sensitivity).
-        """
-        model = self.model_wrapped if self.is_deepspeed_enabled else self.model
-        base = self._base_model(model)
-        was_training = model.training
-        model.eval()
-        losses, predictions = [], [None] * len(self.val_samples)
-        for indices in batches_by_pair(self.val_samples, self.eval_batch_size):  # a pair's questions together
-            batch = [self.val_samples[i] for i in indices]
-            inputs = self._inputs_with_features(model, self._prepare_inputs(self.data_collator(batch)))
-            outputs = model(**inputs)
-            losses.append(float(outputs.loss))
-            rows = inputs["pair_index"]
-            masks = self.reasoncd_processor.post_process_masks(
-                outputs.pred_masks, outputs.seg_present, inputs["reshaped_sizes"][rows],
-                inputs["image_sizes"][rows].tolist())
-            emits_seg = seg_predicted_teacher_forced(outputs.logits, inputs["labels"], base.config.seg_token_id)
-            # The counterfactual reuses the cached encodings; without the cache the encoders run once more.
-            features = inputs.get("frozen_features")
-            if features is None:
-                features = encode_batch(base, inputs)
-            truths = (inputs["masks"] > 0.5).cpu().numpy()
-            swaps = batch_counterfactual(base, self.reasoncd_processor, inputs, features, outputs.seg_present,
-                                         outputs.seg_hidden_states, truths, indices)
-            for row, i in enumerate(indices):
-                predictions[i] = {"text": batch[row]["answer"], "mask": masks[row], "seg": bool(emits_seg[row]),
-                                  "swapped_mask": swaps[row][0], "swap_source": swaps[row][1]}
-        result = score(self.val_samples, predictions)
-        logged = {f"{metric_key_prefix}_loss": sum(losses) / max(len(losses), 1)}
-        logged.update({f"{metric_key_prefix}_{k}": float(result[k]) for k in ("f1", "precision", "recall", "iou")})
-        logged.update({f"{metric_key_prefix}_{name}": float(value)
-                       for name, value in question_use_figures(result).items() if value is not None})
-        self.log(logged)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, logged)
-        if was_training:
-            model.train()
-        return logged
 
 
 def load_start_model(args):
@@ -430,7 +332,7 @@ def main(argv=None) -> int:
     except SampleError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    model, processor = load_start_model(args)
+    model, processor = load_start_model(args)  # seeded by --seed, as is everything random below
     if args.bce_pos_weight is not None:
         model.config.bce_pos_weight = args.bce_pos_weight
     for name, value in option_overrides(args, LOSS_OPTIONS).items():  # loss weights: any model may change them
@@ -473,6 +375,10 @@ def main(argv=None) -> int:
         dataloader_num_workers=args.dataloader_num_workers,
         report_to=[],
         seed=args.seed,
+        # Same seed, same bits on the CPU (README, "Reproducibility"): without it, the backward of indexing a
+        # pair's image tokens by question adds with atomics across threads, in an order that varies run to run.
+        full_determinism=not torch.cuda.is_available(),
+        train_sampling_strategy=args.train_sampling_strategy,
         use_cpu=not torch.cuda.is_available(),
     )
     cache = None
@@ -497,12 +403,16 @@ def main(argv=None) -> int:
     )
     resume = args.resume_from_checkpoint
     if resume == "auto":
-        resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        resume, skipped = last_complete_checkpoint(checkpoints)
+        for name, problem in skipped.items():
+            print(f"not resuming from {checkpoints / name}: {problem}")
         print(f"resuming from {resume}" if resume else "no checkpoint to resume from: starting fresh")
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if interrupt.requested:
         print(f"stopped at step {trainer.state.global_step}; resume with --resume_from_checkpoint")
         return 130
+    if not trainer.is_world_process_zero():  # one process writes the model, the figures and the metrics
+        return 0
     training_curves(args.output_dir / "curves.png", trainer.state.log_history)
     merged = trainer.model.merge_and_unload()
     # model/ is train.py's own entry (claimed above): replaced whatever an earlier run left in it.

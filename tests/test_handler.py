@@ -145,7 +145,7 @@ def test_images_above_the_pixel_limit_are_refused(handler, exported, pair, monke
 def test_concurrent_requests_get_the_answers_sequential_ones_get(handler):
     """8 threads x 8 requests against one handler, as an endpoint serves them, equal one request at a time (the
     pipeline's own test runs 8 x 25; the handler adds only stateless parsing and encoding)."""
-    from publish_helpers import image_pair
+    from helpers import image_pair
 
     requests = []
     for seed, (height, width) in enumerate([(48, 64), (40, 56), (64, 48)]):

@@ -42,7 +42,7 @@ def square_metres_per_pixel(grid) -> float | None:
 def _pixel_bounds(coordinates, transform, height: int, width: int) -> tuple[int, int, int, int]:
     """(row0, col0, row1, col1) of a polygon's outer ring on the raster grid."""
     ring = np.asarray(coordinates[0], dtype=np.float64)
-    cols, rows = (~transform) * (ring[:, 0], ring[:, 1])
+    cols, rows = ~transform @ (ring[:, 0], ring[:, 1])
     row0, row1 = int(np.floor(rows.min() + 1e-6)), int(np.ceil(rows.max() - 1e-6))
     col0, col1 = int(np.floor(cols.min() + 1e-6)), int(np.ceil(cols.max() - 1e-6))
     return max(row0, 0), max(col0, 0), min(row1, height), min(col1, width)

@@ -105,7 +105,9 @@ def main(argv=None) -> int:
     print(json.dumps(summary, indent=2))
     rate = stats.tiles_run_now / stats.inference_seconds if stats.inference_seconds else 0.0
     print(f"{stats.tiles} tiles, {stats.tiles_run_now} through the model in this run ({rate:.2f} tiles/s), "
-          f"{stats.total_seconds:.1f} s in all; outputs in {args.output_dir}", file=sys.stderr)
+          f"{stats.total_seconds:.1f} s in all (tiles {stats.inference_seconds:.1f} s, blending "
+          f"{stats.blending_seconds:.1f} s, rasters and polygons {stats.writing_seconds:.1f} s); outputs in "
+          f"{args.output_dir}", file=sys.stderr)
     return 0
 
 

@@ -489,7 +489,8 @@ SCENE_CRS = "EPSG:32650"  # WGS 84 / UTM zone 50N: metres
 SCENE_PIXEL_M = 0.5
 SCENE_PAIR = 256  # side of the generated pairs the scenes are assembled from
 SCENE_FOLDER = REPO / "runs" / "bench-scene"
-_SCENE_LINE = re.compile(r"(\d+) tiles, (\d+) through the model in this run \(([\d.]+) tiles/s\), ([\d.]+) s in all")
+_SCENE_LINE = re.compile(r"(\d+) tiles, (\d+) through the model in this run \(([\d.]+) tiles/s\), ([\d.]+) s in all "
+                         r"\(tiles ([\d.]+) s, blending ([\d.]+) s, rasters and polygons ([\d.]+) s\)")
 
 
 def write_synthetic_scene(folder: Path, size: int, seed: int = 0) -> tuple[Path, Path]:
@@ -546,9 +547,10 @@ def run_predict_scene(arguments: list[str], log: Path) -> dict:
     text = log.read_text()
     if process.returncode != 0:
         raise SystemExit(f"predict_scene.py failed ({process.returncode}); see {log}:\n{text[-2000:]}")
-    tiles, run_now, rate, inside = _SCENE_LINE.search(text).groups()
+    tiles, _, rate, inside, tiling, blending, writing = _SCENE_LINE.search(text).groups()
     return {"tiles": int(tiles), "tiles_per_s": float(rate), "command_seconds": round(seconds, 1),
-            "seconds_after_loading": float(inside), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+            "seconds_after_loading": float(inside), "tiles_seconds": float(tiling), "blending_seconds": float(blending),
+            "writing_seconds": float(writing), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
 
 
 def bench_scene(sizes: list[int], presets: list[str], medium_sizes: list[int], batch_size: int) -> dict:
@@ -581,11 +583,13 @@ def bench_scene(sizes: list[int], presets: list[str], medium_sizes: list[int], b
 
 
 def scene_table(report: dict) -> str:
-    lines = ["| preset | scene | tiles | tiles/s | command time | peak RSS |", "|---|---|---:|---:|---:|---:|"]
+    lines = ["| preset | scene | tiles | tiles/s | tiles / blending / rasters and polygons | command | polygons | peak RSS |",
+             "|---|---|---:|---:|---|---:|---:|---:|"]
     for name, r in report.items():
         preset, size = name.rsplit("-", 1)
-        lines.append(f"| {preset} | {size}² | {r['tiles']} | {r['tiles_per_s']:.2f} | {r['command_seconds']:.0f} s | "
-                     f"{r['peak_rss_mib'] / 1024:.2f} GiB |")
+        lines.append(f"| {preset} | {size}² | {r['tiles']} | {r['tiles_per_s']:.2f} | {r['tiles_seconds']:.0f} s / "
+                     f"{r['blending_seconds']:.0f} s / {r['writing_seconds']:.0f} s | {r['command_seconds']:.0f} s | "
+                     f"{r['polygons']:,} | {r['peak_rss_mib'] / 1024:.2f} GiB |")
     return "\n".join(lines)
 
 

@@ -251,9 +251,10 @@ class OutputDir:
     def resumable(self, signature: dict):
         """
         Like `staged`, for a long command that can continue where an interrupted run stopped. Yields `(work,
-        outputs)`: scratch files and progress go to `work`, the entries to put in place to `outputs`. Both live in
-        `.NAME.resume` beside the target, which is kept when the block fails; the next run whose `signature` (the
-        JSON-able inputs and settings that decide the outputs) is the same gets it back as it was left. A folder
+        outputs)`: scratch files and progress go to `work`, the entries to put in place to `outputs` (emptied at
+        every start). Both live in `.NAME.resume` beside the target, which is kept when the block fails; the next
+        run whose `signature` (the JSON-able inputs and settings that decide the outputs) is the same gets `work`
+        back as it was left. A folder
         left by a run with another signature is emptied first; one without this command's own record is never
         touched (an error). Removed once the outputs are in place.
         """
@@ -274,7 +275,8 @@ class OutputDir:
                                          "move it away, or remove it if it is not needed")
                 shutil.rmtree(folder)  # an interrupted run of this command with other inputs or settings
         (folder / "work").mkdir(parents=True, exist_ok=True)
-        (folder / "outputs").mkdir(exist_ok=True)
+        shutil.rmtree(folder / "outputs", ignore_errors=True)  # outputs half-written when the last run stopped
+        (folder / "outputs").mkdir()
         if not record.exists():
             write_text_atomic(record, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
         yield folder / "work", folder / "outputs"

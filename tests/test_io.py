@@ -186,11 +186,13 @@ def test_a_resumable_run_keeps_its_work_when_interrupted_and_continues_with_the_
         with OutputDir(out, "demo.py").resumable({"input": "a"}) as (work, outputs):
             (work / "step-1").write_text("done")
             (outputs / "result.txt").write_text("half")
+            (outputs / ".half-written").write_text("")
             raise RuntimeError("interrupted")
     assert not out.exists() and (tmp_path / ".out.resume" / "work" / "step-1").is_file()
 
     with OutputDir(out, "demo.py").resumable({"input": "a"}) as (work, outputs):
         assert (work / "step-1").read_text() == "done"  # the same signature gets the earlier work back
+        assert not list(outputs.iterdir())  # but not the outputs it had begun
         (outputs / "result.txt").write_text("whole")
     assert snapshot(out) == {"result.txt": b"whole"} and read_marker(out) == {"demo.py": ["result.txt"]}
     assert not (tmp_path / ".out.resume").exists()

@@ -8,7 +8,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from reasoncd.scenes import rasters
-from reasoncd.scenes.polygons import gpkg_available, polygon_wkb, square_metres_per_pixel, write_polygons
+from reasoncd.scenes.polygons import gpkg_available, pixel_runs, polygon_wkb, square_metres_per_pixel, write_polygons
 from reasoncd.scenes.tiling import Box
 from scene_helpers import ORIGIN, UTM
 
@@ -32,7 +32,11 @@ def write_outputs(folder, changed, probability, valid, grid):
     return folder / "m.tif", folder / "p.tif"
 
 
-def test_polygons_are_valid_inside_the_scene_with_exact_area_and_confidence(tmp_path):
+@pytest.mark.parametrize("band_rows", [256, 16])  # 16: a polygon spans several bands of rows
+def test_polygons_are_valid_inside_the_scene_with_exact_area_and_confidence(tmp_path, monkeypatch, band_rows):
+    from reasoncd.scenes import polygons
+
+    monkeypatch.setattr(polygons, "BAND_ROWS", band_rows)
     grid = Grid(120, 150)
     changed = np.zeros((120, 150), bool)
     changed[10:40, 20:60] = True
@@ -110,3 +114,19 @@ def test_wkb_encodes_a_polygon_with_a_hole():
     rings = [[(0, 0), (4, 0), (4, 4), (0, 4), (0, 0)], [(1, 1), (2, 1), (2, 2), (1, 2), (1, 1)]]
     polygon = shapely.from_wkb(polygon_wkb(rings))
     assert polygon.area == 15 and len(polygon.interiors) == 1
+
+
+def test_pixel_runs_are_exactly_the_pixels_of_a_traced_region():
+    from rasterio.features import shapes
+
+    rng = np.random.default_rng(1)
+    changed = rng.random((60, 70)) < 0.6  # percolates: one large region with many holes, and small ones
+    transform = from_origin(*ORIGIN, 2.0, 2.0)
+    labelled = np.zeros(changed.shape, int)
+    for number, (geometry, _) in enumerate(shapes(changed.astype(np.uint8), mask=changed, connectivity=4,
+                                                  transform=transform), 1):
+        rows, starts, ends = pixel_runs(geometry["coordinates"], transform)
+        for row, start, end in zip(rows, starts, ends):
+            assert (labelled[row, start:end] == 0).all()
+            labelled[row, start:end] = number
+    assert ((labelled > 0) == changed).all()  # every changed pixel in exactly one polygon, nothing else

@@ -74,8 +74,10 @@ def output_names(questions: list[str], gpkg: bool) -> list[str]:
 class RunStats:
     tiles: int
     tiles_run_now: int  # tiles that went through the model in this run (not resumed, not skipped)
-    inference_seconds: float
-    total_seconds: float = 0.0
+    inference_seconds: float  # reading the tiles and the model
+    blending_seconds: float
+    writing_seconds: float  # Cloud-Optimized GeoTIFFs, polygons, summary
+    total_seconds: float
 
 
 def _run_tiles(model, processor, scene: Scene, questions, store: BatchStore, boxes: list[Box],
@@ -167,7 +169,9 @@ def run_scene(model, processor, scene: Scene, questions: list[str], work: Path, 
     run_now, seconds = _run_tiles(model, processor, scene, questions, store, boxes, settings, progress, after_batch)
 
     stems = question_stems(questions)
+    blending_started = time.perf_counter()
     changed = _assemble(scene, store, boxes, questions, settings, work, stems, progress)
+    writing_started = time.perf_counter()
     pixel_area = polygon_output.square_metres_per_pixel(scene.grid)
     records = [record for _, record in store.all_meta()]
     summaries = []
@@ -194,5 +198,7 @@ def run_scene(model, processor, scene: Scene, questions: list[str], work: Path, 
         "questions": summaries,
     }
     write_json_atomic(outputs / SUMMARY, summary)
-    stats = RunStats(len(boxes), run_now, seconds, time.perf_counter() - started)
+    finished = time.perf_counter()
+    stats = RunStats(len(boxes), run_now, seconds, writing_started - blending_started, finished - writing_started,
+                     finished - started)
     return summary, stats

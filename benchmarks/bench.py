@@ -553,7 +553,8 @@ def run_predict_scene(arguments: list[str], log: Path) -> dict:
             "writing_seconds": float(writing), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
 
 
-def bench_scene(sizes: list[int], presets: list[str], medium_sizes: list[int], batch_size: int) -> dict:
+def bench_scene(sizes: list[int], presets: list[str], medium_sizes: list[int], batch_size: int,
+                threshold: float = 0.5) -> dict:
     """predict_scene.py on each size with each preset (medium only on `medium_sizes`: it is slow on a CPU)."""
     SCENE_FOLDER.mkdir(parents=True, exist_ok=True)
     report = {}
@@ -563,7 +564,8 @@ def bench_scene(sizes: list[int], presets: list[str], medium_sizes: list[int], b
             if preset == "medium" and size not in medium_sizes:
                 continue
             t1, t2 = write_synthetic_scene(SCENE_FOLDER, size)
-            output = SCENE_FOLDER / f"out-{preset}-{size}"
+            name = f"{preset}-{size}" + (f"-threshold{threshold:g}" if threshold != 0.5 else "")
+            output = SCENE_FOLDER / f"out-{name}"
             left = output.parent / f".{output.name}.resume"  # an earlier interrupted run would be resumed
             if left.is_dir() and "predict_scene.py" in (left / "run.json").read_text():
                 shutil.rmtree(left)
@@ -571,14 +573,14 @@ def bench_scene(sizes: list[int], presets: list[str], medium_sizes: list[int], b
             result = run_predict_scene(
                 ["--model", str(model), "--t1", str(t1), "--t2", str(t2), "--question", QUESTIONS[0],
                  "--output_dir", str(output), "--overwrite", "--batch_size", str(batch_size),
-                 "--max_new_tokens", "8"], SCENE_FOLDER / f"log-{preset}-{size}.txt")
+                 "--max_new_tokens", "8", "--threshold", str(threshold)], SCENE_FOLDER / f"log-{name}.txt")
             summary = json.loads((output / "summary.json").read_text())
             answered = summary["questions"][0]
             result.update({"tile_size": summary["tiles"]["size"], "overlap": summary["tiles"]["overlap"],
                            "polygons": answered["polygons"], "changed_fraction": round(
                                answered["changed_pixels"] / (summary["scene"]["width"] * summary["scene"]["height"]), 3),
                            "output_mib": round(sum(p.stat().st_size for p in output.iterdir()) / 2**20, 1)})
-            report[f"{preset}-{size}"] = result
+            report[name] = result
     return report
 
 
@@ -586,7 +588,8 @@ def scene_table(report: dict) -> str:
     lines = ["| preset | scene | tiles | tiles/s | tiles / blending / rasters and polygons | command | polygons | peak RSS |",
              "|---|---|---:|---:|---|---:|---:|---:|"]
     for name, r in report.items():
-        preset, size = name.rsplit("-", 1)
+        preset, size = name.split("-")[:2]
+        preset += f" (threshold {name.split('threshold')[1]})" if "threshold" in name else ""
         lines.append(f"| {preset} | {size}² | {r['tiles']} | {r['tiles_per_s']:.2f} | {r['tiles_seconds']:.0f} s / "
                      f"{r['blending_seconds']:.0f} s / {r['writing_seconds']:.0f} s | {r['command_seconds']:.0f} s | "
                      f"{r['polygons']:,} | {r['peak_rss_mib'] / 1024:.2f} GiB |")
@@ -660,6 +663,8 @@ def main(argv=None) -> int:
     scene.add_argument("--medium_sizes", type=int, nargs="+", default=[2048],
                        help="sizes the medium preset runs on (8192² takes over 20 minutes on 2 CPU cores)")
     scene.add_argument("--batch_size", type=int, default=8)
+    scene.add_argument("--threshold", type=float, default=0.5,
+                       help="e.g. 0.999: no pixel is change, so no polygons (the memory of everything else)")
     figure = sub.add_parser("scene-figure", help="docs/scene-example.jpg: a scene's probability map and polygons")
     figure.add_argument("--model", type=Path, default=REPO / "runs" / "quickstart" / "model")
     figure.add_argument("--question", default="new buildings")
@@ -677,7 +682,8 @@ def main(argv=None) -> int:
             report["footprint_check"] = measured_footprints(args.measure)
         table = compute_table(report["compute"])
     elif args.command == "scene":
-        report["scene"] = bench_scene(args.sizes, args.presets, args.medium_sizes, args.batch_size)
+        report["scene"] = bench_scene(args.sizes, args.presets, args.medium_sizes, args.batch_size,
+                                      args.threshold)
         table = scene_table(report["scene"])
     elif args.command == "scene-figure":
         report["scene_figure"] = scene_figure(args.model, args.question, args.size, REPO / "docs" / "scene-example.jpg")

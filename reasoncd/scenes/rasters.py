@@ -25,7 +25,7 @@ GDAL_OPTIONS = {"GDAL_CACHEMAX": 64, "GDAL_TIFF_INTERNAL_MASK": True}
 def _profile(grid, nodata=None) -> dict:
     profile = {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1, "dtype": "uint8",
                "crs": grid.crs, "transform": grid.transform, "tiled": True, "blockxsize": BLOCK,
-               "blockysize": BLOCK, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+               "blockysize": BLOCK, "BIGTIFF": "IF_SAFER"}  # uncompressed: scratch, compressed once as COG
     if nodata is not None:
         profile["nodata"] = nodata
     return profile
@@ -59,4 +59,5 @@ def to_cog(source: Path, target: Path, kind: str) -> None:
 
     with atomic_path(target) as temporary:
         temporary.unlink()  # GDAL creates the file itself
-        copy(source, temporary, driver="COG", compress="deflate", resampling=OVERVIEW_RESAMPLING[kind])
+        copy(source, temporary, driver="COG", compress="deflate", resampling=OVERVIEW_RESAMPLING[kind],
+             num_threads="ALL_CPUS")

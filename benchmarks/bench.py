@@ -6,6 +6,8 @@
     python benchmarks/bench.py memory        # 7B memory plan (computed), what the feature cache can save (FLOPs)
     python benchmarks/bench.py memory --measure  # ... and the plan's weights against a medium checkpoint, bf16/8/4-bit
     python benchmarks/bench.py serve         # the change-detection pipeline answering 8 threads: requests/s, latency
+    python benchmarks/bench.py scene [--sizes 2048 8192] [--presets tiny medium]  # predict_scene.py: tiles/s, peak RSS
+    python benchmarks/bench.py scene-figure [--model runs/quickstart/model]  # docs/scene-example.jpg
 
 `speed` measures, per preset: the latency of the first question on a pair, the marginal latency of questions
 2..8 (asked together, sharing the pair's encoding and KV-cached prompt prefix), the same 8-question session run
@@ -17,12 +19,20 @@ to runs/bench-<command>.json, with the machine they came from.
 `serve` sends PNG-encoded 256x256 pairs, one question each, to one `change-detection` pipeline (tiny preset) from
 1 thread and then from 8, for each decoding cap (`max_concurrent`), and reports requests per second, the median
 and 95th-percentile latency and the peak resident memory.
+
+`scene` runs predict_scene.py, as a user would, on synthetic GeoTIFF scenes (UTM zone 50N, 0.5 m pixels) built
+from the synthetic generator's pairs, with a random model of each preset whose language model always answers
+`[SEG]`: every tile runs the mask path and every tile's probabilities are blended and polygonised, the most work a
+scene can take. It reports tiles per second through the model and the command's peak resident memory (from the
+kernel's accounting of the finished process).
 """
 
 import argparse
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -540,6 +550,163 @@ def bench_quickstart(output_dir: Path, fresh_data: bool) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------------------- whole scenes
+
+SCENE_CRS = "EPSG:32650"  # WGS 84 / UTM zone 50N: metres
+SCENE_PIXEL_M = 0.5
+SCENE_PAIR = 256  # side of the generated pairs the scenes are assembled from
+SCENE_FOLDER = REPO / "runs" / "bench-scene"
+_SCENE_LINE = re.compile(r"(\d+) tiles, (\d+) through the model in this run \(([\d.]+) tiles/s\), ([\d.]+) s in all "
+                         r"\(tiles ([\d.]+) s, blending ([\d.]+) s, rasters and polygons ([\d.]+) s\)")
+
+
+def write_synthetic_scene(folder: Path, size: int, seed: int = 0) -> tuple[Path, Path]:
+    """T1 and T2 GeoTIFFs of size x size pixels, a mosaic of the generator's pairs written window by window (never
+    whole in memory); reused when already written."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+    from tqdm import tqdm
+
+    from reasoncd.data.synthetic import synthesize_pair
+    from reasoncd.io import atomic_path
+
+    paths = (folder / f"scene-{size}-seed{seed}-t1.tif", folder / f"scene-{size}-seed{seed}-t2.tif")
+    if all(path.is_file() for path in paths):
+        return paths
+    per_side = size // SCENE_PAIR
+    profile = {"driver": "GTiff", "width": per_side * SCENE_PAIR, "height": per_side * SCENE_PAIR, "count": 3,
+               "dtype": "uint8", "crs": SCENE_CRS, "tiled": True, "blockxsize": 256, "blockysize": 256,
+               "transform": from_origin(500000.0, 4000000.0, SCENE_PIXEL_M, SCENE_PIXEL_M), "photometric": "RGB"}
+    with atomic_path(paths[0]) as temporary_t1, atomic_path(paths[1]) as temporary_t2:
+        with rasterio.open(temporary_t1, "w", **profile) as t1, rasterio.open(temporary_t2, "w", **profile) as t2:
+            for index in tqdm(range(per_side * per_side), desc=f"synthetic {size}² scene", unit="pair"):
+                pair = synthesize_pair(index, seed=seed, size=SCENE_PAIR)
+                row, col = divmod(index, per_side)
+                window = Window(col * SCENE_PAIR, row * SCENE_PAIR, SCENE_PAIR, SCENE_PAIR)
+                t1.write(np.moveaxis(pair.image1, -1, 0), window=window)
+                t2.write(np.moveaxis(pair.image2, -1, 0), window=window)
+    return paths
+
+
+def seg_answering_checkpoint(preset: str) -> Path:
+    """A random `preset` model whose language model always answers [SEG], saved once."""
+    from reasoncd.build import build_tiny, make_seg_the_only_answer, save_checkpoint
+
+    folder = SCENE_FOLDER / f"model-{preset}-seg"
+    if not (folder / "model.safetensors").is_file():
+        model, processor = build_tiny(0, preset=preset)
+        make_seg_the_only_answer(model)
+        save_checkpoint(model, processor, folder, command="bench.py scene", overwrite=True)
+    return folder
+
+
+def run_predict_scene(arguments: list[str], log: Path) -> dict:
+    """predict_scene.py in a child process; its peak resident memory from the kernel once it has ended."""
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, str(REPO / "predict_scene.py"), *arguments, "--no_progress"],
+                                   cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - start
+    text = log.read_text()
+    if process.returncode != 0:
+        raise SystemExit(f"predict_scene.py failed ({process.returncode}); see {log}:\n{text[-2000:]}")
+    tiles, _, rate, inside, tiling, blending, writing = _SCENE_LINE.search(text).groups()
+    return {"tiles": int(tiles), "tiles_per_s": float(rate), "command_seconds": round(seconds, 1),
+            "seconds_after_loading": float(inside), "tiles_seconds": float(tiling), "blending_seconds": float(blending),
+            "writing_seconds": float(writing), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+
+
+def bench_scene(sizes: list[int], presets: list[str], medium_sizes: list[int], batch_size: int,
+                threshold: float = 0.5) -> dict:
+    """predict_scene.py on each size with each preset (medium only on `medium_sizes`: it is slow on a CPU)."""
+    SCENE_FOLDER.mkdir(parents=True, exist_ok=True)
+    report = {}
+    for preset in presets:
+        model = seg_answering_checkpoint(preset)
+        for size in sizes:
+            if preset == "medium" and size not in medium_sizes:
+                continue
+            t1, t2 = write_synthetic_scene(SCENE_FOLDER, size)
+            name = f"{preset}-{size}" + (f"-threshold{threshold:g}" if threshold != 0.5 else "")
+            output = SCENE_FOLDER / f"out-{name}"
+            left = output.parent / f".{output.name}.resume"  # an earlier interrupted run would be resumed
+            if left.is_dir() and "predict_scene.py" in (left / "run.json").read_text():
+                shutil.rmtree(left)
+            print(f"[scene] {preset}, {size}x{size}", file=sys.stderr)
+            result = run_predict_scene(
+                ["--model", str(model), "--t1", str(t1), "--t2", str(t2), "--question", QUESTIONS[0],
+                 "--output_dir", str(output), "--overwrite", "--batch_size", str(batch_size),
+                 "--max_new_tokens", "8", "--threshold", str(threshold)], SCENE_FOLDER / f"log-{name}.txt")
+            summary = json.loads((output / "summary.json").read_text())
+            answered = summary["questions"][0]
+            result.update({"tile_size": summary["tiles"]["size"], "overlap": summary["tiles"]["overlap"],
+                           "polygons": answered["polygons"], "changed_fraction": round(
+                               answered["changed_pixels"] / (summary["scene"]["width"] * summary["scene"]["height"]), 3),
+                           "output_mib": round(sum(p.stat().st_size for p in output.iterdir()) / 2**20, 1)})
+            report[name] = result
+    return report
+
+
+def scene_table(report: dict) -> str:
+    lines = ["| preset | scene | tiles | tiles/s | tiles / blending / rasters and polygons | command | polygons | peak RSS |",
+             "|---|---|---:|---:|---|---:|---:|---:|"]
+    for name, r in report.items():
+        preset, size = name.split("-")[:2]
+        preset += f" (threshold {name.split('threshold')[1]})" if "threshold" in name else ""
+        lines.append(f"| {preset} | {size}² | {r['tiles']} | {r['tiles_per_s']:.2f} | {r['tiles_seconds']:.0f} s / "
+                     f"{r['blending_seconds']:.0f} s / {r['writing_seconds']:.0f} s | {r['command_seconds']:.0f} s | "
+                     f"{r['polygons']:,} | {r['peak_rss_mib'] / 1024:.2f} GiB |")
+    return "\n".join(lines)
+
+
+def scene_figure(model: Path, question: str, size: int, target: Path) -> dict:
+    """predict_scene.py on a synthetic scene, drawn: T1, T2, and T2 under the probability map and the polygons."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import rasterio
+    from matplotlib.collections import PolyCollection
+
+    from reasoncd.io import atomic_path
+
+    SCENE_FOLDER.mkdir(parents=True, exist_ok=True)
+    t1, t2 = write_synthetic_scene(SCENE_FOLDER, size, seed=7)
+    output = SCENE_FOLDER / "figure"
+    result = run_predict_scene(["--model", str(model), "--t1", str(t1), "--t2", str(t2), "--question", question,
+                                "--output_dir", str(output), "--overwrite"], SCENE_FOLDER / "log-figure.txt")
+    summary = json.loads((output / "summary.json").read_text())
+    files = summary["questions"][0]["files"]
+    with rasterio.open(t1) as first, rasterio.open(t2) as second, \
+            rasterio.open(output / files["probability"]) as probability:
+        bounds = first.bounds
+        extent = (0, bounds.right - bounds.left, 0, bounds.top - bounds.bottom)  # metres from the corner
+        images = [np.moveaxis(d.read(), 0, -1) for d in (first, second)]
+        chance = probability.read(1) / 255.0
+    features = json.loads((output / files["geojson"]).read_text())["features"]
+    outlines = [np.asarray(ring) - (bounds.left, bounds.bottom) for f in features
+                for ring in f["geometry"]["coordinates"][:1]]
+    figure, axes = plt.subplots(1, 3, figsize=(12, 4.3), constrained_layout=True)
+    for axis, image, title in zip(axes, images + [images[1]], ["T1", "T2", f"T2, probability and polygons"]):
+        axis.imshow(image, extent=extent)
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("m east", fontsize=8)
+        axis.tick_params(labelsize=7)
+    shown = axes[2].imshow(np.ma.masked_less(chance, 0.05), cmap="magma", vmin=0, vmax=1, alpha=0.6, extent=extent)
+    axes[2].add_collection(PolyCollection(outlines, facecolors="none", edgecolors="cyan", linewidths=0.8))
+    axes[0].set_ylabel("m north", fontsize=8)
+    figure.colorbar(shown, ax=axes[2], fraction=0.046, label="change probability")
+    figure.suptitle(f"predict_scene.py, question \"{question}\": {summary['questions'][0]['answer']} "
+                    f"({len(features)} polygons, {summary['questions'][0]['changed_area_m2']:.0f} m²)", fontsize=10)
+    with atomic_path(target) as temporary:
+        figure.savefig(temporary, dpi=110, format="jpg", pil_kwargs={"quality": 85})
+    plt.close(figure)
+    return {**result, "figure": str(target), "figure_kib": round(target.stat().st_size / 1024, 1)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -565,6 +732,18 @@ def main(argv=None) -> int:
     quick = sub.add_parser("quickstart", help="time `python train.py` end to end")
     quick.add_argument("--output_dir", type=Path, default=REPO / "runs" / "bench-quickstart")
     quick.add_argument("--keep_data", action="store_true", help="reuse an already generated synthetic set")
+    scene = sub.add_parser("scene", help="predict_scene.py on synthetic GeoTIFF scenes: tiles/s and peak memory")
+    scene.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192])
+    scene.add_argument("--presets", nargs="+", default=["tiny", "medium"])
+    scene.add_argument("--medium_sizes", type=int, nargs="+", default=[2048],
+                       help="sizes the medium preset runs on (8192² takes over 20 minutes on 2 CPU cores)")
+    scene.add_argument("--batch_size", type=int, default=8)
+    scene.add_argument("--threshold", type=float, default=0.5,
+                       help="e.g. 0.999: no pixel is change, so no polygons (the memory of everything else)")
+    figure = sub.add_parser("scene-figure", help="docs/scene-example.jpg: a scene's probability map and polygons")
+    figure.add_argument("--model", type=Path, default=REPO / "runs" / "quickstart" / "model")
+    figure.add_argument("--question", default="new buildings")
+    figure.add_argument("--size", type=int, default=1024)
     args = parser.parse_args(argv)
 
     report = {"machine": machine()}
@@ -581,6 +760,13 @@ def main(argv=None) -> int:
         report["serve"] = bench_serve(args.model, args.threads, args.requests_per_thread, args.max_new_tokens,
                                       args.max_concurrent)
         table = serve_table(report["serve"])
+    elif args.command == "scene":
+        report["scene"] = bench_scene(args.sizes, args.presets, args.medium_sizes, args.batch_size,
+                                      args.threshold)
+        table = scene_table(report["scene"])
+    elif args.command == "scene-figure":
+        report["scene_figure"] = scene_figure(args.model, args.question, args.size, REPO / "docs" / "scene-example.jpg")
+        table = None
     else:
         report["quickstart"] = bench_quickstart(args.output_dir, fresh_data=not args.keep_data)
         table = None

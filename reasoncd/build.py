@@ -76,6 +76,28 @@ def build_tiny(seed: int, preset: str = "tiny", **config_overrides) -> tuple[Rea
     return model, make_processor(config, tokenizer)
 
 
+def make_seg_the_only_answer(model) -> None:
+    """
+    Rewrites a ReasonCD model in place so that its language model predicts `[SEG]` at every position: for tests
+    and benchmarks that must run the mask path of an untrained model.
+
+    Component 0 of the residual stream is made a constant +50 (every token embedding and every projected image
+    token carry it, and no attention or MLP output writes to it); the final RMSNorm keeps its sign, and the output
+    layer reads that component only for `[SEG]`: its logit is positive while every other logit is 0.
+    """
+    language_model = model.language_model
+    with torch.no_grad():
+        language_model.get_input_embeddings().weight[:, 0] = 50.0
+        model.multi_modal_projector.weight[0] = 0.0
+        model.multi_modal_projector.bias[0] = 50.0
+        for layer in language_model.model.layers:
+            layer.self_attn.o_proj.weight[0] = 0.0
+            layer.mlp.down_proj.weight[0] = 0.0
+        head = language_model.get_output_embeddings().weight
+        head.zero_()
+        head[model.config.seg_token_id, 0] = 1.0
+
+
 # --- real components -------------------------------------------------------------------------------------------
 def load_sam_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """SAM's official `sam_vit_*.pth` (tensors only: `weights_only=True`) or a safetensors file."""

@@ -23,7 +23,9 @@ folder by one rename, an existing one entry by entry, so a failed run leaves the
     with output.staged() as staging:
         (staging / "metrics.json").write_text(...)
 
-Commands that write as they go (train.py) call `claim()` instead of `staged()`.
+Commands that write as they go (train.py) call `claim()` instead of `staged()`. Long commands that can continue an
+interrupted run (predict_scene.py) call `resumable(signature)`: its work folder (`.NAME.resume`) outlives a failure,
+and the next run with the same signature continues in it.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Iterator
 
 MARKER = ".reasoncd-output.json"
+RESUME_RECORD = "run.json"  # in a resumable work folder: the command and signature of the run it belongs to
 MAX_SHOWN = 6  # entry names listed in a message before "..."
 
 
@@ -243,6 +246,42 @@ class OutputDir:
             self._commit(staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def resumable(self, signature: dict):
+        """
+        Like `staged`, for a long command that can continue where an interrupted run stopped. Yields `(work,
+        outputs)`: scratch files and progress go to `work`, the entries to put in place to `outputs` (emptied at
+        every start). Both live in `.NAME.resume` beside the target, which is kept when the block fails; the next
+        run whose `signature` (the JSON-able inputs and settings that decide the outputs) is the same gets `work`
+        back as it was left. A folder
+        left by a run with another signature is emptied first; one without this command's own record is never
+        touched (an error). Removed once the outputs are in place.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.path.parent / f".{self.path.name}.resume"
+        record = folder / RESUME_RECORD
+        wanted = {"command": self.command, "signature": signature}
+        if folder.exists():
+            try:
+                found = json.loads(record.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                raise OutputDirError(f"{folder} exists but was not left by an interrupted {self.command} run (no "
+                                     f"readable {RESUME_RECORD}): move it away, or remove it if it is not yours")
+            if found != wanted:
+                owner = found.get("command") if isinstance(found, dict) else None
+                if owner != self.command:
+                    raise OutputDirError(f"{folder} was left by {owner or 'another program'}, not {self.command}: "
+                                         "move it away, or remove it if it is not needed")
+                shutil.rmtree(folder)  # an interrupted run of this command with other inputs or settings
+        (folder / "work").mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(folder / "outputs", ignore_errors=True)  # outputs half-written when the last run stopped
+        (folder / "outputs").mkdir()
+        if not record.exists():
+            write_text_atomic(record, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
+        yield folder / "work", folder / "outputs"
+        self._commit(folder / "outputs")
+        shutil.rmtree(folder, ignore_errors=True)
 
     def _commit(self, staging: Path) -> None:
         names = {p.name for p in staging.iterdir()}

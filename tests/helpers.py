@@ -14,6 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 import build_reasoncd
 from reasoncd import build
+from reasoncd.build import make_seg_the_only_answer  # noqa: F401 (the tests' way to run the mask path)
 
 _CHECKPOINTS: dict[str, Path] = {}
 
@@ -26,27 +27,6 @@ def tiny_checkpoint(tmp_path_factory, seed: int = 0) -> Path:
         assert build_reasoncd.main(["--preset", "tiny", "--seed", str(seed), "--output_dir", str(out)]) == 0
         _CHECKPOINTS[key] = out
     return _CHECKPOINTS[key]
-
-
-def make_seg_the_only_answer(model) -> None:
-    """
-    Rewrites a ReasonCD model in place so that its language model predicts `[SEG]` at every position.
-
-    Component 0 of the residual stream is made a constant +50 (every token embedding and every projected image
-    token carry it, and no attention or MLP output writes to it); the final RMSNorm keeps its sign, and the output
-    layer reads that component only for `[SEG]`: its logit is positive while every other logit is 0.
-    """
-    language_model = model.language_model
-    with torch.no_grad():
-        language_model.get_input_embeddings().weight[:, 0] = 50.0
-        model.multi_modal_projector.weight[0] = 0.0
-        model.multi_modal_projector.bias[0] = 50.0
-        for layer in language_model.model.layers:
-            layer.self_attn.o_proj.weight[0] = 0.0
-            layer.mlp.down_proj.weight[0] = 0.0
-        head = language_model.get_output_embeddings().weight
-        head.zero_()
-        head[model.config.seg_token_id, 0] = 1.0
 
 
 def seg_forcing_checkpoint(tmp_path_factory) -> Path:

@@ -178,3 +178,44 @@ def test_only_a_folder_whose_marker_accounts_for_everything_counts_as_written_by
     assert written_only_by(cache, ["generator"]) and not written_only_by(cache, ["converter"])
     (cache / "notes.txt").write_text("mine")
     assert not written_only_by(cache, ["generator"])  # a file nobody recorded
+
+
+def test_a_resumable_run_keeps_its_work_when_interrupted_and_continues_with_the_same_signature(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with OutputDir(out, "demo.py").resumable({"input": "a"}) as (work, outputs):
+            (work / "step-1").write_text("done")
+            (outputs / "result.txt").write_text("half")
+            (outputs / ".half-written").write_text("")
+            raise RuntimeError("interrupted")
+    assert not out.exists() and (tmp_path / ".out.resume" / "work" / "step-1").is_file()
+
+    with OutputDir(out, "demo.py").resumable({"input": "a"}) as (work, outputs):
+        assert (work / "step-1").read_text() == "done"  # the same signature gets the earlier work back
+        assert not list(outputs.iterdir())  # but not the outputs it had begun
+        (outputs / "result.txt").write_text("whole")
+    assert snapshot(out) == {"result.txt": b"whole"} and read_marker(out) == {"demo.py": ["result.txt"]}
+    assert not (tmp_path / ".out.resume").exists()
+
+    with pytest.raises(RuntimeError):
+        with OutputDir(out, "demo.py").resumable({"input": "a"}) as (work, _):
+            (work / "step-1").write_text("done")
+            raise RuntimeError("interrupted")
+    with OutputDir(out, "demo.py").resumable({"input": "b"}) as (work, outputs):
+        assert not (work / "step-1").exists()  # other inputs: the earlier work is not reused
+        (outputs / "result.txt").write_text("from b")
+    assert snapshot(out) == {"result.txt": b"from b"}
+
+
+def test_a_resume_folder_the_command_did_not_leave_is_never_touched(tmp_path):
+    foreign = tmp_path / ".out.resume"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="not left by an interrupted demo.py run"):
+        with OutputDir(tmp_path / "out", "demo.py").resumable({"input": "a"}):
+            pass
+    (foreign / "run.json").write_text(json.dumps({"command": "other.py", "signature": {}}))
+    with pytest.raises(OutputDirError, match="left by other.py"):
+        with OutputDir(tmp_path / "out", "demo.py").resumable({"input": "a"}):
+            pass
+    assert (foreign / "notes.txt").read_text() == "mine"

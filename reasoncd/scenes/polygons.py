@@ -1,0 +1,184 @@
+"""The change mask as polygons in the scene's CRS, each with its area and mean change probability.
+
+GDAL's polygonize (`rasterio.features.shapes` on the mask band, 4-connected: 8-connected regions could touch
+themselves at a corner, which is not a valid polygon) reads the mask raster from disk. The polygons are collected
+by GDAL before the first is returned, so the memory this takes grows with the number of polygon vertices, not
+with the scene. Each polygon's pixels are found from its edges (`pixel_runs`), and their probabilities read from
+the probability raster a band of rows at a time.
+
+GeoJSON is always written (in the scene's CRS, named by a `crs` member as GDAL does: RFC 7946 would want WGS 84);
+GeoPackage too when `pyogrio` is installed.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+
+from reasoncd.io import atomic_path
+
+BAND_ROWS = 256  # rows of the probability raster read at once for the polygons' statistics
+GPKG_CHUNK = 2000  # features per GeoPackage write
+FIELDS = ("id", "pixels", "area_m2", "mean_confidence")
+
+
+def gpkg_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pyogrio") is not None
+
+
+def square_metres_per_pixel(grid) -> float | None:
+    """Ground area of one pixel, where the CRS has linear units (a projected CRS); None for geographic or none."""
+    if grid.crs is None or not grid.crs.is_projected:
+        return None
+    _, metres_per_unit = grid.crs.linear_units_factor
+    transform = grid.transform
+    return abs(transform.a * transform.e - transform.b * transform.d) * metres_per_unit ** 2
+
+
+def pixel_runs(coordinates, transform) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    The pixels inside a polygon traced along pixel edges (what polygonize returns), as runs: (rows, first columns,
+    ends), sorted by row. Each vertical edge of any ring crosses the rows it spans at its column; sorted along a
+    row, the crossings pair up into inside runs (even-odd, so holes fall out). Exact, and it costs the polygon's
+    edge length, not its area (GDAL's rasterizer slows down by minutes on a large polygon under a small block cache).
+    """
+    inverse = ~transform
+    columns, tops, bottoms = [], [], []
+    for ring in coordinates:
+        ring = np.asarray(ring, dtype=np.float64)
+        cols, rows = inverse @ (ring[:, 0], ring[:, 1])
+        cols, rows = np.rint(cols).astype(np.int64), np.rint(rows).astype(np.int64)
+        vertical = (cols[:-1] == cols[1:]) & (rows[:-1] != rows[1:])
+        columns.append(cols[:-1][vertical])
+        tops.append(np.minimum(rows[:-1], rows[1:])[vertical])
+        bottoms.append(np.maximum(rows[:-1], rows[1:])[vertical])
+    columns, tops, bottoms = np.concatenate(columns), np.concatenate(tops), np.concatenate(bottoms)
+    spans = bottoms - tops
+    offsets = np.arange(spans.sum()) - np.repeat(np.cumsum(spans) - spans, spans)
+    rows, cols = np.repeat(tops, spans) + offsets, np.repeat(columns, spans)
+    order = np.lexsort((cols, rows))
+    rows, cols = rows[order], cols[order]
+    return rows[0::2], cols[0::2], cols[1::2]
+
+
+class _RowBand:
+    """Rows of the probability raster, full width, kept for the polygons that fall within them: GDAL hands out
+    polygons roughly in row order, and a read per small polygon would cost more than the rest."""
+
+    def __init__(self, probability_dataset):
+        self.dataset, self.top, self.rows = probability_dataset, 0, None
+
+    def get(self, first: int, end: int) -> np.ndarray:
+        """Rows first..end-1 (at most BAND_ROWS of them)."""
+        from rasterio.windows import Window
+
+        if self.rows is None or first < self.top or end > self.top + len(self.rows):
+            self.top = max(0, min(first, self.dataset.height - BAND_ROWS))
+            height = min(BAND_ROWS, self.dataset.height - self.top)
+            self.rows = self.dataset.read(1, window=Window(0, self.top, self.dataset.width, height))
+        return self.rows[first - self.top:end - self.top]
+
+
+def polygon_statistics(geometry: dict, transform, band: _RowBand) -> tuple[int, float]:
+    """(pixels, mean probability 0-1) inside a polygon of the mask."""
+    rows, starts, ends = pixel_runs(geometry["coordinates"], transform)
+    left, right = int(starts.min()), int(ends.max())
+    total = 0.0
+    for first in range(int(rows[0]), int(rows[-1]) + 1, BAND_ROWS):
+        chosen = slice(*np.searchsorted(rows, [first, first + BAND_ROWS]))
+        block = band.get(first, min(first + BAND_ROWS, int(rows[-1]) + 1))[:, left:right].astype(np.float64)
+        sums = np.zeros((block.shape[0], block.shape[1] + 1))
+        np.cumsum(block, axis=1, out=sums[:, 1:])
+        local = rows[chosen] - first
+        total += float((sums[local, ends[chosen] - left] - sums[local, starts[chosen] - left]).sum())
+    pixels = int((ends - starts).sum())
+    return pixels, total / 255.0 / max(pixels, 1)
+
+
+def polygon_wkb(coordinates) -> bytes:
+    """Well-known binary of a polygon (little-endian), for the GeoPackage writer."""
+    parts = [struct.pack("<BII", 1, 3, len(coordinates))]
+    for ring in coordinates:
+        points = np.asarray(ring, dtype="<f8")
+        parts += [struct.pack("<I", len(points)), points.tobytes()]
+    return b"".join(parts)
+
+
+def _geojson_crs(crs) -> dict | None:
+    code = crs.to_epsg() if crs is not None else None
+    return {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{code}"}} if code else None
+
+
+class _GeoPackage:
+    """Features appended in chunks to one layer (pyogrio), so that they need not all be held."""
+
+    def __init__(self, path: Path, layer: str, crs):
+        self.path, self.layer, self.crs = path, layer, crs
+        self.rows: list[tuple] = []
+        self.written = False
+
+    def add(self, wkb: bytes, values: tuple) -> None:
+        self.rows.append((wkb, *values))
+        if len(self.rows) >= GPKG_CHUNK:
+            self.flush()
+
+    def flush(self, final: bool = False) -> None:
+        from pyogrio.raw import write
+
+        if not self.rows and (self.written or not final):
+            return
+        columns = list(zip(*self.rows)) if self.rows else [[] for _ in range(len(FIELDS) + 1)]
+        field_data = [np.asarray(columns[1], dtype=np.int64), np.asarray(columns[2], dtype=np.int64),
+                      np.asarray(columns[3], dtype=np.float64), np.asarray(columns[4], dtype=np.float64)]
+        write(str(self.path), geometry=np.asarray(columns[0], dtype=object), field_data=field_data,
+              fields=list(FIELDS), layer=self.layer, driver="GPKG", geometry_type="Polygon",
+              crs=self.crs.to_wkt() if self.crs is not None else None, append=self.written)
+        self.rows, self.written = [], True
+
+
+def write_polygons(mask_path: Path, probability_path: Path, geojson_path: Path, gpkg_path: Path | None,
+                   layer: str) -> dict:
+    """Polygons of the changed pixels of `mask_path` (value 1) to GeoJSON (and GeoPackage); returns their count,
+    pixels and area."""
+    import rasterio
+    from rasterio.features import shapes
+
+    count, pixels_total = 0, 0
+    with rasterio.open(mask_path) as mask_dataset, rasterio.open(probability_path) as probability_dataset, \
+            atomic_path(geojson_path) as geojson_temporary, \
+            (atomic_path(gpkg_path) if gpkg_path else nullcontext()) as gpkg_temporary:
+        crs = mask_dataset.crs
+        pixel_area = square_metres_per_pixel(mask_dataset)
+        gpkg = None
+        if gpkg_temporary is not None:
+            gpkg_temporary.unlink()  # GDAL creates the file itself
+            gpkg = _GeoPackage(gpkg_temporary, layer, crs)
+        rows = _RowBand(probability_dataset)
+        band = rasterio.band(mask_dataset, 1)
+        with open(geojson_temporary, "w", encoding="utf-8") as out:
+            header = {"type": "FeatureCollection", "name": layer}
+            if _geojson_crs(crs):
+                header["crs"] = _geojson_crs(crs)
+            out.write(json.dumps(header)[:-1] + ', "features": [\n')
+            for geometry, value in shapes(band, mask=band, connectivity=4, transform=mask_dataset.transform):
+                if value != 1:  # the nodata value's regions
+                    continue
+                pixels, confidence = polygon_statistics(geometry, mask_dataset.transform, rows)
+                count += 1
+                pixels_total += pixels
+                area = None if pixel_area is None else pixels * pixel_area
+                properties = {"id": count, "pixels": pixels, "area_m2": area, "mean_confidence": round(confidence, 4)}
+                feature = {"type": "Feature", "properties": properties, "geometry": geometry}
+                out.write(("" if count == 1 else ",\n") + json.dumps(feature))
+                if gpkg is not None:
+                    gpkg.add(polygon_wkb(geometry["coordinates"]),
+                             (count, pixels, np.nan if area is None else area, round(confidence, 4)))
+            out.write("\n]}\n")
+        if gpkg is not None:
+            gpkg.flush(final=True)
+    return {"polygons": count, "polygon_pixels": pixels_total}

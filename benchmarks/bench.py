@@ -634,8 +634,8 @@ def bench_scene(sizes: list[int], presets: list[str], medium_sizes: list[int], b
             name = f"{preset}-{size}" + (f"-threshold{threshold:g}" if threshold != 0.5 else "")
             output = SCENE_FOLDER / f"out-{name}"
             left = output.parent / f".{output.name}.resume"  # an earlier interrupted run would be resumed
-            if left.is_dir() and "predict_scene.py" in (left / "run.json").read_text():
-                shutil.rmtree(left)
+            if left.is_dir() and _written_by(left / "run.json", "predict_scene.py"):
+                shutil.rmtree(left)  # only a resume folder predict_scene.py itself left
             print(f"[scene] {preset}, {size}x{size}", file=sys.stderr)
             result = run_predict_scene(
                 ["--model", str(model), "--t1", str(t1), "--t2", str(t2), "--question", QUESTIONS[0],
@@ -706,6 +706,15 @@ def scene_figure(model: Path, question: str, size: int, target: Path) -> dict:
     plt.close(figure)
     return {**result, "figure": str(target), "figure_kib": round(target.stat().st_size / 1024, 1)}
 
+
+
+def _written_by(record: Path, command: str) -> bool:
+    """Whether `record` (a run's JSON record) names `command` as the program that wrote its folder."""
+    try:
+        found = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and found.get("command") == command
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -690,7 +690,7 @@ def scene_figure(model: Path, question: str, size: int, target: Path) -> dict:
     outlines = [np.asarray(ring) - (bounds.left, bounds.bottom) for f in features
                 for ring in f["geometry"]["coordinates"][:1]]
     figure, axes = plt.subplots(1, 3, figsize=(12, 4.3), constrained_layout=True)
-    for axis, image, title in zip(axes, images + [images[1]], ["T1", "T2", f"T2, probability and polygons"]):
+    for axis, image, title in zip(axes, images + [images[1]], ["T1", "T2", "T2, probability and polygons"]):
         axis.imshow(image, extent=extent)
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("m east", fontsize=8)

@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPIm
 from configuration_reasoncd import ReasonCDConfig
 from modeling_reasoncd import ReasonCDForChangeDetection
 from processing_reasoncd import NEW_TOKENS, ReasonCDProcessor
-from reasoncd.io import OutputDir, OutputDirError
+from reasoncd.io import OutputDir
 from reasoncd.training.tokenizer import add_reasoncd_tokens, train_tiny_tokenizer
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]

@@ -53,17 +53,33 @@ class OutputDirError(ValueError):
 def atomic_path(path) -> Iterator[Path]:
     """A temporary path beside `path` (hidden, same suffix) to write to; renamed onto `path` when the block ends
     without an error, removed otherwise. Parent folders are created. A reader sees the old file or the new one,
-    never half of one."""
+    never half of one. The file gets the permissions of any newly created file (0666 less the umask), not the
+    owner-only mode of a temporary file, which a rename would keep."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.partial-", suffix=path.suffix)
     os.close(handle)
+    os.chmod(temporary, 0o666 & ~_umask())
     try:
         yield Path(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask: from /proc where there is one (reading it with os.umask means setting it, which another
+    thread could see for an instant)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path, text: str) -> None:
@@ -241,6 +257,7 @@ class OutputDir:
         removed when it fails."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-"))
+        os.chmod(staging, 0o777 & ~_umask())  # it becomes the output folder: a new folder's mode, not mkdtemp's 0700
         try:
             yield staging
             self._commit(staging)

@@ -1,7 +1,9 @@
 """reasoncd.io: the one rule of every command's output folder, checked on its own."""
 import json
 import os
+import stat
 
+import numpy as np
 import pytest
 
 from reasoncd.io import MARKER, OutputDir, OutputDirError, read_marker, record_outputs, written_only_by
@@ -219,3 +221,21 @@ def test_a_resume_folder_the_command_did_not_leave_is_never_touched(tmp_path):
         with OutputDir(tmp_path / "out", "demo.py").resumable({"input": "a"}):
             pass
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_files_and_folders_get_the_users_umask_not_a_temporary_files_mode(tmp_path, umask):
+    from reasoncd.io import write_json_atomic, write_png_atomic
+
+    previous = os.umask(umask)
+    try:
+        write_json_atomic(tmp_path / "summary.json", {"a": 1})
+        write_png_atomic(tmp_path / "mask.png", np.zeros((4, 4), bool))
+        output = OutputDir(tmp_path / "out", "eval.py")
+        with output.staged() as staging:
+            (staging / "metrics.json").write_text("{}")
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "summary.json", tmp_path / "mask.png", tmp_path / "out" / "metrics.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~umask

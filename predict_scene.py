@@ -1,10 +1,11 @@
 """Change detection over a whole georeferenced scene: two GeoTIFFs (or any rasters GDAL reads) of one area, one or
 more questions; per question a probability and a mask Cloud-Optimized GeoTIFF on T1's grid, the changes as
-polygons (GeoJSON, and GeoPackage with pyogrio), and summary.json.
+polygons (by default RFC 7946 GeoJSON in WGS 84 and a GeoPackage in T1's CRS), and summary.json.
 
     python predict_scene.py --model runs/quickstart/model --t1 2012.tif --t2 2016.tif \\
         --question "new buildings" --question "demolished buildings" --output_dir runs/scene
     python predict_scene.py ... --bands 4,3,2          # multispectral: the bands to read as red, green, blue
+    python predict_scene.py ... --formats gpkg,fgb     # polygons as GeoPackage and FlatGeobuf only
 
 T2 is warped onto T1's grid when their CRS, resolution or extent differ. The scene is cut into overlapping tiles,
 each pair encoded once for all questions; overlaps are blended. An interrupted run continues where it stopped when
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from reasoncd.io import OutputDir, OutputDirError
 from reasoncd.loading import add_quantize_argument, load_model, require_bitsandbytes
-from reasoncd.scenes.polygons import gpkg_available
+from reasoncd.scenes.formats import DEFAULT_FORMATS, POLYGON_FORMATS, parse_formats
 from reasoncd.scenes.rasters import GDAL_OPTIONS
 from reasoncd.scenes.reading import RESAMPLING_CHOICES, SceneInputError, open_scene, parse_bands
 from reasoncd.scenes.run import SceneSettings, output_names, run_scene
@@ -60,7 +61,10 @@ def main(argv=None) -> int:
                         help="blended probability above which a pixel is change")
     parser.add_argument("--resampling", choices=RESAMPLING_CHOICES, default="bilinear",
                         help="how T2 is resampled when warped onto T1's grid")
-    parser.add_argument("--no_gpkg", action="store_true", help="write polygons as GeoJSON only")
+    parser.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
+                        help="polygon formats, comma-separated: " + "; ".join(
+                            f"{name}: {kind.what}" for name, kind in POLYGON_FORMATS.items()))
+    parser.add_argument("--no_gpkg", action="store_true", help="leave gpkg out of --formats")
     parser.add_argument("--max_new_tokens", type=int, default=SceneSettings.max_new_tokens)
     parser.add_argument("--device", help="torch device, e.g. cuda (default: the CPU; quantised: CUDA if present)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
@@ -76,17 +80,14 @@ def main(argv=None) -> int:
             raise ValueError(f"--question number {empty[0]} is empty; describe the change of interest")
         if len(set(questions)) != len(questions):
             raise ValueError("the same --question is given twice")
-        wants_gpkg = not args.no_gpkg and gpkg_available()
-        if not args.no_gpkg and not wants_gpkg:
-            print("note: pyogrio is not installed, polygons are written as GeoJSON only (pip install pyogrio)",
-                  file=sys.stderr)
-        settings = SceneSettings(args.tile_size, args.overlap, args.batch_size, args.threshold, args.max_new_tokens,
-                                 wants_gpkg)
+        polygon_formats = tuple(name for name in parse_formats(args.formats) if not (args.no_gpkg and name == "gpkg"))
+        settings = SceneSettings(tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size,
+                                 threshold=args.threshold, max_new_tokens=args.max_new_tokens, formats=polygon_formats)
         settings.check()
         bands = parse_bands(args.bands)
         with rasterio.Env(**GDAL_OPTIONS), open_scene(args.t1, args.t2, bands, args.resampling) as scene:
             output = OutputDir(args.output_dir, COMMAND, inputs=[args.model, args.t1, args.t2],
-                               overwrite=args.overwrite, entries=output_names(questions, wants_gpkg))
+                               overwrite=args.overwrite, entries=output_names(questions, settings.formats))
             require_bitsandbytes(args.quantize)
             for note in scene.notes:
                 print(f"note: {note}", file=sys.stderr)

@@ -1,5 +1,6 @@
-"""The mask as polygons: valid, inside the scene, in its CRS, with exact areas and mean probabilities; GeoJSON
-and GeoPackage agree; an empty mask gives empty layers."""
+"""The mask as polygons: valid, inside the scene, in its CRS, with exact pixel counts, ground areas and mean
+probabilities; an empty mask gives an empty layer; a scene without georeferencing gives polygons in pixel space, north
+up, where a GIS shows the rasters."""
 import json
 
 import numpy as np
@@ -8,11 +9,12 @@ import rasterio
 from rasterio.transform import from_origin
 
 from reasoncd.scenes import rasters
-from reasoncd.scenes.polygons import gpkg_available, pixel_runs, polygon_wkb, square_metres_per_pixel, write_polygons
+from reasoncd.scenes.polygons import pixel_runs, polygon_wkb, write_polygons
 from reasoncd.scenes.tiling import Box
 from scene_helpers import ORIGIN, UTM
 
 shapely = pytest.importorskip("shapely", reason="polygon validity is checked with shapely (pip install shapely)")
+pyogrio = pytest.importorskip("pyogrio", reason="polygons are written with pyogrio (pip install pyogrio)")
 from shapely.geometry import box as shapely_box, shape  # noqa: E402
 
 
@@ -32,6 +34,24 @@ def write_outputs(folder, changed, probability, valid, grid):
     return folder / "m.tif", folder / "p.tif"
 
 
+def geotiff_georeferencing_tags(path) -> set[int]:
+    """The GeoTIFF tags present that place a raster: pixel scale, tie points, transformation matrix."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return set(image.tag_v2) & {33550, 33922, 34264}
+
+
+def read_layer(path, layer="changes"):
+    """[(shapely polygon, {field: value})] of a layer."""
+    import pyogrio.raw
+
+    meta, _, geometry, fields = pyogrio.raw.read(path, layer=layer)
+    names = list(meta["fields"])
+    return [(shapely.from_wkb(g), {n: v.item() for n, v in zip(names, values)})
+            for g, values in zip(geometry, zip(*fields))]
+
+
 @pytest.mark.parametrize("band_rows", [256, 16])  # 16: a polygon spans several bands of rows
 def test_polygons_are_valid_inside_the_scene_with_exact_area_and_confidence(tmp_path, monkeypatch, band_rows):
     from reasoncd.scenes import polygons
@@ -48,66 +68,46 @@ def test_polygons_are_valid_inside_the_scene_with_exact_area_and_confidence(tmp_
     probability = np.where(changed, 0.8, 0.1)
     probability[80:120, 130:150] = 0.6
     mask_path, probability_path = write_outputs(tmp_path, changed, probability, valid, grid)
-    found = write_polygons(mask_path, probability_path, tmp_path / "c.geojson", None, layer="changes")
+    found = write_polygons(mask_path, probability_path, tmp_path / "c.gpkg", layer="changes")
 
-    collection = json.loads((tmp_path / "c.geojson").read_text())
-    assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32650"
-    features = collection["features"]
+    assert pyogrio.read_info(tmp_path / "c.gpkg", layer="changes")["crs"] == "EPSG:32650"
+    features = read_layer(tmp_path / "c.gpkg")
     assert found["polygons"] == len(features) == 3
     scene = shapely_box(ORIGIN[0], ORIGIN[1] - 120 * 2.0, ORIGIN[0] + 150 * 2.0, ORIGIN[1])
     by_pixels = {}
-    for feature in features:
-        polygon = shape(feature["geometry"])
+    for polygon, properties in features:
         assert polygon.is_valid and scene.covers(polygon)
-        properties = feature["properties"]
-        assert properties["area_m2"] == pytest.approx(polygon.area)  # 4 m² pixels, metres
-        assert properties["area_m2"] == properties["pixels"] * 4.0
+        assert polygon.area == properties["pixels"] * 4.0  # 4 m² pixels
+        # The ground area: UTM's scale at 500 km easting is 0.9996, so ground areas are 0.08 % larger than map areas.
+        assert properties["area_m2"] == pytest.approx(polygon.area / 0.9996 ** 2, rel=1e-4)
         by_pixels[properties["pixels"]] = properties
     assert set(by_pixels) == {30 * 40 - 100, 40 * 20, 1}
-    assert by_pixels[1100]["mean_confidence"] == pytest.approx(round(0.8 * 255) / 255, abs=1e-3)
-    assert by_pixels[800]["mean_confidence"] == pytest.approx(round(0.6 * 255) / 255, abs=1e-3)
-    holed = next(shape(f["geometry"]) for f in features if f["properties"]["pixels"] == 1100)
+    assert found["area_m2"] == pytest.approx(sum(p["area_m2"] for _, p in features), abs=1e-3)
+    assert by_pixels[1100]["mean_confidence"] == pytest.approx(round(0.8 * 254) / 254, abs=1e-3)
+    assert by_pixels[800]["mean_confidence"] == pytest.approx(round(0.6 * 254) / 254, abs=1e-3)
+    holed = next(polygon for polygon, properties in features if properties["pixels"] == 1100)
     assert len(holed.interiors) == 1
 
 
-@pytest.mark.skipif(not gpkg_available(), reason="GeoPackage output needs pyogrio")
-def test_geopackage_holds_the_same_features_in_the_scenes_crs(tmp_path):
-    import pyogrio
-
-    grid = Grid(60, 60)
-    changed = np.zeros((60, 60), bool)
-    changed[5:15, 5:25] = True
-    changed[40:50, 40:45] = True
-    mask_path, probability_path = write_outputs(tmp_path, changed, changed * 0.9, np.ones_like(changed), grid)
-    write_polygons(mask_path, probability_path, tmp_path / "c.geojson", tmp_path / "c.gpkg", layer="changes")
-    info = pyogrio.read_info(tmp_path / "c.gpkg", layer="changes")
-    assert info["crs"] == "EPSG:32650" and info["features"] == 2 and info["geometry_type"] == "Polygon"
-    _, _, geometry, fields = pyogrio.raw.read(tmp_path / "c.gpkg", layer="changes")
-    from_gpkg = sorted(shapely.from_wkb(g).area for g in geometry)
-    features = json.loads((tmp_path / "c.geojson").read_text())["features"]
-    assert from_gpkg == sorted(shape(f["geometry"]).area for f in features) == [50 * 4.0, 200 * 4.0]
-    assert sorted(fields[2].tolist()) == [200.0, 800.0]  # area_m2
-
-
-def test_an_empty_mask_gives_empty_layers(tmp_path):
+def test_an_empty_mask_gives_an_empty_layer(tmp_path):
     grid = Grid(40, 40)
     nothing = np.zeros((40, 40), bool)
     mask_path, probability_path = write_outputs(tmp_path, nothing, nothing * 0.0, np.ones_like(nothing), grid)
-    gpkg = tmp_path / "c.gpkg" if gpkg_available() else None
-    assert write_polygons(mask_path, probability_path, tmp_path / "c.geojson", gpkg, layer="changes")["polygons"] == 0
-    assert json.loads((tmp_path / "c.geojson").read_text())["features"] == []
-    if gpkg:
-        import pyogrio
-
-        assert pyogrio.read_info(gpkg, layer="changes")["features"] == 0
+    assert write_polygons(mask_path, probability_path, tmp_path / "c.gpkg", layer="changes")["polygons"] == 0
+    assert pyogrio.read_info(tmp_path / "c.gpkg", layer="changes")["features"] == 0
 
 
-def test_area_is_given_in_square_metres_only_where_the_crs_is_metric():
-    assert square_metres_per_pixel(Grid(10, 10, pixel=0.5)) == 0.25
-    assert square_metres_per_pixel(Grid(10, 10, crs=rasterio.crs.CRS.from_epsg(2263))) == pytest.approx(
-        4.0 * 0.3048006096 ** 2)  # US survey feet
-    assert square_metres_per_pixel(Grid(10, 10, crs=rasterio.crs.CRS.from_epsg(4326))) is None
-    assert square_metres_per_pixel(Grid(10, 10, crs=None)) is None
+def test_without_georeferencing_polygons_are_in_pixel_space_north_up_and_have_no_area(tmp_path):
+    grid = Grid(30, 50, crs=None)
+    grid.transform = rasterio.Affine.identity()  # what an image without georeferencing reads as
+    changed = np.zeros((30, 50), bool)
+    changed[2:5, 10:20] = True  # rows 2-4, columns 10-19
+    mask_path, probability_path = write_outputs(tmp_path, changed, changed * 0.9, np.ones_like(changed), grid)
+    assert not geotiff_georeferencing_tags(mask_path)  # no identity (south-up) geotransform written
+    found = write_polygons(mask_path, probability_path, tmp_path / "c.gpkg", layer="changes")
+    (polygon, properties), = read_layer(tmp_path / "c.gpkg")
+    assert polygon.bounds == (10.0, -5.0, 20.0, -2.0)  # x = column, y = -row: as QGIS places such a raster
+    assert properties["pixels"] == 30 and np.isnan(properties["area_m2"]) and found["area_m2"] is None
 
 
 def test_wkb_encodes_a_polygon_with_a_hole():

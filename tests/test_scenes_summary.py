@@ -16,8 +16,8 @@ def test_without_any_change_the_most_frequent_answer_stands_and_ties_go_to_the_f
 
 
 def test_question_summary_counts_tiles_and_area():
-    summary = question_summary("river", {"mask": "m.tif"}, ["x", "y", "y"], [True, False, False], 40, 0.25,
-                               {"polygons": 3})
+    summary = question_summary("river", {"mask": "m.tif"}, ["x", "y", "y"], [True, False, False], 40,
+                               {"polygons": 3, "area_m2": 10.5})
     assert (summary["tiles_with_change"], summary["tiles_without_change"]) == (1, 2)
-    assert summary["changed_area_m2"] == 10.0 and summary["polygons"] == 3
-    assert question_summary("river", {}, [], [], 40, None, {"polygons": 0})["changed_area_m2"] is None
+    assert summary["changed_area_m2"] == 10.5 and summary["polygons"] == 3 and summary["changed_pixels"] == 40
+    assert question_summary("river", {}, [], [], 40, {"polygons": 0, "area_m2": None})["changed_area_m2"] is None

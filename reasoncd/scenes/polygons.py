@@ -6,38 +6,21 @@ by GDAL before the first is returned, so the memory this takes grows with the nu
 with the scene. Each polygon's pixels are found from its edges (`pixel_runs`), and their probabilities read from
 the probability raster a band of rows at a time.
 
-GeoJSON is always written (in the scene's CRS, named by a `crs` member as GDAL does: RFC 7946 would want WGS 84);
-GeoPackage too when `pyogrio` is installed.
+Each polygon's area is its ground area on the CRS's ellipsoid (`areas`), whatever the CRS. The features go to one
+GeoPackage layer in the scene's CRS, which every polygon format is copied from (`formats`).
 """
 from __future__ import annotations
 
-import json
 import struct
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 
-from reasoncd.io import atomic_path
+from reasoncd.scenes.rasters import PROBABILITY_SCALE
 
 BAND_ROWS = 256  # rows of the probability raster read at once for the polygons' statistics
 GPKG_CHUNK = 2000  # features per GeoPackage write
 FIELDS = ("id", "pixels", "area_m2", "mean_confidence")
-
-
-def gpkg_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("pyogrio") is not None
-
-
-def square_metres_per_pixel(grid) -> float | None:
-    """Ground area of one pixel, where the CRS has linear units (a projected CRS); None for geographic or none."""
-    if grid.crs is None or not grid.crs.is_projected:
-        return None
-    _, metres_per_unit = grid.crs.linear_units_factor
-    transform = grid.transform
-    return abs(transform.a * transform.e - transform.b * transform.d) * metres_per_unit ** 2
 
 
 def pixel_runs(coordinates, transform) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,7 +80,7 @@ def polygon_statistics(geometry: dict, transform, band: _RowBand) -> tuple[int, 
         local = rows[chosen] - first
         total += float((sums[local, ends[chosen] - left] - sums[local, starts[chosen] - left]).sum())
     pixels = int((ends - starts).sum())
-    return pixels, total / 255.0 / max(pixels, 1)
+    return pixels, total / PROBABILITY_SCALE / max(pixels, 1)
 
 
 def polygon_wkb(coordinates) -> bytes:
@@ -109,9 +92,12 @@ def polygon_wkb(coordinates) -> bytes:
     return b"".join(parts)
 
 
-def _geojson_crs(crs) -> dict | None:
-    code = crs.to_epsg() if crs is not None else None
-    return {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{code}"}} if code else None
+def vector_transform(dataset):
+    """Pixel -> polygon coordinates: the raster's transform; for a raster without one, pixel space placed as GIS
+    tools place such a raster (x = column, y = -row, north up), so the polygons lie on it and are not mirrored."""
+    from affine import Affine
+
+    return Affine.scale(1, -1) if dataset.transform == Affine.identity() else dataset.transform
 
 
 class _GeoPackage:
@@ -141,44 +127,35 @@ class _GeoPackage:
         self.rows, self.written = [], True
 
 
-def write_polygons(mask_path: Path, probability_path: Path, geojson_path: Path, gpkg_path: Path | None,
-                   layer: str) -> dict:
-    """Polygons of the changed pixels of `mask_path` (value 1) to GeoJSON (and GeoPackage); returns their count,
-    pixels and area."""
+def write_polygons(mask_path: Path, probability_path: Path, gpkg_path: Path, layer: str) -> dict:
+    """Polygons of the changed pixels of `mask_path` (value 1) to a GeoPackage layer in the mask's CRS, each with
+    its pixels, ground area (m², None without a CRS) and mean probability; returns their count, pixels and area."""
     import rasterio
     from rasterio.features import shapes
 
-    count, pixels_total = 0, 0
-    with rasterio.open(mask_path) as mask_dataset, rasterio.open(probability_path) as probability_dataset, \
-            atomic_path(geojson_path) as geojson_temporary, \
-            (atomic_path(gpkg_path) if gpkg_path else nullcontext()) as gpkg_temporary:
-        crs = mask_dataset.crs
-        pixel_area = square_metres_per_pixel(mask_dataset)
-        gpkg = None
-        if gpkg_temporary is not None:
-            gpkg_temporary.unlink()  # GDAL creates the file itself
-            gpkg = _GeoPackage(gpkg_temporary, layer, crs)
+    from reasoncd.scenes.areas import GroundArea
+
+    count, pixels_total, area_total = 0, 0, 0.0
+    with rasterio.open(mask_path) as mask_dataset, rasterio.open(probability_path) as probability_dataset:
+        transform = vector_transform(mask_dataset)
+        ground = GroundArea(mask_dataset.crs, float(np.hypot(transform.a, transform.d)))
+        gpkg = _GeoPackage(gpkg_path, layer, mask_dataset.crs)
         rows = _RowBand(probability_dataset)
         band = rasterio.band(mask_dataset, 1)
-        with open(geojson_temporary, "w", encoding="utf-8") as out:
-            header = {"type": "FeatureCollection", "name": layer}
-            if _geojson_crs(crs):
-                header["crs"] = _geojson_crs(crs)
-            out.write(json.dumps(header)[:-1] + ', "features": [\n')
-            for geometry, value in shapes(band, mask=band, connectivity=4, transform=mask_dataset.transform):
-                if value != 1:  # the nodata value's regions
-                    continue
-                pixels, confidence = polygon_statistics(geometry, mask_dataset.transform, rows)
-                count += 1
-                pixels_total += pixels
-                area = None if pixel_area is None else pixels * pixel_area
-                properties = {"id": count, "pixels": pixels, "area_m2": area, "mean_confidence": round(confidence, 4)}
-                feature = {"type": "Feature", "properties": properties, "geometry": geometry}
-                out.write(("" if count == 1 else ",\n") + json.dumps(feature))
-                if gpkg is not None:
-                    gpkg.add(polygon_wkb(geometry["coordinates"]),
-                             (count, pixels, np.nan if area is None else area, round(confidence, 4)))
-            out.write("\n]}\n")
-        if gpkg is not None:
-            gpkg.flush(final=True)
-    return {"polygons": count, "polygon_pixels": pixels_total}
+        to_vector = transform * ~mask_dataset.transform  # polygonize on a band works in the band's own transform
+        for geometry, value in shapes(band, mask=band, connectivity=4):
+            if value != 1:  # the nodata value's regions
+                continue
+            if not to_vector.is_identity:
+                geometry = {"type": "Polygon", "coordinates": [[to_vector * point for point in ring]
+                                                               for ring in geometry["coordinates"]]}
+            pixels, confidence = polygon_statistics(geometry, transform, rows)
+            area = ground.polygon(geometry["coordinates"])
+            count += 1
+            pixels_total += pixels
+            area_total += area or 0.0
+            gpkg.add(polygon_wkb(geometry["coordinates"]),
+                     (count, pixels, np.nan if area is None else round(area, 3), round(confidence, 4)))
+        gpkg.flush(final=True)
+    return {"polygons": count, "polygon_pixels": pixels_total,
+            "area_m2": round(area_total, 3) if ground.known else None}

@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 
 from reasoncd.io import write_json_atomic
 from reasoncd.scenes import polygons as polygon_output
-from reasoncd.scenes import rasters
+from reasoncd.scenes import formats, rasters
+from reasoncd.scenes.areas import GroundArea
 from reasoncd.scenes.inference import answer_tiles
 from reasoncd.scenes.progress import BatchStore
 from reasoncd.scenes.reading import Scene
@@ -24,18 +25,19 @@ from reasoncd.scenes.tiling import Box, block_boxes, check_tiling, probability_f
 
 ASSEMBLY_BLOCK = 512  # side of the output blocks blended at once
 SUMMARY = "summary.json"
-OUTPUT_KINDS = {"probability": "probability.tif", "mask": "mask.tif", "geojson": "polygons.geojson",
-                "gpkg": "polygons.gpkg"}
+NO_CRS_NOTE = ("the scene has no CRS (the inputs are not georeferenced): the rasters have no geotransform and the "
+               "polygons are in pixel space (x = column, y = -row), where GIS tools place an image without one; "
+               "areas are not known in m²")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SceneSettings:
     tile_size: int = 256
     overlap: int = 32
     batch_size: int = 8
     threshold: float = 0.5
     max_new_tokens: int = 64
-    gpkg: bool = True
+    formats: tuple[str, ...] = formats.DEFAULT_FORMATS  # polygon formats (formats.POLYGON_FORMATS)
 
     def check(self) -> None:
         check_tiling(self.tile_size, self.overlap)
@@ -45,6 +47,7 @@ class SceneSettings:
             raise ValueError(f"--threshold {self.threshold}: give a probability between 0 and 1 (exclusive)")
         if self.max_new_tokens < 1:
             raise ValueError(f"--max_new_tokens {self.max_new_tokens}: give at least 1")
+        formats.parse_formats(",".join(self.formats))
 
     def tile_signature(self) -> dict:
         """The settings that decide the tiles' results (what a resumed run must share with the interrupted one)."""
@@ -60,14 +63,13 @@ def question_stems(questions: list[str]) -> list[str]:
     return stems
 
 
-def output_files(questions: list[str], gpkg: bool) -> list[dict]:
+def output_files(questions: list[str], polygon_formats) -> list[dict]:
     """Per question: {kind: file name} of what the run writes."""
-    kinds = [k for k in OUTPUT_KINDS if gpkg or k != "gpkg"]
-    return [{kind: f"{stem}_{OUTPUT_KINDS[kind]}" for kind in kinds} for stem in question_stems(questions)]
+    return [formats.question_files(stem, polygon_formats) for stem in question_stems(questions)]
 
 
-def output_names(questions: list[str], gpkg: bool) -> list[str]:
-    return [SUMMARY] + [name for files in output_files(questions, gpkg) for name in files.values()]
+def output_names(questions: list[str], polygon_formats) -> list[str]:
+    return [SUMMARY] + [name for files in output_files(questions, polygon_formats) for name in files.values()]
 
 
 @dataclass
@@ -116,15 +118,27 @@ def _overlapping(block: Box, boxes: list[Box], processed) -> list[tuple[int, Box
     return [(tile, boxes[tile]) for tile in processed if block.intersection(boxes[tile])]
 
 
+@dataclass
+class Assembled:
+    changed: list[int]  # changed pixels per question
+    valid_pixels: int  # pixels with data in both dates
+    valid_area_m2: float | None  # their ground area (block by block: pixels x the block's central pixel's area)
+
+
 def _assemble(scene: Scene, store: BatchStore, boxes: list[Box], questions, settings: SceneSettings, work: Path,
-              stems: list[str], progress: bool) -> list[int]:
-    """Blend the tiles' probabilities block by block into the probability and mask rasters (in `work`); returns
-    the changed pixels per question."""
+              stems: list[str], progress: bool, model_name: str) -> Assembled:
+    """Blend the tiles' probabilities block by block into the probability and mask rasters (in `work`)."""
     processed = store.processed_tiles()
     seg = {tile: row for _, record in store.all_meta() for tile, row in zip(record["tiles"], record["seg_present"])}
     changed = [0] * len(questions)
-    probability_files = [rasters.open_probability(work / f"{stem}_probability.tif", scene.grid) for stem in stems]
-    mask_files = [rasters.open_mask(work / f"{stem}_mask.tif", scene.grid) for stem in stems]
+    valid_pixels, valid_area = 0, 0.0
+    grid = scene.grid
+    ground = GroundArea(grid.crs, float(np.hypot(grid.transform.a, grid.transform.d)))
+    tags = [{"question": question, "model": model_name} for question in questions]
+    probability_files = [rasters.open_probability(formats.scratch_path(work, stem, "probability"), grid, tag)
+                         for stem, tag in zip(stems, tags)]
+    mask_files = [rasters.open_mask(formats.scratch_path(work, stem, "mask"), grid, tag)
+                  for stem, tag in zip(stems, tags)]
     try:
         blocks = block_boxes(scene.height, scene.width, ASSEMBLY_BLOCK)
         for block in tqdm(blocks, unit="block", desc="blending", disable=not progress, dynamic_ncols=True):
@@ -144,6 +158,10 @@ def _assemble(scene: Scene, store: BatchStore, boxes: list[Box], questions, sett
                         probability_sum[question][in_block] += weights * probability_from_logits(logits)
             covered = weight_sum > 0
             valid = scene.valid(block.window()) & covered
+            valid_pixels += int(valid.sum())
+            if ground.known and valid.any():
+                centre = ground.pixel(grid.transform, block.row + block.height // 2, block.col + block.width // 2)
+                valid_area += int(valid.sum()) * centre
             for question in range(len(questions)):
                 probability = np.divide(probability_sum[question], weight_sum, out=np.zeros_like(weight_sum),
                                         where=covered)
@@ -155,7 +173,30 @@ def _assemble(scene: Scene, store: BatchStore, boxes: list[Box], questions, sett
     finally:
         for dataset in probability_files + mask_files:
             dataset.close()
-    return changed
+    return Assembled(changed, valid_pixels, round(valid_area, 3) if ground.known else None)
+
+
+def _scene_record(scene: Scene, assembled: Assembled) -> dict:
+    """The scene's grid, bounds (its CRS's and WGS 84's) and analysed area, for the summary."""
+    from rasterio.warp import transform_bounds
+
+    from reasoncd.scenes.polygons import vector_transform
+
+    grid = scene.grid
+    transform = vector_transform(grid)
+    xs, ys = zip(*(transform * corner for corner in ((0, 0), (grid.width, 0), (0, grid.height),
+                                                     (grid.width, grid.height))))
+    bounds = [min(xs), min(ys), max(xs), max(ys)]
+    ground = GroundArea(grid.crs, 1.0)
+    return {"width": scene.width, "height": scene.height,
+            "crs": grid.crs.to_string() if grid.crs else None,
+            "pixel_size": [abs(grid.transform.a), abs(grid.transform.e)],
+            "pixel_area_m2": ground.pixel(grid.transform, grid.height / 2, grid.width / 2) if ground.known else None,
+            "bounds": bounds,
+            "bounds_wgs84": [round(v, 8) for v in transform_bounds(grid.crs, "EPSG:4326", *bounds, densify_pts=21)]
+            if grid.crs else None,
+            "valid_pixels": assembled.valid_pixels, "valid_area_m2": assembled.valid_area_m2,
+            "notes": scene.notes + ([] if grid.crs else [NO_CRS_NOTE])}
 
 
 def run_scene(model, processor, scene: Scene, questions: list[str], work: Path, outputs: Path,
@@ -170,27 +211,25 @@ def run_scene(model, processor, scene: Scene, questions: list[str], work: Path, 
 
     stems = question_stems(questions)
     blending_started = time.perf_counter()
-    changed = _assemble(scene, store, boxes, questions, settings, work, stems, progress)
+    assembled = _assemble(scene, store, boxes, questions, settings, work, stems, progress, str(describe.get("model")))
     writing_started = time.perf_counter()
-    pixel_area = polygon_output.square_metres_per_pixel(scene.grid)
     records = [record for _, record in store.all_meta()]
     summaries = []
-    for question, (text, stem, files) in enumerate(zip(questions, stems, output_files(questions, settings.gpkg))):
-        for kind in ("probability", "mask"):
-            rasters.to_cog(work / f"{stem}_{OUTPUT_KINDS[kind]}", outputs / files[kind], kind)
-        found = polygon_output.write_polygons(work / f"{stem}_mask.tif", work / f"{stem}_probability.tif",
-                                              outputs / files["geojson"],
-                                              outputs / files["gpkg"] if settings.gpkg else None, layer=stem)
+    for question, (text, stem, files) in enumerate(zip(questions, stems, output_files(questions, settings.formats))):
+        for kind in formats.RASTERS:
+            rasters.to_cog(formats.scratch_path(work, stem, kind), outputs / files[kind], kind)
+        layer, scratch = formats.layer_name(stem), formats.scratch_path(work, stem, "polygons")
+        scratch.unlink(missing_ok=True)  # left by an interrupted run: GDAL creates the file itself
+        found = polygon_output.write_polygons(formats.scratch_path(work, stem, "mask"),
+                                              formats.scratch_path(work, stem, "probability"), scratch, layer)
+        for name in settings.formats:
+            formats.copy_polygons(scratch, outputs / files[name], formats.POLYGON_FORMATS[name], layer)
         texts = [row[question] for record in records for row in record["texts"]]
         seg_present = [row[question] for record in records for row in record["seg_present"]]
-        summaries.append(question_summary(text, files, texts, seg_present, changed[question], pixel_area, found))
-    grid = scene.grid
+        summaries.append(question_summary(text, files, texts, seg_present, assembled.changed[question], found))
     summary = {
         **describe,
-        "scene": {"width": scene.width, "height": scene.height,
-                  "crs": grid.crs.to_string() if grid.crs else None,
-                  "pixel_size": [abs(grid.transform.a), abs(grid.transform.e)],
-                  "pixel_area_m2": pixel_area, "notes": scene.notes},
+        "scene": _scene_record(scene, assembled),
         "tiles": {"size": settings.tile_size, "overlap": settings.overlap, "total": len(boxes),
                   "with_data": len(store.processed_tiles()),
                   "skipped_nodata": sum(len(r["skipped_nodata"]) for r in records)},

@@ -18,14 +18,15 @@ def aggregate_answers(texts: list[str], seg_present: list[bool]) -> dict:
 
 
 def question_summary(question: str, files: dict, texts: list[str], seg_present: list[bool], changed_pixels: int,
-                     pixel_area_m2: float | None, polygons: dict) -> dict:
+                     polygons: dict) -> dict:
+    """`polygons`: what the polygon writer found (count, and their summed ground area: the changed pixels' area)."""
     return {
         "question": question,
         **aggregate_answers(texts, seg_present),
         "tiles_with_change": int(sum(seg_present)),
         "tiles_without_change": int(len(seg_present) - sum(seg_present)),
         "changed_pixels": int(changed_pixels),
-        "changed_area_m2": None if pixel_area_m2 is None else round(changed_pixels * pixel_area_m2, 3),
+        "changed_area_m2": polygons["area_m2"],
         "polygons": polygons["polygons"],
         "files": files,
     }

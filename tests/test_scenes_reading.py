@@ -143,3 +143,15 @@ def test_16_bit_dates_are_stretched_alike_in_every_tile(tmp_path):
         assert any("stretched to 8 bit" in note for note in scene.notes)
     whole = np.concatenate([left, right], axis=1)
     assert (whole == apply_stretch(np.moveaxis(t1, 0, -1), low, high)).all()
+
+
+def test_where_one_date_has_no_data_both_are_black(tmp_path):
+    t1, t2 = (np.maximum(image, 1) for image in rgb_pair(64, 80))
+    t2[:, 10:30, :] = 0  # T2's nodata rows
+    path_t1 = write_geotiff(tmp_path / "t1.tif", t1, nodata=0)
+    path_t2 = write_geotiff(tmp_path / "t2.tif", t2, nodata=0)
+    with open_scene(path_t1, path_t2) as scene:
+        image_t1, image_t2, valid = scene.read(Window(0, 0, 80, 64))
+    assert not valid[10:30].any() and valid[:10].all() and valid[30:].all()
+    assert (image_t1[10:30] == 0).all() and (image_t2[10:30] == 0).all()  # T1's imagery hidden there too
+    assert (image_t1[30:] == np.moveaxis(t1, 0, -1)[30:]).all()

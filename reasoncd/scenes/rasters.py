@@ -21,8 +21,8 @@ NODATA = 255
 PROBABILITY_SCALE = 254  # stored value for probability 1
 DESCRIPTIONS = {"probability": "change probability (stored 0-254, scale 1/254)",
                 "mask": "change mask (1 change, 0 no change)"}
-# Mask colours (RGBA): change red, no change transparent, nodata transparent.
-MASK_COLOURS = {0: (0, 0, 0, 0), 1: (230, 30, 30, 255), NODATA: (0, 0, 0, 0)}
+# Mask colours: change red, no change black; a TIFF palette has no alpha (nodata is shown transparent by its value).
+MASK_COLOURS = {0: (0, 0, 0, 255), 1: (230, 30, 30, 255), NODATA: (255, 255, 255, 255)}
 BLOCK = 256  # GeoTIFF block side while writing
 # COG overviews: probabilities are averaged, a mask keeps its classes.
 OVERVIEW_RESAMPLING = {"probability": "average", "mask": "nearest"}

@@ -1,7 +1,7 @@
 """Two dates of a scene read window by window on T1's pixel grid, as the model's (H, W, 3) uint8 RGB.
 
 T2 is warped onto T1's grid (`WarpedVRT`) when its CRS, transform or size differ; pixels outside either date, or
-nodata in either, are invalid. Nothing is read whole: every access is a window.
+nodata in either, are invalid, and black in both dates. Nothing is read whole: every access is a window.
 
 Bands: `bands` (1-based, as GDAL counts) picks one band (replicated to grey RGB) or three; without it, bands whose
 colour interpretation is red, green and blue are used, else a single band, else exactly three non-alpha bands.
@@ -20,6 +20,9 @@ import numpy as np
 # The largest side of the reduced read that decides a date's stretch limits.
 STRETCH_SAMPLE_SIDE = 1024
 RESAMPLING_CHOICES = ("nearest", "bilinear", "cubic", "average")
+NO_CRS_NOTE = ("the scene has no CRS (--t1 is not georeferenced): the output rasters have no geotransform and the "
+               "polygons are in pixel space (x = column, y = -row), where GIS tools place an image without one; "
+               "areas are not known in m²")
 
 
 class SceneInputError(ValueError):
@@ -145,9 +148,15 @@ class Scene:
         return self.grid.width
 
     def read(self, window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Both dates and where both have data. Where either lacks data, both show black: the model compares
+        black with black there, not black with imagery, which it would take for change bleeding into the valid
+        pixels beside."""
         image_t1, valid_t1 = self.t1.read_rgb(window)
         image_t2, valid_t2 = self.t2.read_rgb(window)
-        return image_t1, image_t2, valid_t1 & valid_t2
+        valid = valid_t1 & valid_t2
+        image_t1[~valid] = 0
+        image_t2[~valid] = 0
+        return image_t1, image_t2, valid
 
     def valid(self, window) -> np.ndarray:
         """Pixels of `window` valid in both dates."""
@@ -231,7 +240,8 @@ def open_scene(path_t1, path_t2, bands: tuple[int, ...] | None = None, resamplin
                 date.note += (f"; {source.dtypes[chosen[0] - 1]} stretched to 8 bit between {date.limits[0]:g} and "
                               f"{date.limits[1]:g} (2-98 percentiles of the scene)")
             dates.append(date)
-        scene = Scene(dates[0], dates[1], [d.note for d in dates] + ([warp_note] if warp_note else []), opened)
+        notes = [d.note for d in dates] + ([warp_note] if warp_note else []) + ([] if t1.crs else [NO_CRS_NOTE])
+        scene = Scene(dates[0], dates[1], notes, opened)
         return scene
     except BaseException:
         for dataset in reversed(opened):

@@ -25,9 +25,6 @@ from reasoncd.scenes.tiling import Box, block_boxes, check_tiling, probability_f
 
 ASSEMBLY_BLOCK = 512  # side of the output blocks blended at once
 SUMMARY = "summary.json"
-NO_CRS_NOTE = ("the scene has no CRS (the inputs are not georeferenced): the rasters have no geotransform and the "
-               "polygons are in pixel space (x = column, y = -row), where GIS tools place an image without one; "
-               "areas are not known in m²")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,7 +193,7 @@ def _scene_record(scene: Scene, assembled: Assembled) -> dict:
             "bounds_wgs84": [round(v, 8) for v in transform_bounds(grid.crs, "EPSG:4326", *bounds, densify_pts=21)]
             if grid.crs else None,
             "valid_pixels": assembled.valid_pixels, "valid_area_m2": assembled.valid_area_m2,
-            "notes": scene.notes + ([] if grid.crs else [NO_CRS_NOTE])}
+            "notes": scene.notes}
 
 
 def run_scene(model, processor, scene: Scene, questions: list[str], work: Path, outputs: Path,

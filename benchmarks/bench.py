@@ -685,10 +685,13 @@ def scene_figure(model: Path, question: str, size: int, target: Path) -> dict:
         bounds = first.bounds
         extent = (0, bounds.right - bounds.left, 0, bounds.top - bounds.bottom)  # metres from the corner
         images = [np.moveaxis(d.read(), 0, -1) for d in (first, second)]
-        chance = probability.read(1) / 255.0
-    features = json.loads((output / files["geojson"]).read_text())["features"]
-    outlines = [np.asarray(ring) - (bounds.left, bounds.bottom) for f in features
-                for ring in f["geometry"]["coordinates"][:1]]
+        chance = probability.read(1, masked=True).astype(np.float64) * probability.scales[0]
+    import shapely
+    from pyogrio.raw import read as read_layer
+
+    geometries = shapely.from_wkb(read_layer(output / files["gpkg"])[2])  # in the scene's CRS (the GeoJSON: WGS 84)
+    features = list(geometries)
+    outlines = [np.asarray(polygon.exterior.coords) - (bounds.left, bounds.bottom) for polygon in geometries]
     figure, axes = plt.subplots(1, 3, figsize=(12, 4.3), constrained_layout=True)
     for axis, image, title in zip(axes, images + [images[1]], ["T1", "T2", "T2, probability and polygons"]):
         axis.imshow(image, extent=extent)

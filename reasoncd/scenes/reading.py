@@ -21,8 +21,8 @@ import numpy as np
 STRETCH_SAMPLE_SIDE = 1024
 RESAMPLING_CHOICES = ("nearest", "bilinear", "cubic", "average")
 NO_CRS_NOTE = ("the scene has no CRS (--t1 is not georeferenced): the output rasters have no geotransform and the "
-               "polygons are in pixel space (x = column, y = -row), where GIS tools place an image without one; "
-               "areas are not known in m²")
+               "polygons are in pixel space (x = column, y = -row), where GIS tools place an image without one "
+               "(a GeoJSON reader takes them for longitude/latitude: use the GeoPackage); areas are not known in m²")
 
 
 class SceneInputError(ValueError):

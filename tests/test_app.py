@@ -117,21 +117,21 @@ def test_the_page_answers_with_text_mask_and_overlay(app_url, realcd):
         # Asking before uploading shows a message in the page.
         page.locator("#question textarea").fill("new buildings")
         page.locator("#submit").click()
-        expect(page.get_by_text("Upload both images")).to_be_visible(timeout=30_000)
-        page.get_by_test_id("toast-close").click()
+        expect(page.locator("#status")).to_contain_text("upload both images", timeout=30_000)
 
         page.locator("#image_t1 input[type=file]").set_input_files(str(realcd / LEVIR / "A" / name))
         page.locator("#image_t2 input[type=file]").set_input_files(str(realcd / LEVIR / "B" / name))
-        expect(page.locator("#image_t1 img")).to_be_visible(timeout=30_000)
-        expect(page.locator("#image_t2 img")).to_be_visible(timeout=30_000)
+        expect(page.locator("#preview_t1 img")).to_be_visible(timeout=30_000)
+        expect(page.locator("#preview_t2 img")).to_be_visible(timeout=30_000)
         page.locator("#submit").click()
         # The answer box shows the answer, not the [SEG] token that points at the mask.
         expect(page.locator("#answer textarea")).to_have_value("The change is marked in the mask.", timeout=60_000)
         expect(page.locator("#mask img")).to_be_visible()
         expect(page.locator("#overlay img")).to_be_visible()
         expect(page.locator("#status")).to_contain_text("images encoded in")
-        expect(page.locator("#status")).to_contain_text(re.compile(r"mask confidence 0\.\d\d|mask confidence 1\.00"))
-        expect(page.locator("#status")).to_contain_text("[SEG] probability 1.00")
+        expect(page.locator("#status")).to_contain_text(re.compile(r"confidence of the map (0\.\d\d|1\.00)"))
+        expect(page.locator("#status")).to_contain_text("probability that the answer points at a change 1.00")
+        expect(page.locator("#status")).not_to_contain_text("[SEG]")
         expect(page.locator("#mask_file")).to_contain_text(".png")
 
         # A second question about the same pair, picked from the examples, reuses the encoded images.
@@ -158,3 +158,103 @@ def test_the_untrained_model_never_goes_over_a_users_files(tmp_path, monkeypatch
         error = capsys.readouterr().err
         assert error.startswith("error: ") and str(place) in error, (what, error)
         assert tree(place) == before, what
+
+
+def write_geotiff_16bit_4band(path: Path, height: int, width: int, seed: int) -> Path:
+    import rasterio
+
+    rng = np.random.default_rng(seed)
+    bands = (np.kron(rng.integers(200, 4000, size=(4, height // 16 + 1, width // 16 + 1)),
+                     np.ones((1, 16, 16)))[:, :height, :width]).astype(np.uint16)
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=4, dtype="uint16") as dataset:
+        dataset.write(bands)
+    return path
+
+
+def test_the_page_reads_what_predict_reads_and_refuses_in_words_that_stay(app_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    text_file = tmp_path / "notes.png"
+    text_file.write_text("not an image")
+    t1 = write_geotiff_16bit_4band(tmp_path / "t1-16bit.tif", 96, 128, seed=1)  # predict.py reads these
+    t2 = write_geotiff_16bit_4band(tmp_path / "t2-16bit.tif", 96, 128, seed=2)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(app_url)
+        # The model is named with its size, and a tiny one is called a demonstration model.
+        expect(page.get_by_text("M parameters")).to_be_visible(timeout=30_000)
+        expect(page.locator("#model_warning")).to_contain_text("tiny demonstration model")
+        # Screen readers hear which image each upload is.
+        expect(page.locator("#image_t1 input[type=file]")).to_have_attribute("aria-label", "Upload T1, the earlier image")
+        expect(page.locator("#image_t2 input[type=file]")).to_have_attribute("aria-label", "Upload T2, the later image")
+
+        # 16-bit, 4-band GeoTIFFs are read and converted, as predict.py does.
+        page.locator("#image_t1 input[type=file]").set_input_files(str(t1))
+        page.locator("#image_t2 input[type=file]").set_input_files(str(t2))
+        expect(page.locator("#preview_t1 img")).to_be_visible(timeout=30_000)
+        expect(page.locator("#preview_t2 img")).to_be_visible(timeout=30_000)
+        page.locator("#question textarea").fill("new buildings")
+        page.locator("#submit").click()
+        expect(page.locator("#answer textarea")).to_have_value("The change is marked in the mask.", timeout=60_000)
+        expect(page.locator("#status")).to_contain_text("T1 converted")
+        expect(page.locator("#mask img")).to_have_attribute("alt", re.compile("Change mask"))
+
+        # A text file named .png: refused by its name (no server path, no internal words), in the page.
+        page.locator("#image_t2").get_by_role("button", name="Clear").click()  # a new upload replaces T2
+        page.locator("#image_t2 input[type=file]").set_input_files(str(text_file))
+        expect(page.locator("#upload_message")).to_contain_text("Cannot read T2", timeout=30_000)
+        expect(page.locator("#upload_message")).to_contain_text("notes.png")
+        expect(page.locator("#answer textarea")).to_have_value("")  # the last result is cleared
+        page.locator("#submit").click()
+        expect(page.locator("#status")).to_contain_text("Cannot answer", timeout=30_000)
+        status = page.locator("#status").inner_text()
+        assert "notes.png" in status and "/tmp" not in status and "preprocess" not in status, status
+        expect(page.locator("#mask img")).to_have_count(0)
+        page.wait_for_timeout(11_000)  # longer than a toast lasts: the message stays until the next action
+        expect(page.locator("#status")).to_contain_text("Cannot answer")
+
+        # An example pair fills both images and the question.
+        page.get_by_text(re.compile("^synthetic pair 3")).click()
+        expect(page.locator("#preview_t2 img")).to_be_visible(timeout=30_000)
+        expect(page.locator("#upload_message")).not_to_contain_text("Cannot read")
+        page.locator("#submit").click()
+        expect(page.locator("#answer textarea")).to_have_value("The change is marked in the mask.", timeout=60_000)
+        browser.close()
+
+
+def test_the_status_says_in_plain_words_when_answer_and_map_disagree_and_when_images_were_shrunk():
+    from app import status_text
+
+    result = {"mask": np.zeros((40, 50), bool), "changed_fraction": 0.0, "reused": False, "encode_seconds": 0.5,
+              "raw_text": "[SEG] new buildings", "mask_confidence": 0.7, "seg_probability": 0.9}
+    text = status_text(result, (6000, 6000), 256, {"T1": "uint16 stretched to 8 bit", "T2": None})
+    assert "the two disagree" in text and "[SEG]" not in text
+    assert "probability that the answer points at a change 0.90" in text
+    assert "T1 converted: uint16 stretched to 8 bit" in text and "T2 converted" not in text
+    assert "shrunk about 23×" in text and "predict_scene.py" in text
+    quiet = status_text({**result, "raw_text": "no such change", "mask": np.ones((40, 50), bool)}, (256, 256), 256,
+                        {})
+    assert "found no such change" in quiet and "disagree" not in quiet and "shrunk" not in quiet
+
+
+def test_messages_name_the_users_file_and_not_batch_positions(tmp_path):
+    from app import plain_message, read_upload
+
+    upload = tmp_path / "gradio-cache" / "0123abcd" / "holiday.png"
+    upload.parent.mkdir(parents=True)
+    upload.write_text("not an image")
+    with pytest.raises(ValueError) as refused:
+        read_upload(str(upload), "T1")
+    assert "holiday.png" in str(refused.value) and str(upload.parent) not in str(refused.value)
+    assert plain_message(ValueError("pair 0: T1 is 64x64 but T2 is 32x32")) == "T1 is 64x64 but T2 is 32x32"
+
+
+def test_a_tiny_model_is_named_a_demonstration_model(tmp_path):
+    from app import model_facts
+
+    model, _ = seg_tiny(0)
+    facts, warning = model_facts(str(tmp_path), model, "the built-in synthetic images (python train.py)")
+    assert "M parameters" in facts and "synthetic images" in facts
+    assert "**tiny demonstration model** trained on synthetic images" in warning
+    assert model_facts(str(tmp_path), model)[0].endswith("trained on: not recorded with the model.")

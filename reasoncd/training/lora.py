@@ -39,8 +39,21 @@ def lora_config_for(model, *, rank: int = 8, alpha: int = 16, dropout: float = 0
 
 
 def apply_lora(model, **lora_kwargs) -> PeftModel:
-    """Freezes everything, then makes exactly the trainable parts of docs/ARCHITECTURE.md ("What is trained") trainable."""
-    return get_peft_model(model, lora_config_for(model, **lora_kwargs))
+    """Freezes everything, then makes exactly the trainable parts of docs/ARCHITECTURE.md ("What is trained") trainable:
+    the modules trained in full lose the parts no loss reaches (`unused_module_names`), so every trainable parameter
+    receives a gradient."""
+    peft_model = get_peft_model(model, lora_config_for(model, **lora_kwargs))
+    unused = tuple(f"{name}." for name in model.unused_module_names)
+    for name, parameter in peft_model.named_parameters():
+        if parameter.requires_grad and module_path(name).startswith(unused):
+            parameter.requires_grad_(False)
+    return peft_model
+
+
+def module_path(peft_parameter_name: str) -> str:
+    """A PEFT-wrapped parameter's name as the plain model spells it (no wrapper prefix, no trained-copy infix)."""
+    name = peft_parameter_name.removeprefix("base_model.model.")
+    return name.replace(".modules_to_save.default.", ".").replace(".original_module.", ".")
 
 
 def trainable_parameter_groups(peft_model: PeftModel) -> dict[str, int]:

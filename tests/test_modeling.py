@@ -13,8 +13,10 @@ from transformers import AutoModel, AutoProcessor, LogitsProcessorList
 
 import build_reasoncd
 from reasoncd import build
-from helpers import REPO_ROOT, ForceAnswers, make_seg_the_only_answer, random_image, run_script, tiny_checkpoint
-from modeling_reasoncd import ANSWER_DECISION_TOKENS, upscale_mask_logits
+from geometry_reasoncd import upscale_mask_logits
+from helpers import (REMOTE_CODE, REPO_ROOT, ForceAnswers, make_seg_the_only_answer, random_image, run_script,
+                     tiny_checkpoint)
+from modeling_reasoncd import ANSWER_DECISION_TOKENS
 from reasoncd.training.lora import apply_lora
 
 HEIGHT, WIDTH = 200, 300
@@ -401,7 +403,7 @@ RELOAD_SCRIPT = textwrap.dedent(
     from transformers import AutoModel, AutoProcessor
 
     checkpoint, data, questions_file, out = sys.argv[1:5]
-    ours = ("modeling_reasoncd", "configuration_reasoncd", "processing_reasoncd")
+    ours = json.loads(sys.argv[5])
     for name in ours:
         sys.modules.pop(name, None)
     model, info = AutoModel.from_pretrained(checkpoint, trust_remote_code=True, output_loading_info=True)
@@ -438,6 +440,8 @@ def test_save_and_reload_in_a_clean_interpreter(tmp_path, pair):
     checkpoint = tmp_path / "checkpoint"
     build.save_checkpoint(model, processor, checkpoint)
     model.eval()
+    # The model's and the processor's code, and every file they import, travel with the checkpoint.
+    assert {f"{name}.py" for name in REMOTE_CODE} - {"pipeline_reasoncd.py"} <= {p.name for p in checkpoint.iterdir()}
 
     work = tmp_path / "elsewhere"
     work.mkdir()
@@ -447,7 +451,8 @@ def test_save_and_reload_in_a_clean_interpreter(tmp_path, pair):
     modules_cache = tmp_path / "hf_modules"
     # -I: no PYTHONPATH, no user site, no script folder or cwd on sys.path: the repository is not on the path
     # (unless it is installed).
-    result = run_script(["-I", "reload.py", str(checkpoint), "data.npz", "spec.json", "reloaded.pt"], cwd=work,
+    result = run_script(["-I", "reload.py", str(checkpoint), "data.npz", "spec.json", "reloaded.pt",
+                         json.dumps(REMOTE_CODE)], cwd=work,
                         extra_env={"HF_MODULES_CACHE": str(modules_cache)})
     assert not str(work).startswith(str(REPO_ROOT)) and not str(checkpoint).startswith(str(REPO_ROOT))
     assert result.returncode == 0, result.stderr[-3000:]

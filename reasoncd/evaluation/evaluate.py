@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from reasoncd.data.folders import PrepareError, find_layout, prepare_folder
+from reasoncd.data.folders import find_layout, prepare_folder
 from reasoncd.data.images import IMAGE_SUFFIXES, ImageReadError, image_size, images_by_stem, read_mask, read_rgb
-from reasoncd.data.samples import SPLITS
+from reasoncd.data.samples import SPLITS, PrepareError
 from reasoncd.evaluation.figures import mask_panels, prediction_panels
 from reasoncd.evaluation.metrics import ChangeMetrics
 from reasoncd.evaluation.report import best_median_worst, describe_data, write_outputs

@@ -365,9 +365,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
     # Kept out of bitsandbytes quantisation (`bitsandbytes_config`): everything but the language model's decoder
     # layers. The encoders and the mask path are small next to a 7B decoder, and the [SEG] decision is read off
     # `lm_head`. transformers matches these as prefixes of module names (and `lm_head` as a suffix).
-    unquantized_module_names = ("vision_tower", "multi_modal_projector", "text_hidden_fc", "sam_image_encoder",
-                                "sam_prompt_encoder", "sam_mask_decoder", "feature_fusion", "seg_state_norm",
-                                "prompt_film", "change_projector", "language_model.lm_head")
+    unquantized_module_names = (frozen_module_names + trainable_module_names + optional_module_names
+                                + ("language_model.lm_head",))
 
     @classmethod
     def bitsandbytes_config(cls, bits: int, compute_dtype: torch.dtype = torch.bfloat16):

@@ -23,8 +23,8 @@ import torch
 from transformers import EarlyStoppingCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from reasoncd.build import (ARCHITECTURE_OPTIONS, LOSS_OPTIONS, add_option_arguments, build_tiny, option_overrides,
-                            save_checkpoint)
+from reasoncd.build import (ARCHITECTURE_OPTIONS, LOSS_OPTIONS, add_option_arguments, build_tiny, option_flags,
+                            option_overrides, save_checkpoint)
 from modeling_reasoncd import ReasonCDForChangeDetection
 from processing_reasoncd import ReasonCDProcessor
 from reasoncd.io import write_json_atomic
@@ -109,8 +109,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="a checkpoint folder, or no value: the last one in OUTPUT_DIR/checkpoints")
     parser.add_argument("--feature_cache", choices=["memory", "disk", "off"], default="memory",
                         help="cache the frozen CLIP/SAM outputs per image (disk: OUTPUT_DIR/feature_cache)")
-    parser.add_argument("--no_fusion", action="store_true", help="the paper's ablation: fusion module off "
-                        "(for a freshly built --preset model; with --model, build it with --no_fusion instead)")
     parser.add_argument("--eval_batch_size", type=int, default=8)
     parser.add_argument("--max_eval_samples", type=int, help="cap the test-split evaluation")
     parser.add_argument("--max_val_samples", type=int, default=256)
@@ -204,12 +202,9 @@ def check_start(args) -> OutputDir:
     """Everything that can be checked before data is generated or loaded: the starting checkpoint, the LoRA targets
     against the language model's layers, the checkpoint to resume from, and the output folder. Returns the latter."""
     if args.model:
-        if args.no_fusion:
-            raise ValueError("--no_fusion changes the architecture: build the starting model with "
-                             "build_reasoncd.py --no_fusion and pass it as --model instead")
         changed = option_overrides(args, ARCHITECTURE_OPTIONS)
         if changed:
-            flags = " ".join(f"--{name}" for name in changed)
+            flags = option_flags(changed)
             raise ValueError(f"{flags} changes the architecture: build the starting model with "
                              f"build_reasoncd.py {flags} and pass it as --model instead")
         check_checkpoint(args.model)
@@ -254,9 +249,6 @@ def prepare_quickstart_data(pairs: int, seed: int) -> Path:
 
 
 def load_start_model(args):
-    if args.model and args.no_fusion:
-        raise SystemExit("--no_fusion changes the architecture: build the starting model with "
-                         "build_reasoncd.py --no_fusion and pass it as --model instead")
     if args.model:
         check_checkpoint(args.model)
         model = ReasonCDForChangeDetection.from_pretrained(args.model)
@@ -265,9 +257,7 @@ def load_start_model(args):
     if args.preset != "tiny":
         raise SystemExit(f"--preset {args.preset}: build it from real weights with build_reasoncd.py, "
                          "then pass the folder as --model")
-    overrides = {"use_feature_fusion": False} if args.no_fusion else {}
-    overrides.update(option_overrides(args, ARCHITECTURE_OPTIONS))
-    return build_tiny(args.seed, **overrides)
+    return build_tiny(args.seed, **option_overrides(args, ARCHITECTURE_OPTIONS))
 
 
 def final_test(model, processor, test_samples, args) -> dict:

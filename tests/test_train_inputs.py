@@ -52,6 +52,14 @@ def test_bad_hyper_parameters_are_refused_before_any_data(args, message, no_data
     assert not (tmp_path / "run").exists()
 
 
+def test_architecture_flags_with_a_starting_model_are_refused_by_their_flags(no_data, tmp_path, capsys):
+    error = refused(["--model", str(tmp_path / "model"), "--no_fusion", "--seg_state_norm", "--output_dir",
+                     str(tmp_path / "run")], capsys)
+    assert ("error: --no_fusion --seg_state_norm changes the architecture: build the starting model with "
+            "build_reasoncd.py --no_fusion --seg_state_norm and pass it as --model instead") in error
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_from_a_folder_without_a_checkpoint_is_refused(no_data, tmp_path, capsys):
     out = ["--output_dir", str(tmp_path / "run")]
     assert "--resume_from_checkpoint " + str(tmp_path / "nowhere") + ": no such folder" in refused(

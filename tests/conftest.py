@@ -19,3 +19,15 @@ def realcd() -> Path:
     if not REALCD.is_dir():
         pytest.skip(f"real change-detection samples not found at {REALCD} (a clone without ../shared)")
     return REALCD
+
+
+@pytest.fixture(scope="session")
+def samples_dir(tmp_path_factory) -> Path:
+    """20 synthetic pairs converted to JSON samples (the tests of the collator, the feature cache, LoRA and train.py)."""
+    from reasoncd.data.second import convert_second
+    from reasoncd.data.synthetic import generate_second_layout
+
+    root = tmp_path_factory.mktemp("second")
+    generate_second_layout(root / "raw", 20, seed=3, progress=False)
+    convert_second(root / "raw", root / "samples", seed=3, progress=False)
+    return root / "samples"

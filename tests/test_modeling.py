@@ -1,5 +1,6 @@
 """The model on the `tiny` preset: losses and the trainable set, the [SEG] convention (teacher-forced == cached
-generation), one encoding per image pair, and a save/reload through the Hub loader in a clean interpreter."""
+generation), one encoding per image pair, the mask decoder against segment-anything's, and a save/reload through
+the Hub loader in a clean interpreter."""
 import copy
 import json
 import re
@@ -16,7 +17,8 @@ from reasoncd import build
 from geometry_reasoncd import upscale_mask_logits
 from helpers import (REMOTE_CODE, REPO_ROOT, ForceAnswers, make_seg_the_only_answer, random_image, run_script,
                      tiny_checkpoint)
-from modeling_reasoncd import ANSWER_DECISION_TOKENS
+from configuration_reasoncd import ReasonCDConfig
+from modeling_reasoncd import ANSWER_DECISION_TOKENS, ReasonCDForChangeDetection
 from reasoncd.training.lora import apply_lora
 
 HEIGHT, WIDTH = 200, 300
@@ -392,6 +394,29 @@ def test_rows_about_different_pairs_use_their_own_images(model, processor, pair)
                            alone_inputs["reshaped_sizes"], t1.shape[:2])
         assert results[row]["mask"].shape == t1.shape[:2]
     assert pair_index == [1, 0, 1]
+
+
+# --- the mask decoder -------------------------------------------------------------------------------------------
+def test_decode_masks_equals_segment_anythings_single_mask_decoder():
+    """`decode_masks` inlines `MaskDecoder.predict_masks` to give each prompt its own image embedding."""
+    torch.manual_seed(0)
+    config = ReasonCDConfig.from_preset("tiny", seg_state_norm=False, mask_conditioning="sparse")
+    model = ReasonCDForChangeDetection(config).eval()
+    embeds = torch.randn(3, 64, 16, 16)
+    states = torch.randn(3, config.text_config.hidden_size)
+    with torch.no_grad():
+        ours = model.decode_masks(embeds, states)
+        prompts = model.text_hidden_fc(states)
+        for row in range(3):
+            upstream, _ = model.sam_mask_decoder(
+                image_embeddings=embeds[row:row + 1],
+                image_pe=model.sam_prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=prompts[row:row + 1, None],
+                dense_prompt_embeddings=model.sam_prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+                .expand(1, -1, 16, 16),
+                multimask_output=False,
+            )
+            torch.testing.assert_close(ours[row], upstream[0, 0], rtol=1e-4, atol=1e-5)
 
 
 # --- save and reload through the Hub loader ---------------------------------------------------------------------

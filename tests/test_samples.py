@@ -1,11 +1,12 @@
 """reasoncd.data.samples: the sample format written and read back, from a staging folder to its final place."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from reasoncd.data.samples import (SEG, SPLITS, PrepareError, load_pair, load_split, read_sample, split_pairs,
-                                  write_sample)
+from reasoncd.data.samples import (SEG, SPLITS, PrepareError, SampleError, load_pair, load_split, read_sample,
+                                  split_pairs, write_sample)
 from reasoncd.io import write_png_atomic
 
 
@@ -75,3 +76,28 @@ def test_split_is_8_1_1_seeded_and_order_free():
         {"train": 5, "val": 5, "test": 0}
     with pytest.raises(PrepareError, match=r"three non-negative fractions .*\(0.8, -0.1, 0.3\)"):
         split_pairs(["a"], seed=0, fractions=(0.8, -0.1, 0.3))
+
+
+def _write_sample(folder: Path, name: str, **fields) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(fields))
+    return path
+
+
+def test_split_validation_names_file_and_field(tmp_path):
+    good_image = tmp_path / "a.png"
+    from PIL import Image
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good_image)
+    fields = dict(img1_path="../a.png", img2_path="../a.png", mask_path="../a.png", question="q", answer="It's [SEG].")
+    _write_sample(tmp_path / "train", "ok", **fields)
+    bad = _write_sample(tmp_path / "train", "no_answer", **{k: v for k, v in fields.items() if k != "answer"})
+    gone = _write_sample(tmp_path / "train", "missing_file", **{**fields, "mask_path": "../nowhere.png"})
+    with pytest.raises(SampleError) as error:
+        load_split(tmp_path, "train")
+    message = str(error.value)
+    assert f"{bad}: field 'answer' is missing" in message
+    assert f"{gone}: field 'mask_path' points at a missing file" in message
+    (tmp_path / "val").mkdir()
+    with pytest.raises(SampleError, match="empty"):
+        load_split(tmp_path, "val")

@@ -71,10 +71,10 @@ def split_data(tmp_path_factory):
     return _absent_only_on_rank_one(training_data(tmp_path_factory), tmp_path_factory.mktemp("split") / "samples")
 
 
-@pytest.mark.parametrize("engine", ["ddp", "zero2"])
+@pytest.mark.parametrize("engine", ["ddp", "zero2", "zero3"])
 def test_a_process_with_only_absent_questions_trains_with_the_others(engine, split_data, tmp_path):
     run, record = tmp_path / "run", tmp_path / "record"
-    extra = ["--deepspeed", str(REPO_ROOT / "configs" / "ds_zero2.json")] if engine == "zero2" else []
+    extra = ["--deepspeed", str(REPO_ROOT / "configs" / f"ds_{engine}.json")] if engine.startswith("zero") else []
     code, output = _launch(split_data, run, record, *extra)
     assert code == 0, output[-6000:]
 

@@ -24,10 +24,6 @@ def realcd() -> Path:
 @pytest.fixture(scope="session")
 def samples_dir(tmp_path_factory) -> Path:
     """20 synthetic pairs converted to JSON samples (the tests of the collator, the feature cache, LoRA and train.py)."""
-    from reasoncd.data.second import convert_second
-    from reasoncd.data.synthetic import generate_second_layout
+    from helpers import synthetic_samples
 
-    root = tmp_path_factory.mktemp("second")
-    generate_second_layout(root / "raw", 20, seed=3, progress=False)
-    convert_second(root / "raw", root / "samples", seed=3, progress=False)
-    return root / "samples"
+    return synthetic_samples(tmp_path_factory.mktemp("second"), 20, seed=3)

@@ -60,6 +60,16 @@ def seg_tiny(seed: int = 0):
     return model.eval(), processor
 
 
+def synthetic_samples(root: Path, pairs: int, seed: int) -> Path:
+    """`pairs` synthetic pairs in SECOND's layout under root/raw, converted to JSON samples in root/samples."""
+    from reasoncd.data.second import convert_second
+    from reasoncd.data.synthetic import generate_second_layout
+
+    generate_second_layout(root / "raw", pairs, seed=seed, progress=False)
+    convert_second(root / "raw", root / "samples", seed=seed, progress=False)
+    return root / "samples"
+
+
 def image_pair(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Two smooth random RGB images, the second with a bright block (a 'change')."""
     rng = np.random.default_rng(seed)

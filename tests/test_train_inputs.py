@@ -106,11 +106,9 @@ def test_refuses_folders_it_did_not_write_and_keeps_them_byte_for_byte(no_data, 
 
 def test_overwrite_starts_over_but_keeps_the_users_files(tmp_path):
     """A real (one-step) run over an earlier run that the user also keeps notes in."""
-    from reasoncd.data.second import convert_second
-    from reasoncd.data.synthetic import generate_second_layout
+    from helpers import synthetic_samples
 
-    generate_second_layout(tmp_path / "raw", 10, seed=3, progress=False)
-    convert_second(tmp_path / "raw", tmp_path / "samples", seed=3, progress=False)
+    synthetic_samples(tmp_path, 10, seed=3)
     run = precious_places(tmp_path / "places")["a trained run"]
     (run / "notes.txt").write_text("mine")
     args = ["--data", str(tmp_path / "samples"), "--output_dir", str(run), "--max_steps", "1", "--eval_steps", "1",

@@ -7,10 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from helpers import REPO_ROOT, script_env
-
-from reasoncd.data.second import convert_second
-from reasoncd.data.synthetic import generate_second_layout
+from helpers import REPO_ROOT, script_env, synthetic_samples
 
 STEPS = 8  # two epochs of the 8 training pairs, two pairs a step: the second epoch reuses the feature cache
 SAVE_EVERY = 2
@@ -23,10 +20,7 @@ _CACHE: dict[str, Path] = {}
 def training_data(tmp_path_factory) -> Path:
     """10 synthetic pairs in the JSON sample format (8 train, 1 val, 1 test), made once per session."""
     if "data" not in _CACHE:
-        root = tmp_path_factory.mktemp("training-data")
-        generate_second_layout(root / "raw", 10, seed=5, progress=False)
-        convert_second(root / "raw", root / "samples", seed=5, progress=False)
-        _CACHE["data"] = root / "samples"
+        _CACHE["data"] = synthetic_samples(tmp_path_factory.mktemp("training-data"), 10, seed=5)
     return _CACHE["data"]
 
 

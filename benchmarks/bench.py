@@ -264,6 +264,7 @@ def bench_paper_widths(dtypes: list[str], max_new_tokens: int = 16) -> dict:
 
     model, processor = paper_width_model()
     make_seg_the_only_answer(model)  # every answer holds [SEG]: generation decodes both masks
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     t1, t2 = scene_pair(256)
     change = np.abs(t2.astype(int) - t1.astype(int)).sum(-1) > 0
     questions = QUESTIONS[:2]

@@ -1,5 +1,6 @@
-"""train.py's checks before any data is made or loaded: hyper-parameters, LoRA targets, the checkpoint to start or
-resume from, and the output folder (never a user's files, never an earlier run unless asked)."""
+"""reasoncd.training.start, through train.py: the checks before any data is made or loaded (hyper-parameters, LoRA
+targets, the checkpoint to start or resume from, and the output folder: never a user's files, never an earlier run
+unless asked)."""
 import shutil
 from pathlib import Path
 

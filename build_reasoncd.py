@@ -28,8 +28,6 @@ def main(argv=None) -> int:
     parser.add_argument("--vision", help="Hub id or folder of CLIP (e.g. openai/clip-vit-large-patch14)")
     parser.add_argument("--sam", help="segment-anything checkpoint sam_vit_*.pth")
     parser.add_argument("--resnet", help="torchvision ResNet state dict (.safetensors or .pth) for the fusion module")
-    parser.add_argument("--no_fusion", action="store_true",
-                        help="the paper's ablation: SAM features of T1 and T2 concatenated, no ResNet-FPN fusion")
     parser.add_argument("--dry_run", action="store_true", help="print parameter counts, allocate no weights")
     parser.add_argument("--lora_rank", type=int, default=8)
     add_option_arguments(parser)
@@ -39,9 +37,8 @@ def main(argv=None) -> int:
     if real and not all([args.llm, args.vision, args.sam]):
         parser.error("building from real components needs --llm, --vision and --sam together")
     args.preset = args.preset or ("reasoncd-7b" if real else "tiny")
-    overrides = {"use_feature_fusion": False} if args.no_fusion else {}
-    overrides.update(option_overrides(args))
-    if args.no_fusion and args.resnet:
+    overrides = option_overrides(args)
+    if args.use_feature_fusion is False and args.resnet:
         parser.error("--resnet loads the fusion module's ResNet, which --no_fusion removes")
     if args.dry_run:
         config = ReasonCDConfig.from_preset(args.preset, **overrides)

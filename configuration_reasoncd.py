@@ -173,6 +173,8 @@ MASK_CONDITIONINGS = ("sparse", "film")
 
 # LLaMA-2's tokenizer has 32,000 entries; the five new tokens follow in this order.
 NEW_TOKENS = ("<T1>", "<T2>", "<p>", "</p>", "[SEG]")
+# The config fields that hold their ids, in the same order (`ReasonCDConfig.new_token_ids`).
+NEW_TOKEN_ID_FIELDS = ("t1_token_id", "t2_token_id", "p_start_token_id", "p_end_token_id", "seg_token_id")
 
 
 class ReasonCDConfig(PretrainedConfig):
@@ -322,6 +324,19 @@ class ReasonCDConfig(PretrainedConfig):
             else:
                 kwargs[key] = value
         return cls(**kwargs)
+
+    @property
+    def new_token_ids(self) -> list[int]:
+        """The ids of `NEW_TOKENS`, in that order."""
+        return [getattr(self, field) for field in NEW_TOKEN_ID_FIELDS]
+
+    @new_token_ids.setter
+    def new_token_ids(self, ids) -> None:
+        ids = list(ids)
+        if len(ids) != len(NEW_TOKEN_ID_FIELDS):
+            raise ValueError(f"new_token_ids: {len(NEW_TOKEN_ID_FIELDS)} ids ({', '.join(NEW_TOKENS)}), got {ids}")
+        for field, token_id in zip(NEW_TOKEN_ID_FIELDS, ids):
+            setattr(self, field, token_id)
 
 
 # The options beyond the paper that make a from-scratch model follow the question (see the class docstring).

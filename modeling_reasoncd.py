@@ -29,9 +29,11 @@ from transformers.utils import ModelOutput
 
 try:
     from .configuration_reasoncd import ReasonCDConfig, ReasonCDFusionConfig
+    from .geometry_reasoncd import upscale_mask_logits
     from .generation_reasoncd import ReasonCDGenerateOutput, ReasonCDGenerationMixin, _per_row
 except ImportError:
     from configuration_reasoncd import ReasonCDConfig, ReasonCDFusionConfig
+    from geometry_reasoncd import upscale_mask_logits
     from generation_reasoncd import ReasonCDGenerateOutput, ReasonCDGenerationMixin, _per_row
 
 
@@ -82,22 +84,6 @@ class ReasonCDOutput(ModelOutput):
     pred_masks: torch.FloatTensor | None = None
     seg_present: torch.BoolTensor | None = None
     seg_hidden_states: torch.FloatTensor | None = None
-
-
-# --- mask geometry: SAM's frame <-> the input's size (the processor's post-processing uses it too) ---
-def sam_resized_shape(height: int, width: int, longest_side: int) -> tuple[int, int]:
-    """segment-anything's `ResizeLongestSide.get_preprocess_shape`."""
-    scale = longest_side / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
-
-
-def upscale_mask_logits(low_res: torch.Tensor, reshaped_size, target_size, frame: int) -> torch.Tensor:
-    """Low-res logits `(h, w)` -> SAM's padded `frame` -> un-padded to `reshaped_size` -> `target_size` `(H, W)`."""
-    rh, rw = (int(v) for v in reshaped_size)
-    full = F.interpolate(low_res[None, None], size=(frame, frame), mode="bilinear", align_corners=False)
-    full = full[..., :rh, :rw]
-    target = tuple(int(v) for v in target_size)
-    return F.interpolate(full, size=target, mode="bilinear", align_corners=False)[0, 0]
 
 
 def _changed_for_other_questions(masks: torch.Tensor, pair_index: torch.Tensor, row: int,
@@ -434,9 +420,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
     # Kept out of bitsandbytes quantisation (`bitsandbytes_config`): everything but the language model's decoder
     # layers. The encoders and the mask path are small next to a 7B decoder, and the [SEG] decision is read off
     # `lm_head`. transformers matches these as prefixes of module names (and `lm_head` as a suffix).
-    unquantized_module_names = ("vision_tower", "multi_modal_projector", "text_hidden_fc", "sam_image_encoder",
-                                "sam_prompt_encoder", "sam_mask_decoder", "feature_fusion", "seg_state_norm",
-                                "prompt_film", "change_projector", "language_model.lm_head")
+    unquantized_module_names = (frozen_module_names + trainable_module_names + optional_module_names
+                                + ("language_model.lm_head",))
 
     @classmethod
     def bitsandbytes_config(cls, bits: int, compute_dtype: torch.dtype = torch.bfloat16):

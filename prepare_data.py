@@ -6,11 +6,12 @@ metadata (`kind`, `pair_id`, `heldout`, and for BCDD `croi` and `direction`). Sa
     python prepare_data.py bcdd --t1 2012.tif --t2 2016.tif --label change.tif --output_dir data/bcdd
     python prepare_data.py folder --root LEVIR-CD --question Building --output_dir data/levir
     python prepare_data.py second --root SECOND --output_dir data/second
+    python prepare_data.py synthetic --output_dir data/pairs   # SECOND's layout; then: second --root data/pairs
 
-Every subcommand checks its input and its output folder first (unmatched file names, size mismatches, non-binary
+Every subcommand that writes samples checks its input and its output folder first (unmatched file names, size mismatches, non-binary
 labels; an output folder it may not write, see reasoncd/io.py), writes into a temporary folder beside
 the output folder and puts the result in place at the end, so a failure leaves no partial output: the problems are
-printed and the exit code is 2.
+printed and the exit code is 2. `synthetic` adds pairs to its folder and skips those already there.
 """
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from reasoncd.data.folders import PLAIN_ANSWER, PrepareError, prepare_bcdd, prepare_folder
-from reasoncd.data.second import convert_second
+from reasoncd.data.folders import BCDD, FOLDER
+from reasoncd.data.second import SECOND
+from reasoncd.data.synthetic import SYNTHETIC
 
-
-# ------------------------------------------------------------------------------------------------------------ CLI
+# One entry per data source (reasoncd/data/commands.py): its arguments and how it runs.
+SUBCOMMANDS = (BCDD, FOLDER, SECOND, SYNTHETIC)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,50 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn change-detection data into ReasonCD samples (one JSON per image pair, 8:1:1 split).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-
-    bcdd = commands.add_parser("bcdd", help="cut the BCDD (WHU building CD) mosaics into tiles")
-    bcdd.add_argument("--t1", required=True, type=Path, help="earlier mosaic (TIFF/GeoTIFF, PNG, ...)")
-    bcdd.add_argument("--t2", required=True, type=Path, help="later mosaic, same size")
-    bcdd.add_argument("--label", required=True, type=Path, help="change label mosaic (0/1, 0/255 or binary colour)")
-    bcdd.add_argument("--output_dir", required=True, type=Path)
-    bcdd.add_argument("--tile", type=int, default=256, help="tile side in pixels (default 256)")
-    bcdd.add_argument("--seed", type=int, default=0, help="seed of the 8:1:1 split (default 0)")
-    bcdd.add_argument("--question", default="Building", help='question of every sample (default "Building")')
-
-    folder = commands.add_parser("folder", help="index a data set in an A/B/label-style folder layout")
-    folder.add_argument("--root", required=True, type=Path, help="data set folder, optionally with train/val/test")
-    folder.add_argument("--question", required=True, help='question of every sample, e.g. "Building"')
-    folder.add_argument("--output_dir", required=True, type=Path)
-    folder.add_argument("--answer", default=PLAIN_ANSWER, help=f'answer where the label has change ("{PLAIN_ANSWER}")')
-    folder.add_argument("--seed", type=int, default=0, help="seed of the 8:1:1 split without split folders")
-
-    for command in (bcdd, folder):
-        command.add_argument(
-            "--threshold", type=int, help="binarise non-binary labels with `> THRESHOLD` instead of failing"
-        )
-
-    second = commands.add_parser("second", help="make CRoI samples from SECOND's semantic change labels")
-    second.add_argument("--root", required=True, type=Path, help="SECOND folder")
-    second.add_argument("--output_dir", required=True, type=Path)
-    second.add_argument("--seed", type=int, default=0, help="seed of the 8:1:1 split (default 0)")
-    for command in (bcdd, folder, second):
-        command.add_argument("--overwrite", action="store_true",
-                             help="write into a folder holding other files; only this subcommand's outputs "
-                             "(train/ val/ test/ and its images or masks) are replaced, other files are kept")
+    for subcommand in SUBCOMMANDS:
+        subcommand.add_arguments(commands.add_parser(subcommand.name, help=subcommand.help))
     return parser
 
 
 def run(args: argparse.Namespace) -> dict:
-    if args.command == "bcdd":
-        return prepare_bcdd(
-            args.t1, args.t2, args.label, args.output_dir, args.tile, args.seed, args.question, args.threshold,
-            args.overwrite,
-        )
-    if args.command == "folder":
-        return prepare_folder(
-            args.root, args.question, args.output_dir, args.answer, args.seed, args.threshold, args.overwrite
-        )
-    return convert_second(args.root, args.output_dir, seed=args.seed, overwrite=args.overwrite)
+    return next(command for command in SUBCOMMANDS if command.name == args.command).run(args)
 
 
 def print_summary(summary: dict, output_dir: Path) -> None:
@@ -91,7 +56,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = run(args)
-    except (PrepareError, ValueError, OSError) as error:  # ImageReadError is a ValueError
+    except (ValueError, OSError) as error:  # PrepareError, ImageReadError and OutputDirError are ValueErrors
         print(f"prepare_data.py {args.command}: error: {error}", file=sys.stderr)
         return 2
     print_summary(summary, args.output_dir)

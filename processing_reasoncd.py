@@ -17,10 +17,10 @@ from transformers.utils import logging
 
 try:
     from .configuration_reasoncd import NEW_TOKENS, ReasonCDSamConfig
-    from .modeling_reasoncd import sam_resized_shape, upscale_mask_logits
+    from .geometry_reasoncd import sam_resized_shape, upscale_mask_logits
 except ImportError:
     from configuration_reasoncd import NEW_TOKENS, ReasonCDSamConfig
-    from modeling_reasoncd import sam_resized_shape, upscale_mask_logits
+    from geometry_reasoncd import sam_resized_shape, upscale_mask_logits
 
 logger = logging.get_logger(__name__)
 

@@ -44,8 +44,7 @@ def make_processor(config: ReasonCDConfig, tokenizer, image_processor=None) -> R
 
 
 def set_token_ids(config: ReasonCDConfig, tokenizer) -> None:
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in NEW_TOKENS]
-    config.t1_token_id, config.t2_token_id, config.p_start_token_id, config.p_end_token_id, config.seg_token_id = ids
+    config.new_token_ids = [tokenizer.convert_tokens_to_ids(t) for t in NEW_TOKENS]
     config.pad_token_id = tokenizer.pad_token_id
     config.bos_token_id = tokenizer.bos_token_id
     config.eos_token_id = tokenizer.eos_token_id
@@ -254,19 +253,24 @@ def print_report(rows, lora_rank: int) -> None:
     print(f"trainable share: {trainable / total:.2%} (LoRA r={lora_rank} on q_proj/v_proj of the language model)")
 
 
-# --- the options beyond the paper, as command-line flags (build_reasoncd.py and train.py) ---
-ARCHITECTURE_OPTIONS = ("seg_state_norm", "mask_conditioning", "change_tokens")
+# --- the architecture and loss options, as command-line flags (build_reasoncd.py and train.py) ---
+ARCHITECTURE_OPTIONS = ("use_feature_fusion", "seg_state_norm", "mask_conditioning", "change_tokens")
 LOSS_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight")
+# The flag of an option whose name on the command line is not the config field's.
+OPTION_FLAGS = {"use_feature_fusion": "--no_fusion"}
 
 
 def add_option_arguments(parser) -> None:
-    """The config options beyond the paper (ReasonCDConfig's docstring and the README say what each does). Unset
-    flags keep the preset's value: off in `reasoncd-7b` and `medium`, on in `tiny`."""
+    """The fusion module switch (the paper's ablation) and the config options beyond the paper (ReasonCDConfig's
+    docstring and the README say what each does). Unset flags keep the preset's value: the options beyond the paper
+    are off in `reasoncd-7b` and `medium`, on in `tiny`."""
     import argparse
 
     from configuration_reasoncd import MASK_CONDITIONINGS
 
-    group = parser.add_argument_group("options beyond the paper (default: the preset's)")
+    group = parser.add_argument_group("architecture and loss options (default: the preset's)")
+    group.add_argument("--no_fusion", dest="use_feature_fusion", action="store_false", default=None,
+                       help="the paper's ablation: SAM features of T1 and T2 concatenated, no ResNet-FPN fusion")
     group.add_argument("--seg_state_norm", action=argparse.BooleanOptionalAction, default=None,
                        help="standardise the [SEG] state before the mask path reads it")
     group.add_argument("--mask_conditioning", choices=MASK_CONDITIONINGS,
@@ -278,6 +282,11 @@ def add_option_arguments(parser) -> None:
                        help="BCE weight of pixels that changed for another question about the pair but not this one")
     group.add_argument("--answer_decision_loss_weight", type=float,
                        help="CE weight of an answer's first two (present/absent) tokens")
+
+
+def option_flags(names) -> str:
+    """The command-line flags of config options, for messages."""
+    return " ".join(OPTION_FLAGS.get(name, f"--{name}") for name in names)
 
 
 def option_overrides(args, names=ARCHITECTURE_OPTIONS + LOSS_OPTIONS) -> dict:

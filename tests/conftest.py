@@ -19,3 +19,11 @@ def realcd() -> Path:
     if not REALCD.is_dir():
         pytest.skip(f"real change-detection samples not found at {REALCD} (a clone without ../shared)")
     return REALCD
+
+
+@pytest.fixture(scope="session")
+def samples_dir(tmp_path_factory) -> Path:
+    """20 synthetic pairs converted to JSON samples (the tests of the collator, the feature cache, LoRA and train.py)."""
+    from helpers import synthetic_samples
+
+    return synthetic_samples(tmp_path_factory.mktemp("second"), 20, seed=3)

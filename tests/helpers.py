@@ -1,6 +1,7 @@
 """Shared building blocks of the tests: tiny checkpoints (built once per session) and tiny models whose answers
 hold `[SEG]`, image pairs, a LLaMA-2-like tokenizer made offline, a logits processor that makes greedy decoding emit
 a chosen answer, running scripts, and the places no command may write over."""
+import configparser
 import os
 import subprocess
 import sys
@@ -11,6 +12,16 @@ import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerFast
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _remote_code() -> tuple[str, ...]:
+    """The remote-code modules (they travel with checkpoints and exports): the top-level modules setup.cfg installs."""
+    setup = configparser.ConfigParser()
+    setup.read(REPO_ROOT / "setup.cfg")
+    return tuple(setup["options"]["py_modules"].split())
+
+
+REMOTE_CODE = _remote_code()
 
 import build_reasoncd
 from reasoncd import build
@@ -47,6 +58,16 @@ def seg_tiny(seed: int = 0):
     model, processor = build.build_tiny(seed)
     make_seg_the_only_answer(model)
     return model.eval(), processor
+
+
+def synthetic_samples(root: Path, pairs: int, seed: int) -> Path:
+    """`pairs` synthetic pairs in SECOND's layout under root/raw, converted to JSON samples in root/samples."""
+    from reasoncd.data.second import convert_second
+    from reasoncd.data.synthetic import generate_second_layout
+
+    generate_second_layout(root / "raw", pairs, seed=seed, progress=False)
+    convert_second(root / "raw", root / "samples", seed=seed, progress=False)
+    return root / "samples"
 
 
 def image_pair(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,7 @@ from transformers import (
 )
 
 import build_reasoncd
+from reasoncd import build
 from configuration_reasoncd import SAM_TINY, ReasonCDConfig
 from helpers import REPO_ROOT, llama_like_tokenizer, random_image, script_env, tiny_checkpoint
 
@@ -291,6 +292,20 @@ def _run_measured(args):
     stdout, stderr = process.communicate(timeout=120)
     seconds = time.monotonic() - start
     return process.returncode, stdout, stderr, seconds
+
+
+def test_fusion_is_switched_off_in_the_shared_option_group(capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    build.add_option_arguments(parser)
+    assert build.option_overrides(parser.parse_args([])) == {}
+    off = parser.parse_args(["--no_fusion", "--mask_conditioning", "sparse"])
+    assert build.option_overrides(off) == {"use_feature_fusion": False, "mask_conditioning": "sparse"}
+    assert build.option_flags(build.option_overrides(off)) == "--no_fusion --mask_conditioning"
+    with pytest.raises(SystemExit):
+        build_reasoncd.main(["--no_fusion", "--resnet", "resnet34.pth", "--output_dir", "unused"])
+    assert "--resnet loads the fusion module's ResNet, which --no_fusion removes" in capsys.readouterr().err
 
 
 def test_dry_run_counts_the_papers_model_without_allocating_it(tmp_path):

@@ -89,3 +89,15 @@ def test_inconsistent_values_are_refused_by_name(overrides, message):
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown preset 'huge'.*'medium'.*'reasoncd-7b'.*'tiny'"):
         ReasonCDConfig.from_preset("huge")
+
+
+def test_new_token_ids_follow_new_tokens_and_set_each_field():
+    config = ReasonCDConfig.from_preset("tiny")
+    assert config.new_token_ids == [config.t1_token_id, config.t2_token_id, config.p_start_token_id,
+                                    config.p_end_token_id, config.seg_token_id] == [32000, 32001, 32002, 32003, 32004]
+    config.new_token_ids = [7, 8, 9, 10, 11]
+    assert (config.t1_token_id, config.seg_token_id) == (7, 11)
+    saved = config.to_dict()
+    assert "new_token_ids" not in saved and saved["p_end_token_id"] == 10
+    with pytest.raises(ValueError, match=r"5 ids \(<T1>, <T2>, <p>, </p>, \[SEG\]\), got \[1, 2\]"):
+        config.new_token_ids = [1, 2]

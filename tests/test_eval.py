@@ -218,13 +218,9 @@ def test_model_mode_on_a_json_split(checkpoint, realcd, tmp_path):
 @pytest.fixture(scope="module")
 def second_samples(tmp_path_factory) -> Path:
     """Synthetic SECOND-style pairs: several questions per pair, about changes with different truths."""
-    from reasoncd.data.second import convert_second
-    from reasoncd.data.synthetic import generate_second_layout
+    from helpers import synthetic_samples
 
-    root = tmp_path_factory.mktemp("second")
-    generate_second_layout(root / "raw", 6, seed=3, progress=False)
-    convert_second(root / "raw", root / "samples", seed=3, progress=False)
-    return root / "samples"
+    return synthetic_samples(tmp_path_factory.mktemp("second"), 6, seed=3)
 
 
 @pytest.mark.parametrize("teacher_forced", [False, True])

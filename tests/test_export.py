@@ -19,21 +19,20 @@ from reasoncd.build import save_checkpoint
 from modeling_reasoncd import ReasonCDForChangeDetection
 from reasoncd.loading import predict
 from processing_reasoncd import ReasonCDProcessor
-from helpers import image_pair, precious_places, seg_tiny, tree
+from helpers import REMOTE_CODE, image_pair, precious_places, seg_tiny, tree
 from reasoncd.training.lora import apply_lora
 from reasoncd.io import MARKER
 from reasoncd.publishing.card import base_models
 
 QUESTIONS = ["new buildings", "changes caused by heavy rainfall, and explain why"]
 MAX_NEW_TOKENS = 4
-FULL_EXPORT = {"README.md", "chat_template.jinja", "config.json", "configuration_reasoncd.py",
-               "generation_config.json", "generation_reasoncd.py", "handler.py", "model.safetensors", "modeling_reasoncd.py",
-               "pipeline_reasoncd.py", "processing_reasoncd.py", "processor_config.json", "requirements.txt",
-               "tokenizer.json", "tokenizer_config.json"}
-# The processor's code imports the mask geometry from the model's (which imports its decoding loop) and the token
-# list from the configuration's.
+REMOTE_CODE_FILES = {f"{name}.py" for name in REMOTE_CODE}
+FULL_EXPORT = {"README.md", "chat_template.jinja", "config.json", "generation_config.json", "handler.py",
+               "model.safetensors", "processor_config.json", "requirements.txt", "tokenizer.json",
+               "tokenizer_config.json", *REMOTE_CODE_FILES}
+# An adapter export carries the processor's code and what it imports; the model's code comes with the base model.
 ADAPTER_EXPORT = {"README.md", "adapter_config.json", "adapter_model.safetensors", "chat_template.jinja",
-                  "configuration_reasoncd.py", "generation_reasoncd.py", "modeling_reasoncd.py", "processing_reasoncd.py",
+                  "configuration_reasoncd.py", "geometry_reasoncd.py", "processing_reasoncd.py",
                   "processor_config.json", "tokenizer.json", "tokenizer_config.json"}
 METRICS = {"f1": 0.61, "precision": 0.58, "recall": 0.64, "oa": 0.95, "iou": 0.44, "kappa": 0.58, "giou": 0.5,
            "ciou": 0.44, "n_samples": 12, "groups": {"explicit": {"f1": 0.7, "iou": 0.54, "giou": 0.6, "n_samples": 6}}}
@@ -44,8 +43,7 @@ LOAD_EXPORT = r"""
 import json, sys
 
 class BlockRepository:
-    NAMES = ("configuration_reasoncd", "modeling_reasoncd", "processing_reasoncd", "pipeline_reasoncd",
-             "reasoncd")
+    NAMES = (*json.loads(sys.argv[6]), "reasoncd")
 
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in self.NAMES:
@@ -170,7 +168,7 @@ def test_export_loads_without_the_repository_and_answers_as_before(run, exported
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
         [sys.executable, "-I", "load_export.py", str(out), str(run / "t1.png"), str(run / "t2.png"),
-         str(elsewhere / "result.json"), json.dumps(QUESTIONS)],
+         str(elsewhere / "result.json"), json.dumps(QUESTIONS), json.dumps(REMOTE_CODE)],
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     after = json.loads((elsewhere / "result.json").read_text())
@@ -269,7 +267,10 @@ def test_adapter_only_round_trips_through_peft(run, tmp_path):
 
     base = ReasonCDForChangeDetection.from_pretrained(run / "base")
     model = PeftModel.from_pretrained(base, out).merge_and_unload().eval()
-    processor = ReasonCDProcessor.from_pretrained(out, trust_remote_code=True)
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)  # the adapter folder's own code
+    assert type(processor).__module__.startswith("transformers_modules")
     t1, t2 = (np.array(Image.open(run / name)) for name in ("t1.png", "t2.png"))
     inputs = processor(images_t1=t1, images_t2=t2, text=QUESTIONS)
     merged = ReasonCDForChangeDetection.from_pretrained(run / "run" / "model").eval()

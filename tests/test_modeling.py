@@ -1,5 +1,6 @@
 """The model on the `tiny` preset: losses and the trainable set, the [SEG] convention (teacher-forced == cached
-generation), one encoding per image pair, and a save/reload through the Hub loader in a clean interpreter."""
+generation), one encoding per image pair, the mask decoder against segment-anything's, and a save/reload through
+the Hub loader in a clean interpreter."""
 import copy
 import json
 import re
@@ -13,8 +14,11 @@ from transformers import AutoModel, AutoProcessor, LogitsProcessorList
 
 import build_reasoncd
 from reasoncd import build
-from helpers import REPO_ROOT, ForceAnswers, make_seg_the_only_answer, random_image, run_script, tiny_checkpoint
-from modeling_reasoncd import ANSWER_DECISION_TOKENS, upscale_mask_logits
+from geometry_reasoncd import upscale_mask_logits
+from helpers import (REMOTE_CODE, REPO_ROOT, ForceAnswers, make_seg_the_only_answer, random_image, run_script,
+                     tiny_checkpoint)
+from configuration_reasoncd import ReasonCDConfig
+from modeling_reasoncd import ANSWER_DECISION_TOKENS, ReasonCDForChangeDetection
 from reasoncd.training.lora import apply_lora, module_path
 
 HEIGHT, WIDTH = 200, 300
@@ -400,6 +404,29 @@ def test_rows_about_different_pairs_use_their_own_images(model, processor, pair)
     assert pair_index == [1, 0, 1]
 
 
+# --- the mask decoder -------------------------------------------------------------------------------------------
+def test_decode_masks_equals_segment_anythings_single_mask_decoder():
+    """`decode_masks` inlines `MaskDecoder.predict_masks` to give each prompt its own image embedding."""
+    torch.manual_seed(0)
+    config = ReasonCDConfig.from_preset("tiny", seg_state_norm=False, mask_conditioning="sparse")
+    model = ReasonCDForChangeDetection(config).eval()
+    embeds = torch.randn(3, 64, 16, 16)
+    states = torch.randn(3, config.text_config.hidden_size)
+    with torch.no_grad():
+        ours = model.decode_masks(embeds, states)
+        prompts = model.text_hidden_fc(states)
+        for row in range(3):
+            upstream, _ = model.sam_mask_decoder(
+                image_embeddings=embeds[row:row + 1],
+                image_pe=model.sam_prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=prompts[row:row + 1, None],
+                dense_prompt_embeddings=model.sam_prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+                .expand(1, -1, 16, 16),
+                multimask_output=False,
+            )
+            torch.testing.assert_close(ours[row], upstream[0, 0], rtol=1e-4, atol=1e-5)
+
+
 # --- save and reload through the Hub loader ---------------------------------------------------------------------
 RELOAD_SCRIPT = textwrap.dedent(
     """
@@ -409,7 +436,7 @@ RELOAD_SCRIPT = textwrap.dedent(
     from transformers import AutoModel, AutoProcessor
 
     checkpoint, data, questions_file, out = sys.argv[1:5]
-    ours = ("modeling_reasoncd", "configuration_reasoncd", "processing_reasoncd")
+    ours = json.loads(sys.argv[5])
     for name in ours:
         sys.modules.pop(name, None)
     model, info = AutoModel.from_pretrained(checkpoint, trust_remote_code=True, output_loading_info=True)
@@ -446,6 +473,8 @@ def test_save_and_reload_in_a_clean_interpreter(tmp_path, pair):
     checkpoint = tmp_path / "checkpoint"
     build.save_checkpoint(model, processor, checkpoint)
     model.eval()
+    # The model's and the processor's code, and every file they import, travel with the checkpoint.
+    assert {f"{name}.py" for name in REMOTE_CODE} - {"pipeline_reasoncd.py"} <= {p.name for p in checkpoint.iterdir()}
 
     work = tmp_path / "elsewhere"
     work.mkdir()
@@ -455,7 +484,8 @@ def test_save_and_reload_in_a_clean_interpreter(tmp_path, pair):
     modules_cache = tmp_path / "hf_modules"
     # -I: no PYTHONPATH, no user site, no script folder or cwd on sys.path: the repository is not on the path
     # (unless it is installed).
-    result = run_script(["-I", "reload.py", str(checkpoint), "data.npz", "spec.json", "reloaded.pt"], cwd=work,
+    result = run_script(["-I", "reload.py", str(checkpoint), "data.npz", "spec.json", "reloaded.pt",
+                         json.dumps(REMOTE_CODE)], cwd=work,
                         extra_env={"HF_MODULES_CACHE": str(modules_cache)})
     assert not str(work).startswith(str(REPO_ROOT)) and not str(checkpoint).startswith(str(REPO_ROOT))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -44,17 +44,8 @@ def assert_nothing_written(output_dir: Path):
 def test_help_lists_the_subcommands():
     result = run_cli("--help")
     assert result.returncode == 0
-    assert all(command in result.stdout for command in ("bcdd", "folder", "second"))
+    assert all(command in result.stdout for command in ("bcdd", "folder", "second", "synthetic"))
     assert "--tile" in run_cli("bcdd", "--help").stdout
-
-
-def test_split_is_8_1_1_seeded_and_order_free():
-    ids = [folders.tile_name(r * 256, c * 256) for r in range(59) for c in range(126)]
-    split = folders.split_ids(ids, seed=0)
-    counts = {name: list(split.values()).count(name) for name in folders.SPLITS}
-    assert counts == {"train": 5948, "val": 743, "test": 743}
-    assert folders.split_ids(reversed(ids), seed=0) == split
-    assert folders.split_ids(ids, seed=1) != split
 
 
 # ----------------------------------------------------------------------------------------------------------- bcdd
@@ -347,17 +338,36 @@ def test_folder_input_errors_are_listed_and_nothing_is_written(tmp_path):
 
 
 def test_second_calls_the_converter(tmp_path, monkeypatch, capsys):
+    from reasoncd.data import second
+
     calls = []
 
-    def convert_second(root, output_dir, seed, overwrite):
-        calls.append((root, output_dir, seed, overwrite))
+    def convert_second(root, output_dir, **settings):
+        calls.append((root, output_dir, settings))
         return {"pairs": {"train": 8, "val": 1, "test": 1}, "samples": 60}
 
-    monkeypatch.setattr(prepare_data, "convert_second", convert_second)
+    monkeypatch.setattr(second, "convert_second", convert_second)
     assert prepare_data.main(["second", "--root", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--seed=4"]) == 0
-    assert calls == [(tmp_path, tmp_path / "o", 4, False)]
+    defaults = {"seed": 4, "explanations": True, "negatives_per_pair": 1, "overwrite": False}
+    assert calls == [(tmp_path, tmp_path / "o", defaults)]
     printed = capsys.readouterr().out
     assert "pairs: 10 (train 8, val 1, test 1)" in printed and "samples: 60" in printed
+    assert prepare_data.main(["second", "--root", str(tmp_path), "--output_dir", str(tmp_path / "o"),
+                              "--no_explanations", "--negatives_per_pair", "0", "--overwrite"]) == 0
+    assert calls[1][2] == {"seed": 0, "explanations": False, "negatives_per_pair": 0, "overwrite": True}
+
+
+def test_synthetic_writes_pairs_that_second_converts(tmp_path, capsys):
+    pairs = tmp_path / "pairs"
+    assert prepare_data.main(["synthetic", "--output_dir", str(pairs), "--n_pairs", "3", "--size", "64"]) == 0
+    assert f"wrote {pairs}\n  pairs: 3\n" in capsys.readouterr().out
+    for folder in ("im1", "im2", "label1", "label2"):
+        names = sorted(p.name for p in (pairs / folder).iterdir())
+        assert names == ["00000.png", "00001.png", "00002.png"]
+        assert Image.open(pairs / folder / names[0]).size == (64, 64)
+    assert prepare_data.main(["second", "--root", str(pairs), "--output_dir", str(tmp_path / "samples")]) == 0
+    # Three pairs: one each for train, val and test (the one split rule, reasoncd.data.samples.split_pairs).
+    assert "pairs: 3 (train 1, val 1, test 1)" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------------------- what is never touched

@@ -241,28 +241,6 @@ def test_change_tokens_show_the_language_model_the_fused_change_embedding(tiny):
     assert torch.equal(before[0, ~(t1 | t2)], after[0, ~(t1 | t2)])
 
 
-def test_decode_masks_equals_segment_anythings_single_mask_decoder():
-    """`decode_masks` inlines `MaskDecoder.predict_masks` to give each prompt its own image embedding."""
-    torch.manual_seed(0)
-    config = ReasonCDConfig.from_preset("tiny", seg_state_norm=False, mask_conditioning="sparse")
-    model = ReasonCDForChangeDetection(config).eval()
-    embeds = torch.randn(3, 64, 16, 16)
-    states = torch.randn(3, config.text_config.hidden_size)
-    with torch.no_grad():
-        ours = model.decode_masks(embeds, states)
-        prompts = model.text_hidden_fc(states)
-        for row in range(3):
-            upstream, _ = model.sam_mask_decoder(
-                image_embeddings=embeds[row:row + 1],
-                image_pe=model.sam_prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=prompts[row:row + 1, None],
-                dense_prompt_embeddings=model.sam_prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-                .expand(1, -1, 16, 16),
-                multimask_output=False,
-            )
-            torch.testing.assert_close(ours[row], upstream[0, 0], rtol=1e-4, atol=1e-5)
-
-
 def test_the_papers_ablation_without_fusion_decodes_from_sam_features_alone():
     torch.manual_seed(0)
     config = ReasonCDConfig.from_preset("tiny", use_feature_fusion=False)

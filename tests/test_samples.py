@@ -1,9 +1,12 @@
 """reasoncd.data.samples: the sample format written and read back, from a staging folder to its final place."""
 import json
+from pathlib import Path
 
 import numpy as np
+import pytest
 
-from reasoncd.data.samples import SEG, load_pair, load_split, read_sample, write_sample
+from reasoncd.data.samples import (SEG, SPLITS, PrepareError, SampleError, load_pair, load_split, read_sample,
+                                  split_pairs, write_sample)
 from reasoncd.io import write_png_atomic
 
 
@@ -53,3 +56,48 @@ def test_missing_fields_are_named(tmp_path):
     sample, problems = read_sample(path)
     assert sample is None
     assert any("'answer' is missing" in p for p in problems) and any("'question' must be" in p for p in problems)
+
+
+def _counts(split: dict[str, str]) -> dict[str, int]:
+    return {name: list(split.values()).count(name) for name in SPLITS}
+
+
+def test_split_is_8_1_1_seeded_and_order_free():
+    ids = [f"r{r:06d}_c{c:06d}" for r in range(59) for c in range(126)]  # BCDD's 7,434 tiles
+    split = split_pairs(ids, seed=0)
+    assert _counts(split) == {"train": 5948, "val": 743, "test": 743}
+    assert split_pairs(reversed(ids), seed=0) == split
+    assert split_pairs(ids, seed=1) != split
+    # Val and test get a pair as soon as there are three; fewer go to train first.
+    assert _counts(split_pairs(["a", "b", "c"], seed=0)) == {"train": 1, "val": 1, "test": 1}
+    assert _counts(split_pairs(["a", "b"], seed=0)) == {"train": 2, "val": 0, "test": 0}
+    assert _counts(split_pairs([str(i) for i in range(14)], seed=0)) == {"train": 12, "val": 1, "test": 1}
+    assert _counts(split_pairs([str(i) for i in range(10)], seed=0, fractions=(1, 1, 0))) == \
+        {"train": 5, "val": 5, "test": 0}
+    with pytest.raises(PrepareError, match=r"three non-negative fractions .*\(0.8, -0.1, 0.3\)"):
+        split_pairs(["a"], seed=0, fractions=(0.8, -0.1, 0.3))
+
+
+def _write_sample(folder: Path, name: str, **fields) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(fields))
+    return path
+
+
+def test_split_validation_names_file_and_field(tmp_path):
+    good_image = tmp_path / "a.png"
+    from PIL import Image
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good_image)
+    fields = dict(img1_path="../a.png", img2_path="../a.png", mask_path="../a.png", question="q", answer="It's [SEG].")
+    _write_sample(tmp_path / "train", "ok", **fields)
+    bad = _write_sample(tmp_path / "train", "no_answer", **{k: v for k, v in fields.items() if k != "answer"})
+    gone = _write_sample(tmp_path / "train", "missing_file", **{**fields, "mask_path": "../nowhere.png"})
+    with pytest.raises(SampleError) as error:
+        load_split(tmp_path, "train")
+    message = str(error.value)
+    assert f"{bad}: field 'answer' is missing" in message
+    assert f"{gone}: field 'mask_path' points at a missing file" in message
+    (tmp_path / "val").mkdir()
+    with pytest.raises(SampleError, match="empty"):
+        load_split(tmp_path, "val")

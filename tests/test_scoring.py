@@ -194,13 +194,9 @@ def test_score_reports_question_use(pair_samples):
 
 @pytest.fixture(scope="module")
 def synthetic_samples(tmp_path_factory) -> list[dict]:
-    from reasoncd.data.second import convert_second
-    from reasoncd.data.synthetic import generate_second_layout
+    from helpers import synthetic_samples
 
-    root = tmp_path_factory.mktemp("second")
-    generate_second_layout(root / "raw", 6, seed=3, progress=False)
-    convert_second(root / "raw", root / "samples", seed=3, progress=False)
-    return load_split(root / "samples", "train")
+    return load_split(synthetic_samples(tmp_path_factory.mktemp("second"), 6, seed=3), "train")
 
 
 @pytest.fixture(scope="module")

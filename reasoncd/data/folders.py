@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from reasoncd.data.commands import Subcommand, add_overwrite
 from reasoncd.data.images import (ImageReadError, Mosaic, binarize_label, image_size, images_by_stem,
                                   read_mask, to_rgb8)
-from reasoncd.data.samples import SPLITS, relative_path, write_sample
+from reasoncd.data.samples import SPLITS, PrepareError, relative_path, split_pairs, write_sample
 from reasoncd.io import OutputDir, write_png_atomic
 from reasoncd.messages import listed, size_mismatch
 
@@ -36,22 +37,8 @@ IMAGE_FOLDER_PAIRS = (
 LABEL_FOLDERS = ("label", "labels", "mask", "gt", "cd")
 
 
-class PrepareError(Exception):
-    """A problem with the user's input, reported as a message without a traceback."""
-
-
 def _problems(title: str, problems: list[str]) -> PrepareError:
     return PrepareError(f"{title}\n  {listed(problems)}")
-
-
-def split_ids(ids, seed: int) -> dict[str, str]:
-    """Assign ids to train/val/test 8:1:1: a permutation seeded by `seed` of the sorted ids, so the split does not
-    depend on listing order. val and test get round(10%) each, train the rest."""
-    ids = sorted(ids)
-    order = np.random.default_rng(seed).permutation(len(ids))
-    n_held = round(len(ids) * 0.1)
-    names = ["val"] * n_held + ["test"] * n_held + ["train"] * (len(ids) - 2 * n_held)
-    return {ids[index]: name for index, name in zip(order, names)}
 
 
 # ----------------------------------------------------------------------------------------------------------- bcdd
@@ -100,7 +87,7 @@ def prepare_bcdd(
         if not rows or not columns:
             raise PrepareError(f"the mosaics ({height} x {width}) are smaller than one {tile}-pixel tile")
         names = [tile_name(row * tile, column * tile) for row in range(rows) for column in range(columns)]
-        splits = split_ids(names, seed)
+        splits = split_pairs(names, seed)
 
         changed = 0
         with output.staged() as staging:
@@ -217,7 +204,7 @@ def prepare_folder(
     if not pairs:
         raise PrepareError(f"{root}: no image pairs found")
 
-    made_splits = split_ids([stem for split, stem, *_ in pairs if split is None], seed)
+    made_splits = split_pairs([stem for split, stem, *_ in pairs if split is None], seed)
     counts = dict.fromkeys(SPLITS, 0)
     changed = total = absent = 0
     non_binary = []
@@ -249,3 +236,43 @@ def prepare_folder(
         "absent": absent,
         "split": f"8:1:1, seed {seed}" if made_splits else "from the train/val/test folders",
     }
+
+
+# ---------------------------------------------------------------------------------------- prepare_data.py commands
+
+
+def _add_threshold(parser) -> None:
+    parser.add_argument("--threshold", type=int,
+                        help="binarise non-binary labels with `> THRESHOLD` instead of failing")
+
+
+def _bcdd_arguments(parser) -> None:
+    parser.add_argument("--t1", required=True, type=Path, help="earlier mosaic (TIFF/GeoTIFF, PNG, ...)")
+    parser.add_argument("--t2", required=True, type=Path, help="later mosaic, same size")
+    parser.add_argument("--label", required=True, type=Path, help="change label mosaic (0/1, 0/255 or binary colour)")
+    parser.add_argument("--output_dir", required=True, type=Path)
+    parser.add_argument("--tile", type=int, default=256, help="tile side in pixels (default 256)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the 8:1:1 split (default 0)")
+    parser.add_argument("--question", default="Building", help='question of every sample (default "Building")')
+    _add_threshold(parser)
+    add_overwrite(parser)
+
+
+def _folder_arguments(parser) -> None:
+    parser.add_argument("--root", required=True, type=Path, help="data set folder, optionally with train/val/test")
+    parser.add_argument("--question", required=True, help='question of every sample, e.g. "Building"')
+    parser.add_argument("--output_dir", required=True, type=Path)
+    parser.add_argument("--answer", default=PLAIN_ANSWER, help=f'answer where the label has change ("{PLAIN_ANSWER}")')
+    parser.add_argument("--seed", type=int, default=0, help="seed of the 8:1:1 split without split folders")
+    _add_threshold(parser)
+    add_overwrite(parser)
+
+
+BCDD = Subcommand(
+    "bcdd", "cut the BCDD (WHU building CD) mosaics into tiles", _bcdd_arguments,
+    lambda args: prepare_bcdd(args.t1, args.t2, args.label, args.output_dir, args.tile, args.seed, args.question,
+                              args.threshold, args.overwrite))
+FOLDER = Subcommand(
+    "folder", "index a data set in an A/B/label-style folder layout", _folder_arguments,
+    lambda args: prepare_folder(args.root, args.question, args.output_dir, args.answer, args.seed, args.threshold,
+                                args.overwrite))

@@ -6,6 +6,7 @@ optional metadata the evaluation reads: `kind`, `croi`, `direction`, `heldout`, 
 
 import json
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,31 @@ SEG = "[SEG]"
 
 class SampleError(ValueError):
     """A split that cannot be used; the message lists each bad file and field."""
+
+
+class PrepareError(ValueError):
+    """A data set that cannot be turned into samples (prepare_data.py); the message names the files and what is
+    wrong, and is shown without a traceback."""
+
+
+def split_pairs(ids, seed: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, str]:
+    """Assign pair ids to train/val/test by `fractions` (8:1:1): a seeded shuffle of the sorted ids, so the split
+    does not depend on listing order, and every sample of a pair lands in the same split."""
+    if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
+        raise PrepareError(f"split must be three non-negative fractions (train, val, test), got {fractions}")
+    total = sum(fractions)
+    order = sorted(ids)
+    random.Random(seed).shuffle(order)
+    count = len(order)
+    # Round, but give val and test at least one pair when there are enough pairs for all three.
+    n_val = round(count * fractions[1] / total)
+    n_test = round(count * fractions[2] / total)
+    if count >= 3:
+        n_val = max(n_val, 1) if fractions[1] > 0 else 0
+        n_test = max(n_test, 1) if fractions[2] > 0 else 0
+    n_train = count - n_val - n_test
+    names = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
+    return dict(zip(order, names))
 
 
 def relative_path(target, start) -> str:

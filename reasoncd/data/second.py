@@ -10,7 +10,6 @@ metadata), with questions drawn from :mod:`reasoncd.data.questions`.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import random
@@ -20,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from reasoncd.data.commands import Subcommand, add_overwrite
 from reasoncd.data.images import IMAGE_SUFFIXES
-from reasoncd.data.samples import SPLITS, relative_path, write_sample
+from reasoncd.data.samples import SPLITS, PrepareError, relative_path, split_pairs, write_sample
 from reasoncd.io import OutputDir
 from reasoncd.messages import listed, size_mismatch
 from reasoncd.data.questions import CLASSES, corpus, make_question
@@ -51,11 +51,11 @@ _ORDER = np.argsort(_KEYS)
 def second_class_maps(label_rgb: np.ndarray) -> np.ndarray:
     """Map a SECOND RGB label (H, W, 3) to class indices in ``CLASSES`` order, -1 for unchanged (white).
 
-    Raises ``ValueError`` listing the colours that are not in the SECOND palette.
+    Raises ``PrepareError`` listing the colours that are not in the SECOND palette.
     """
     label_rgb = np.asarray(label_rgb)
     if label_rgb.ndim != 3 or label_rgb.shape[2] != 3:
-        raise ValueError(f"expected an RGB label of shape (H, W, 3), got {label_rgb.shape}")
+        raise PrepareError(f"expected an RGB label of shape (H, W, 3), got {label_rgb.shape}")
     rgb = label_rgb.astype(np.int64)
     keys = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     sorted_keys = _KEYS[_ORDER]
@@ -65,7 +65,7 @@ def second_class_maps(label_rgb: np.ndarray) -> np.ndarray:
         bad = np.unique(keys[~known])
         shown = ", ".join(str((int(k) >> 16, int(k) >> 8 & 255, int(k) & 255)) for k in bad[:8])
         more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
-        raise ValueError(f"colours outside the SECOND palette: {shown}{more}")
+        raise PrepareError(f"colours outside the SECOND palette: {shown}{more}")
     return _VALUES[_ORDER][position].astype(np.int8)
 
 
@@ -75,14 +75,14 @@ def _load_label(path: Path) -> np.ndarray:
     try:
         return second_class_maps(rgb)
     except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
+        raise PrepareError(f"{path}: {error}") from None
 
 
 def _list_pairs(root: Path) -> dict[str, dict[str, Path]]:
     """``{stem: {subfolder: path}}`` after checking that the four folders match one to one."""
     missing = [name for name in SUBFOLDERS if not (root / name).is_dir()]
     if missing:
-        raise ValueError(f"{root} is not a SECOND-layout folder: missing {', '.join(missing)} (need {SUBFOLDERS})")
+        raise PrepareError(f"{root} is not a SECOND-layout folder: missing {', '.join(missing)} (need {SUBFOLDERS})")
     files: dict[str, dict[str, Path]] = {}
     for name in SUBFOLDERS:
         for path in sorted((root / name).iterdir()):
@@ -91,10 +91,10 @@ def _list_pairs(root: Path) -> dict[str, dict[str, Path]]:
                 continue
             entry = files.setdefault(path.stem, {})
             if name in entry:
-                raise ValueError(f"two files for one pair in {name}/: {entry[name].name} and {path.name}")
+                raise PrepareError(f"two files for one pair in {name}/: {entry[name].name} and {path.name}")
             entry[name] = path
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root}/{{{','.join(SUBFOLDERS)}}}")
+        raise PrepareError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root}/{{{','.join(SUBFOLDERS)}}}")
     unmatched = []
     for paths in (files[stem] for stem in sorted(files)):
         if len(paths) < len(SUBFOLDERS):
@@ -102,27 +102,8 @@ def _list_pairs(root: Path) -> dict[str, dict[str, Path]]:
             lacking = ", ".join(f"{name}/" for name in SUBFOLDERS if name not in paths)
             unmatched.append(f"{found} (no match in {lacking})")
     if unmatched:
-        raise ValueError(f"unmatched file names in {root}: {listed(unmatched, separator='; ')}")
+        raise PrepareError(f"unmatched file names in {root}: {listed(unmatched, separator='; ')}")
     return files
-
-
-def _split_pairs(stems: list[str], fractions: tuple[float, float, float], seed: int) -> dict[str, str]:
-    """Seeded split by pair: every sample of a pair lands in the same split."""
-    if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
-        raise ValueError(f"split must be three non-negative fractions (train, val, test), got {fractions}")
-    total = sum(fractions)
-    order = sorted(stems)
-    random.Random(seed).shuffle(order)
-    count = len(order)
-    # Round, but give val and test at least one pair when there are enough pairs for all three.
-    n_val = round(count * fractions[1] / total)
-    n_test = round(count * fractions[2] / total)
-    if count >= 3:
-        n_val = max(n_val, 1) if fractions[1] > 0 else 0
-        n_test = max(n_test, 1) if fractions[2] > 0 else 0
-    n_train = count - n_val - n_test
-    names = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
-    return dict(zip(order, names))
 
 
 def _fingerprint(files: dict[str, dict[str, Path]], settings: dict) -> str:
@@ -152,7 +133,7 @@ def _validate(files: dict[str, dict[str, Path]], progress: bool) -> dict[str, tu
         for name in ("label1", "label2"):
             _load_label(files[stem][name])
     if mismatched:
-        raise ValueError("image sizes differ within a pair (height x width): " + listed(mismatched, separator="; "))
+        raise PrepareError("image sizes differ within a pair (height x width): " + listed(mismatched, separator="; "))
     return sizes
 
 
@@ -249,7 +230,7 @@ def convert_second(
     JSON's folder) and ``kind``, ``croi``, ``direction``, ``heldout``, ``pair_id``, ``other_masks`` (``croi/direction``
     → mask path, for the other classes that changed on the pair). Masks are 0/255 PNGs in ``output_dir/masks``.
 
-    Every input is validated before anything is written (``ValueError`` naming the files). The output folder
+    Every input is validated before anything is written (``PrepareError`` naming the files). The output folder
     follows reasoncd.io (new, empty, or written by this conversion before; ``overwrite`` writes
     beside other files); the result is built in a temporary sibling folder and put in place at the end.
     ``manifest.json`` records the inputs and settings, and a second call with the same inputs and settings returns
@@ -257,7 +238,7 @@ def convert_second(
     """
     root = Path(root).resolve()
     if negatives_per_pair < 0:
-        raise ValueError(f"negatives_per_pair must be >= 0, got {negatives_per_pair}")
+        raise PrepareError(f"negatives_per_pair must be >= 0, got {negatives_per_pair}")
     output = OutputDir(output_dir, CONVERTER, inputs=[root], overwrite=overwrite)
     output_dir = output.path
     manifest_path = output_dir / "manifest.json"
@@ -276,7 +257,7 @@ def convert_second(
         if manifest.get("fingerprint") == fingerprint:
             return manifest["summary"]
 
-    splits = _split_pairs(list(files), split, seed)
+    splits = split_pairs(files, seed, split)
     sizes = _validate(files, progress)
 
     with output.staged() as staging:
@@ -344,21 +325,22 @@ def _write(files, splits, sizes, staging: Path, output_dir: Path, seed, explanat
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Convert a SECOND-layout folder to ReasonCD JSON samples.")
-    parser.add_argument("root", help="folder with im1/ im2/ label1/ label2/")
-    parser.add_argument("output_dir")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-explanations", action="store_true")
-    parser.add_argument("--negatives-per-pair", type=int, default=1)
-    parser.add_argument("--overwrite", action="store_true", help="write beside other files in OUTPUT_DIR")
-    args = parser.parse_args(argv)
-    summary = convert_second(
-        args.root, args.output_dir, seed=args.seed, explanations=not args.no_explanations,
-        negatives_per_pair=args.negatives_per_pair, overwrite=args.overwrite,
-    )
-    print(json.dumps(summary, indent=2))
+# ---------------------------------------------------------------------------------------- prepare_data.py command
 
 
-if __name__ == "__main__":
-    main()
+def _arguments(parser) -> None:
+    parser.add_argument("--root", required=True, type=Path, help="SECOND folder")
+    parser.add_argument("--output_dir", required=True, type=Path)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the 8:1:1 split (default 0)")
+    parser.add_argument("--no_explanations", action="store_true", help="plain answers only (no explanation samples)")
+    parser.add_argument("--negatives_per_pair", type=int, default=1,
+                        help="absent-class questions per pair (default 1)")
+    add_overwrite(parser)
+
+
+def _run(args) -> dict:
+    return convert_second(args.root, args.output_dir, seed=args.seed, explanations=not args.no_explanations,
+                          negatives_per_pair=args.negatives_per_pair, overwrite=args.overwrite)
+
+
+SECOND = Subcommand("second", "make CRoI samples from SECOND's semantic change labels", _arguments, _run)

@@ -14,7 +14,6 @@ about 2.4 MB of disk.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from reasoncd.data.commands import Subcommand
 from reasoncd.data.questions import CLASSES
 from reasoncd.data.second import SECOND_COLOURS, UNCHANGED_COLOUR
 from reasoncd.io import record_outputs, write_png_atomic
@@ -610,15 +610,21 @@ def generate_second_layout(out_dir, n_pairs: int, *, seed: int = 0, size: int = 
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write synthetic bitemporal pairs in SECOND layout.")
-    parser.add_argument("out_dir")
-    parser.add_argument("--n-pairs", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=256)
-    args = parser.parse_args(argv)
-    print(generate_second_layout(args.out_dir, args.n_pairs, seed=args.seed, size=args.size))
+# ---------------------------------------------------------------------------------------- prepare_data.py command
 
 
-if __name__ == "__main__":
-    main()
+def _arguments(parser) -> None:
+    parser.add_argument("--output_dir", required=True, type=Path, help="where im1/ im2/ label1/ label2/ go")
+    parser.add_argument("--n_pairs", type=int, default=200, help="how many pairs (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generator (default 0)")
+    parser.add_argument("--size", type=int, default=256, help="side of each image in pixels (default 256)")
+
+
+def _run(args) -> dict:
+    generate_second_layout(args.output_dir, args.n_pairs, seed=args.seed, size=args.size)
+    return {"pairs": args.n_pairs, "size": f"{args.size} x {args.size} px",
+            "layout": "SECOND (im1/ im2/ label1/ label2/)"}
+
+
+SYNTHETIC = Subcommand("synthetic", "write synthetic pairs in SECOND's layout (then: second --root OUTPUT_DIR)",
+                       _arguments, _run)

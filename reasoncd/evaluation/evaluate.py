@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from reasoncd.data.folders import PrepareError, find_layout, prepare_folder
+from reasoncd.data.folders import find_layout, prepare_folder
 from reasoncd.data.images import IMAGE_SUFFIXES, ImageReadError, image_size, images_by_stem, read_mask, read_rgb
-from reasoncd.data.samples import SPLITS
-from reasoncd.evaluation.figures import mask_panels, prediction_panels
+from reasoncd.data.samples import SPLITS, PrepareError
+from reasoncd.evaluation.figures import mask_panels, prediction_panels, samples_figure
 from reasoncd.evaluation.metrics import ChangeMetrics
 from reasoncd.evaluation.report import best_median_worst, describe_data, write_outputs
-from reasoncd.io import OutputDir, write_png_atomic
+from reasoncd.io import OutputDir, write_json_atomic, write_png_atomic
 from reasoncd.messages import listed, size_mismatch
 from reasoncd.loading import require_bitsandbytes
 
@@ -270,3 +270,17 @@ def evaluate_predictions(output: OutputDir, pred_dir: Path, label_dir: Path, *, 
                                                                    "note": note}], title=f"{label} by IoU")
         write_outputs(staging, summary, per_sample, chosen)
     return summary
+
+
+def final_test(model, processor, samples: list[dict], output_dir: Path, *, batch_size: int,
+               max_samples: int | None = None) -> dict:
+    """train.py's test-split evaluation: metrics.json, predictions.json and samples.png in `output_dir`."""
+    from reasoncd.evaluation.scoring import predict_samples, score
+
+    samples = samples[:max_samples] if max_samples else samples
+    predictions = predict_samples(model, processor, samples, batch_size=batch_size)
+    metrics = score(samples, predictions)
+    write_json_atomic(output_dir / "metrics.json", {k: v for k, v in metrics.items() if k != "per_sample"})
+    write_json_atomic(output_dir / "predictions.json", metrics["per_sample"])
+    samples_figure(samples, predictions, output_dir / "samples.png")
+    return metrics

@@ -1,6 +1,7 @@
 """Figures a person would rather look at than read: prediction panels and training curves."""
 
 import textwrap
+from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from reasoncd.data.samples import SEG, load_pair  # noqa: E402
 from reasoncd.io import atomic_path  # noqa: E402
 
 CHANGE_COLOUR = np.array([255, 40, 40], dtype=np.float32)
@@ -128,3 +130,39 @@ def training_curves(path, log_history: list[dict]) -> None:
     axes[3].set_ylim(lowest - 0.05 if lowest < 0 else 0, 1)
     fig.tight_layout()
     _save(fig, path)
+
+
+def samples_figure(samples: list[dict], predictions: list[dict], path: Path) -> None:
+    """
+    One test pair asked about different changes and about one that is absent: the figure shows whether each
+    question gets its own mask. The pair with the most distinct changes asked about, one that has an absent
+    question preferred; up to three present changes and one absent one.
+    """
+    by_pair = defaultdict(list)
+    for index, sample in enumerate(samples):
+        by_pair[sample["pair_id"]].append(index)
+
+    def chosen(indices):
+        present, absent, seen = [], [], set()
+        for index in indices:
+            sample = samples[index]
+            if SEG not in sample["answer"]:
+                absent.append(index)
+            elif (sample.get("croi"), sample.get("direction")) not in seen:
+                seen.add((sample.get("croi"), sample.get("direction")))
+                present.append(index)
+        return present[:3] + absent[:1]
+
+    def preference(indices):
+        picked = chosen(indices)
+        has_absent = any(SEG not in samples[i]["answer"] for i in picked)
+        return (has_absent, len(picked))
+
+    indices = chosen(max(by_pair.values(), key=preference))
+    rows = []
+    for index in indices:
+        t1, t2, truth = load_pair(samples[index])
+        rows.append({"t1": t1, "t2": t2, "truth": truth, "pred": predictions[index]["mask"],
+                     "question": samples[index]["question"], "answer": predictions[index]["text"],
+                     "note": samples[index].get("kind", "")})
+    prediction_panels(path, rows, title=f"pair {samples[indices[0]]['pair_id']}: one pair, one mask per question")

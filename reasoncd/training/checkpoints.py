@@ -97,3 +97,15 @@ def retire(checkpoint) -> None:
     shutil.rmtree(trash, ignore_errors=True)
     os.replace(checkpoint, trash)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def resume_point(value, checkpoints: Path):
+    """The checkpoint --resume_from_checkpoint names: its folder as given, or for `auto` the last whole one in
+    `checkpoints` (each one passed over is said, and why), or None to start fresh."""
+    if value != "auto":
+        return value
+    resume, skipped = last_complete_checkpoint(checkpoints)
+    for name, problem in skipped.items():
+        print(f"not resuming from {checkpoints / name}: {problem}")
+    print(f"resuming from {resume}" if resume else "no checkpoint to resume from: starting fresh")
+    return resume

@@ -3,13 +3,6 @@ projector / text_hidden_fc / mask decoder / fusion module trained in full."""
 
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from processing_reasoncd import NEW_TOKENS
-
-
-def new_token_ids(config) -> list[int]:
-    return [config.t1_token_id, config.t2_token_id, config.p_start_token_id, config.p_end_token_id,
-            config.seg_token_id]
-
 
 def lora_config_for(model, *, rank: int = 8, alpha: int = 16, dropout: float = 0.05,
                     targets: tuple[str, ...] = ("q_proj", "v_proj"), full_embeddings: bool = False,
@@ -20,8 +13,7 @@ def lora_config_for(model, *, rank: int = 8, alpha: int = 16, dropout: float = 0
     `full_embeddings`, both whole matrices as LISA does (what a randomly initialised language model needs).
     `train_vision_tower` trains CLIP in full: a pretrained CLIP stays frozen (the paper), a random one sees nothing.
     """
-    ids = new_token_ids(model.config)
-    assert len(ids) == len(NEW_TOKENS)
+    ids = model.config.new_token_ids
     modules = list(model.trainable_module_names)
     if full_embeddings:
         modules += ["embed_tokens", "lm_head"]

@@ -9,13 +9,16 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
 from reasoncd.evaluation.scoring import (batch_counterfactual, batches_by_pair, encode_batch, question_use_figures,
                                          score, seg_predicted_teacher_forced)
+from reasoncd.training.arguments import training_arguments
 from reasoncd.training.checkpoints import STAGING, clear_staging, publish, retire, write_manifest
+from reasoncd.training.dataset import ReasonCDCollator, as_dataset
+from reasoncd.training.feature_cache import FrozenFeatureCache
 
 
 class SaveOnInterrupt(TrainerCallback):
@@ -201,3 +204,28 @@ def load_unsharded(path):
         return ReasonCDForChangeDetection.from_pretrained(path).eval()
     finally:
         hf_deepspeed._hf_deepspeed_config_weak_ref = reference
+
+
+def make_trainer(args, model, peft_model, processor, train_samples: list[dict], val_samples: list[dict],
+                 interrupt: SaveOnInterrupt) -> ReasonCDTrainer:
+    """train.py's Trainer over `peft_model` (LoRA applied to `model`), with the frozen-feature cache --feature_cache
+    asks for and early stopping by --early_stopping_patience."""
+    cache = None
+    if args.feature_cache != "off":
+        directory = args.output_dir / "feature_cache" if args.feature_cache == "disk" else None
+        cache = FrozenFeatureCache(model, directory)
+    return ReasonCDTrainer(
+        model=peft_model,
+        args=training_arguments(args),
+        train_dataset=as_dataset(train_samples),
+        eval_dataset=as_dataset(val_samples),  # scored by ReasonCDTrainer.evaluate
+        data_collator=ReasonCDCollator(processor, cache_keys=cache is not None),
+        processing_class=processor.tokenizer,
+        callbacks=[interrupt] + ([EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience)]
+                                 if args.early_stopping_patience else []),
+        feature_cache=cache,
+        cache_vision=not args.train_vision_tower,
+        val_samples=val_samples,
+        reasoncd_processor=processor,
+        eval_batch_size=args.eval_batch_size,
+    )

@@ -1,6 +1,6 @@
-"""The two confidences of every answer: `seg_probability` (how likely the language model found `[SEG]`) against
-softmax of its teacher-forced logits, and `mask_confidence` against the decoder's probability map computed here
-from the low-resolution logits."""
+"""generation_reasoncd: the two confidences of every answer, `seg_probability` (how likely the language model found
+`[SEG]`) against softmax of its teacher-forced logits, and `mask_confidence` against the decoder's probability map
+computed here from the low-resolution logits."""
 
 import numpy as np
 import pytest

@@ -1,5 +1,6 @@
-"""train.py's checks before any data is made or loaded: hyper-parameters, LoRA targets, the checkpoint to start or
-resume from, and the output folder (never a user's files, never an earlier run unless asked)."""
+"""reasoncd.training.start, through train.py: the checks before any data is made or loaded (hyper-parameters, LoRA
+targets, the checkpoint to start or resume from, and the output folder: never a user's files, never an earlier run
+unless asked)."""
 import shutil
 from pathlib import Path
 
@@ -52,6 +53,14 @@ def test_bad_hyper_parameters_are_refused_before_any_data(args, message, no_data
     assert not (tmp_path / "run").exists()
 
 
+def test_architecture_flags_with_a_starting_model_are_refused_by_their_flags(no_data, tmp_path, capsys):
+    error = refused(["--model", str(tmp_path / "model"), "--no_fusion", "--seg_state_norm", "--output_dir",
+                     str(tmp_path / "run")], capsys)
+    assert ("error: --no_fusion --seg_state_norm changes the architecture: build the starting model with "
+            "build_reasoncd.py --no_fusion --seg_state_norm and pass it as --model instead") in error
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_from_a_folder_without_a_checkpoint_is_refused(no_data, tmp_path, capsys):
     out = ["--output_dir", str(tmp_path / "run")]
     assert "--resume_from_checkpoint " + str(tmp_path / "nowhere") + ": no such folder" in refused(
@@ -98,11 +107,9 @@ def test_refuses_folders_it_did_not_write_and_keeps_them_byte_for_byte(no_data, 
 
 def test_overwrite_starts_over_but_keeps_the_users_files(tmp_path):
     """A real (one-step) run over an earlier run that the user also keeps notes in."""
-    from reasoncd.data.second import convert_second
-    from reasoncd.data.synthetic import generate_second_layout
+    from helpers import synthetic_samples
 
-    generate_second_layout(tmp_path / "raw", 10, seed=3, progress=False)
-    convert_second(tmp_path / "raw", tmp_path / "samples", seed=3, progress=False)
+    synthetic_samples(tmp_path, 10, seed=3)
     run = precious_places(tmp_path / "places")["a trained run"]
     (run / "notes.txt").write_text("mine")
     args = ["--data", str(tmp_path / "samples"), "--output_dir", str(run), "--max_steps", "1", "--eval_steps", "1",

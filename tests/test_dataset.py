@@ -1,0 +1,33 @@
+"""reasoncd.training.dataset: the collator's labels cover the answer only, and the mask travels with its question."""
+import pytest
+
+from reasoncd.build import build_tiny
+from reasoncd.data.samples import SEG, load_split
+from reasoncd.training.dataset import ReasonCDCollator
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny(seed=0)
+
+
+def test_collator_masks_everything_but_the_answer(tiny, samples_dir):
+    model, processor = tiny
+    samples = load_split(samples_dir, "train")
+    with_seg = next(s for s in samples if SEG in s["answer"])
+    absent = next(s for s in samples if SEG not in s["answer"])
+    batch = ReasonCDCollator(processor)([with_seg, absent])
+    ids, labels = batch["input_ids"], batch["labels"]
+    for row, sample in enumerate([with_seg, absent]):
+        answer = processor.tokenizer.encode(sample["answer"] + processor.tokenizer.eos_token, add_special_tokens=False)
+        kept = labels[row][labels[row] != -100].tolist()
+        assert kept == answer  # exactly the answer tokens and </s>
+        assert (ids[row][labels[row] != -100] == labels[row][labels[row] != -100]).all()
+        # image placeholders, prompt and padding are never targets
+        image_slots = (ids[row] == model.config.t1_token_id) | (ids[row] == model.config.t2_token_id)
+        assert image_slots.sum() == 2 * model.config.image_seq_length
+        assert (labels[row][image_slots] == -100).all()
+        assert (labels[row][batch["attention_mask"][row] == 0] == -100).all()
+    # the mask is carried for the [SEG] sample and empty for the absent one
+    assert batch["masks"].shape == (2, 256, 256)
+    assert batch["masks"][0].sum() > 0 and batch["masks"][1].sum() == 0

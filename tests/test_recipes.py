@@ -1,0 +1,32 @@
+"""reasoncd.training.recipes: what the command line leaves unset comes from the quickstart without --data and from
+the paper with it; the quickstart keeps its data and run under the repository."""
+from pathlib import Path
+
+from reasoncd.training.arguments import build_parser
+from reasoncd.training.recipes import PAPER, QUICKSTART, apply_recipe
+
+ROOT = Path("/somewhere/reasoncd")
+
+
+def parsed(*argv: str):
+    args = build_parser("train.py").parse_args(list(argv))
+    apply_recipe(args, ROOT)
+    return args
+
+
+def test_the_quickstart_fills_in_its_values_under_the_repository():
+    args = parsed()
+    assert args.quickstart
+    assert {key: getattr(args, key) for key in PAPER} == {key: QUICKSTART[key] for key in PAPER}
+    assert args.output_dir == ROOT / "runs" / "quickstart" and args.synthetic_pairs == QUICKSTART["pairs"]
+    assert args.lora_alpha == 2 * QUICKSTART["lora_rank"]
+
+
+def test_with_data_the_papers_values_and_what_is_given_wins():
+    args = parsed("--data", "data/bcdd", "--lora_rank", "12", "--no-full_embeddings", "--output_dir", "runs/r12")
+    assert not args.quickstart
+    assert (args.num_train_epochs, args.learning_rate, args.lora_targets) == (100, 5e-5, "q_proj,v_proj")
+    assert (args.lora_rank, args.lora_alpha, args.full_embeddings) == (12, 24, False)
+    assert args.output_dir == Path("runs/r12")
+    assert parsed("--data", "d").output_dir == Path("runs") / "train"  # relative to where train.py runs
+    assert parsed("--data", "d", "--lora_alpha", "16", "--lora_rank", "4").lora_alpha == 16

@@ -52,5 +52,5 @@ class GroundArea:
 
     def pixel(self, transform, row: float, col: float) -> float | None:
         """Area of the pixel at (row, col) of a grid with `transform`."""
-        corners = [transform * (col + dc, row + dr) for dc, dr in ((0, 0), (1, 0), (1, 1), (0, 1), (0, 0))]
+        corners = [transform @ (col + dc, row + dr) for dc, dr in ((0, 0), (1, 0), (1, 1), (0, 1), (0, 0))]
         return self.polygon([corners])

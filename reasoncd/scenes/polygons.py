@@ -142,12 +142,12 @@ def write_polygons(mask_path: Path, probability_path: Path, gpkg_path: Path, lay
         gpkg = _GeoPackage(gpkg_path, layer, mask_dataset.crs)
         rows = _RowBand(probability_dataset)
         band = rasterio.band(mask_dataset, 1)
-        to_vector = transform * ~mask_dataset.transform  # polygonize on a band works in the band's own transform
+        to_vector = transform @ ~mask_dataset.transform  # polygonize on a band works in the band's own transform
         for geometry, value in shapes(band, mask=band, connectivity=4):
             if value != 1:  # the nodata value's regions
                 continue
             if not to_vector.is_identity:
-                geometry = {"type": "Polygon", "coordinates": [[to_vector * point for point in ring]
+                geometry = {"type": "Polygon", "coordinates": [[to_vector @ point for point in ring]
                                                                for ring in geometry["coordinates"]]}
             pixels, confidence = polygon_statistics(geometry, transform, rows)
             area = ground.polygon(geometry["coordinates"])

@@ -181,7 +181,7 @@ def _scene_record(scene: Scene, assembled: Assembled) -> dict:
 
     grid = scene.grid
     transform = vector_transform(grid)
-    xs, ys = zip(*(transform * corner for corner in ((0, 0), (grid.width, 0), (0, grid.height),
+    xs, ys = zip(*(transform @ corner for corner in ((0, 0), (grid.width, 0), (0, grid.height),
                                                      (grid.width, grid.height))))
     bounds = [min(xs), min(ys), max(xs), max(ys)]
     ground = GroundArea(grid.crs, 1.0)

@@ -136,6 +136,13 @@ class ForceAnswers(LogitsProcessor):
         return forced
 
 
+def answer_token_ids(processor, answers: list[str]) -> list[list[int]]:
+    """The token ids of each answer as the processor builds its labels (answer + `</s>`): what `ForceAnswers` takes."""
+    labels = processor(images_t1=np.zeros((8, 8, 3), np.uint8), images_t2=np.zeros((8, 8, 3), np.uint8),
+                       text=["x"] * len(answers), answers=answers)["labels"]
+    return [row[row != -100].tolist() for row in labels]
+
+
 def script_env(extra_env: dict | None = None) -> dict:
     """The environment of scripts the tests start: offline, no tokenizer thread pools."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

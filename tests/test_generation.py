@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from transformers import LogitsProcessorList
 
 from generation_reasoncd import ReasonCDGenerateOutput
-from helpers import ForceAnswers, make_seg_the_only_answer, random_image
+from helpers import ForceAnswers, answer_token_ids, make_seg_the_only_answer, random_image
 from processing_reasoncd import mask_confidence
 from reasoncd.build import build_tiny
 
@@ -33,15 +33,9 @@ def pair():
     return t1, t2
 
 
-def _answer_ids(processor, answers):
-    labels = processor(images_t1=np.zeros((8, 8, 3), np.uint8), images_t2=np.zeros((8, 8, 3), np.uint8),
-                       text=["x"] * len(answers), answers=answers)["labels"]
-    return [row[row != -100].tolist() for row in labels]
-
-
 def _forced(model, processor, pair, answers, **options):
     """Greedy decoding forced to `answers`, and the teacher-forced pass over the same prompts and answers."""
-    rows = _answer_ids(processor, answers)
+    rows = answer_token_ids(processor, answers)
     prompts = processor(images_t1=pair[0], images_t2=pair[1], text=QUESTIONS[:len(answers)])
     with torch.no_grad():
         generated = model.generate(**prompts, max_new_tokens=max(map(len, rows)) + 1, logits_processor=

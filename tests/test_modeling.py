@@ -12,11 +12,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoProcessor, LogitsProcessorList
 
-import build_reasoncd
 from reasoncd import build
 from geometry_reasoncd import upscale_mask_logits
-from helpers import (REMOTE_CODE, REPO_ROOT, ForceAnswers, make_seg_the_only_answer, random_image, run_script,
-                     tiny_checkpoint)
+from helpers import (REMOTE_CODE, REPO_ROOT, ForceAnswers, answer_token_ids, make_seg_the_only_answer, random_image,
+                     run_script, tiny_checkpoint)
 from configuration_reasoncd import ReasonCDConfig
 from modeling_reasoncd import ANSWER_DECISION_TOKENS, ReasonCDForChangeDetection
 from reasoncd.training.lora import apply_lora, module_path
@@ -58,15 +57,8 @@ def pair():
     return t1, t2, mask
 
 
-def answer_rows(processor, answers):
-    """The token ids of each answer as the processor builds its labels (answer + `</s>`)."""
-    labels = processor(images_t1=np.zeros((8, 8, 3), np.uint8), images_t2=np.zeros((8, 8, 3), np.uint8),
-                       text=["x"] * len(answers), answers=answers)["labels"]
-    return [row[row != -100].tolist() for row in labels]
-
-
 def forced_generate(model, processor, inputs, answers, **kwargs):
-    rows = answer_rows(processor, answers)
+    rows = answer_token_ids(processor, answers)
     out = model.generate(**inputs, max_new_tokens=max(map(len, rows)) + 1,
                          logits_processor=LogitsProcessorList([ForceAnswers(rows, model.config.eos_token_id)]),
                          **kwargs)
@@ -349,7 +341,7 @@ def test_finished_answers_leave_the_batch_and_change_nothing(model, processor, p
         ours = forced_generate(model, processor, inputs, answers)
     finally:
         handle.remove()
-    lengths = [len(row) for row in answer_rows(processor, answers)]  # answer + </s>
+    lengths = [len(row) for row in answer_token_ids(processor, answers)]  # answer + </s>
     # One prefill of the shared prefix (one pair), then the suffixes of all three rows; each row stays until its
     # `</s>`, then leaves.
     assert batch_sizes[0] == 1

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoProcessor, LogitsProcessorList
 
-from helpers import ForceAnswers, image_pair, make_seg_the_only_answer, seg_tiny, tiny_checkpoint
+from helpers import ForceAnswers, answer_token_ids, image_pair, make_seg_the_only_answer, seg_tiny, tiny_checkpoint
 from modeling_reasoncd import Float32BatchNorm2d
 from reasoncd.training.feature_cache import FrozenFeatureCache, image_keys
 
@@ -39,8 +39,7 @@ def training_inputs(processor, pair):
 def forced_masks(model, processor, pair):
     """`generate` with the answers forced to hold `[SEG]`: the low-resolution mask logits of both questions."""
     t1, t2 = pair
-    labels = processor(images_t1=t1, images_t2=t2, text=QUESTIONS, answers=ANSWERS)["labels"]
-    rows = [row[row != -100].tolist() for row in labels]
+    rows = answer_token_ids(processor, ANSWERS)
     inputs = processor(images_t1=t1, images_t2=t2, text=QUESTIONS, return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=max(map(len, rows)) + 1,
                          logits_processor=LogitsProcessorList([ForceAnswers(rows, model.config.eos_token_id)]))

@@ -83,14 +83,13 @@ def answers_with_a_mask(model_dir: Path, **loading) -> dict:
     import numpy as np
     from transformers import AutoModel, AutoProcessor, LogitsProcessorList
 
-    from helpers import ForceAnswers, image_pair
+    from helpers import ForceAnswers, answer_token_ids, image_pair
 
     model, info = AutoModel.from_pretrained(model_dir, trust_remote_code=True, output_loading_info=True, **loading)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
     t1, t2 = image_pair(64, 96, seed=1)
-    labels = processor(images_t1=t1, images_t2=t2, text=["new buildings"], answers=["It's [SEG]."])["labels"]
-    answer = labels[0][labels[0] != -100].tolist()
+    answer = answer_token_ids(processor, ["It's [SEG]."])[0]
     out = model.eval().generate(**processor(images_t1=t1, images_t2=t2, text="new buildings"),
                                 max_new_tokens=len(answer) + 1,
                                 logits_processor=LogitsProcessorList([ForceAnswers([answer], model.config.eos_token_id)]))

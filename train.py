@@ -5,7 +5,8 @@
     accelerate launch --config_file configs/accelerate_zero2.yaml train.py --data DATA --model CKPT ...
 
 Outputs in --output_dir: `model/` (merged weights that AutoModel/AutoProcessor load with trust_remote_code=True),
-`checkpoints/` (resumable), `metrics.json` (test split, free generation), `samples.png`, `curves.png`.
+`checkpoints/` (resumable), `metrics.json` (test split, free generation, with a fixed sample of the training split
+beside it under "train_split"), `report.md` (both splits side by side), `samples.png`, `curves.png`.
 --output_dir must be new or empty; a folder of an earlier run is continued with --resume_from_checkpoint or started
 over with --overwrite, which replaces only train.py's outputs (see reasoncd/io.py). Arguments, the
 starting checkpoint and the output folder are all checked before any data is generated or loaded.
@@ -27,7 +28,8 @@ from reasoncd.build import (ARCHITECTURE_OPTIONS, LOSS_OPTIONS, add_option_argum
                             save_checkpoint)
 from modeling_reasoncd import ReasonCDForChangeDetection
 from processing_reasoncd import ReasonCDProcessor
-from reasoncd.io import write_json_atomic
+from reasoncd.io import write_json_atomic, write_text_atomic
+from reasoncd.evaluation.report import split_report
 from reasoncd.loading import check_checkpoint
 from reasoncd.evaluation.scoring import predict_samples, score
 from reasoncd.training.feature_cache import FrozenFeatureCache
@@ -36,7 +38,7 @@ from reasoncd.training.checkpoints import checkpoint_problem, last_complete_chec
 from reasoncd.training.lora import apply_lora, trainable_parameter_groups
 from reasoncd.training.trainer import ReasonCDTrainer, SaveOnInterrupt
 from reasoncd.io import OutputDir, OutputDirError, read_marker
-from reasoncd.data.samples import SEG, SampleError, load_pair, load_split
+from reasoncd.data.samples import SEG, SampleError, load_pair, load_split, training_sample
 from reasoncd.training.dataset import ReasonCDCollator, as_dataset
 
 REPO = Path(__file__).resolve().parent
@@ -63,7 +65,7 @@ QUICKSTART = {
 }
 # Everything train.py writes into --output_dir: what it may replace there when it starts over.
 TRAIN_ENTRIES = ("checkpoints", "model", "metrics.json", "predictions.json", "samples.png", "curves.png",
-                 "feature_cache")
+                 "feature_cache", "report.md")
 PAPER = {"num_train_epochs": 100, "learning_rate": 5e-5, "warmup_steps": 100, "per_device_train_batch_size": 4,
          "batch_size": 16, "lora_rank": 8, "lora_targets": "q_proj,v_proj", "eval_steps": 200,
          "full_embeddings": False, "train_vision_tower": False, "early_stopping_patience": 5}
@@ -113,9 +115,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(for a freshly built --preset model; with --model, build it with --no_fusion instead)")
     parser.add_argument("--eval_batch_size", type=int, default=8)
     parser.add_argument("--max_eval_samples", type=int, help="cap the test-split evaluation")
+    parser.add_argument("--train_eval_samples", type=int, default=160,
+                        help="also score the first pairs of the training split (about this many questions, whole "
+                        "pairs) beside the test split, so that under- and over-fitting show; 0: not")
     parser.add_argument("--max_val_samples", type=int, default=256)
     parser.add_argument("--skip_test", action="store_true", help="no test-split evaluation after training")
     parser.add_argument("--synthetic_pairs", type=int, help="quickstart: number of synthetic pairs")
+    parser.add_argument("--synthetic_seed", type=int, help="quickstart: seed of the synthetic data (default: --seed); "
+                        "fixed, runs of other --seed values train other initialisations on the same data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
     parser.add_argument("--train_sampling_strategy", choices=["random", "sequential"], default="random",
@@ -146,7 +153,7 @@ def argument_problem(args) -> str | None:
     """What is wrong with the hyper-parameters on their own (no files read), or None."""
     at_least = {"per_device_train_batch_size": 1, "batch_size": 1, "lora_rank": 1, "lora_alpha": 1, "eval_steps": 1,
                 "early_stopping_patience": 0, "eval_batch_size": 1, "max_eval_samples": 1, "max_val_samples": 1,
-                "warmup_steps": 0, "dataloader_num_workers": 0, "synthetic_pairs": 3}
+                "train_eval_samples": 0, "warmup_steps": 0, "dataloader_num_workers": 0, "synthetic_pairs": 3}
     for name, low in at_least.items():
         value = getattr(args, name)
         if value is not None and value < low:
@@ -270,14 +277,26 @@ def load_start_model(args):
     return build_tiny(args.seed, **overrides)
 
 
-def final_test(model, processor, test_samples, args) -> dict:
+def final_test(model, processor, test_samples, train_samples, args) -> dict:
+    """Free generation on the test split and on a fixed sample of the training split (`training_sample`); writes
+    metrics.json (the test split's figures, the training sample's under "train_split"), report.md, predictions.json
+    and samples.png."""
     samples = test_samples[: args.max_eval_samples] if args.max_eval_samples else test_samples
     predictions = predict_samples(model, processor, samples, batch_size=args.eval_batch_size)
     metrics = score(samples, predictions)
-    write_json_atomic(args.output_dir / "metrics.json", {k: v for k, v in metrics.items() if k != "per_sample"})
+    summary = {k: v for k, v in metrics.items() if k != "per_sample"}
+    splits = {"test": summary}
+    seen = training_sample(train_samples, args.train_eval_samples)
+    if seen:
+        train_metrics = score(seen, predict_samples(model, processor, seen, batch_size=args.eval_batch_size))
+        summary["train_split"] = splits["train"] = {k: v for k, v in train_metrics.items() if k != "per_sample"}
+        summary["train_split"]["n_samples"] = len(seen)
+    summary["n_samples"] = len(samples)
+    write_json_atomic(args.output_dir / "metrics.json", summary)
     write_json_atomic(args.output_dir / "predictions.json", metrics["per_sample"])
+    write_text_atomic(args.output_dir / "report.md", split_report(splits))
     samples_figure(model, processor, samples, predictions, args.output_dir / "samples.png")
-    return metrics
+    return summary
 
 
 def samples_figure(model, processor, samples, predictions, path: Path) -> None:
@@ -325,7 +344,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        data = prepare_quickstart_data(args.synthetic_pairs, args.seed) if args.quickstart else args.data
+        data_seed = args.seed if args.synthetic_seed is None else args.synthetic_seed
+        data = prepare_quickstart_data(args.synthetic_pairs, data_seed) if args.quickstart else args.data
         train_samples = load_split(data, "train")
         val_samples = load_split(data, "val", limit=args.max_val_samples)
         test_samples = [] if args.skip_test else load_split(data, "test")
@@ -419,8 +439,8 @@ def main(argv=None) -> int:
     save_checkpoint(merged, processor, args.output_dir / "model", command="train.py", overwrite=True)
     print(f"model saved to {args.output_dir / 'model'}")
     if test_samples:
-        metrics = final_test(merged, processor, test_samples, args)
-        print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_sample",)}, indent=1))
+        metrics = final_test(merged, processor, test_samples, train_samples, args)
+        print(json.dumps(metrics, indent=1))
     return 0
 
 

@@ -3,6 +3,7 @@
     python benchmarks/bench.py speed [--presets tiny medium] [--model runs/quickstart/model]  # one process, one run
     python benchmarks/bench.py speed --presets medium --bf16  # on a GPU: bf16 inference and training, CUDA memory
     python benchmarks/bench.py quickstart                     # wall time of `python train.py`
+    python benchmarks/bench.py baseline [--seconds S] [--seeds 0 1]  # a specialist without language, same data/time
     python benchmarks/bench.py memory        # 7B memory plan (computed), what the feature cache can save (FLOPs)
     python benchmarks/bench.py memory --measure  # ... and the plan's weights against a medium checkpoint, bf16/8/4-bit
     python benchmarks/bench.py serve         # the change-detection pipeline answering 8 threads: requests/s, latency
@@ -15,6 +16,11 @@ LISA-style (no KV cache, everything recomputed per question), generation through
 cache, a training step with and without the frozen-feature cache, and tiles per second over a 2048x2048 scene
 cut into 256x256 tiles; each with the peak resident memory seen while it ran. Figures go to stdout as a table and
 to runs/bench-<command>.json, with the machine they came from.
+
+`baseline` trains the specialist of `reasoncd/evaluation/specialist.py` (a question-conditioned U-Net without
+language, the CRoI given as class x direction) on the quickstart's synthetic training split for the quickstart's
+wall-clock budget (`--seconds`, default: the time of the last `bench.py quickstart` run, else 600 s), once per seed,
+and scores it on the test split and on train.py's fixed training sample with the code eval.py uses.
 
 `serve` sends PNG-encoded 256x256 pairs, one question each, to one `change-detection` pipeline (tiny preset) from
 1 thread and then from 8, for each decoding cap (`max_concurrent`), and reports requests per second, the median
@@ -550,6 +556,46 @@ def bench_quickstart(output_dir: Path, fresh_data: bool) -> dict:
     }
 
 
+def bench_baseline(seconds: float | None, seeds: list[int], pairs: int, train_sample: int) -> dict:
+    """The specialist baseline on the quickstart's data: per seed, test and training-sample figures."""
+    sys.path.insert(0, str(REPO))
+    from reasoncd.data.samples import load_split, training_sample
+    from reasoncd.evaluation.scoring import score
+    from reasoncd.evaluation.specialist import predict_specialist, train_specialist
+    from train import prepare_quickstart_data
+
+    if seconds is None:
+        earlier = REPO / "runs" / "bench-quickstart.json"
+        seconds = json.loads(earlier.read_text())["quickstart"]["quickstart_seconds"] if earlier.is_file() else 600.0
+    data = prepare_quickstart_data(pairs, 0)
+    train_samples, test_samples = load_split(data, "train"), load_split(data, "test")
+    seen = training_sample(train_samples, train_sample)
+    runs = []
+    for seed in seeds:
+        network, trained = train_specialist(train_samples, seconds, seed=seed)
+        figures = {"seed": seed, **trained}
+        for split, samples in (("test", test_samples), ("train", seen)):
+            result = score(samples, predict_specialist(network, samples))
+            figures[split] = {key: value for key, value in result.items() if key != "per_sample"}
+            figures[split]["n_samples"] = len(samples)
+        runs.append(figures)
+    return {"budget_seconds": seconds, "pairs": pairs, "runs": runs}
+
+
+def baseline_table(report: dict) -> str:
+    from reasoncd.evaluation.report import split_figures
+
+    runs = report["runs"]
+    header = [f"{split} seed {run['seed']}" for run in runs for split in ("test", "train")]
+    lines = ["| specialist | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    columns = [dict(split_figures(run[split])) for run in runs for split in ("test", "train")]
+    for name in columns[0]:
+        lines.append(f"| {name} | " + " | ".join("–" if c[name] is None else f"{c[name]:.3f}" for c in columns) + " |")
+    lines.append("| steps (seconds) | " + " | ".join(f"{run['steps']} ({run['seconds']} s)" for run in runs
+                                                  for _ in ("test", "train")) + " |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------- whole scenes
 
 SCENE_CRS = "EPSG:32650"  # WGS 84 / UTM zone 50N: metres
@@ -741,6 +787,13 @@ def main(argv=None) -> int:
     quick = sub.add_parser("quickstart", help="time `python train.py` end to end")
     quick.add_argument("--output_dir", type=Path, default=REPO / "runs" / "bench-quickstart")
     quick.add_argument("--keep_data", action="store_true", help="reuse an already generated synthetic set")
+    baseline = sub.add_parser("baseline", help="a specialist without language on the quickstart's data and time")
+    baseline.add_argument("--seconds", type=float, help="training budget per seed (default: the last quickstart "
+                          "benchmark's time, else 600)")
+    baseline.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    baseline.add_argument("--pairs", type=int, default=360, help="synthetic pairs (the quickstart's)")
+    baseline.add_argument("--train_sample", type=int, default=160,
+                          help="questions of the training split scored beside the test split (train.py's sample)")
     scene = sub.add_parser("scene", help="predict_scene.py on synthetic GeoTIFF scenes: tiles/s and peak memory")
     scene.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192])
     scene.add_argument("--presets", nargs="+", default=["tiny", "medium"])
@@ -773,6 +826,9 @@ def main(argv=None) -> int:
         report["scene"] = bench_scene(args.sizes, args.presets, args.medium_sizes, args.batch_size,
                                       args.threshold)
         table = scene_table(report["scene"])
+    elif args.command == "baseline":
+        report["baseline"] = bench_baseline(args.seconds, args.seeds, args.pairs, args.train_sample)
+        table = baseline_table(report["baseline"])
     elif args.command == "scene-figure":
         report["scene_figure"] = scene_figure(args.model, args.question, args.size, REPO / "docs" / "scene-example.jpg")
         table = None

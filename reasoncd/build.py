@@ -255,8 +255,8 @@ def print_report(rows, lora_rank: int) -> None:
 
 
 # --- the options beyond the paper, as command-line flags (build_reasoncd.py and train.py) ---
-ARCHITECTURE_OPTIONS = ("seg_state_norm", "mask_conditioning", "change_tokens")
-LOSS_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight")
+ARCHITECTURE_OPTIONS = ("seg_state_norm", "mask_conditioning", "change_tokens", "presence_head")
+LOSS_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight", "presence_loss_weight")
 
 
 def add_option_arguments(parser) -> None:
@@ -278,6 +278,9 @@ def add_option_arguments(parser) -> None:
                        help="BCE weight of pixels that changed for another question about the pair but not this one")
     group.add_argument("--answer_decision_loss_weight", type=float,
                        help="CE weight of an answer's first two (present/absent) tokens")
+    group.add_argument("--presence_head", action=argparse.BooleanOptionalAction, default=None,
+                       help="a presence decision learned on every question, which the answer follows")
+    group.add_argument("--presence_loss_weight", type=float, help="weight of the presence head's loss")
 
 
 def option_overrides(args, names=ARCHITECTURE_OPTIONS + LOSS_OPTIONS) -> dict:

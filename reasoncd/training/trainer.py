@@ -12,7 +12,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
 from reasoncd.evaluation.scoring import (batch_counterfactual, batches_by_pair, encode_batch, question_use_figures,
-                                         score, seg_predicted_teacher_forced)
+                                         score, seg_decided_teacher_forced)
 from reasoncd.training.checkpoints import STAGING, clear_staging, publish, retire, write_manifest
 
 
@@ -148,7 +148,7 @@ class ReasonCDTrainer(Trainer):
             masks = self.reasoncd_processor.post_process_masks(
                 outputs.pred_masks, outputs.seg_present, inputs["reshaped_sizes"][rows],
                 inputs["image_sizes"][rows].tolist())
-            emits_seg = seg_predicted_teacher_forced(outputs.logits, inputs["labels"], base.config.seg_token_id)
+            emits_seg = seg_decided_teacher_forced(outputs, inputs["labels"], base.config.seg_token_id)
             # The counterfactual reuses the cached encodings; without the cache the encoders run once more.
             features = inputs.get("frozen_features")
             if features is None:

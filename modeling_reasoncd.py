@@ -346,6 +346,8 @@ class PresenceHead(nn.Module):
     def __init__(self, hidden_size: int, channels: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size)
+        # The fused embedding's scale drifts while the fusion module trains: the head sees it normalised per pair.
+        self.change_norm = nn.GroupNorm(1, channels)
         self.film = nn.Linear(hidden_size, 2 * channels)
         self.classifier = nn.Sequential(nn.Linear(hidden_size + 2 * channels, channels), nn.ReLU(),
                                         nn.Linear(channels, 1))
@@ -355,7 +357,8 @@ class PresenceHead(nn.Module):
         """`states` `(N, hidden)` at `</p>`, `change_embeddings` `(N, C, h, w)`: presence logits `(N,)`."""
         question = self.norm(states.to(self.norm.weight.dtype))
         gamma, beta = self.film(question).chunk(2, dim=-1)
-        features = F.relu(change_embeddings.to(gamma.dtype) * (1 + gamma[..., None, None]) + beta[..., None, None])
+        change = self.change_norm(change_embeddings.to(gamma.dtype))
+        features = F.relu(change * (1 + gamma[..., None, None]) + beta[..., None, None])
         pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=-1)
         return self.classifier(torch.cat([question, pooled], dim=-1)).squeeze(-1)
 

@@ -170,6 +170,55 @@ def mask_losses(pred_masks: torch.Tensor, seg_present: torch.Tensor, masks: torc
     return torch.stack(bce_terms).mean(), torch.stack(dice_terms).mean()
 
 
+class Float32Buffers:
+    """
+    Mixin for modules whose float32 buffers must stay float32 however the model is cast: `.to(torch.bfloat16)`,
+    `.half()`, and DeepSpeed's bf16/fp16 modes (which cast the whole module) move these buffers to the new device
+    but keep their dtype. Parameters are cast as usual, so an optimizer sees one dtype.
+    """
+
+    def _apply(self, fn, recurse=True):
+        kept = {name: buffer for name, buffer in self._buffers.items()
+                if buffer is not None and buffer.dtype == torch.float32}
+        super()._apply(fn, recurse)
+        for name, original in kept.items():
+            if self._buffers[name].dtype != torch.float32:
+                self._buffers[name] = original.to(self._buffers[name].device)
+        return self
+
+
+class Float32PositionEmbedding(Float32Buffers, PositionEmbeddingRandom):
+    """
+    SAM's random Fourier positional encoding with its Gaussian matrix kept in float32: segment-anything multiplies a
+    float32 coordinate grid by it (so a cast matrix fails on mixed dtypes), and in bf16 the matrix, scaled by 2*pi,
+    would shift every phase by up to a few hundredths of a turn.
+    """
+
+
+class Float32BatchNorm2d(Float32Buffers, nn.BatchNorm2d):
+    """
+    BatchNorm2d that normalises in float32 and keeps its running statistics in float32 under any cast (a bf16
+    running variance, updated with momentum 0.1, loses most of each update to rounding). Input and output keep the
+    caller's dtype; the affine parameters are cast with the model and read in float32.
+    """
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(features)
+        momentum = self.momentum if self.momentum is not None else 0.0
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average, as nn.BatchNorm2d
+                momentum = 1.0 / float(self.num_batches_tracked)
+        use_batch_statistics = self.training or self.running_mean is None
+        track = not self.training or self.track_running_stats
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        normalised = F.batch_norm(features.float(), self.running_mean if track else None,
+                                  self.running_var if track else None, weight, bias, use_batch_statistics, momentum,
+                                  self.eps)
+        return normalised.to(features.dtype)
+
+
 class ChannelAttention(nn.Module):
     """Average- and max-pooled channel descriptors through one shared MLP, summed, sigmoid, multiplied in."""
 
@@ -194,10 +243,10 @@ class ConvFeedForward(nn.Module):
         super().__init__()
         self.layers = nn.Sequential(
             nn.Conv2d(in_channels, hidden_channels, kernel_size=1, bias=False),
-            nn.BatchNorm2d(hidden_channels),
+            Float32BatchNorm2d(hidden_channels),
             nn.GELU(),
             nn.Conv2d(hidden_channels, out_channels, kernel_size=1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            Float32BatchNorm2d(out_channels),
             nn.GELU(),
         )
 
@@ -213,7 +262,7 @@ class ResNetFPN(nn.Module):
         builders = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34}
         if depth not in builders:
             raise ValueError(f"feature_fusion_config.resnet_depth={depth}: supported depths are {sorted(builders)}")
-        self.backbone = builders[depth](weights=None)
+        self.backbone = builders[depth](weights=None, norm_layer=Float32BatchNorm2d)
         self.backbone.fc = nn.Identity()  # classification head unused; keeps official keys for the rest
         stage_channels = [stage[-1].conv2.out_channels for stage in self._stages()]
         self.fpn = torchvision.ops.FeaturePyramidNetwork(stage_channels, out_channels)
@@ -223,7 +272,7 @@ class ResNetFPN(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         b = self.backbone
-        x = b.maxpool(b.relu(b.bn1(b.conv1(pixel_values))))
+        x = b.maxpool(b.relu(b.bn1(b.conv1(pixel_values.to(b.conv1.weight.dtype)))))
         levels = {}
         for index, stage in enumerate(self._stages()):
             x = stage(x)
@@ -260,6 +309,10 @@ class MultiScaleFeatureFusion(nn.Module):
         pixel_values_t1: torch.Tensor | None = None,
         pixel_values_t2: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        # Cached or frozen-encoder features may come in another dtype than this module's (e.g. float32 features
+        # into a module DeepSpeed cast to bf16).
+        dtype = self.ffn.layers[0].weight.dtype
+        sam_features_t1, sam_features_t2 = sam_features_t1.to(dtype), sam_features_t2.to(dtype)
         if not self.enabled:
             return self.ffn(torch.cat([sam_features_t1, sam_features_t2], dim=1))
         if pixel_values_t1 is None or pixel_values_t2 is None:
@@ -272,14 +325,14 @@ class MultiScaleFeatureFusion(nn.Module):
             pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
         grid = sam_features_t1.shape[-2:]
         levels = [F.interpolate(level, size=grid, mode="bilinear", align_corners=False)
-                  for level in self.resnet_fpn(pixels.to(sam_features_t1.dtype))]
+                  for level in self.resnet_fpn(pixels)]
         sam_features = torch.cat([sam_features_t1, sam_features_t2], dim=0)
         per_image = self.image_attention(torch.cat([sam_features, *levels], dim=1))
         pair = torch.cat([per_image[:pairs], per_image[pairs:]], dim=1)
         return self.ffn(self.pair_attention(pair))
 
 
-class SegStateStandardizer(nn.Module):
+class SegStateStandardizer(Float32Buffers, nn.Module):
     """
     Per-dimension standardisation of `[SEG]` states with running statistics (an option beyond the paper).
 
@@ -375,9 +428,11 @@ class ReasonCDPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer", "Block", "TwoWayAttentionBlock"]
-    # segment-anything multiplies a float32 grid by this buffer: loaded in bf16/fp16 (as around a quantised
-    # language model), `get_dense_pe` would fail on mixed dtypes.
-    _keep_in_fp32_modules_strict = ["sam_prompt_encoder.pe_layer"]
+    # Loaded with `dtype=torch.bfloat16`/`float16` (or around a quantised language model), these stay float32, as
+    # they do under `.to(dtype)` (`Float32Buffers`): SAM's positional-encoding matrix, which segment-anything
+    # multiplies by a float32 grid, and every batch-norm and `[SEG]`-standardiser running statistic. Matched as
+    # substrings of the weight names.
+    _keep_in_fp32_modules_strict = ["sam_prompt_encoder.pe_layer", "running_mean", "running_var"]
     # PEFT would otherwise train two copies of tied matrices (LLaMA-2 itself is untied).
     _tied_weights_keys = {}
     # The loss mixes CE and mask terms: Trainer must scale it for gradient accumulation itself.
@@ -491,6 +546,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             input_image_size=(sam.image_size, sam.image_size),
             mask_in_chans=sam.mask_in_chans,
         )
+        self.sam_prompt_encoder.pe_layer = Float32PositionEmbedding(prompt_dim // 2)
         self.sam_mask_decoder = MaskDecoder(
             num_multimask_outputs=sam.num_multimask_outputs,
             transformer=TwoWayTransformer(
@@ -516,7 +572,25 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         self.presence = PresenceHead(text_hidden, prompt_dim) if config.presence_head else None
         self.trainable_module_names = type(self).trainable_module_names + tuple(
             name for name in self.optional_module_names if getattr(self, name) is not None)
+        self.unused_module_names = self._unused_module_names()
         self.post_init()
+
+    def _unused_module_names(self) -> tuple[str, ...]:
+        """
+        Parts of the pretrained components that no output of ReasonCD reads, so that no loss can reach them; training
+        freezes them (docs/ARCHITECTURE.md, "What is trained"). SAM's IoU head and the hypernetworks of its three
+        multi-mask outputs: one mask is decoded per `[SEG]` and its quality score is never used. CLIP's layers after
+        the feature layer and its final norm: the image tokens come from an earlier layer.
+        """
+        decoder = self.sam_mask_decoder
+        names = ["sam_mask_decoder.iou_prediction_head"]
+        names += [f"sam_mask_decoder.output_hypernetworks_mlps.{i}" for i in range(1, decoder.num_mask_tokens)]
+        layers = self.config.vision_config.num_hidden_layers
+        feature_layer = self.config.vision_feature_layer
+        used_layers = feature_layer if feature_layer >= 0 else layers + 1 + feature_layer
+        names += [f"vision_tower.encoder.layers.{i}" for i in range(used_layers, layers)]
+        names += [name for name in ("vision_tower.post_layernorm",) if self.get_submodule(name) is not None]
+        return tuple(names)
 
     # --- embeddings (delegated so resize_token_embeddings and PEFT find them) ---
     def get_input_embeddings(self) -> nn.Module:
@@ -661,12 +735,10 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                                       positional.to(image_embeddings.dtype), tokens.to(image_embeddings.dtype))
         mask_tokens = hs[:, 1 : 1 + decoder.num_mask_tokens]
         upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(n, channels, h, w))
-        hyper = torch.stack(
-            [mlp(mask_tokens[:, i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
-        )
+        # Only the single-mask output's hypernetwork runs (see `unused_module_names`).
+        hyper = decoder.output_hypernetworks_mlps[0](mask_tokens[:, 0])
         b, c, uh, uw = upscaled.shape
-        masks = (hyper @ upscaled.reshape(b, c, uh * uw)).reshape(b, -1, uh, uw)
-        return masks[:, 0]
+        return (hyper.unsqueeze(1) @ upscaled.reshape(b, c, uh * uw)).reshape(b, uh, uw)
 
     def _masks_for_rows(self, mask_embeds, pair_index, seg_present, seg_hidden):
         h, w = mask_embeds.shape[-2:]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from transformers import EarlyStoppingCallback, TrainingArguments
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
 
 from reasoncd.build import (ARCHITECTURE_OPTIONS, LOSS_OPTIONS, add_option_arguments, build_tiny, option_overrides,
@@ -36,7 +37,7 @@ from reasoncd.training.feature_cache import FrozenFeatureCache
 from reasoncd.evaluation.figures import prediction_panels, training_curves
 from reasoncd.training.checkpoints import checkpoint_problem, last_complete_checkpoint
 from reasoncd.training.lora import apply_lora, trainable_parameter_groups
-from reasoncd.training.trainer import ReasonCDTrainer, SaveOnInterrupt
+from reasoncd.training.trainer import ReasonCDTrainer, SaveOnInterrupt, load_unsharded, whole_parameters
 from reasoncd.io import OutputDir, OutputDirError, read_marker
 from reasoncd.data.samples import SEG, SampleError, load_pair, load_split, training_sample
 from reasoncd.training.dataset import ReasonCDCollator, as_dataset
@@ -431,14 +432,18 @@ def main(argv=None) -> int:
     if interrupt.requested:
         print(f"stopped at step {trainer.state.global_step}; resume with --resume_from_checkpoint")
         return 130
-    if not trainer.is_world_process_zero():  # one process writes the model, the figures and the metrics
+    with whole_parameters(trainer.model):  # ZeRO-3: every process takes part in gathering the shards
+        if trainer.is_world_process_zero():  # one process writes the model, the figures and the metrics
+            training_curves(args.output_dir / "curves.png", trainer.state.log_history)
+            merged = trainer.model.merge_and_unload()
+            # model/ is train.py's own entry (claimed above): replaced whatever an earlier run left in it.
+            save_checkpoint(merged, processor, args.output_dir / "model", command="train.py", overwrite=True)
+    if not trainer.is_world_process_zero():
         return 0
-    training_curves(args.output_dir / "curves.png", trainer.state.log_history)
-    merged = trainer.model.merge_and_unload()
-    # model/ is train.py's own entry (claimed above): replaced whatever an earlier run left in it.
-    save_checkpoint(merged, processor, args.output_dir / "model", command="train.py", overwrite=True)
     print(f"model saved to {args.output_dir / 'model'}")
     if test_samples:
+        if is_deepspeed_zero3_enabled():  # the merged model's parameters are shards again: test the saved one
+            merged = load_unsharded(args.output_dir / "model")
         metrics = final_test(merged, processor, test_samples, train_samples, args)
         print(json.dumps(metrics, indent=1))
     return 0

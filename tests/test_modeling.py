@@ -15,7 +15,7 @@ import build_reasoncd
 from reasoncd import build
 from helpers import REPO_ROOT, ForceAnswers, make_seg_the_only_answer, random_image, run_script, tiny_checkpoint
 from modeling_reasoncd import ANSWER_DECISION_TOKENS, upscale_mask_logits
-from reasoncd.training.lora import apply_lora
+from reasoncd.training.lora import apply_lora, module_path
 
 HEIGHT, WIDTH = 200, 300
 QUESTIONS = ["new buildings", "changes that provide more living areas for people, and explain why"]
@@ -125,15 +125,20 @@ def test_lora_trains_exactly_the_papers_parts(checkpoint, processor, pair):
         assert tuple(params[name].shape) == (5, hidden)
 
     copies = {n for n in trainable if ".modules_to_save.default." in n}
+    # Each fully trained module is trained whole but for the parts no loss reaches (SAM's IoU head and multi-mask
+    # hypernetworks), which stay frozen.
+    unused = tuple(f"{name}." for name in model.unused_module_names)
+    assert "sam_mask_decoder.iou_prediction_head." in unused
+    trained = {module_path(n) for n in copies}
     for module in FULLY_TRAINED:
-        prefix = f"{module}.modules_to_save.default."
-        assert {n[len(prefix):] for n in copies if n.startswith(prefix)} == module_params[module]
+        expected = {f"{module}.{n}" for n in module_params[module]}
+        assert {n for n in trained if n.startswith(f"{module}.")} == {n for n in expected if not n.startswith(unused)}
     assert trainable == set(lora) | set(TOKEN_ADAPTERS) | copies
 
     frozen = set(params) - trainable
     assert any(n.startswith("language_model.") and n.endswith("q_proj.base_layer.weight") for n in frozen)
     assert all(any(n.startswith(m) for m in FROZEN) or n.startswith("language_model.")
-               or ".original_module." in n for n in frozen), sorted(frozen)
+               or ".original_module." in n or n.startswith(unused) for n in frozen), sorted(frozen)
     for module in FROZEN:
         assert any(n.startswith(module) for n in frozen)
         assert not any(n.startswith(module) for n in trainable)
@@ -155,6 +160,9 @@ def test_lora_trains_exactly_the_papers_parts(checkpoint, processor, pair):
 
     for name in frozen:
         assert params[name].grad is None, name
+    # The trainable set is exactly what the loss reaches: no optimizer state, and no DDP "unused parameter", for
+    # anything that never gets a gradient.
+    assert [name for name in trainable if params[name].grad is None] == []
     # LoRA starts as the base model (B = 0): B receives a gradient, A does not yet.
     for name in lora:
         assert has_grad(name) == (".lora_B." in name), name
@@ -171,7 +179,7 @@ def test_lora_trains_exactly_the_papers_parts(checkpoint, processor, pair):
         assert any(has_grad(n) for n in copies if n.startswith(module + ".")), module
     # The ResNet branch of the fusion module and the decoder's transformer are trained too.
     assert has_grad("feature_fusion.modules_to_save.default.resnet_fpn.backbone.conv1.weight")
-    assert has_grad("sam_mask_decoder.modules_to_save.default.transformer.layers.0.self_attn.q_proj.weight")
+    assert has_grad("sam_mask_decoder.transformer.modules_to_save.default.layers.0.self_attn.q_proj.weight")
 
 
 def test_answers_without_seg_give_text_loss_only_and_empty_masks(model, processor, pair):

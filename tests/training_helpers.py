@@ -81,3 +81,27 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
+
+
+def answers_with_a_mask(model_dir: Path, **loading) -> dict:
+    """Loads a trained model through AutoModel/AutoProcessor (no key missing or unexpected), has it answer one question
+    with `[SEG]` (the answer forced: a few steps teach no answer), and returns the post-processed result."""
+    import numpy as np
+    from transformers import AutoModel, AutoProcessor, LogitsProcessorList
+
+    from helpers import ForceAnswers, image_pair
+
+    model, info = AutoModel.from_pretrained(model_dir, trust_remote_code=True, output_loading_info=True, **loading)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    t1, t2 = image_pair(64, 96, seed=1)
+    labels = processor(images_t1=t1, images_t2=t2, text=["new buildings"], answers=["It's [SEG]."])["labels"]
+    answer = labels[0][labels[0] != -100].tolist()
+    out = model.eval().generate(**processor(images_t1=t1, images_t2=t2, text="new buildings"),
+                                max_new_tokens=len(answer) + 1,
+                                logits_processor=LogitsProcessorList([ForceAnswers([answer], model.config.eos_token_id)]))
+    result = processor.post_process_generation(out)[0]
+    assert "[SEG]" in result["raw_text"] and result["mask"].shape == t1.shape[:2]
+    assert np.isfinite(result["mask_confidence"]) and np.isfinite(out.pred_masks.float().numpy()).all()
+    result["dtype"] = model.dtype
+    return result

@@ -74,7 +74,8 @@ class FrozenFeatureCache:
                 save_file({"vision": entry[0], "sam": entry[1]}, str(temporary))
 
     def frozen_features(self, model, batch: dict, keys: list[str]):
-        """The frozen features of a batch's P pairs; only images never seen before go through the encoders."""
+        """The frozen features of a batch's P pairs, in the dtype the model computes in (`model.dtype`: float32, or
+        bf16/fp16 under DeepSpeed or a cast); only images never seen before go through the encoders."""
         pairs = batch["pixel_values_t1"].shape[0]
         if len(keys) != 2 * pairs:
             raise ValueError(f"expected {2 * pairs} cache keys for {pairs} pairs, got {len(keys)}")
@@ -90,9 +91,9 @@ class FrozenFeatureCache:
             for row, index in enumerate(missing):
                 self._put(keys[index], vision[row], sam_features[row])
                 entries[index] = self._memory[keys[index]]
-        device = batch["pixel_values_t1"].device
-        vision = torch.stack([e[0] for e in entries]).to(device)
-        sam = torch.stack([e[1] for e in entries]).to(device)
+        device, dtype = batch["pixel_values_t1"].device, model.dtype
+        vision = torch.stack([e[0] for e in entries]).to(device=device, dtype=dtype)
+        sam = torch.stack([e[1] for e in entries]).to(device=device, dtype=dtype)
         return ReasonCDFrozenFeatures(
             vision_features_t1=vision[:pairs], vision_features_t2=vision[pairs:],
             sam_features_t1=sam[:pairs], sam_features_t2=sam[pairs:],

@@ -27,6 +27,7 @@ def lora_config_for(model, *, rank: int = 8, alpha: int = 16, dropout: float = 0
         modules += ["embed_tokens", "lm_head"]
     if train_vision_tower:
         modules.append("vision_tower")
+    modules = used_parts(model, modules)
     return LoraConfig(
         r=rank,
         lora_alpha=alpha,
@@ -43,6 +44,28 @@ def apply_lora(model, **lora_kwargs) -> PeftModel:
     return get_peft_model(model, lora_config_for(model, **lora_kwargs))
 
 
+def used_parts(model, names: list[str]) -> list[str]:
+    """
+    The modules to train in full for `names`: each name, or, where part of it is never reached by a loss
+    (`model.unused_module_names`), its children that are (recursively). Every trainable parameter then receives a
+    gradient, and PEFT saves exactly the trained copies (under ZeRO-3 a frozen part inside a trained copy is missing
+    from the gathered state dict).
+    """
+    unused = set(model.unused_module_names)
+    parts = []
+    for name in names:
+        if name in unused:
+            continue
+        if not any(u.startswith(f"{name}.") for u in unused):
+            parts.append(name)
+            continue
+        module = model.get_submodule(name)
+        if any(True for _ in module.parameters(recurse=False)):
+            raise ValueError(f"{name} holds parameters of its own beside an unused part: train it whole or not at all")
+        parts += used_parts(model, [f"{name}.{child}" for child, _ in module.named_children()])
+    return parts
+
+
 def trainable_parameter_groups(peft_model: PeftModel) -> dict[str, int]:
     """Trainable parameter count per top-level component of the wrapped model."""
     groups: dict[str, int] = {}
@@ -51,3 +74,9 @@ def trainable_parameter_groups(peft_model: PeftModel) -> dict[str, int]:
             component = name.removeprefix("base_model.model.").split(".")[0]
             groups[component] = groups.get(component, 0) + parameter.numel()
     return groups
+
+
+def module_path(peft_parameter_name: str) -> str:
+    """A PEFT-wrapped parameter's name as the plain model spells it (no wrapper prefix, no trained-copy infix)."""
+    name = peft_parameter_name.removeprefix("base_model.model.")
+    return name.replace(".modules_to_save.default.", ".").replace(".original_module.", ".")

@@ -5,10 +5,12 @@ import os
 import signal
 import sys
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
 from reasoncd.evaluation.scoring import (batch_counterfactual, batches_by_pair, encode_batch, question_use_figures,
@@ -171,3 +173,31 @@ class ReasonCDTrainer(Trainer):
         return logged
 
 
+
+
+def whole_parameters(model):
+    """
+    Under DeepSpeed ZeRO-3 each process holds a shard of every parameter: this context gathers them whole on every
+    process (a collective: all processes must enter it) so that one process can merge LoRA and save the model; what
+    process 0 changes is kept when the shards are taken again. Elsewhere it does nothing.
+    """
+    if not is_deepspeed_zero3_enabled():
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0)
+
+
+def load_unsharded(path):
+    """A saved model loaded whole into this process, outside ZeRO-3's sharded construction (which a run with a
+    ZeRO-3 config turns on for every `from_pretrained` of the process)."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    from modeling_reasoncd import ReasonCDForChangeDetection
+
+    reference = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        return ReasonCDForChangeDetection.from_pretrained(path).eval()
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = reference

@@ -83,7 +83,8 @@ def make_seg_the_only_answer(model) -> None:
 
     Component 0 of the residual stream is made a constant +50 (every token embedding and every projected image
     token carry it, and no attention or MLP output writes to it); the final RMSNorm keeps its sign, and the output
-    layer reads that component only for `[SEG]`: its logit is positive while every other logit is 0.
+    layer reads that component only for `[SEG]`: its logit is positive while every other logit is 0. A presence
+    head, where the model has one, decides "present" for every question.
     """
     language_model = model.language_model
     with torch.no_grad():
@@ -96,6 +97,10 @@ def make_seg_the_only_answer(model) -> None:
         head = language_model.get_output_embeddings().weight
         head.zero_()
         head[model.config.seg_token_id, 0] = 1.0
+        if model.presence is not None:  # the presence head decides "present" for every question
+            decision = model.presence.classifier[-1]
+            decision.weight.zero_()
+            decision.bias.fill_(10.0)
 
 
 # --- real components -------------------------------------------------------------------------------------------

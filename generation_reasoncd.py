@@ -333,9 +333,10 @@ class _PresenceDecision:
         """Runs the prompt from `done` up to `</p>` into `cache`; returns where the rest starts and the decision
         vectors `(B, hidden)`."""
         end = inputs_embeds.shape[1] - self.tail
-        output = self.model.language_model(inputs_embeds=inputs_embeds[:, done:end], position_ids=positions[:, done:end],
-                                           attention_mask=attention_mask[:, :end], cache=cache, use_cache=True,
-                                           output_hidden_states=True, logits_to_keep=1)
+        output = self.model.language_model(
+            inputs_embeds=inputs_embeds[:, done:end], position_ids=positions[:, done:end],
+            attention_mask=attention_mask[:, :end], cache=cache, use_cache=True, output_hidden_states=True,
+            logits_to_keep=1)
         return end, self._decide(output.hidden_states[-1][:, -1])
 
     def decide_uncached(self, inputs_embeds, attention_mask):

@@ -354,7 +354,8 @@ def test_teacher_forcing_feeds_the_references_decision_after_the_question_only()
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     kwargs = dict(images_t1=image, images_t2=image, text="new buildings", masks=[np.zeros((64, 64))])
     present = processor(**kwargs, answers="It's the new buildings [SEG].")
-    absent = processor(**kwargs, answers="There is no change of interest: no new buildings appear between the two images.")
+    absent = processor(**kwargs,
+                       answers="There is no change of interest: no new buildings appear between the two images.")
     with torch.no_grad():
         model.presence.decision_embeddings.weight.normal_()
         out_present, out_absent = model(**present), model(**absent)

@@ -214,8 +214,8 @@ class ReasonCDConfig(PretrainedConfig):
         presence_head (`bool`): a presence decision learned on every question, absent ones included: a logit from
             the language model's state at `</p>` and the fused change embedding as that state modulates it. Its
             decision (one of two learned vectors) is added to every token after `</p>`, so the answer follows it:
-            the reference's decision in training, the head's in generation, where an answer decided absent cannot
-            emit `[SEG]` and one decided present cannot end before it.
+            the reference's decision in training, the head's in evaluation and generation, where an answer decided
+            absent cannot emit `[SEG]` and one decided present cannot end before it.
         presence_loss_weight (`float`): weight of the presence head's binary cross-entropy in the loss.
     """
 

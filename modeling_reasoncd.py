@@ -787,27 +787,28 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         )
         mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
         inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index, mask_embeds)
-        if self.presence is not None:
-            # Teacher forcing: the reference's decision (whether its answer points at a mask) follows </p>.
+        run_language_model = partial(self.language_model, attention_mask=attention_mask, use_cache=False,
+                                     position_ids=self._position_ids(attention_mask), output_hidden_states=True)
+        presence_logits = None
+        if self.presence is None:
+            lm_out = run_language_model(inputs_embeds=inputs_embeds)
+        else:
+            # In training, the reference's decision (whether its answer points at a mask) follows </p>, as its
+            # tokens do. In evaluation, the head's own, as in generation: the states up to </p> do not depend on
+            # the decision, so the head reads them from a first pass, and a second runs only if it disagrees.
             question_end = question_end_positions(input_ids, self.config.p_end_token_id)
-            after = torch.arange(input_ids.shape[1], device=input_ids.device)[None] > question_end[:, None]
-            decided = self.presence.decision((input_ids[:, 1:] == self.config.seg_token_id).any(dim=1))
-            inputs_embeds = inputs_embeds + after.unsqueeze(-1).to(inputs_embeds.dtype) * decided[:, None].to(
-                inputs_embeds.dtype)
-        lm_out = self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=self._position_ids(attention_mask),
-            output_hidden_states=True,
-            use_cache=False,
-        )
+            after = (torch.arange(input_ids.shape[1], device=input_ids.device)[None] > question_end[:, None])
+            after = after.unsqueeze(-1).to(inputs_embeds.dtype)
+            decided = (input_ids[:, 1:] == self.config.seg_token_id).any(dim=1)
+            lm_out = run_language_model(inputs_embeds=inputs_embeds + after * self.presence.decision(decided)[:, None])
+            rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+            presence_logits = self.presence(lm_out.hidden_states[-1][rows, question_end], mask_embeds[pair_index])
+            own = presence_logits > 0
+            if not self.training and bool((own != decided).any()):
+                lm_out = run_language_model(inputs_embeds=inputs_embeds + after * self.presence.decision(own)[:, None])
         last_hidden = lm_out.hidden_states[-1]
         seg_present, seg_hidden = self._seg_states_teacher_forced(input_ids, last_hidden)
         pred_masks = self._masks_for_rows(mask_embeds, pair_index, seg_present, seg_hidden)
-        presence_logits = None
-        if self.presence is not None:
-            rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-            presence_logits = self.presence(last_hidden[rows, question_end], mask_embeds[pair_index])
 
         loss = ce = bce = dice = None
         if labels is not None:

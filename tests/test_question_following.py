@@ -348,23 +348,50 @@ def test_the_answer_follows_the_presence_decision_in_generation():
     assert not present.pred_masks.eq(0).all()
 
 
-def test_teacher_forcing_feeds_the_references_decision_after_the_question_only():
+def test_teacher_forcing_feeds_the_references_decision_in_training_and_the_heads_in_evaluation():
     model, processor = build_tiny(0)
-    model.eval()
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     kwargs = dict(images_t1=image, images_t2=image, text="new buildings", masks=[np.zeros((64, 64))])
     present = processor(**kwargs, answers="It's the new buildings [SEG].")
     absent = processor(**kwargs,
                        answers="There is no change of interest: no new buildings appear between the two images.")
+    end = int((present["input_ids"][0] == model.config.p_end_token_id).nonzero().max())
     with torch.no_grad():
         model.presence.decision_embeddings.weight.normal_()
+        model.train()
         out_present, out_absent = model(**present), model(**absent)
-    end = int((present["input_ids"][0] == model.config.p_end_token_id).nonzero().max())
-    # Up to </p> both runs see the same prompt (the decision comes after it), so the head reads the same state.
-    assert torch.allclose(out_present.logits[0, : end + 1], out_absent.logits[0, : end + 1], atol=1e-5)
-    assert torch.allclose(out_present.presence_logits, out_absent.presence_logits, atol=1e-5)
-    assert not torch.allclose(out_present.logits[0, end + 1], out_absent.logits[0, end + 1], atol=1e-3)
-    assert out_present.loss is not None and out_present.presence_logits.shape == (1,)
+        # Up to </p> both runs see the same prompt (the decision comes after it), so the head reads the same state.
+        assert torch.allclose(out_present.logits[0, : end + 1], out_absent.logits[0, : end + 1], atol=1e-5)
+        assert torch.allclose(out_present.presence_logits, out_absent.presence_logits, atol=1e-5)
+        assert not torch.allclose(out_present.logits[0, end + 1], out_absent.logits[0, end + 1], atol=1e-3)
+        assert out_present.loss is not None and out_present.presence_logits.shape == (1,)
+        # In evaluation both references get the head's own decision, as generation does.
+        model.eval()
+        eval_present, eval_absent = model(**present), model(**absent)
+        assert torch.allclose(eval_present.logits[0, : end + 2], eval_absent.logits[0, : end + 2], atol=1e-5)
+        own = out_present if bool(eval_present.presence_logits > 0) else out_absent
+        assert torch.allclose(eval_present.logits[0, end + 1], own.logits[0, end + 1], atol=1e-4)
+
+
+def test_generation_and_teacher_forcing_read_the_same_seg_state_with_the_presence_head():
+    model, processor = build_tiny(0)
+    model.eval()
+    image = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    answers = ["It's the new buildings [SEG].", "The change map shows the new trees [SEG]."]
+    questions = ["new buildings", "land covered by new trees"]
+    labels = processor(images_t1=image, images_t2=image, text=questions, answers=answers)["labels"]
+    rows = [row[row != -100].tolist() for row in labels]
+    from transformers import LogitsProcessorList
+    from helpers import ForceAnswers
+
+    forcing = LogitsProcessorList([ForceAnswers(rows, model.config.eos_token_id)])
+    with torch.no_grad():
+        generated = model.generate(**processor(images_t1=image, images_t2=image, text=questions),
+                                   max_new_tokens=max(map(len, rows)) + 1, logits_processor=forcing)
+        forward = model(**processor(images_t1=image, images_t2=image, text=questions, answers=answers))
+    torch.testing.assert_close(generated.seg_hidden_states, forward.seg_hidden_states, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(generated.presence_probabilities, forward.presence_logits.sigmoid(), rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_the_papers_preset_has_no_presence_head_and_old_configs_load_without_it():

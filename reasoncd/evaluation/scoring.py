@@ -124,8 +124,7 @@ def seg_predicted_teacher_forced(logits: torch.Tensor, labels: torch.Tensor, seg
 def seg_decided_teacher_forced(outputs, labels: torch.Tensor, seg_token_id: int) -> torch.Tensor:
     """
     Per row `(B,)`, whether the model would point at a mask, under teacher forcing: the presence head's decision
-    where the model has one (the language model is then fed the reference's decision, so its tokens tell nothing),
-    else `seg_predicted_teacher_forced`.
+    where the model has one (generation follows it), else `seg_predicted_teacher_forced`.
     """
     if getattr(outputs, "presence_logits", None) is not None:
         return outputs.presence_logits > 0

@@ -5,11 +5,12 @@ architecture. Several questions about one pair share its encoding and the prompt
 answer leaves the batch as soon as it ends.
 """
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from numbers import Integral
 
 import torch
-from transformers import Cache, DynamicCache, StaticCache
+from transformers import Cache, DynamicCache, LogitsProcessor, LogitsProcessorList, StaticCache
 from transformers.utils import ModelOutput
 
 
@@ -142,14 +143,19 @@ class ReasonCDGenerationMixin:
             sequences, step_states, step_seg_probabilities = self._greedy_decode(
                 inputs_embeds, attention_mask, cache, max_new_tokens, presence=presence, **generate_kwargs)
         else:
-            if presence is not None:  # decided in a pass of its own; it reaches the prompt's tokens after </p>
+            following = nullcontext()
+            if presence is not None:  # decided in a pass of its own, then added to every token after </p>
                 inputs_embeds = presence.decide_uncached(inputs_embeds, attention_mask)
-            generated = self.language_model.generate(
-                inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
-                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=use_cache,
-                output_hidden_states=True, output_logits=True, return_dict_in_generate=True,
-                pad_token_id=self.config.pad_token_id, eos_token_id=self.config.eos_token_id, **generate_kwargs,
-            )
+                following = presence.following(self.get_input_embeddings())
+                generate_kwargs["logits_processor"] = LogitsProcessorList(
+                    [presence.rules()] + list(generate_kwargs.get("logits_processor") or []))
+            with following:
+                generated = self.language_model.generate(
+                    inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
+                    max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=use_cache,
+                    output_hidden_states=True, output_logits=True, return_dict_in_generate=True,
+                    pad_token_id=self.config.pad_token_id, eos_token_id=self.config.eos_token_id, **generate_kwargs,
+                )
             sequences = generated.sequences
             # hidden_states[j][-1][:, -1] is the last-layer state that predicted generated token j.
             step_states = torch.stack([states[-1][:, -1] for states in generated.hidden_states], dim=1)
@@ -341,7 +347,8 @@ class _PresenceDecision:
 
     def decide_uncached(self, inputs_embeds, attention_mask):
         """For the language model's own `generate`: the prompt up to `</p>` once more, without a cache; returns the
-        embeddings with the decision added to the tokens after `</p>` (generated tokens do not get it)."""
+        embeddings with the decision added to the prompt's tokens after `</p>` (`following` adds it to the
+        generated ones, `rules` keeps the answer to it)."""
         end = inputs_embeds.shape[1] - self.tail
         mask = attention_mask[:, :end]
         output = self.model.language_model(inputs_embeds=inputs_embeds[:, :end], attention_mask=mask,
@@ -351,3 +358,38 @@ class _PresenceDecision:
         inputs_embeds = inputs_embeds.clone()
         inputs_embeds[:, end:] += decided[:, None].to(inputs_embeds.dtype)
         return inputs_embeds
+
+    @contextmanager
+    def following(self, embeddings):
+        """While open, every token the language model embeds itself (the generated ones) gets the decision vector
+        of its row (rows repeated for beams or several sequences per prompt)."""
+        decided = self.model.presence.decision(self.present)
+
+        def add_decision(module, args, output):
+            return output + decided.repeat_interleave(output.shape[0] // decided.shape[0], dim=0)[:, None].to(
+                output.dtype)
+
+        handle = embeddings.register_forward_hook(add_decision)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def rules(self) -> LogitsProcessor:
+        return _PresenceRules(self.present, self.model.config.seg_token_id, self.model.config.eos_token_id)
+
+
+class _PresenceRules(LogitsProcessor):
+    """For the language model's own `generate`: a row decided absent cannot emit `[SEG]`, one decided present cannot
+    end before it (rows repeated for beams or several sequences per prompt)."""
+
+    def __init__(self, present: torch.Tensor, seg_token_id: int, eos_token_id: int) -> None:
+        self.present, self.seg, self.eos = present, seg_token_id, eos_token_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        present = self.present.repeat_interleave(scores.shape[0] // self.present.shape[0])
+        pointed = (input_ids == self.seg).any(dim=1)
+        scores = scores.clone()
+        scores[:, self.seg] = scores[:, self.seg].masked_fill(~present, float("-inf"))
+        scores[:, self.eos] = scores[:, self.eos].masked_fill(present & ~pointed, float("-inf"))
+        return scores

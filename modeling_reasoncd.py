@@ -75,13 +75,16 @@ class ReasonCDOutput(ModelOutput):
         seg_hidden_states (`torch.FloatTensor` of shape `(B, hidden_size)`): the last-layer state that predicts
             `[SEG]`; zeros where `seg_present` is False.
         presence_logits (`torch.FloatTensor` of shape `(B,)`, *optional*): with `presence_head`, the head's logit
-            that the asked change is there (its loss is part of `loss`).
+            that the asked change is there.
+        presence_loss (`torch.FloatTensor` of shape `()`, *optional*): with `presence_head` and labels, the head's
+            binary cross-entropy (unweighted; `loss` adds it times `presence_loss_weight`).
     """
 
     loss: torch.FloatTensor | None = None
     ce_loss: torch.FloatTensor | None = None
     bce_loss: torch.FloatTensor | None = None
     dice_loss: torch.FloatTensor | None = None
+    presence_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     pred_masks: torch.FloatTensor | None = None
     seg_present: torch.BoolTensor | None = None
@@ -810,15 +813,15 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         seg_present, seg_hidden = self._seg_states_teacher_forced(input_ids, last_hidden)
         pred_masks = self._masks_for_rows(mask_embeds, pair_index, seg_present, seg_hidden)
 
-        loss = ce = bce = dice = None
+        loss = ce = bce = dice = presence_loss = None
         if labels is not None:
             ce = answer_loss(lm_out.logits, labels, self.config)
             bce, dice = mask_losses(pred_masks, seg_present, masks, reshaped_sizes, pair_index, self.config)
             cfg = self.config
             loss = cfg.ce_loss_weight * ce + cfg.bce_loss_weight * bce + cfg.dice_loss_weight * dice
             if presence_logits is not None:
-                loss = loss + cfg.presence_loss_weight * F.binary_cross_entropy_with_logits(
-                    presence_logits.float(), seg_present.float())
+                presence_loss = F.binary_cross_entropy_with_logits(presence_logits.float(), seg_present.float())
+                loss = loss + cfg.presence_loss_weight * presence_loss
             if self.training and not bool(seg_present.any()):
                 # No mask to learn from in this batch (only absent CRoIs): the mask path still runs once, weighted
                 # zero, so that every process of a distributed run reduces gradients for the same parameters.
@@ -826,7 +829,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         return ReasonCDOutput(
             loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice, logits=lm_out.logits,
             pred_masks=pred_masks, seg_present=seg_present, seg_hidden_states=seg_hidden,
-            presence_logits=presence_logits,
+            presence_logits=presence_logits, presence_loss=presence_loss,
         )
 
     def _seg_states_teacher_forced(self, input_ids, last_hidden):

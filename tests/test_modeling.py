@@ -151,6 +151,8 @@ def test_lora_trains_exactly_the_papers_parts(checkpoint, processor, pair):
         assert torch.isfinite(value) and value > 0, (part, value)
     expected = config.ce_loss_weight * out.ce_loss + config.bce_loss_weight * out.bce_loss \
         + config.dice_loss_weight * out.dice_loss
+    if out.presence_loss is not None:  # the tiny preset's presence head
+        expected = expected + config.presence_loss_weight * out.presence_loss
     torch.testing.assert_close(out.loss, expected)
     out.loss.backward()
 
@@ -189,7 +191,8 @@ def test_answers_without_seg_give_text_loss_only_and_empty_masks(model, processo
     out = model(**inputs)
     assert not out.seg_present.any()
     assert out.ce_loss > 0 and out.bce_loss == 0 and out.dice_loss == 0
-    torch.testing.assert_close(out.loss, model.config.ce_loss_weight * out.ce_loss)
+    presence = 0.0 if out.presence_loss is None else model.config.presence_loss_weight * out.presence_loss
+    torch.testing.assert_close(out.loss, model.config.ce_loss_weight * out.ce_loss + presence)
     assert not out.pred_masks.any() and not out.seg_hidden_states.any()
 
     # In a mixed batch the row without [SEG] adds nothing to the mask losses.

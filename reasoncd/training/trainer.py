@@ -116,8 +116,9 @@ class ReasonCDTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**self._inputs_with_features(model, inputs))
         if model.training:
-            for term in ("ce_loss", "bce_loss", "dice_loss"):
-                self._terms[term] += float(outputs[term].detach())
+            for term in ("ce_loss", "bce_loss", "dice_loss", "presence_loss"):
+                if outputs.get(term) is not None:  # presence_loss: only with the presence head
+                    self._terms[term] += float(outputs[term].detach())
             self._term_count += 1
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 

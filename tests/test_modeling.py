@@ -349,10 +349,11 @@ def test_finished_answers_leave_the_batch_and_change_nothing(model, processor, p
     finally:
         handle.remove()
     lengths = [len(row) for row in answer_rows(processor, answers)]  # answer + </s>
-    # One prefill of the shared prefix (one pair), then the suffixes of all three rows; each row stays until its
-    # `</s>`, then leaves.
-    assert batch_sizes[0] == 1
-    assert batch_sizes[1:] == [sum(length > step for length in lengths) for step in range(max(lengths))]
+    # One prefill of the shared prefix (one pair), then the suffixes of all three rows (with a presence head, first
+    # up to `</p>`, where it decides, then the rest); each row stays until its `</s>`, then leaves.
+    decisions = int(model.presence is not None)
+    assert batch_sizes[0] == 1 and batch_sizes[1:1 + decisions] == [3] * decisions
+    assert batch_sizes[1 + decisions:] == [sum(length > step for length in lengths) for step in range(max(lengths))]
     # A logits processor that changes nothing routes through the language model's own `generate`.
     reference = forced_generate(model, processor, inputs, answers, repetition_penalty=1.0)
     assert torch.equal(ours.sequences, reference.sequences)

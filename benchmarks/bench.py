@@ -10,6 +10,7 @@
     python benchmarks/bench.py serve         # the change-detection pipeline answering 8 threads: requests/s, latency
     python benchmarks/bench.py scene [--sizes 2048 8192] [--presets tiny medium]  # predict_scene.py: tiles/s, peak RSS
     python benchmarks/bench.py scene-figure [--model runs/quickstart/model]  # docs/scene-example.jpg
+    python benchmarks/bench.py paper-widths  # reasoncd-7b's widths, 2 layers deep: LoRA step + generate, fp32 and bf16
 
 `speed` measures, per preset: the latency of the first question on a pair, the marginal latency of questions
 2..8 (asked together, sharing the pair's encoding and KV-cached prompt prefix), the same 8-question session run
@@ -238,6 +239,91 @@ def bench_train_step(model, processor, t1, t2) -> dict:
     return {"step_s_without_cache": round(without, 4), "step_s_with_cache": round(with_cache, 4),
             "cache_speedup": round(without / with_cache, 2),
             "peak_mib": {"without_cache": without_mem, "with_cache": with_mem}}
+
+
+# reasoncd-7b with every width of the paper (LLaMA 4096 wide, 11,008 MLP, 32 heads, 32,005 tokens; CLIP ViT-L/14 at
+# 224 px; SAM ViT-H 1280 wide at 1,024 px; ResNet34-FPN) but two layers / blocks in each deep stack.
+PAPER_WIDTHS_SHALLOW = {"text_config": {"num_hidden_layers": 2}, "vision_config": {"num_hidden_layers": 2},
+                        "sam_config": {"encoder_depth": 2, "encoder_global_attn_indexes": [1]}}
+
+
+def paper_width_model(seed: int = 0):
+    """The shallow paper-width model (random weights) and a processor with the offline tokenizer, whose ids all
+    fall within the paper's 32,005-row vocabulary."""
+    from configuration_reasoncd import ReasonCDConfig
+    from modeling_reasoncd import ReasonCDForChangeDetection
+    from reasoncd.build import make_processor, set_token_ids
+    from reasoncd.training.tokenizer import train_tiny_tokenizer
+
+    tokenizer = train_tiny_tokenizer(seed=seed)
+    config = ReasonCDConfig.from_preset("reasoncd-7b", **PAPER_WIDTHS_SHALLOW)
+    vocabulary = config.text_config.vocab_size
+    set_token_ids(config, tokenizer)
+    config.text_config.vocab_size = vocabulary
+    torch.manual_seed(seed)
+    return ReasonCDForChangeDetection(config), make_processor(config, tokenizer)
+
+
+def bench_paper_widths(dtypes: list[str], max_new_tokens: int = 16) -> dict:
+    """
+    One LoRA training step (r = 8 on q/v, the paper's recipe; two questions about one pair, masks and answers) and
+    `generate` with a mask for each of two questions, in each dtype (the model cast, as DeepSpeed casts it): seconds
+    for the forward, the backward and the generation, and the peak memory of the whole round.
+    """
+    from reasoncd.build import make_seg_the_only_answer
+    from reasoncd.training.lora import apply_lora
+
+    model, processor = paper_width_model()
+    make_seg_the_only_answer(model)  # every answer holds [SEG]: generation decodes both masks
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    t1, t2 = scene_pair(256)
+    change = np.abs(t2.astype(int) - t1.astype(int)).sum(-1) > 0
+    questions = QUESTIONS[:2]
+    batch = processor(images_t1=t1, images_t2=t2, text=questions, answers=["It's [SEG]."] * 2,
+                      masks=[change, change]).to(model.device)
+    prompts = processor(images_t1=t1, images_t2=t2, text=questions).to(model.device)
+    report = {"parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1), "questions": 2,
+              "max_new_tokens": max_new_tokens}
+
+    def seconds(function):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = function()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter() - start, result
+
+    for name in dtypes:
+        model.to(getattr(torch, name))
+        memory = PeakMemory()
+        with memory.watch():
+            peft_model = apply_lora(model, rank=8, alpha=16)
+            peft_model.train()
+            optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-5)
+            forward_s, loss = seconds(lambda: peft_model(**batch).loss)
+            backward_s, _ = seconds(loss.backward)
+            step_s, _ = seconds(optimizer.step)
+            del optimizer, loss
+            peft_model.unload()
+            model.eval()
+            generate_s, out = seconds(lambda: model.generate(**prompts, max_new_tokens=max_new_tokens))
+        assert bool(out.seg_present.all()) and torch.isfinite(out.pred_masks.float()).all()
+        peak = memory.cuda_peak_mib if torch.cuda.is_available() else memory.peak_mib
+        report[name] = {"forward_s": round(forward_s, 1), "backward_s": round(backward_s, 1),
+                        "optimizer_step_s": round(step_s, 2), "generate_s": round(generate_s, 1),
+                        "peak_gib": round(peak / 1024, 2)}
+    return report
+
+
+def paper_widths_table(report: dict) -> str:
+    rows = ["| dtype | forward | backward | generate (2 questions, masks) | peak memory |", "|---|---:|---:|---:|---:|"]
+    for name in ("float32", "bfloat16", "float16"):
+        if name in report:
+            r = report[name]
+            rows.append(f"| {name} | {r['forward_s']} s | {r['backward_s']} s | {r['generate_s']} s | "
+                        f"{r['peak_gib']} GiB |")
+    return "\n".join(rows)
 
 
 def bench_tiles(model, processor, scene_t1, scene_t2, batch: int = 8) -> dict:
@@ -864,6 +950,9 @@ def main(argv=None) -> int:
     scene.add_argument("--batch_size", type=int, default=8)
     scene.add_argument("--threshold", type=float, default=0.5,
                        help="e.g. 0.999: no pixel is change, so no polygons (the memory of everything else)")
+    widths = sub.add_parser("paper-widths", help="reasoncd-7b's widths at depth 2: a LoRA step and generate, "
+                                                 "fp32 and bf16 (seconds, peak memory)")
+    widths.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     figure = sub.add_parser("scene-figure", help="docs/scene-example.jpg: a scene's probability map and polygons")
     figure.add_argument("--model", type=Path, default=REPO / "runs" / "quickstart" / "model")
     figure.add_argument("--question", default="new buildings")
@@ -895,6 +984,9 @@ def main(argv=None) -> int:
         variants = dict(item.partition("=")[::2] for item in args.variant)
         report["proxy"] = bench_proxy(variants, args.seeds, args.steps)
         table = proxy_table(report["proxy"])
+    elif args.command == "paper-widths":
+        report["paper_widths"] = bench_paper_widths(args.dtypes)
+        table = paper_widths_table(report["paper_widths"])
     elif args.command == "scene-figure":
         report["scene_figure"] = scene_figure(args.model, args.question, args.size, REPO / "docs" / "scene-example.jpg")
         table = None

@@ -213,6 +213,12 @@ class ReasonCDConfig(PretrainedConfig):
             whether the change of interest is there) with the features the mask path learns.
         answer_decision_loss_weight (`float`): CE weight of an answer's first two tokens, where the model decides
             between a present change ("It's the ...", then `[SEG]`) and an absent one ("There is no change ...").
+        presence_head (`bool`): a presence decision learned on every question, absent ones included: a logit from
+            the language model's state at `</p>` and the fused change embedding as that state modulates it. Its
+            decision (one of two learned vectors) is added to every token after `</p>`, so the answer follows it:
+            the reference's decision in training, the head's in evaluation and generation, where an answer decided
+            absent cannot emit `[SEG]` and one decided present cannot end before it.
+        presence_loss_weight (`float`): weight of the presence head's binary cross-entropy in the loss.
     """
 
     model_type = "reasoncd"
@@ -247,6 +253,8 @@ class ReasonCDConfig(PretrainedConfig):
         answer_decision_loss_weight=1.0,
         other_change_bce_weight=1.0,
         change_tokens=False,
+        presence_head=False,
+        presence_loss_weight=1.0,
         initializer_range=0.02,
         tie_word_embeddings=False,
         **kwargs,
@@ -303,6 +311,8 @@ class ReasonCDConfig(PretrainedConfig):
         self.answer_decision_loss_weight = answer_decision_loss_weight
         self.other_change_bce_weight = other_change_bce_weight
         self.change_tokens = bool(change_tokens)
+        self.presence_head = bool(presence_head)
+        self.presence_loss_weight = presence_loss_weight
         self.initializer_range = initializer_range
         super().__init__(
             pad_token_id=pad_token_id,
@@ -346,6 +356,7 @@ QUESTION_FOLLOWING = {
     "change_tokens": True,
     "other_change_bce_weight": 3.0,
     "answer_decision_loss_weight": 5.0,
+    "presence_head": True,
 }
 
 

@@ -5,11 +5,12 @@ architecture. Several questions about one pair share its encoding and the prompt
 answer leaves the batch as soon as it ends.
 """
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from numbers import Integral
 
 import torch
-from transformers import Cache, DynamicCache, StaticCache
+from transformers import Cache, DynamicCache, LogitsProcessor, LogitsProcessorList, StaticCache
 from transformers.utils import ModelOutput
 
 
@@ -33,6 +34,8 @@ class ReasonCDGenerateOutput(ModelOutput):
             logits processors or `min_new_tokens`), so a forced answer still reports what the model believed.
         reshaped_sizes (`torch.LongTensor` of shape `(B, 2)`): each input's size after SAM's longest-side resize.
         image_sizes (`torch.LongTensor` of shape `(B, 2)`): each input's original `(height, width)`.
+        presence_probabilities (`torch.FloatTensor` of shape `(B,)`, *optional*): with `presence_head`, the head's
+            probability that the asked change is there; the answer followed its decision (above 0.5: present).
     """
 
     sequences: torch.LongTensor | None = None
@@ -42,6 +45,7 @@ class ReasonCDGenerateOutput(ModelOutput):
     seg_probabilities: torch.FloatTensor | None = None
     reshaped_sizes: torch.LongTensor | None = None
     image_sizes: torch.LongTensor | None = None
+    presence_probabilities: torch.FloatTensor | None = None
 
 
 def _per_row(per_pair_or_row: torch.Tensor | None, pair_index: torch.Tensor) -> torch.Tensor | None:
@@ -49,6 +53,16 @@ def _per_row(per_pair_or_row: torch.Tensor | None, pair_index: torch.Tensor) -> 
     if per_pair_or_row is None or per_pair_or_row.shape[0] == pair_index.shape[0]:
         return per_pair_or_row
     return per_pair_or_row[pair_index]
+
+
+def question_end_positions(input_ids: torch.Tensor, p_end_token_id: int) -> torch.Tensor:
+    """Per row, the position of the last `</p>` (the end of the question); every row must hold one."""
+    is_end = input_ids == p_end_token_id
+    if not bool(is_end.any(dim=1).all()):
+        raise ValueError(f"presence_head needs the question closed by </p> (token id {p_end_token_id}) in every "
+                         "prompt; build inputs with ReasonCDProcessor and its default chat template")
+    columns = torch.arange(input_ids.shape[1], device=input_ids.device)
+    return torch.where(is_end, columns, -1).amax(dim=1)
 
 
 def seg_token_probability(logits: torch.Tensor, seg_token_id: int) -> torch.Tensor:
@@ -104,13 +118,15 @@ class ReasonCDGenerationMixin:
             pixel_values_t1=pixel_values_t1, pixel_values_t2=pixel_values_t2,
             sam_pixel_values_t1=sam_pixel_values_t1, sam_pixel_values_t2=sam_pixel_values_t2,
         )
-        # The fusion module is question-independent: with change tokens the language model reads it, so it runs first.
+        # The fusion module is question-independent: with change tokens or the presence head the language model's
+        # input depends on it, so it runs first.
         mask_embeds = None
-        if self.change_projector is not None:
+        if self.change_projector is not None or self.presence is not None:
             mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
         prefix_length = use_cache and share_prefix and self._shared_prefix_length(input_ids, attention_mask)
         if prefix_length:
             input_ids, attention_mask = self._shared_prefix_layout(input_ids, attention_mask, prefix_length)
+        presence = None if self.presence is None else _PresenceDecision(self, input_ids, mask_embeds, pair_index)
         own_loop = use_cache and set(generate_kwargs) <= {"logits_processor", "min_new_tokens"}
         # Our loop writes into a preallocated cache (no copy of every row's keys and values per step); the language
         # model's `generate` gets the dynamic cache it expects.
@@ -125,14 +141,21 @@ class ReasonCDGenerationMixin:
             inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index, mask_embeds)
         if own_loop:
             sequences, step_states, step_seg_probabilities = self._greedy_decode(
-                inputs_embeds, attention_mask, cache, max_new_tokens, **generate_kwargs)
+                inputs_embeds, attention_mask, cache, max_new_tokens, presence=presence, **generate_kwargs)
         else:
-            generated = self.language_model.generate(
-                inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
-                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=use_cache,
-                output_hidden_states=True, output_logits=True, return_dict_in_generate=True,
-                pad_token_id=self.config.pad_token_id, eos_token_id=self.config.eos_token_id, **generate_kwargs,
-            )
+            following = nullcontext()
+            if presence is not None:  # decided in a pass of its own, then added to every token after </p>
+                inputs_embeds = presence.decide_uncached(inputs_embeds, attention_mask)
+                following = presence.following(self.get_input_embeddings())
+                generate_kwargs["logits_processor"] = LogitsProcessorList(
+                    [presence.rules()] + list(generate_kwargs.get("logits_processor") or []))
+            with following:
+                generated = self.language_model.generate(
+                    inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
+                    max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=use_cache,
+                    output_hidden_states=True, output_logits=True, return_dict_in_generate=True,
+                    pad_token_id=self.config.pad_token_id, eos_token_id=self.config.eos_token_id, **generate_kwargs,
+                )
             sequences = generated.sequences
             # hidden_states[j][-1][:, -1] is the last-layer state that predicted generated token j.
             step_states = torch.stack([states[-1][:, -1] for states in generated.hidden_states], dim=1)
@@ -152,6 +175,7 @@ class ReasonCDGenerationMixin:
             sequences=sequences, pred_masks=pred_masks, seg_present=seg_present, seg_hidden_states=seg_hidden,
             seg_probabilities=seg_probabilities, reshaped_sizes=_per_row(reshaped_sizes, pair_index),
             image_sizes=_per_row(image_sizes, pair_index),
+            presence_probabilities=None if presence is None else presence.probabilities,
         )
 
     def _shared_prefix_length(self, input_ids, attention_mask) -> int:
@@ -205,7 +229,7 @@ class ReasonCDGenerationMixin:
         return torch.cat([prefix_embeds[row_slots], suffix_embeds.to(prefix_embeds.dtype)], dim=1)
 
     def _greedy_decode(self, inputs_embeds, attention_mask, cache, max_new_tokens, logits_processor=None,
-                       min_new_tokens: int = 0):
+                       min_new_tokens: int = 0, presence=None):
         """
         Greedy decoding with the KV cache, continuing from what `cache` holds (the prefilled prefix, or nothing).
 
@@ -214,15 +238,23 @@ class ReasonCDGenerationMixin:
         Returns the generated ids `(B, T)`, `pad_token_id` after `</s>`, the last-layer state that predicted
         each of them `(B, T, hidden_size)`, and the probability of `[SEG]` at each step `(B, T)` from the logits
         before any processor (0 once a row has ended). That probability is read off the logits this step computes
-        anyway: no extra forward pass.
+        anyway: no extra forward pass. With `presence` (a `_PresenceDecision`), the prompt up to `</p>` runs first,
+        the head decides, and its decision is added to every later token; a row decided absent cannot emit
+        `[SEG]`, one decided present cannot end before it.
         """
         language_model, cfg = self.language_model, self.config
         rows, device = inputs_embeds.shape[0], inputs_embeds.device
         positions = self._position_ids(attention_mask)
         done = int(cache.get_seq_length())
+        decided = None
+        if presence is not None:
+            done, decided = presence.decide_cached(inputs_embeds, attention_mask, positions, cache, done)
+            inputs_embeds = inputs_embeds.clone()
+            inputs_embeds[:, done:] += decided[:, None].to(inputs_embeds.dtype)
         step_inputs = dict(inputs_embeds=inputs_embeds[:, done:], position_ids=positions[:, done:])
         next_position = positions[:, -1:] + 1
         active = torch.arange(rows, device=device)
+        pointed = torch.zeros(rows, dtype=torch.bool, device=device)  # rows that have emitted [SEG]
         tokens, states, seg_probabilities = [], [], []
         for step in range(max_new_tokens):
             output = language_model(**step_inputs, attention_mask=attention_mask, cache=cache, use_cache=True,
@@ -232,11 +264,17 @@ class ReasonCDGenerationMixin:
             seg_probability = seg_token_probability(scores, cfg.seg_token_id)
             if step < min_new_tokens:
                 scores[:, cfg.eos_token_id] = float("-inf")
+            if presence is not None:
+                present = presence.present[active]
+                scores[:, cfg.seg_token_id] = scores[:, cfg.seg_token_id].masked_fill(~present, float("-inf"))
+                scores[:, cfg.eos_token_id] = scores[:, cfg.eos_token_id].masked_fill(
+                    present & ~pointed[active], float("-inf"))
             if logits_processor is not None:
                 everyone = scores.new_zeros(rows, scores.shape[-1]).index_copy(0, active, scores)
                 so_far = torch.stack(tokens, dim=1) if tokens else active.new_zeros(rows, 0)
                 scores = logits_processor(so_far, everyone)[active]
             chosen = scores.argmax(dim=-1)
+            pointed[active] |= chosen == cfg.seg_token_id
             tokens.append(chosen.new_full((rows,), cfg.pad_token_id).index_copy(0, active, chosen))
             states.append(hidden.new_zeros(rows, hidden.shape[-1]).index_copy(0, active, hidden))
             seg_probabilities.append(seg_probability.new_zeros(rows).index_copy(0, active, seg_probability))
@@ -249,8 +287,10 @@ class ReasonCDGenerationMixin:
                 active, chosen = active[keep], chosen[keep]
                 attention_mask, next_position = attention_mask[keep], next_position[keep]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=1)
-            step_inputs = dict(inputs_embeds=self.get_input_embeddings()(chosen.unsqueeze(1)),
-                               position_ids=next_position)
+            embeds = self.get_input_embeddings()(chosen.unsqueeze(1))
+            if decided is not None:
+                embeds = embeds + decided[active, None].to(embeds.dtype)
+            step_inputs = dict(inputs_embeds=embeds, position_ids=next_position)
             next_position = next_position + 1
         return torch.stack(tokens, dim=1), torch.stack(states, dim=1), torch.stack(seg_probabilities, dim=1)
 
@@ -270,3 +310,86 @@ class ReasonCDGenerationMixin:
         highest = step_seg_probabilities.masked_fill(~answered, 0.0).amax(dim=1)
         seg_probabilities = torch.where(seg_present, step_seg_probabilities[rows, step], highest)
         return seg_present, seg_hidden, seg_probabilities
+
+
+class _PresenceDecision:
+    """
+    The presence head's decision in generation (`ReasonCDConfig.presence_head`). Every row's prompt ends with the
+    same tokens after `</p>` (the template's closing request; rows are aligned at their ends), so the prompt up to
+    `</p>` runs first, the head reads its last state, and the decision vector is added to every later token.
+    """
+
+    def __init__(self, model, input_ids, mask_embeds, pair_index):
+        from_end = input_ids.shape[1] - question_end_positions(input_ids, model.config.p_end_token_id)
+        if bool((from_end != from_end[0]).any()):
+            raise ValueError("presence_head: every prompt must end with the same tokens after </p> (the processor's "
+                             f"chat template); found {sorted(set(from_end.tolist()))} tokens after it")
+        self.model, self.change_embeddings = model, mask_embeds[pair_index]
+        self.tail = int(from_end[0]) - 1  # tokens after </p>
+        self.present = self.probabilities = None
+
+
+    def _decide(self, states):
+        logits = self.model.presence(states, self.change_embeddings).float()
+        self.probabilities = logits.sigmoid()
+        self.present = logits > 0
+        return self.model.presence.decision(self.present)
+
+    def decide_cached(self, inputs_embeds, attention_mask, positions, cache, done):
+        """Runs the prompt from `done` up to `</p>` into `cache`; returns where the rest starts and the decision
+        vectors `(B, hidden)`."""
+        end = inputs_embeds.shape[1] - self.tail
+        output = self.model.language_model(
+            inputs_embeds=inputs_embeds[:, done:end], position_ids=positions[:, done:end],
+            attention_mask=attention_mask[:, :end], cache=cache, use_cache=True, output_hidden_states=True,
+            logits_to_keep=1)
+        return end, self._decide(output.hidden_states[-1][:, -1])
+
+    def decide_uncached(self, inputs_embeds, attention_mask):
+        """For the language model's own `generate`: the prompt up to `</p>` once more, without a cache; returns the
+        embeddings with the decision added to the prompt's tokens after `</p>` (`following` adds it to the
+        generated ones, `rules` keeps the answer to it)."""
+        end = inputs_embeds.shape[1] - self.tail
+        mask = attention_mask[:, :end]
+        output = self.model.language_model(inputs_embeds=inputs_embeds[:, :end], attention_mask=mask,
+                                           position_ids=self.model._position_ids(mask), output_hidden_states=True,
+                                           logits_to_keep=1)
+        decided = self._decide(output.hidden_states[-1][:, -1])
+        inputs_embeds = inputs_embeds.clone()
+        inputs_embeds[:, end:] += decided[:, None].to(inputs_embeds.dtype)
+        return inputs_embeds
+
+    @contextmanager
+    def following(self, embeddings):
+        """While open, every token the language model embeds itself (the generated ones) gets the decision vector
+        of its row (rows repeated for beams or several sequences per prompt)."""
+        decided = self.model.presence.decision(self.present)
+
+        def add_decision(module, args, output):
+            return output + decided.repeat_interleave(output.shape[0] // decided.shape[0], dim=0)[:, None].to(
+                output.dtype)
+
+        handle = embeddings.register_forward_hook(add_decision)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def rules(self) -> LogitsProcessor:
+        return _PresenceRules(self.present, self.model.config.seg_token_id, self.model.config.eos_token_id)
+
+
+class _PresenceRules(LogitsProcessor):
+    """For the language model's own `generate`: a row decided absent cannot emit `[SEG]`, one decided present cannot
+    end before it (rows repeated for beams or several sequences per prompt)."""
+
+    def __init__(self, present: torch.Tensor, seg_token_id: int, eos_token_id: int) -> None:
+        self.present, self.seg, self.eos = present, seg_token_id, eos_token_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        present = self.present.repeat_interleave(scores.shape[0] // self.present.shape[0])
+        pointed = (input_ids == self.seg).any(dim=1)
+        scores = scores.clone()
+        scores[:, self.seg] = scores[:, self.seg].masked_fill(~present, float("-inf"))
+        scores[:, self.eos] = scores[:, self.eos].masked_fill(present & ~pointed, float("-inf"))
+        return scores

@@ -30,11 +30,13 @@ from transformers.utils import ModelOutput
 try:
     from .configuration_reasoncd import ReasonCDConfig, ReasonCDFusionConfig
     from .geometry_reasoncd import upscale_mask_logits
-    from .generation_reasoncd import ReasonCDGenerateOutput, ReasonCDGenerationMixin, _per_row
+    from .generation_reasoncd import (ReasonCDGenerateOutput, ReasonCDGenerationMixin, _per_row,
+                                      question_end_positions)
 except ImportError:
     from configuration_reasoncd import ReasonCDConfig, ReasonCDFusionConfig
     from geometry_reasoncd import upscale_mask_logits
-    from generation_reasoncd import ReasonCDGenerateOutput, ReasonCDGenerationMixin, _per_row
+    from generation_reasoncd import (ReasonCDGenerateOutput, ReasonCDGenerationMixin, _per_row,
+                                     question_end_positions)
 
 
 # Answer tokens that `answer_decision_loss_weight` weighs (see `answer_loss`).
@@ -74,16 +76,22 @@ class ReasonCDOutput(ModelOutput):
         seg_present (`torch.BoolTensor` of shape `(B,)`): whether the sequence holds a `[SEG]` token.
         seg_hidden_states (`torch.FloatTensor` of shape `(B, hidden_size)`): the last-layer state that predicts
             `[SEG]`; zeros where `seg_present` is False.
+        presence_logits (`torch.FloatTensor` of shape `(B,)`, *optional*): with `presence_head`, the head's logit
+            that the asked change is there.
+        presence_loss (`torch.FloatTensor` of shape `()`, *optional*): with `presence_head` and labels, the head's
+            binary cross-entropy (unweighted; `loss` adds it times `presence_loss_weight`).
     """
 
     loss: torch.FloatTensor | None = None
     ce_loss: torch.FloatTensor | None = None
     bce_loss: torch.FloatTensor | None = None
     dice_loss: torch.FloatTensor | None = None
+    presence_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     pred_masks: torch.FloatTensor | None = None
     seg_present: torch.BoolTensor | None = None
     seg_hidden_states: torch.FloatTensor | None = None
+    presence_logits: torch.FloatTensor | None = None
 
 
 def _changed_for_other_questions(masks: torch.Tensor, pair_index: torch.Tensor, row: int,
@@ -366,6 +374,41 @@ class PromptFiLM(nn.Module):
         return image_embeddings * (1 + gamma) + beta
 
 
+class PresenceHead(nn.Module):
+    """
+    Whether the asked change is there (an option beyond the paper), decided apart from the wording of the answer.
+
+    A logit per question from the language model's last-layer state at `</p>` (the question read, after both
+    images) and the fused change embedding as that state modulates it (FiLM, then average and max pooling), so the
+    decision looks at the change the question names. It is trained on every question, absent ones included. The
+    decision enters the language model as one of two learned vectors added to every token after `</p>` (the
+    reference's decision in training, the head's in generation), so the answer opens as the head decided.
+    """
+
+    def __init__(self, hidden_size: int, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size)
+        # The fused embedding's scale drifts while the fusion module trains: the head sees it normalised per pair.
+        self.change_norm = nn.GroupNorm(1, channels)
+        self.film = nn.Linear(hidden_size, 2 * channels)
+        self.classifier = nn.Sequential(nn.Linear(hidden_size + 2 * channels, channels), nn.ReLU(),
+                                        nn.Linear(channels, 1))
+        self.decision_embeddings = nn.Embedding(2, hidden_size)  # row 0: absent, row 1: present
+
+    def forward(self, states: torch.Tensor, change_embeddings: torch.Tensor) -> torch.Tensor:
+        """`states` `(N, hidden)` at `</p>`, `change_embeddings` `(N, C, h, w)`: presence logits `(N,)`."""
+        question = self.norm(states.to(self.norm.weight.dtype))
+        gamma, beta = self.film(question).chunk(2, dim=-1)
+        change = self.change_norm(change_embeddings.to(gamma.dtype))
+        features = F.relu(change * (1 + gamma[..., None, None]) + beta[..., None, None])
+        pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=-1)
+        return self.classifier(torch.cat([question, pooled], dim=-1)).squeeze(-1)
+
+    def decision(self, present: torch.Tensor) -> torch.Tensor:
+        """The vectors `(N, hidden)` that tell the language model the decision (`present`: bool `(N,)`)."""
+        return self.decision_embeddings(present.long())
+
+
 class ReasonCDPreTrainedModel(PreTrainedModel):
     config_class = ReasonCDConfig
     base_model_prefix = "model"
@@ -415,7 +458,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
     # sam_prompt_encoder and the language model's base weights.
     trainable_module_names = ("multi_modal_projector", "text_hidden_fc", "sam_mask_decoder", "feature_fusion")
     # Trained in full too when the config switches them on (options beyond the paper).
-    optional_module_names = ("seg_state_norm", "prompt_film", "change_projector")
+    optional_module_names = ("seg_state_norm", "prompt_film", "change_projector", "presence")
     frozen_module_names = ("vision_tower", "sam_image_encoder", "sam_prompt_encoder")
     # Kept out of bitsandbytes quantisation (`bitsandbytes_config`): everything but the language model's decoder
     # layers. The encoders and the mask path are small next to a 7B decoder, and the [SEG] decision is read off
@@ -514,6 +557,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         self.change_projector = nn.Linear(prompt_dim, text_hidden) if config.change_tokens else None
         if self.change_projector is not None:
             self.change_projector.zero_init = True  # starts as the paper's image tokens
+        self.presence = PresenceHead(text_hidden, prompt_dim) if config.presence_head else None
         self.trainable_module_names = type(self).trainable_module_names + tuple(
             name for name in self.optional_module_names if getattr(self, name) is not None)
         self.unused_module_names = self._unused_module_names()
@@ -731,23 +775,38 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         )
         mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
         inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index, mask_embeds)
-        lm_out = self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=self._position_ids(attention_mask),
-            output_hidden_states=True,
-            use_cache=False,
-        )
+        run_language_model = partial(self.language_model, attention_mask=attention_mask, use_cache=False,
+                                     position_ids=self._position_ids(attention_mask), output_hidden_states=True)
+        presence_logits = None
+        if self.presence is None:
+            lm_out = run_language_model(inputs_embeds=inputs_embeds)
+        else:
+            # In training, the reference's decision (whether its answer points at a mask) follows </p>, as its
+            # tokens do. In evaluation, the head's own, as in generation: the states up to </p> do not depend on
+            # the decision, so the head reads them from a first pass, and a second runs only if it disagrees.
+            question_end = question_end_positions(input_ids, self.config.p_end_token_id)
+            after = (torch.arange(input_ids.shape[1], device=input_ids.device)[None] > question_end[:, None])
+            after = after.unsqueeze(-1).to(inputs_embeds.dtype)
+            decided = (input_ids[:, 1:] == self.config.seg_token_id).any(dim=1)
+            lm_out = run_language_model(inputs_embeds=inputs_embeds + after * self.presence.decision(decided)[:, None])
+            rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+            presence_logits = self.presence(lm_out.hidden_states[-1][rows, question_end], mask_embeds[pair_index])
+            own = presence_logits > 0
+            if not self.training and bool((own != decided).any()):
+                lm_out = run_language_model(inputs_embeds=inputs_embeds + after * self.presence.decision(own)[:, None])
         last_hidden = lm_out.hidden_states[-1]
         seg_present, seg_hidden = self._seg_states_teacher_forced(input_ids, last_hidden)
         pred_masks = self._masks_for_rows(mask_embeds, pair_index, seg_present, seg_hidden)
 
-        loss = ce = bce = dice = None
+        loss = ce = bce = dice = presence_loss = None
         if labels is not None:
             ce = answer_loss(lm_out.logits, labels, self.config)
             bce, dice = mask_losses(pred_masks, seg_present, masks, reshaped_sizes, pair_index, self.config)
             cfg = self.config
             loss = cfg.ce_loss_weight * ce + cfg.bce_loss_weight * bce + cfg.dice_loss_weight * dice
+            if presence_logits is not None:
+                presence_loss = F.binary_cross_entropy_with_logits(presence_logits.float(), seg_present.float())
+                loss = loss + cfg.presence_loss_weight * presence_loss
             if self.training and not bool(seg_present.any()):
                 # No mask to learn from in this batch (only absent CRoIs): the mask path still runs once, weighted
                 # zero, so that every process of a distributed run reduces gradients for the same parameters.
@@ -755,6 +814,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         return ReasonCDOutput(
             loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice, logits=lm_out.logits,
             pred_masks=pred_masks, seg_present=seg_present, seg_hidden_states=seg_hidden,
+            presence_logits=presence_logits, presence_loss=presence_loss,
         )
 
     def _seg_states_teacher_forced(self, input_ids, last_hidden):

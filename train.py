@@ -5,7 +5,8 @@
     accelerate launch --config_file configs/accelerate_zero2.yaml train.py --data DATA --model CKPT ...
 
 Outputs in --output_dir: `model/` (merged weights that AutoModel/AutoProcessor load with trust_remote_code=True),
-`checkpoints/` (resumable), `metrics.json` (test split, free generation), `samples.png`, `curves.png`.
+`checkpoints/` (resumable), `metrics.json` (test split, free generation, with a fixed sample of the training split
+beside it under "train_split"), `report.md` (both splits side by side), `samples.png`, `curves.png`.
 --output_dir must be new or empty; a folder of an earlier run is continued with --resume_from_checkpoint or started
 over with --overwrite, which replaces only train.py's outputs (see reasoncd/io.py). Arguments, the
 starting checkpoint and the output folder are all checked before any data is generated or loaded.
@@ -53,7 +54,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        data = prepare_quickstart_data(REPO, args.synthetic_pairs, args.seed) if args.quickstart else args.data
+        data_seed = args.seed if args.synthetic_seed is None else args.synthetic_seed
+        data = prepare_quickstart_data(REPO, args.synthetic_pairs, data_seed) if args.quickstart else args.data
         train_samples = load_split(data, "train")
         val_samples = load_split(data, "val", limit=args.max_val_samples)
         test_samples = [] if args.skip_test else load_split(data, "test")
@@ -92,8 +94,9 @@ def main(argv=None) -> int:
         if is_deepspeed_zero3_enabled():  # the merged model's parameters are shards again: test the saved one
             merged = load_unsharded(args.output_dir / "model")
         metrics = final_test(merged, processor, test_samples, args.output_dir, batch_size=args.eval_batch_size,
-                             max_samples=args.max_eval_samples)
-        print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_sample",)}, indent=1))
+                             max_samples=args.max_eval_samples, train_samples=train_samples,
+                             train_eval_samples=args.train_eval_samples)
+        print(json.dumps(metrics, indent=1))
     return 0
 
 

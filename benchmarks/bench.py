@@ -3,6 +3,8 @@
     python benchmarks/bench.py speed [--presets tiny medium] [--model runs/quickstart/model]  # one process, one run
     python benchmarks/bench.py speed --presets medium --bf16  # on a GPU: bf16 inference and training, CUDA memory
     python benchmarks/bench.py quickstart                     # wall time of `python train.py`
+    python benchmarks/bench.py baseline [--seconds S] [--seeds 0 1]  # a specialist without language, same data/time
+    python benchmarks/bench.py proxy --variant NAME="FLAGS" ... [--seeds 0 1] [--steps 150]  # short train.py runs
     python benchmarks/bench.py memory        # 7B memory plan (computed), what the feature cache can save (FLOPs)
     python benchmarks/bench.py memory --measure  # ... and the plan's weights against a medium checkpoint, bf16/8/4-bit
     python benchmarks/bench.py serve         # the change-detection pipeline answering 8 threads: requests/s, latency
@@ -16,6 +18,15 @@ LISA-style (no KV cache, everything recomputed per question), generation through
 cache, a training step with and without the frozen-feature cache, and tiles per second over a 2048x2048 scene
 cut into 256x256 tiles; each with the peak resident memory seen while it ran. Figures go to stdout as a table and
 to runs/bench-<command>.json, with the machine they came from.
+
+`baseline` trains the specialist of `reasoncd/evaluation/specialist.py` (a question-conditioned U-Net without
+language, the CRoI given as class x direction) on the quickstart's synthetic training split for the quickstart's
+wall-clock budget (`--seconds`, default: the time of the last `bench.py quickstart` run, else 600 s), once per seed,
+and scores it on the test split and on train.py's fixed training sample with the code eval.py uses.
+
+`proxy` ranks variants of the quickstart quickly: per variant (a name and train.py flags) and seed, a short
+`train.py` run (`--steps` optimiser steps, one validation, test and training sample scored with free generation)
+on the quickstart's data (synthetic seed 0 whatever the model seed), then each figure's mean and spread over seeds.
 
 `serve` sends PNG-encoded 256x256 pairs, one question each, to one `change-detection` pipeline (tiny preset) from
 1 thread and then from 8, for each decoding cap (`max_concurrent`), and reports requests per second, the median
@@ -636,6 +647,98 @@ def bench_quickstart(output_dir: Path, fresh_data: bool) -> dict:
     }
 
 
+def bench_baseline(seconds: float | None, seeds: list[int], pairs: int, train_sample: int) -> dict:
+    """The specialist baseline on the quickstart's data: per seed, test and training-sample figures."""
+    sys.path.insert(0, str(REPO))
+    from reasoncd.data.samples import load_split, training_sample
+    from reasoncd.evaluation.scoring import score
+    from reasoncd.evaluation.specialist import predict_specialist, train_specialist
+    from train import prepare_quickstart_data
+
+    if seconds is None:
+        earlier = REPO / "runs" / "bench-quickstart.json"
+        seconds = json.loads(earlier.read_text())["quickstart"]["quickstart_seconds"] if earlier.is_file() else 600.0
+    data = prepare_quickstart_data(pairs, 0)
+    train_samples, test_samples = load_split(data, "train"), load_split(data, "test")
+    seen = training_sample(train_samples, train_sample)
+    runs = []
+    for seed in seeds:
+        network, trained = train_specialist(train_samples, seconds, seed=seed)
+        figures = {"seed": seed, **trained}
+        for split, samples in (("test", test_samples), ("train", seen)):
+            result = score(samples, predict_specialist(network, samples))
+            figures[split] = {key: value for key, value in result.items() if key != "per_sample"}
+            figures[split]["n_samples"] = len(samples)
+        runs.append(figures)
+    return {"budget_seconds": seconds, "pairs": pairs, "runs": runs}
+
+
+def baseline_table(report: dict) -> str:
+    from reasoncd.evaluation.report import split_figures
+
+    runs = report["runs"]
+    header = [f"{split} seed {run['seed']}" for run in runs for split in ("test", "train")]
+    lines = ["| specialist | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    columns = [dict(split_figures(run[split])) for run in runs for split in ("test", "train")]
+    for name in columns[0]:
+        cells = ("–" if c[name] is None else f"{c[name]:.3f}" for c in columns)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| steps (seconds) | " + " | ".join(f"{run['steps']} ({run['seconds']} s)" for run in runs
+                                                  for _ in ("test", "train")) + " |")
+    return "\n".join(lines)
+
+
+PROXY_FLAGS = ["--max_val_samples", "32", "--max_eval_samples", "154", "--train_eval_samples", "60",
+               "--synthetic_seed", "0"]
+
+
+def bench_proxy(variants: dict[str, str], seeds: list[int], steps: int) -> dict:
+    """Short train.py runs per variant and seed; each figure's mean and spread (max - min) over seeds."""
+    sys.path.insert(0, str(REPO))
+    from reasoncd.evaluation.report import split_figures
+
+    results = {}
+    for name, flags in variants.items():
+        runs = []
+        for seed in seeds:
+            output = REPO / "runs" / f"proxy-{name}-seed{seed}"
+            start = time.perf_counter()
+            command = [sys.executable, str(REPO / "train.py"), "--output_dir", str(output), "--overwrite",
+                       "--seed", str(seed), "--max_steps", str(steps), "--eval_steps", str(steps), *PROXY_FLAGS,
+                       *flags.split()]
+            done = subprocess.run(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if done.returncode != 0:
+                raise SystemExit(f"proxy {name} seed {seed}: train.py failed with exit code {done.returncode}")
+            metrics = json.loads((output / "metrics.json").read_text())
+            runs.append({"seed": seed, "seconds": round(time.perf_counter() - start, 1),
+                         "test": dict(split_figures(metrics)), "train": dict(split_figures(metrics["train_split"]))})
+        summary = {}
+        for split in ("test", "train"):
+            summary[split] = {}
+            for figure in runs[0][split]:
+                values = [run[split][figure] for run in runs if run[split][figure] is not None]
+                summary[split][figure] = None if not values else {
+                    "mean": float(np.mean(values)), "spread": float(max(values) - min(values))}
+        results[name] = {"flags": flags, "runs": runs, "summary": summary}
+    return {"steps": steps, "seeds": seeds, "variants": results}
+
+
+def proxy_table(report: dict) -> str:
+    names = list(report["variants"])
+    header = [f"{name} {split}" for name in names for split in ("test", "train")]
+    lines = [f"| {report['steps']} steps, seeds {report['seeds']}: mean ± spread | " + " | ".join(header) + " |",
+             "|---|" + "---:|" * len(header)]
+    first = report["variants"][names[0]]["summary"]["test"]
+    for figure in first:
+        cells = []
+        for name in names:
+            for split in ("test", "train"):
+                value = report["variants"][name]["summary"][split][figure]
+                cells.append("–" if value is None else f"{value['mean']:.3f} ± {value['spread']:.3f}")
+        lines.append(f"| {figure} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------- whole scenes
 
 SCENE_CRS = "EPSG:32650"  # WGS 84 / UTM zone 50N: metres
@@ -830,6 +933,18 @@ def main(argv=None) -> int:
     quick = sub.add_parser("quickstart", help="time `python train.py` end to end")
     quick.add_argument("--output_dir", type=Path, default=REPO / "runs" / "bench-quickstart")
     quick.add_argument("--keep_data", action="store_true", help="reuse an already generated synthetic set")
+    baseline = sub.add_parser("baseline", help="a specialist without language on the quickstart's data and time")
+    baseline.add_argument("--seconds", type=float, help="training budget per seed (default: the last quickstart "
+                          "benchmark's time, else 600)")
+    baseline.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    baseline.add_argument("--pairs", type=int, default=360, help="synthetic pairs (the quickstart's)")
+    baseline.add_argument("--train_sample", type=int, default=160,
+                          help="questions of the training split scored beside the test split (train.py's sample)")
+    proxy = sub.add_parser("proxy", help="short train.py runs per variant and seed: mean and spread")
+    proxy.add_argument("--variant", action="append", required=True, metavar="NAME=FLAGS",
+                       help='a name and the train.py flags of one variant, e.g. no-presence="--no-presence_head"')
+    proxy.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    proxy.add_argument("--steps", type=int, default=150)
     scene = sub.add_parser("scene", help="predict_scene.py on synthetic GeoTIFF scenes: tiles/s and peak memory")
     scene.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192])
     scene.add_argument("--presets", nargs="+", default=["tiny", "medium"])
@@ -865,6 +980,13 @@ def main(argv=None) -> int:
         report["scene"] = bench_scene(args.sizes, args.presets, args.medium_sizes, args.batch_size,
                                       args.threshold)
         table = scene_table(report["scene"])
+    elif args.command == "baseline":
+        report["baseline"] = bench_baseline(args.seconds, args.seeds, args.pairs, args.train_sample)
+        table = baseline_table(report["baseline"])
+    elif args.command == "proxy":
+        variants = dict(item.partition("=")[::2] for item in args.variant)
+        report["proxy"] = bench_proxy(variants, args.seeds, args.steps)
+        table = proxy_table(report["proxy"])
     elif args.command == "paper-widths":
         report["paper_widths"] = bench_paper_widths(args.dtypes)
         table = paper_widths_table(report["paper_widths"])

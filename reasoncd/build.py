@@ -82,7 +82,8 @@ def make_seg_the_only_answer(model) -> None:
 
     Component 0 of the residual stream is made a constant +50 (every token embedding and every projected image
     token carry it, and no attention or MLP output writes to it); the final RMSNorm keeps its sign, and the output
-    layer reads that component only for `[SEG]`: its logit is positive while every other logit is 0.
+    layer reads that component only for `[SEG]`: its logit is positive while every other logit is 0. A presence
+    head, where the model has one, decides "present" for every question.
     """
     language_model = model.language_model
     with torch.no_grad():
@@ -95,6 +96,10 @@ def make_seg_the_only_answer(model) -> None:
         head = language_model.get_output_embeddings().weight
         head.zero_()
         head[model.config.seg_token_id, 0] = 1.0
+        if model.presence is not None:  # the presence head decides "present" for every question
+            decision = model.presence.classifier[-1]
+            decision.weight.zero_()
+            decision.bias.fill_(10.0)
 
 
 # --- real components -------------------------------------------------------------------------------------------
@@ -254,8 +259,8 @@ def print_report(rows, lora_rank: int) -> None:
 
 
 # --- the architecture and loss options, as command-line flags (build_reasoncd.py and train.py) ---
-ARCHITECTURE_OPTIONS = ("use_feature_fusion", "seg_state_norm", "mask_conditioning", "change_tokens")
-LOSS_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight")
+ARCHITECTURE_OPTIONS = ("use_feature_fusion", "seg_state_norm", "mask_conditioning", "change_tokens", "presence_head")
+LOSS_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight", "presence_loss_weight")
 # The flag of an option whose name on the command line is not the config field's.
 OPTION_FLAGS = {"use_feature_fusion": "--no_fusion"}
 
@@ -282,6 +287,9 @@ def add_option_arguments(parser) -> None:
                        help="BCE weight of pixels that changed for another question about the pair but not this one")
     group.add_argument("--answer_decision_loss_weight", type=float,
                        help="CE weight of an answer's first two (present/absent) tokens")
+    group.add_argument("--presence_head", action=argparse.BooleanOptionalAction, default=None,
+                       help="a presence decision learned on every question, which the answer follows")
+    group.add_argument("--presence_loss_weight", type=float, help="weight of the presence head's loss")
 
 
 def option_flags(names) -> str:

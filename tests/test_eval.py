@@ -178,7 +178,8 @@ def test_model_mode_on_a_levir_folder(checkpoint, realcd, tmp_path, capsys):
     assert set(metrics["groups"]) <= set(GROUPS) and sum(g["n_samples"] for g in metrics["groups"].values()) == 3
     for group in metrics["groups"].values():
         assert all(0 <= group[name] <= 1 for name in METRIC_NAMES if name != "kappa")
-    assert set(metrics["text"]) == {"seg_emission_rate", "absent_accuracy", "n_present", "n_absent"}
+    assert set(metrics["text"]) == {"seg_emission_rate", "absent_accuracy", "n_present", "n_absent",
+                                    "answer_map_agreement"}
     assert "accuracy" in metrics["steering"]
     assert metrics["question_sensitivity"] == {"mean_iou": None, "truth_mean_iou": None, "n_comparisons": 0}
     assert metrics["counterfactual"]["n_rows"] == 0 and 0 <= metrics["fidelity_score"] <= 1

@@ -147,6 +147,8 @@ def test_lora_trains_exactly_the_papers_parts(checkpoint, processor, pair):
         assert torch.isfinite(value) and value > 0, (part, value)
     expected = config.ce_loss_weight * out.ce_loss + config.bce_loss_weight * out.bce_loss \
         + config.dice_loss_weight * out.dice_loss
+    if out.presence_loss is not None:  # the tiny preset's presence head
+        expected = expected + config.presence_loss_weight * out.presence_loss
     torch.testing.assert_close(out.loss, expected)
     out.loss.backward()
 
@@ -185,7 +187,8 @@ def test_answers_without_seg_give_text_loss_only_and_empty_masks(model, processo
     out = model(**inputs)
     assert not out.seg_present.any()
     assert out.ce_loss > 0 and out.bce_loss == 0 and out.dice_loss == 0
-    torch.testing.assert_close(out.loss, model.config.ce_loss_weight * out.ce_loss)
+    presence = 0.0 if out.presence_loss is None else model.config.presence_loss_weight * out.presence_loss
+    torch.testing.assert_close(out.loss, model.config.ce_loss_weight * out.ce_loss + presence)
     assert not out.pred_masks.any() and not out.seg_hidden_states.any()
 
     # In a mixed batch the row without [SEG] adds nothing to the mask losses.
@@ -342,10 +345,11 @@ def test_finished_answers_leave_the_batch_and_change_nothing(model, processor, p
     finally:
         handle.remove()
     lengths = [len(row) for row in answer_token_ids(processor, answers)]  # answer + </s>
-    # One prefill of the shared prefix (one pair), then the suffixes of all three rows; each row stays until its
-    # `</s>`, then leaves.
-    assert batch_sizes[0] == 1
-    assert batch_sizes[1:] == [sum(length > step for length in lengths) for step in range(max(lengths))]
+    # One prefill of the shared prefix (one pair), then the suffixes of all three rows (with a presence head, first
+    # up to `</p>`, where it decides, then the rest); each row stays until its `</s>`, then leaves.
+    decisions = int(model.presence is not None)
+    assert batch_sizes[0] == 1 and batch_sizes[1:1 + decisions] == [3] * decisions
+    assert batch_sizes[1 + decisions:] == [sum(length > step for length in lengths) for step in range(max(lengths))]
     # A logits processor that changes nothing routes through the language model's own `generate`.
     reference = forced_generate(model, processor, inputs, answers, repetition_penalty=1.0)
     assert torch.equal(ours.sequences, reference.sequences)

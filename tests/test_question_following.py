@@ -253,3 +253,129 @@ def test_the_papers_ablation_without_fusion_decodes_from_sam_features_alone():
         masks = model.decode_masks(embeds, torch.randn(2, config.text_config.hidden_size))
     assert embeds.shape == (2, 64, 16, 16) and masks.shape == (2, 64, 64)
     assert not torch.allclose(embeds, swapped)  # the order of the dates matters
+
+
+# --- the presence decision (`presence_head`) ---
+def _one_change_pair(rng: np.random.Generator, which: int):
+    """T1/T2 where only one of the two changes of `_pair` happened: red roofs (0) or a dark pond (1)."""
+    t1, t2, truth_a, truth_b = _pair(rng)
+    gone = truth_b if which == 0 else truth_a
+    t2[gone] = t1[gone]
+    return t1, t2, which
+
+
+def _presence_accuracy(distinct_questions: bool, steps: int = 100) -> float:
+    """Trains the tiny preset's presence head alone (fusion features frozen) on pairs where one of two changes
+    happened, each asked about both; returns its accuracy on held-out pairs. Without distinct questions (both
+    questions give one state) the head cannot tell which change was asked about."""
+    torch.manual_seed(0)
+    config = ReasonCDConfig.from_preset("tiny")
+    model = ReasonCDForChangeDetection(config)
+    rng = np.random.default_rng(1)
+    pairs = [_one_change_pair(rng, i % 2) for i in range(28)]
+    states = torch.randn(2, config.text_config.hidden_size)  # the states at </p> of the two questions
+    if not distinct_questions:
+        states = states[:1].repeat(2, 1)
+    t1 = torch.stack([_sam_pixels(p[0], config) for p in pairs])
+    t2 = torch.stack([_sam_pixels(p[1], config) for p in pairs])
+    with torch.no_grad():
+        sam = model.sam_image_encoder(torch.cat([t1, t2]))
+        embeds = model.feature_fusion.eval()(sam[: len(pairs)], sam[len(pairs):], t1, t2)
+    # each pair asked about both changes: present for the one that happened
+    targets = torch.tensor([[float(p[2] == 0), float(p[2] == 1)] for p in pairs]).reshape(-1)
+    rows = embeds.repeat_interleave(2, dim=0)
+    questions = states.repeat(len(pairs), 1)
+    train, test = slice(0, 40), slice(40, 56)
+    optimizer = torch.optim.AdamW(model.presence.parameters(), lr=3e-3)
+    model.presence.train()
+    for _ in range(steps):
+        loss = F.binary_cross_entropy_with_logits(model.presence(questions[train], rows[train]), targets[train])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        decided = model.presence.eval()(questions[test], rows[test]) > 0
+    return (decided == targets[test].bool()).float().mean().item()
+
+
+@pytest.mark.timeout(300)
+def test_a_short_training_of_the_presence_head_decides_per_question():
+    assert _presence_accuracy(distinct_questions=True) >= 0.9
+    # The same training without the question (one state for both questions) stays at chance: the head decides
+    # from the question and the change together, not from "something changed".
+    assert _presence_accuracy(distinct_questions=False) <= 0.5
+
+
+def test_the_answer_follows_the_presence_decision_in_generation():
+    from reasoncd.build import make_seg_the_only_answer
+
+    model, processor = build_tiny(0)
+    make_seg_the_only_answer(model)  # the language model alone would point at a mask every time
+    model.eval()
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    inputs = processor(images_t1=image, images_t2=image, text=["new buildings", "river"], pair_index=[0, 0])
+    last = model.presence.classifier[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(-5.0)  # the head says "absent" for every question
+        absent = model.generate(**inputs, max_new_tokens=4)
+        last.bias.fill_(5.0)
+        present = model.generate(**inputs, max_new_tokens=4)
+    assert not absent.seg_present.any() and bool((absent.presence_probabilities < 0.5).all())
+    assert present.seg_present.all() and bool((present.presence_probabilities > 0.5).all())
+    assert not present.pred_masks.eq(0).all()
+
+
+def test_teacher_forcing_feeds_the_references_decision_in_training_and_the_heads_in_evaluation():
+    model, processor = build_tiny(0)
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    kwargs = dict(images_t1=image, images_t2=image, text="new buildings", masks=[np.zeros((64, 64))])
+    present = processor(**kwargs, answers="It's the new buildings [SEG].")
+    absent = processor(**kwargs,
+                       answers="There is no change of interest: no new buildings appear between the two images.")
+    end = int((present["input_ids"][0] == model.config.p_end_token_id).nonzero().max())
+    with torch.no_grad():
+        model.presence.decision_embeddings.weight.normal_()
+        model.train()
+        out_present, out_absent = model(**present), model(**absent)
+        # Up to </p> both runs see the same prompt (the decision comes after it), so the head reads the same state.
+        assert torch.allclose(out_present.logits[0, : end + 1], out_absent.logits[0, : end + 1], atol=1e-5)
+        assert torch.allclose(out_present.presence_logits, out_absent.presence_logits, atol=1e-5)
+        assert not torch.allclose(out_present.logits[0, end + 1], out_absent.logits[0, end + 1], atol=1e-3)
+        assert out_present.loss is not None and out_present.presence_logits.shape == (1,)
+        # In evaluation both references get the head's own decision, as generation does.
+        model.eval()
+        eval_present, eval_absent = model(**present), model(**absent)
+        assert torch.allclose(eval_present.logits[0, : end + 2], eval_absent.logits[0, : end + 2], atol=1e-5)
+        own = out_present if bool(eval_present.presence_logits > 0) else out_absent
+        assert torch.allclose(eval_present.logits[0, end + 1], own.logits[0, end + 1], atol=1e-4)
+
+
+def test_generation_and_teacher_forcing_read_the_same_seg_state_with_the_presence_head():
+    model, processor = build_tiny(0)
+    model.eval()
+    image = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    answers = ["It's the new buildings [SEG].", "The change map shows the new trees [SEG]."]
+    questions = ["new buildings", "land covered by new trees"]
+    labels = processor(images_t1=image, images_t2=image, text=questions, answers=answers)["labels"]
+    rows = [row[row != -100].tolist() for row in labels]
+    from transformers import LogitsProcessorList
+    from helpers import ForceAnswers
+
+    forcing = LogitsProcessorList([ForceAnswers(rows, model.config.eos_token_id)])
+    with torch.no_grad():
+        generated = model.generate(**processor(images_t1=image, images_t2=image, text=questions),
+                                   max_new_tokens=max(map(len, rows)) + 1, logits_processor=forcing)
+        forward = model(**processor(images_t1=image, images_t2=image, text=questions, answers=answers))
+    torch.testing.assert_close(generated.seg_hidden_states, forward.seg_hidden_states, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(generated.presence_probabilities, forward.presence_logits.sigmoid(), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_the_papers_preset_has_no_presence_head_and_old_configs_load_without_it():
+    assert ReasonCDConfig.from_preset("reasoncd-7b").presence_head is False
+    assert ReasonCDConfig.from_preset("medium").presence_head is False
+    assert ReasonCDConfig.from_preset("tiny").presence_head is True
+    saved = ReasonCDConfig.from_preset("tiny").to_dict()
+    del saved["presence_head"], saved["presence_loss_weight"]  # a config written before the option existed
+    assert ReasonCDConfig(**saved).presence_head is False

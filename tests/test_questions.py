@@ -139,3 +139,18 @@ def test_rejects_unknown_values(args):
         make_question(*args, rng=random.Random(0), split="train")
     with pytest.raises(ValueError):
         make_question("water", "any", "explicit", rng=random.Random(0), split="training")
+
+
+def test_says_absent_recognises_every_absent_answer_and_no_present_one():
+    import random
+
+    from reasoncd.data.questions import CLASSES, DIRECTIONS, absent_answer, plain_answers, says_absent
+
+    rng = random.Random(0)
+    for croi in CLASSES:
+        for direction in DIRECTIONS:
+            for implicit in (False, True):
+                for _ in range(4):
+                    assert says_absent(absent_answer(croi, direction, rng=rng, implicit=implicit))
+            assert not any(says_absent(answer) for answer in plain_answers(croi, direction))
+    assert not says_absent("It's the new buildings.")

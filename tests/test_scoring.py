@@ -253,3 +253,51 @@ def test_predict_samples_swaps_states_within_a_pair_between_different_truths(tin
     assert result["counterfactual"]["n_rows"] > 0 and result["question_sensitivity"]["n_comparisons"] > 0
     if not teacher_forced:
         assert result["text"]["absent_accuracy"] == 0.0  # [SEG] for every question, absent ones included
+
+
+# ------------------------------------------------------------------------- order accuracy, answer/map agreement
+
+
+def test_order_accuracy_needs_the_map_closer_to_the_swapped_truth():
+    from reasoncd.evaluation.scoring import OrderAccuracy
+
+    order = OrderAccuracy()
+    order.update(C, A, C)  # follows the swap
+    order.update(A, A, C)  # the same map whatever the order
+    order.update(np.zeros_like(A), A, np.zeros_like(A))  # the swapped truth is empty: an empty map is right
+    order.update(A, A, A)  # both orders have one truth: no test of the order
+    assert order.compute() == {"accuracy": pytest.approx(2 / 3), "n_questions": 3}
+
+
+def test_order_truth_is_the_opposite_directions_mask_file(tmp_path):
+    from reasoncd.data.second import mask_file_name
+    from reasoncd.evaluation.scoring import swapped_order_truth_path, with_dates_swapped
+
+    own = tmp_path / mask_file_name("007", "building", "increase")
+    sample = {"mask_path": str(own), "answer": f"It's {SEG}.", "pair_id": "007", "croi": "building",
+              "direction": "increase", "img1_path": "a.png", "img2_path": "b.png"}
+    assert swapped_order_truth_path(sample) == tmp_path / mask_file_name("007", "building", "decrease")
+    assert swapped_order_truth_path({**sample, "direction": "any"}) is None  # "any" is the same either way
+    assert swapped_order_truth_path({**sample, "answer": "no"}) is None  # absent: both truths empty
+    assert swapped_order_truth_path({**sample, "mask_path": str(tmp_path / "other.png")}) is None
+    assert (with_dates_swapped(sample)["img1_path"], with_dates_swapped(sample)["img2_path"]) == ("b.png", "a.png")
+
+
+def test_score_reports_order_accuracy_and_answer_map_agreement(pair_samples, tmp_path):
+    from reasoncd.data.second import mask_file_name
+
+    # question "a" asks for an increase; its decrease mask (the swapped truth) is C
+    a = pair_samples[0]
+    a.update(pair_id="p", croi="building", direction="increase",
+             mask_path=_png(tmp_path / "m" / mask_file_name("p", "building", "increase"), A))
+    _png(tmp_path / "m" / mask_file_name("p", "building", "decrease"), C)
+    truths = [A, B, C, A2, np.zeros_like(A)]
+    predictions = [{"text": "It's the change.", "mask": truth, "seg": True, "swapped_mask": None,
+                    "swap_source": None, "order_mask": None} for truth in truths]
+    predictions[0]["order_mask"] = C
+    predictions[4]["text"] = "There is no change of interest: no new buildings appear between the two images."
+    predictions[1]["text"] = "No new trees can be found in the later image (T2), so there is nothing to mark."
+    result = score(pair_samples, predictions)
+    assert result["order"] == {"accuracy": 1.0, "n_questions": 1}
+    # row 1 says "absent" beside a mask; rows 0, 2, 3 name a change beside one; row 4 says absent, empty map
+    assert result["text"]["answer_map_agreement"] == pytest.approx(4 / 5)

@@ -65,9 +65,13 @@ def test_resume_continues_from_the_saved_step(samples_dir, tmp_path):
 
 
 def test_train_script_writes_a_loadable_model_and_metrics(tmp_path):
-    result = _train(["--max_steps", "30", "--output_dir", str(tmp_path / "run")], cwd=tmp_path)
+    result = _train(["--max_steps", "30", "--output_dir", str(tmp_path / "run"), "--train_eval_samples", "8"],
+                    cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # the training split's sample beside the test split: whole pairs, scored alike
+    assert metrics["train_split"]["n_samples"] >= 8 and "order" in metrics["train_split"]
+    assert "| steering |" in (tmp_path / "run" / "report.md").read_text()
     for key in ("f1", "precision", "recall", "oa", "iou", "giou", "ciou"):
         assert 0.0 <= metrics[key] <= 1.0
     assert -1.0 <= metrics["kappa"] <= 1.0  # below chance is possible after 30 steps

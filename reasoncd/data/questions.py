@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 from reasoncd.data.samples import SPLITS
@@ -187,3 +188,19 @@ def corpus() -> list[str]:
                 answer = _fill(template, croi)
                 texts += [answer, _ABSENT_IMPLICIT_PREFIX.format(target=target) + answer]
     return list(dict.fromkeys(texts))
+
+
+def _absent_pattern() -> re.Pattern:
+    """Every absent answer of the bank, for any class: the templates with their blanks as wildcards."""
+    sentences = {template for templates in _ABSENT_ANSWERS.values() for template in templates}
+    parts = [re.escape(sentence).replace(re.escape("{noun}"), ".+?").replace(re.escape("{label}"), ".+?")
+             for sentence in sorted(sentences)]
+    return re.compile("|".join(parts))
+
+
+_ABSENT_PATTERN = _absent_pattern()
+
+
+def says_absent(answer: str) -> bool:
+    """Whether an answer's words say the change of interest is absent (one of the bank's absent sentences)."""
+    return _ABSENT_PATTERN.search(answer) is not None

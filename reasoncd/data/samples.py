@@ -121,6 +121,19 @@ def load_split(data_dir, split: str, *, limit: int | None = None) -> list[dict]:
     return samples[:limit] if limit else samples
 
 
+def training_sample(samples: list[dict], size: int) -> list[dict]:
+    """The first pairs of a split (in file-name order) with about `size` questions, whole pairs: the same sample in
+    every run on the same data (train.py scores it beside the test split)."""
+    chosen, pairs = [], set()
+    for sample in sorted(samples, key=lambda s: s["source"]):
+        key = (sample["img1_path"], sample["img2_path"])
+        if key not in pairs and len(chosen) >= size:
+            break
+        pairs.add(key)
+        chosen.append(sample)
+    return chosen if size else []
+
+
 def group_by_pair(samples: list[dict]) -> list[dict]:
     """One entry per image pair with all its questions, so a batch encodes and fuses each pair once."""
     groups: dict[tuple[str, str], dict] = {}

@@ -147,6 +147,11 @@ def _progress(items, enabled: bool, description: str):
     return tqdm(items, desc=description)
 
 
+def mask_file_name(stem: str, croi: str, direction: str) -> str:
+    """The file name of a pair's mask for one CRoI and direction (in the converted set's masks/ folder)."""
+    return f"{stem}__{croi}__{direction}.png"
+
+
 def _save_mask(mask: np.ndarray, path: Path) -> None:
     Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(path)
 
@@ -288,7 +293,7 @@ def _write(files, splits, sizes, staging: Path, output_dir: Path, seed, explanat
             stem, split_name, label1, label2, seed=seed, explanations=explanations,
             negatives_per_pair=negatives_per_pair,
         )
-        mask_names = {key: f"{stem}__{key.replace('/', '__')}.png" for key in masks}
+        mask_names = {key: mask_file_name(stem, *key.split("/")) for key in masks}
         for key, mask in masks.items():
             _save_mask(mask, staging / "masks" / mask_names[key])
         width, height = sizes[stem]

@@ -16,11 +16,11 @@ import numpy as np
 
 from reasoncd.data.folders import find_layout, prepare_folder
 from reasoncd.data.images import IMAGE_SUFFIXES, ImageReadError, image_size, images_by_stem, read_mask, read_rgb
-from reasoncd.data.samples import SPLITS, PrepareError
+from reasoncd.data.samples import SPLITS, PrepareError, training_sample
 from reasoncd.evaluation.figures import mask_panels, prediction_panels, samples_figure
 from reasoncd.evaluation.metrics import ChangeMetrics
-from reasoncd.evaluation.report import best_median_worst, describe_data, write_outputs
-from reasoncd.io import OutputDir, write_json_atomic, write_png_atomic
+from reasoncd.evaluation.report import best_median_worst, describe_data, split_report, write_outputs
+from reasoncd.io import OutputDir, write_json_atomic, write_png_atomic, write_text_atomic
 from reasoncd.messages import listed, size_mismatch
 from reasoncd.loading import require_bitsandbytes
 
@@ -273,14 +273,28 @@ def evaluate_predictions(output: OutputDir, pred_dir: Path, label_dir: Path, *, 
 
 
 def final_test(model, processor, samples: list[dict], output_dir: Path, *, batch_size: int,
-               max_samples: int | None = None) -> dict:
-    """train.py's test-split evaluation: metrics.json, predictions.json and samples.png in `output_dir`."""
+               max_samples: int | None = None, train_samples: list[dict] | None = None,
+               train_eval_samples: int = 0) -> dict:
+    """
+    train.py's evaluation in free generation: the test split and a fixed sample of the training split
+    (`training_sample`). Writes metrics.json (the test split's figures, the training sample's under "train_split"),
+    report.md (both side by side), predictions.json and samples.png in `output_dir`; returns metrics.json's content.
+    """
     from reasoncd.evaluation.scoring import predict_samples, score
 
     samples = samples[:max_samples] if max_samples else samples
     predictions = predict_samples(model, processor, samples, batch_size=batch_size)
     metrics = score(samples, predictions)
-    write_json_atomic(output_dir / "metrics.json", {k: v for k, v in metrics.items() if k != "per_sample"})
+    summary = {k: v for k, v in metrics.items() if k != "per_sample"}
+    splits = {"test": summary}
+    seen = training_sample(train_samples or [], train_eval_samples)
+    if seen:
+        train_metrics = score(seen, predict_samples(model, processor, seen, batch_size=batch_size))
+        summary["train_split"] = splits["train"] = {k: v for k, v in train_metrics.items() if k != "per_sample"}
+        summary["train_split"]["n_samples"] = len(seen)
+    summary["n_samples"] = len(samples)
+    write_json_atomic(output_dir / "metrics.json", summary)
     write_json_atomic(output_dir / "predictions.json", metrics["per_sample"])
+    write_text_atomic(output_dir / "report.md", split_report(splits))
     samples_figure(samples, predictions, output_dir / "samples.png")
-    return metrics
+    return summary

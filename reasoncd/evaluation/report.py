@@ -61,7 +61,8 @@ def render_report(summary: dict, per_sample: list[dict], chosen: list[tuple[str,
                   f"| no `[SEG]` where it is absent (absent-CRoI accuracy) | "
                   f"{number(text['absent_accuracy'])} | {text['n_absent']} samples |",
                   f"| mask closer to the asked change than to another one (steering) | "
-                  f"{number(steering['accuracy'])} | {steering['n_comparisons']} comparisons |", ""]
+                  f"{number(steering['accuracy'])} | {steering['n_comparisons']} comparisons |",
+                  *order_and_agreement_rows(summary), ""]
         if summary["mode"] == "teacher_forced":
             lines += ["Teacher forced: `[SEG]` counts as emitted where some answer position's most likely next token "
                       "is `[SEG]` (the masks come from the reference's `[SEG]`).", ""]
@@ -70,6 +71,20 @@ def render_report(summary: dict, per_sample: list[dict], chosen: list[tuple[str,
     lines += [f"| [{label}](panels/{label}.png) | {per_sample[index]['name']} | {number(per_sample[index]['iou'])} |"
               for label, index in chosen]
     return "\n".join(lines) + "\n"
+
+
+def order_and_agreement_rows(summary: dict) -> list[str]:
+    """The order-accuracy and answer/map-agreement rows of report.md's text table (metrics of older runs lack them)."""
+    rows = []
+    order = summary.get("order")
+    if order is not None:
+        rows.append(f"| with T1 and T2 swapped, map closer to the swapped truth (order accuracy) | "
+                    f"{number(order['accuracy'])} | {order['n_questions']} questions |")
+    agreement = summary["text"].get("answer_map_agreement")
+    if agreement is not None:
+        rows.append(f"| answer's words (a change, or none) agree with the map (empty or not) | {number(agreement)} | "
+                    f"{summary['n_samples']} samples |")
+    return rows
 
 
 def question_use_report(summary: dict) -> list[str]:
@@ -123,3 +138,35 @@ def write_outputs(staging: Path, summary: dict, per_sample: list[dict], chosen: 
     write_json_atomic(staging / "metrics.json", summary)
     write_json_atomic(staging / "per_sample.json", per_sample)
     write_text_atomic(staging / "report.md", render_report(summary, per_sample, chosen))
+
+
+def split_figures(summary: dict) -> list[tuple[str, float | None]]:
+    """The headline figures of one split's free-generation summary, as (name, value); None where not measured."""
+    groups, text = summary.get("groups", {}), summary["text"]
+    explicit, heldout = groups.get("explicit", {}).get("f1"), groups.get("implicit_heldout", {}).get("f1")
+    return [
+        ("steering", summary["steering"]["accuracy"]),
+        ("question sensitivity (1 = ignored)", summary["question_sensitivity"]["mean_iou"]),
+        ("absent-CRoI accuracy", text["absent_accuracy"]),
+        ("`[SEG]` emission", text["seg_emission_rate"]),
+        ("order accuracy (T1, T2 swapped)", summary.get("order", {}).get("accuracy")),
+        ("answer/map agreement", text.get("answer_map_agreement")),
+        ("F1, explicit", explicit),
+        ("F1, implicit held-out", heldout),
+        ("F1, all questions", summary["f1"]),
+        ("fidelity score", summary["fidelity_score"]),
+    ]
+
+
+def split_report(splits: dict[str, dict]) -> str:
+    """train.py's report.md: the headline figures of each split side by side (the training split's sample beside
+    the test split: both low is under-fitting, a gap over-fitting)."""
+    names = list(splits)
+    rows = [dict(split_figures(summary)) for summary in splits.values()]
+    lines = ["# ReasonCD training run: free generation", "",
+             "| figure | " + " | ".join(f"{name} ({splits[name].get('n_samples', '?')} questions)"
+                                     for name in names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for figure in rows[0]:
+        lines.append(f"| {figure} | " + " | ".join(number(row[figure]) for row in rows) + " |")
+    return "\n".join(lines) + "\n"

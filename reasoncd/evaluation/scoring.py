@@ -15,11 +15,20 @@ dominates; these figures expose it):
 * fidelity score: the mean of F1, steering, absent-CRoI accuracy and 1 - question sensitivity (those measured; F1
   always is), each in [0, 1]. It falls when the question is ignored or an absent CRoI gets a mask, so training picks
   its best checkpoint by it rather than by F1 alone.
+
+Order and consistency (free generation):
+
+* order accuracy: each increase or decrease question is asked again with T1 and T2 swapped, where its truth becomes
+  the opposite direction's; the share of those whose map is closer (IoU) to the swapped truth than to the unswapped
+  one (questions whose two truths are equal take no part). A model that cannot tell T1 from T2 scores about 0.
+* answer/map agreement: the share of answers whose words (a change named, or one of the absent sentences) agree with
+  the map (non-empty, or empty).
 """
 
 import hashlib
 from collections import Counter, defaultdict
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,11 +36,15 @@ import torch
 from modeling_reasoncd import ANSWER_DECISION_TOKENS
 from reasoncd.data.images import read_mask
 from reasoncd.evaluation.metrics import ChangeMetrics, mask_iou
+from reasoncd.data.questions import says_absent
 from reasoncd.data.samples import SEG, load_images, load_mask
+from reasoncd.data.second import mask_file_name
 
 GROUPS = ("explicit", "implicit_seen", "implicit_heldout", "explanation", "absent")
 # Another CRoI's truth only tests steering when it covers a different region from the asked one's.
 STEERING_MAX_TRUTH_OVERLAP = 0.5
+# With T1 and T2 swapped, an increase becomes a decrease of the same class and the other way round.
+OPPOSITE_DIRECTION = {"increase": "decrease", "decrease": "increase"}
 
 
 def group_of(sample: dict) -> str:
@@ -50,6 +63,25 @@ def truth_key(truth: np.ndarray) -> str:
     "tree removed") get the same key."""
     truth = np.asarray(truth, dtype=bool)
     return f"{truth.shape}:{hashlib.blake2b(np.packbits(truth).tobytes(), digest_size=16).hexdigest()}"
+
+
+def swapped_order_truth_path(sample: dict) -> Path | None:
+    """
+    The mask file of the sample's CRoI in the opposite direction (its truth once T1 and T2 are swapped), for a
+    present increase or decrease question of a converted SECOND-layout set; None for any other sample. The file may
+    not exist: that direction changed too little to be asked about, and its truth counts as empty.
+    """
+    opposite = OPPOSITE_DIRECTION.get(sample.get("direction"))
+    if opposite is None or SEG not in sample["answer"] or not sample.get("pair_id") or not sample.get("croi"):
+        return None
+    path = Path(sample["mask_path"])
+    if path.name != mask_file_name(sample["pair_id"], sample["croi"], sample["direction"]):
+        return None  # not named by the converter: the opposite direction's file cannot be found
+    return path.with_name(mask_file_name(sample["pair_id"], sample["croi"], opposite))
+
+
+def with_dates_swapped(sample: dict) -> dict:
+    return {**sample, "img1_path": sample["img2_path"], "img2_path": sample["img1_path"]}
 
 
 def batches_by_pair(samples: list[dict], batch_size: int):
@@ -87,6 +119,16 @@ def seg_predicted_teacher_forced(logits: torch.Tensor, labels: torch.Tensor, seg
     opens_as_reference = ((predicted == targets) | ~opening).all(dim=1)
     reference_has_seg = ((targets == seg_token_id) & answer).any(dim=1)
     return torch.where(reference_has_seg, emits_seg, ~opens_as_reference)
+
+
+def seg_decided_teacher_forced(outputs, labels: torch.Tensor, seg_token_id: int) -> torch.Tensor:
+    """
+    Per row `(B,)`, whether the model would point at a mask, under teacher forcing: the presence head's decision
+    where the model has one (generation follows it), else `seg_predicted_teacher_forced`.
+    """
+    if getattr(outputs, "presence_logits", None) is not None:
+        return outputs.presence_logits > 0
+    return seg_predicted_teacher_forced(outputs.logits, labels, seg_token_id)
 
 
 def swap_sources(pair_keys: list, truth_keys: list, has_seg: list[bool]) -> list[int | None]:
@@ -158,13 +200,16 @@ def batch_counterfactual(model, processor, inputs, features, seg_present, seg_hi
 
 @torch.no_grad()
 def predict_samples(model, processor, samples: list[dict], *, batch_size: int = 8, teacher_forced: bool = False,
-                    max_new_tokens: int = 48, counterfactual: bool = True, progress: bool = True) -> list[dict]:
+                    max_new_tokens: int = 48, counterfactual: bool = True, order: bool = True,
+                    progress: bool = True) -> list[dict]:
     """
-    One `{"text", "mask", "seg", "swapped_mask", "swap_source"}` per sample. Free generation (what a user gets)
-    by default; `teacher_forced` feeds the reference answer and reads the mask at its `[SEG]` (LISA's validation
-    mode). `seg` is the model's own choice: the answer holds `[SEG]` (free generation) or some answer position
-    predicts it (teacher forced). `swapped_mask` is the counterfactual mask decoded from the `[SEG]` state of
-    sample `swap_source` (see `swap_sources`), None where the sample takes no part or `counterfactual` is off.
+    One `{"text", "mask", "seg", "swapped_mask", "swap_source", "order_mask"}` per sample. Free generation (what a
+    user gets) by default; `teacher_forced` feeds the reference answer and reads the mask at its `[SEG]` (LISA's
+    validation mode). `seg` is the model's own choice: the answer holds `[SEG]` (free generation) or some answer
+    position predicts it (teacher forced). `swapped_mask` is the counterfactual mask decoded from the `[SEG]` state
+    of sample `swap_source` (see `swap_sources`), None where the sample takes no part or `counterfactual` is off.
+    `order_mask` (free generation with `order`) is the map generated for the question with T1 and T2 swapped, for
+    the samples with a `swapped_order_truth_path`; None elsewhere.
     """
     from tqdm.auto import tqdm
 
@@ -193,7 +238,7 @@ def predict_samples(model, processor, samples: list[dict], *, batch_size: int = 
             rows = inputs["pair_index"]
             masks = processor.post_process_masks(outputs.pred_masks, outputs.seg_present,
                                                  inputs["reshaped_sizes"][rows], inputs["image_sizes"][rows].tolist())
-            seg = seg_predicted_teacher_forced(outputs.logits, labels, model.config.seg_token_id).tolist()
+            seg = seg_decided_teacher_forced(outputs, labels, model.config.seg_token_id).tolist()
         else:
             outputs = model.generate(**inputs, frozen_features=features, max_new_tokens=max_new_tokens)
             processed = processor.post_process_generation(outputs)
@@ -209,9 +254,16 @@ def predict_samples(model, processor, samples: list[dict], *, batch_size: int = 
                                          outputs.seg_hidden_states, truths, indices)
         for row, i in enumerate(indices):
             results[i] = {"text": texts[row], "mask": masks[row], "seg": bool(seg[row]),
-                          "swapped_mask": swaps[row][0], "swap_source": swaps[row][1]}
+                          "swapped_mask": swaps[row][0], "swap_source": swaps[row][1], "order_mask": None}
         bar.update(len(indices))
     bar.close()
+    ordered = [i for i, sample in enumerate(samples) if swapped_order_truth_path(sample) is not None]
+    if order and not teacher_forced and ordered:
+        swapped = predict_samples(model, processor, [with_dates_swapped(samples[i]) for i in ordered],
+                                  batch_size=batch_size, max_new_tokens=max_new_tokens, counterfactual=False,
+                                  order=False, progress=progress)
+        for i, prediction in zip(ordered, swapped):
+            results[i]["order_mask"] = prediction["mask"]
     return results
 
 
@@ -281,6 +333,22 @@ class Counterfactual:
         return {"f1_original": original, "f1_swapped": swapped, "f1_drop": original - swapped, "n_rows": rows}
 
 
+class OrderAccuracy:
+    """Per question asked with T1 and T2 swapped: is its map closer to the swapped truth than to the original?"""
+
+    def __init__(self) -> None:
+        self.total = self.right = 0
+
+    def update(self, pred: np.ndarray, truth: np.ndarray, swapped_truth: np.ndarray) -> None:
+        if np.array_equal(truth, swapped_truth):  # the order does not change the answer: no test of it
+            return
+        self.total += 1
+        self.right += mask_iou(pred, swapped_truth) > mask_iou(pred, truth)
+
+    def compute(self) -> dict:
+        return {"accuracy": self.right / self.total if self.total else None, "n_questions": self.total}
+
+
 def fidelity_score(result: dict) -> float:
     """
     mean(F1, steering accuracy, absent-CRoI accuracy, 1 - question sensitivity) over the terms measured (F1 always
@@ -302,6 +370,8 @@ def question_use_figures(result: dict) -> dict[str, float | None]:
         "seg_emission_rate": result["text"]["seg_emission_rate"],
         "question_sensitivity": result["question_sensitivity"]["mean_iou"],
         "counterfactual_f1_drop": result["counterfactual"]["f1_drop"],
+        "order_accuracy": result["order"]["accuracy"],
+        "answer_map_agreement": result["text"]["answer_map_agreement"],
         "fidelity_score": result["fidelity_score"],
     }
 
@@ -313,8 +383,8 @@ def score(samples: list[dict], predictions: list[dict]) -> dict:
     """
     overall = ChangeMetrics()
     groups = {name: ChangeMetrics() for name in GROUPS}
-    seg_expected = seg_emitted = absent_total = absent_right = 0
-    steering, sensitivity, counterfactual = Steering(), QuestionSensitivity(), Counterfactual()
+    seg_expected = seg_emitted = absent_total = absent_right = agreeing = 0
+    steering, sensitivity, counterfactual, order = Steering(), QuestionSensitivity(), Counterfactual(), OrderAccuracy()
     per_sample: list[dict | None] = [None] * len(samples)
     for indices in batches_by_pair(samples, 1):  # batches of one pair each
         truths = {}
@@ -323,6 +393,11 @@ def score(samples: list[dict], predictions: list[dict]) -> dict:
             sample, prediction = samples[i], predictions[i]
             truth = truths[i] = load_mask(sample, prediction["mask"].shape)  # the images are not needed here
             overall.update(prediction["mask"], truth)
+            agreeing += says_absent(prediction["text"]) != bool(np.any(prediction["mask"]))
+            if prediction.get("order_mask") is not None:
+                path = swapped_order_truth_path(sample)
+                swapped_truth = read_mask(path) if path.is_file() else np.zeros_like(truth)
+                order.update(prediction["order_mask"], truth, swapped_truth)
             group = group_of(sample)
             groups[group].update(prediction["mask"], truth)
             if SEG in sample["answer"]:
@@ -352,8 +427,10 @@ def score(samples: list[dict], predictions: list[dict]) -> dict:
         "absent_accuracy": absent_right / absent_total if absent_total else None,
         "n_present": seg_expected,
         "n_absent": absent_total,
+        "answer_map_agreement": agreeing / len(samples) if samples else None,
     }
     result["steering"] = steering.compute()
+    result["order"] = order.compute()
     result["question_sensitivity"] = sensitivity.compute()
     result["counterfactual"] = counterfactual.compute()
     result["fidelity_score"] = fidelity_score(result)

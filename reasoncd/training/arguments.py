@@ -54,9 +54,14 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                         help="cache the frozen CLIP/SAM outputs per image (disk: OUTPUT_DIR/feature_cache)")
     parser.add_argument("--eval_batch_size", type=int, default=8)
     parser.add_argument("--max_eval_samples", type=int, help="cap the test-split evaluation")
+    parser.add_argument("--train_eval_samples", type=int, default=160,
+                        help="also score the first pairs of the training split (about this many questions, whole "
+                        "pairs) beside the test split, so that under- and over-fitting show; 0: not")
     parser.add_argument("--max_val_samples", type=int, default=256)
     parser.add_argument("--skip_test", action="store_true", help="no test-split evaluation after training")
     parser.add_argument("--synthetic_pairs", type=int, help="quickstart: number of synthetic pairs")
+    parser.add_argument("--synthetic_seed", type=int, help="quickstart: seed of the synthetic data (default: --seed); "
+                        "fixed, runs of other --seed values train other initialisations on the same data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
     parser.add_argument("--train_sampling_strategy", choices=["random", "sequential"], default="random",
@@ -69,7 +74,7 @@ def argument_problem(args) -> str | None:
     """What is wrong with the hyper-parameters on their own (no files read), or None."""
     at_least = {"per_device_train_batch_size": 1, "batch_size": 1, "lora_rank": 1, "lora_alpha": 1, "eval_steps": 1,
                 "early_stopping_patience": 0, "eval_batch_size": 1, "max_eval_samples": 1, "max_val_samples": 1,
-                "warmup_steps": 0, "dataloader_num_workers": 0, "synthetic_pairs": 3}
+                "train_eval_samples": 0, "warmup_steps": 0, "dataloader_num_workers": 0, "synthetic_pairs": 3}
     for name, low in at_least.items():
         value = getattr(args, name)
         if value is not None and value < low:

@@ -15,7 +15,7 @@ QUICKSTART = {
     "batch_size": 2,
     "lora_rank": 16,
     "lora_targets": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-    "eval_steps": 72,
+    "eval_steps": 144,  # once per epoch (8 validations): the test and training-sample scoring need the time
     # The tiny language model starts from random weights: it has no vocabulary to reuse, so it learns its
     # embeddings and output layer in full and adapts the MLPs as well as attention.
     "full_embeddings": True,

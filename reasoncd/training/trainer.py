@@ -14,7 +14,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
 from reasoncd.evaluation.scoring import (batch_counterfactual, batches_by_pair, encode_batch, question_use_figures,
-                                         score, seg_predicted_teacher_forced)
+                                         score, seg_decided_teacher_forced)
 from reasoncd.training.arguments import training_arguments
 from reasoncd.training.checkpoints import STAGING, clear_staging, publish, retire, write_manifest
 from reasoncd.training.dataset import ReasonCDCollator, as_dataset
@@ -119,8 +119,9 @@ class ReasonCDTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**self._inputs_with_features(model, inputs))
         if model.training:
-            for term in ("ce_loss", "bce_loss", "dice_loss"):
-                self._terms[term] += float(outputs[term].detach())
+            for term in ("ce_loss", "bce_loss", "dice_loss", "presence_loss"):
+                if outputs.get(term) is not None:  # presence_loss: only with the presence head
+                    self._terms[term] += float(outputs[term].detach())
             self._term_count += 1
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
@@ -153,7 +154,7 @@ class ReasonCDTrainer(Trainer):
             masks = self.reasoncd_processor.post_process_masks(
                 outputs.pred_masks, outputs.seg_present, inputs["reshaped_sizes"][rows],
                 inputs["image_sizes"][rows].tolist())
-            emits_seg = seg_predicted_teacher_forced(outputs.logits, inputs["labels"], base.config.seg_token_id)
+            emits_seg = seg_decided_teacher_forced(outputs, inputs["labels"], base.config.seg_token_id)
             # The counterfactual reuses the cached encodings; without the cache the encoders run once more.
             features = inputs.get("frozen_features")
             if features is None:

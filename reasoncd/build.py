@@ -237,8 +237,9 @@ def parameter_report(config: ReasonCDConfig, lora_rank: int = 8) -> list[tuple[s
     hidden = config.text_config.hidden_size
     for name, module in model.named_children():
         count = sum(p.numel() for p in module.parameters())
-        if name in model.trainable_module_names:
-            trainable = count
+        if name in model.trainable_module_names:  # trained in full, but for the parts no loss reaches
+            trainable = count - sum(p.numel() for u in model.unused_module_names if u.startswith(f"{name}.")
+                                    for p in model.get_submodule(u).parameters())
         elif name == "language_model":
             lora = sum(lora_rank * (m.in_features + m.out_features) for n, m in module.named_modules()
                        if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in ("q_proj", "v_proj"))

@@ -653,12 +653,12 @@ def bench_baseline(seconds: float | None, seeds: list[int], pairs: int, train_sa
     from reasoncd.data.samples import load_split, training_sample
     from reasoncd.evaluation.scoring import score
     from reasoncd.evaluation.specialist import predict_specialist, train_specialist
-    from train import prepare_quickstart_data
+    from reasoncd.training.recipes import prepare_quickstart_data
 
     if seconds is None:
         earlier = REPO / "runs" / "bench-quickstart.json"
         seconds = json.loads(earlier.read_text())["quickstart"]["quickstart_seconds"] if earlier.is_file() else 600.0
-    data = prepare_quickstart_data(pairs, 0)
+    data = prepare_quickstart_data(REPO, pairs, 0)
     train_samples, test_samples = load_split(data, "train"), load_split(data, "test")
     seen = training_sample(train_samples, train_sample)
     runs = []

@@ -203,3 +203,28 @@ def test_refuses_an_output_folder_that_holds_the_input(tmp_path):
     with pytest.raises(ValueError, match=f"holds this command's input {root}"):
         convert_second(root, tmp_path, progress=False)
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_temporal_swap_adds_each_training_pair_with_its_dates_exchanged(tmp_path):
+    root = _make_second(tmp_path / "SECOND")
+    summary = convert_second(root, tmp_path / "json", seed=0, temporal_swap=True, progress=False)
+    plain = convert_second(root, tmp_path / "plain", seed=0, progress=False)
+    assert summary["pairs"] == plain["pairs"] and summary["swapped_training_pairs"] == 8
+    samples = _samples(tmp_path / "json")
+    for split in ("val", "test"):  # never swapped: they measure the unaugmented task
+        assert not any(record["pair_id"].endswith("-swapped") for _, record in samples[split])
+        assert len(samples[split]) == plain["samples"][split]
+    swapped = [(path, record) for path, record in samples["train"] if record["pair_id"].endswith("-swapped")]
+    assert {record["pair_id"] for _, record in swapped} == {
+        record["pair_id"] + "-swapped" for _, record in _samples(tmp_path / "plain")["train"]}
+    building = _rectangle(BUILDING_TO_WATER)
+    for path, record in swapped:
+        original = record["pair_id"].removesuffix("-swapped")
+        assert (path.parent / record["img1_path"]).resolve() == (root / "im2" / f"{original}.png").resolve()
+        assert (path.parent / record["img2_path"]).resolve() == (root / "im1" / f"{original}.png").resolve()
+        mask = _mask(path.parent / record["mask_path"])
+        # Building -> water, seen backwards: water was lost and buildings appeared, on the same pixels.
+        if (record["croi"], record["direction"]) in {("water", "decrease"), ("building", "increase")}:
+            assert np.array_equal(mask, building), record
+        if (record["croi"], record["direction"]) in {("water", "increase"), ("building", "decrease")}:
+            raise AssertionError(f"the swapped pair asks about the original direction: {record}")

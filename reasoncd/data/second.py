@@ -42,6 +42,8 @@ SUBFOLDERS = ("im1", "im2", "label1", "label2")
 MIN_CHANGE_FRACTION = 0.001
 FORMAT_VERSION = 3  # 2: plain answers name the CRoI; 3: right before [SEG]
 CONVERTER = "prepare_data.py second"  # how output folders record this conversion (train.py's quickstart uses it too)
+# Added to the pair id (and file names) of a training pair's copy with its dates exchanged (`temporal_swap`).
+SWAPPED_SUFFIX = "-swapped"
 
 _KEYS = np.array([(r << 16) | (g << 8) | b for r, g, b in (*SECOND_COLOURS.values(), UNCHANGED_COLOUR)])
 _VALUES = np.array([*range(len(CLASSES)), -1])
@@ -226,6 +228,7 @@ def convert_second(
     split: tuple[float, float, float] = (0.8, 0.1, 0.1),
     explanations: bool = True,
     negatives_per_pair: int = 1,
+    temporal_swap: bool = False,
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict:
@@ -234,6 +237,10 @@ def convert_second(
     Each JSON holds ``img1_path``, ``img2_path``, ``mask_path``, ``question``, ``answer`` (paths relative to the
     JSON's folder) and ``kind``, ``croi``, ``direction``, ``heldout``, ``pair_id``, ``other_masks`` (``croi/direction``
     → mask path, for the other classes that changed on the pair). Masks are 0/255 PNGs in ``output_dir/masks``.
+
+    ``temporal_swap`` adds every training pair a second time with its dates exchanged (pair id + ``-swapped``): what
+    was built is then demolished, so the same pixels answer the opposite direction's questions and the direction
+    can only be read from which image is T1. Validation and test pairs are never swapped.
 
     Every input is validated before anything is written (``PrepareError`` naming the files). The output folder
     follows reasoncd.io (new, empty, or written by this conversion before; ``overwrite`` writes
@@ -253,6 +260,7 @@ def convert_second(
         "split": list(split),
         "explanations": explanations,
         "negatives_per_pair": negatives_per_pair,
+        "temporal_swap": temporal_swap,
         "format_version": FORMAT_VERSION,
         "min_change_fraction": MIN_CHANGE_FRACTION,
     }
@@ -266,19 +274,21 @@ def convert_second(
     sizes = _validate(files, progress)
 
     with output.staged() as staging:
-        summary = _write(files, splits, sizes, staging, output_dir, seed, explanations, negatives_per_pair, progress)
+        summary = _write(files, splits, sizes, staging, output_dir, seed, explanations, negatives_per_pair,
+                         temporal_swap, progress)
         manifest = {"fingerprint": fingerprint, "root": str(root), "settings": settings, "summary": summary}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return summary
 
 
-def _write(files, splits, sizes, staging: Path, output_dir: Path, seed, explanations, negatives_per_pair, progress):
+def _write(files, splits, sizes, staging: Path, output_dir: Path, seed, explanations, negatives_per_pair,
+           temporal_swap, progress):
     """Write masks and JSONs into ``staging``, with paths computed as if it were already ``output_dir``."""
     (staging / "masks").mkdir(parents=True)
     for name in SPLITS:
         (staging / name).mkdir()
     pairs, samples_per_split, kinds, heldout = Counter(), Counter(), Counter(), Counter()
-    changed_pixels = total_pixels = mismatch_pixels = 0
+    changed_pixels = total_pixels = mismatch_pixels = swapped = 0
     empty_masks: set[tuple[int, int]] = set()
 
     for stem in _progress(sorted(files), progress, "writing samples"):
@@ -289,39 +299,46 @@ def _write(files, splits, sizes, staging: Path, output_dir: Path, seed, explanat
         changed_pixels += int(((label1 >= 0) | (label2 >= 0)).sum())
         mismatch_pixels += int(((label1 >= 0) != (label2 >= 0)).sum())
         total_pixels += label1.size
-        samples, masks = _pair_samples(
-            stem, split_name, label1, label2, seed=seed, explanations=explanations,
-            negatives_per_pair=negatives_per_pair,
-        )
-        mask_names = {key: mask_file_name(stem, *key.split("/")) for key in masks}
-        for key, mask in masks.items():
-            _save_mask(mask, staging / "masks" / mask_names[key])
-        width, height = sizes[stem]
-        empty_name = f"empty_{width}x{height}.png"
-        if samples and any(s["mask_key"] is None for s in samples) and (width, height) not in empty_masks:
-            _save_mask(np.zeros((height, width), dtype=bool), staging / "masks" / empty_name)
-            empty_masks.add((width, height))
+        orders = [(stem, files[stem]["im1"], files[stem]["im2"], label1, label2)]
+        if temporal_swap and split_name == "train":
+            orders.append((stem + SWAPPED_SUFFIX, files[stem]["im2"], files[stem]["im1"], label2, label1))
+            swapped += 1
+        for pair_id, img1, img2, first, second in orders:
+            samples, masks = _pair_samples(
+                pair_id, split_name, first, second, seed=seed, explanations=explanations,
+                negatives_per_pair=negatives_per_pair,
+            )
+            mask_names = {key: mask_file_name(pair_id, *key.split("/")) for key in masks}
+            for key, mask in masks.items():
+                _save_mask(mask, staging / "masks" / mask_names[key])
+            width, height = sizes[stem]
+            empty_name = f"empty_{width}x{height}.png"
+            if samples and any(s["mask_key"] is None for s in samples) and (width, height) not in empty_masks:
+                _save_mask(np.zeros((height, width), dtype=bool), staging / "masks" / empty_name)
+                empty_masks.add((width, height))
 
-        json_dir = output_dir / split_name
-        for sample in samples:
-            key = sample.pop("mask_key")
-            mask_name = mask_names[key] if key else empty_name
-            others = {
-                other: relative_path(output_dir / "masks" / mask_names[other], json_dir)
-                for other in sorted(masks)
-                if other.split("/")[0] != sample["croi"] and not other.endswith("/any")
-            }
-            name = f"{stem}__{sample['croi']}__{sample['direction']}.json"
-            write_sample(staging / split_name / name, json_dir, img1=files[stem]["im1"], img2=files[stem]["im2"],
-                         mask=output_dir / "masks" / mask_name, question=sample["question"],
-                         answer=sample["answer"], kind=sample["kind"], croi=sample["croi"],
-                         direction=sample["direction"], heldout=sample["heldout"], pair_id=stem, other_masks=others)
-            samples_per_split[split_name] += 1
-            kinds[sample["kind"]] += 1
-            heldout[split_name] += int(sample["heldout"])
+            json_dir = output_dir / split_name
+            for sample in samples:
+                key = sample.pop("mask_key")
+                mask_name = mask_names[key] if key else empty_name
+                others = {
+                    other: relative_path(output_dir / "masks" / mask_names[other], json_dir)
+                    for other in sorted(masks)
+                    if other.split("/")[0] != sample["croi"] and not other.endswith("/any")
+                }
+                name = f"{pair_id}__{sample['croi']}__{sample['direction']}.json"
+                write_sample(staging / split_name / name, json_dir, img1=img1, img2=img2,
+                             mask=output_dir / "masks" / mask_name, question=sample["question"],
+                             answer=sample["answer"], kind=sample["kind"], croi=sample["croi"],
+                             direction=sample["direction"], heldout=sample["heldout"], pair_id=pair_id,
+                             other_masks=others)
+                samples_per_split[split_name] += 1
+                kinds[sample["kind"]] += 1
+                heldout[split_name] += int(sample["heldout"])
 
     return {
         "pairs": {name: pairs[name] for name in SPLITS},
+        "swapped_training_pairs": swapped,
         "samples": {name: samples_per_split[name] for name in SPLITS},
         "kinds": dict(sorted(kinds.items())),
         "heldout_samples": {name: heldout[name] for name in SPLITS},
@@ -340,12 +357,16 @@ def _arguments(parser) -> None:
     parser.add_argument("--no_explanations", action="store_true", help="plain answers only (no explanation samples)")
     parser.add_argument("--negatives_per_pair", type=int, default=1,
                         help="absent-class questions per pair (default 1)")
+    parser.add_argument("--temporal_swap", action="store_true",
+                        help="add every training pair a second time with T1 and T2 exchanged (and its questions "
+                             "for the opposite directions)")
     add_overwrite(parser)
 
 
 def _run(args) -> dict:
     return convert_second(args.root, args.output_dir, seed=args.seed, explanations=not args.no_explanations,
-                          negatives_per_pair=args.negatives_per_pair, overwrite=args.overwrite)
+                          negatives_per_pair=args.negatives_per_pair, temporal_swap=args.temporal_swap,
+                          overwrite=args.overwrite)
 
 
 SECOND = Subcommand("second", "make CRoI samples from SECOND's semantic change labels", _arguments, _run)

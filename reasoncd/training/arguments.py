@@ -106,7 +106,8 @@ def training_arguments(args) -> TrainingArguments:
         learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps,
         lr_scheduler_type="linear",
-        optim="adamw_torch",
+        # One kernel over all parameters: the per-tensor loop took about half of a quickstart step on the CPU.
+        optim="adamw_torch_fused",
         num_train_epochs=args.num_train_epochs,
         max_steps=args.max_steps,
         eval_strategy="steps",

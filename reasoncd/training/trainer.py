@@ -49,6 +49,10 @@ class ReasonCDTrainer(Trainer):
     def __init__(self, *args, feature_cache=None, cache_vision=True, val_samples=None, reasoncd_processor=None,
                  eval_batch_size=8, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.args.full_determinism:
+            # Deterministic mode also fills every new tensor with NaN (a debugging aid, not needed for the same
+            # bits): about a tenth of a CPU training step.
+            torch.utils.deterministic.fill_uninitialized_memory = False
         self.feature_cache = feature_cache
         self.cache_vision = cache_vision  # False while CLIP trains: its cached features would be stale
         self.val_samples = val_samples or []

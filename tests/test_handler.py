@@ -79,7 +79,8 @@ def test_a_list_of_questions_gives_a_list(handler, pair):
 
 @pytest.mark.parametrize("change, message", [
     (lambda p: {"inputs": {"image_t2": p["image_t2"], "text": "roads"}}, "inputs.image_t1 is missing"),
-    (lambda p: {"inputs": {**p, "image_t2": "this is not base64!"}}, "inputs.image_t2 is not valid base64"),
+    (lambda p: {"inputs": {**p, "image_t2": "this is not base64!", "text": "roads"}},
+     "inputs.image_t2 is not valid base64"),
     (lambda p: {"inputs": {**p, "image_t2": base64.b64encode(b"plain text").decode(), "text": "roads"}},
      "image_t2: the 10 bytes given are not a readable image"),
     (lambda p: {"inputs": {**p, "image_t2": _b64(Image.new("RGB", (128, 256))), "text": "roads"}},

@@ -28,8 +28,8 @@ interrupted run (predict_scene.py) call `resumable(signature)`: its work folder 
 and the next run with the same signature continues in it.
 
 Faults around a correct command: an OutputDir takes the folder's lock as soon as it is checked (one command per
-folder, reasoncd/folder_lock.py; release it with `with OutputDir(...) as output:` or `release()`), which also finds
-a destination that cannot be written before any work; a refused write (full disk, quota, read-only) is raised as a
+folder, reasoncd/folder_lock.py; `staged` and `resumable` let go of it when they end, `with OutputDir(...) as
+output:` or `release()` otherwise), which also finds a destination that cannot be written before any work; a refused write (full disk, quota, read-only) is raised as a
 WriteFault saying what was kept (reasoncd/write_faults.py); putting outputs in place is never cut in half by SIGTERM
 (reasoncd/stopping.py).
 """
@@ -340,8 +340,8 @@ class OutputDir:
     @contextlib.contextmanager
     def staged(self, needed: int | None = None):
         """A hidden folder beside the target to write the outputs into; put in place when the block succeeds,
-        removed when it fails. A refused write in the block is a WriteFault about the target (`needed`: the bytes
-        the outputs take, when known)."""
+        removed when it fails; the folder's lock is let go either way. A refused write in the block is a WriteFault
+        about the target (`needed`: the bytes the outputs take, when known)."""
         kept = f"{self._as_it_was()}, and the partial outputs were removed"
         staging = None
         try:
@@ -359,6 +359,7 @@ class OutputDir:
         finally:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
+            self.release()  # the outputs are in place (or the folder as it was): the command is done with it
 
     @contextlib.contextmanager
     def resumable(self, signature: dict):
@@ -369,7 +370,7 @@ class OutputDir:
         run whose `signature` (the JSON-able inputs and settings that decide the outputs) is the same gets `work`
         back as it was left. A folder
         left by a run with another signature is emptied first; one without this command's own record is never
-        touched (an error). Removed once the outputs are in place.
+        touched (an error). Removed once the outputs are in place. The folder's lock is let go at the end.
         """
         folder = self.path.parent / f".{self.path.name}.resume"
         record = folder / RESUME_RECORD
@@ -388,19 +389,22 @@ class OutputDir:
                 _remove(folder)  # an interrupted run of this command with other inputs or settings
         kept = (f"{self._as_it_was()}; the finished tiles are kept in {folder}, and running the same command again "
                 "continues from them")
-        with translated(self.given, kept=kept, within=(self.path.parent, self.path)):
-            try:
-                if not folder.exists():
-                    _new_resume_folder(folder, wanted)
-                shutil.rmtree(folder / "outputs", ignore_errors=True)  # outputs half-written when the last run stopped
-                (folder / "outputs").mkdir()
-                stopping.set_note(kept)
-                yield folder / "work", folder / "outputs"
-                self._commit(folder / "outputs")
-            except BaseException:
-                shutil.rmtree(folder / "outputs", ignore_errors=True)  # rebuilt by the next run; frees the space
-                raise
-        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            with translated(self.given, kept=kept, within=(self.path.parent, self.path)):
+                try:
+                    if not folder.exists():
+                        _new_resume_folder(folder, wanted)
+                    shutil.rmtree(folder / "outputs", ignore_errors=True)  # half-written when the last run stopped
+                    (folder / "outputs").mkdir()
+                    stopping.set_note(kept)
+                    yield folder / "work", folder / "outputs"
+                    self._commit(folder / "outputs")
+                except BaseException:
+                    shutil.rmtree(folder / "outputs", ignore_errors=True)  # rebuilt by the next run; frees the space
+                    raise
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            self.release()
 
     def _commit(self, staging: Path) -> None:
         names = {p.name for p in staging.iterdir()}

@@ -71,12 +71,12 @@ def request_limit(name: str, given: int | None = None) -> int:
                             example=limit.default * 2)
 
 
-def check_request(questions: list[str], encoded_bytes: int, max_new_tokens: int, limits: dict | None = None) -> None:
+def check_request(questions: list[str], encoded_bytes: int, max_new_tokens: int, limits: dict | None = None) -> int:
     """
     Refuse a request above a limit, from sizes alone (nothing is decoded): more than `max_questions` questions,
     more than `max_answer_tokens` = questions x `max_new_tokens`, or more than `max_request_bytes` of encoded
     images (`encoded_bytes`) and question text. `limits`: {name: value} given by the caller (the rest as
-    `request_limit` reads them).
+    `request_limit` reads them). Returns the bytes left within the limit (for downloads).
     """
     limits = limits or {}
 
@@ -100,6 +100,7 @@ def check_request(questions: list[str], encoded_bytes: int, max_new_tokens: int,
         raise ValueError(f"the request brings {size:,} bytes of images and text, more than the limit of {most:,} "
                          f"({how}): send smaller files (PNG or JPEG rather than uncompressed TIFF), or raise the "
                          "limit")
+    return most - size
 
 
 def _download(url: str, *, name: str, max_bytes: int) -> bytes:
@@ -211,12 +212,12 @@ class ReasonCDChangeDetectionPipeline(Pipeline):
         return preprocess, forward, {}
 
     def check_request(self, questions: list[str], encoded_bytes: int, max_new_tokens: int | None = None,
-                      **limits) -> None:
+                      **limits) -> int:
         """`check_request` with this pipeline's limits and default max_new_tokens (the endpoint handler asks it
-        before decoding a request's base64)."""
+        before decoding a request's base64); returns the bytes left within the limit."""
         given = {name: self._preprocess_params.get(name) for name in REQUEST_LIMITS}
         given.update({name: value for name, value in limits.items() if value is not None})
-        check_request(questions, encoded_bytes, max_new_tokens or self.default_max_new_tokens, given)
+        return check_request(questions, encoded_bytes, max_new_tokens or self.default_max_new_tokens, given)
 
     def get_inference_context(self):
         return torch.inference_mode
@@ -237,8 +238,7 @@ class ReasonCDChangeDetectionPipeline(Pipeline):
             raise ValueError("text must be a question or a list of questions (strings)")
         # The request's size and work, before any image is read or decoded.
         encoded = sum(len(inputs[key]) for key in IMAGE_KEYS if isinstance(inputs[key], (bytes, bytearray)))
-        self.check_request(questions, encoded, max_new_tokens, **limits)
-        left = request_limit("max_request_bytes", limits.get("max_request_bytes")) - encoded
+        left = self.check_request(questions, encoded, max_new_tokens, **limits)
         limit = pixel_limit(max_image_pixels)
         images = []
         for key in IMAGE_KEYS:

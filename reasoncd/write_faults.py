@@ -6,9 +6,10 @@ Writers do not catch these one by one. `reasoncd.io` wraps each of its writes in
 staged output folder, a scene's resumable folder), train.py's checkpoint save does the same, and a command's entry
 turns the resulting `WriteFault` into its message and exit status (`reasoncd.exits`).
 
-Libraries report a full disk in their own words: Python and NumPy raise OSError(ENOSPC); safetensors says "No space
-left on device (os error 28)", SQLite (GDAL's GeoPackage) "database or disk is full"; torch.save's stream writer
-only "unexpected pos"; GDAL's TIFF writer "Write error" (after printing libtiff's ENOSPC). Errors of the first two kinds are recognised by their errno or text; a write
+Libraries report a full disk in their own words: Python and Pillow raise OSError(ENOSPC); safetensors says "No
+space left on device (os error 28)", SQLite (GDAL's GeoPackage) "database or disk is full"; NumPy's array writer
+only "8192 requested and 8160 written", torch.save's stream writer "unexpected pos", GDAL's TIFF writer "Write
+error" (after printing libtiff's ENOSPC). Errors of the first two kinds are recognised by their errno or text; a write
 error of the last kinds counts as a full disk when under NEARLY_FULL bytes are free, and is passed on in the
 library's words otherwise.
 """
@@ -24,7 +25,7 @@ NEARLY_FULL = 1 << 20  # bytes free under which a library's bare write error is 
 SPACE_TEXT = {"no space left on device": errno.ENOSPC, "os error 28": errno.ENOSPC,
               "database or disk is full": errno.ENOSPC,  # SQLite's (a GeoPackage), as GDAL passes it on
               "disk quota exceeded": errno.EDQUOT, "os error 122": errno.EDQUOT}
-WRITE_TEXT = ("write error", "write failed", "unexpected pos", "error while serializing")
+WRITE_TEXT = ("write error", "write failed", "unexpected pos", "error while serializing", "requested and")
 REASONS = {
     errno.ENOSPC: "the disk is full",
     errno.EDQUOT: "the disk quota is exceeded",

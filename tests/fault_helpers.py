@@ -50,6 +50,21 @@ def tmpfs(path: Path, size: str, read_only: bool = False):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+def remount(path: Path, size: str) -> None:
+    """A mounted tmpfs made `size` large (more space, as when a disk is cleaned up)."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+
+def fill_up(folder: Path, leave: int) -> Path:
+    """A file that takes all but about `leave` bytes of the free space of `folder`'s file system."""
+    filler = Path(folder) / "another job's file"
+    free = shutil.disk_usage(folder).free
+    with open(filler, "wb") as handle:
+        handle.truncate(0)
+        handle.write(b"\0" * max(free - leave, 0))
+    return filler
+
+
 @contextlib.contextmanager
 def read_only_folder(path: Path):
     """A folder nothing can be written into: a read-only tmpfs as root (root ignores permissions), else a folder

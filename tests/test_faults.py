@@ -30,7 +30,8 @@ import predict
 import predict_scene
 import prepare_data
 import train
-from fault_helpers import DiskFills, hold_lock_in_another_process, leftovers, no_space, read_only_folder
+from fault_helpers import (DiskFills, fill_up, hold_lock_in_another_process, leftovers, no_space, read_only_folder,
+                           remount, tmpfs)
 from helpers import seg_forcing_checkpoint, tree
 from reasoncd import io as io_module
 from reasoncd.folder_lock import lock_file
@@ -268,6 +269,51 @@ def test_a_full_disk_while_training_keeps_the_earlier_checkpoints_and_resuming_f
 
     assert train.main(arguments_ + ["--resume_from_checkpoint"]) == 0
     assert (run_dir / "model" / "model.safetensors").is_file() and not leftovers(run_dir)
+
+
+# A real small disk (a tmpfs; where this user may mount one): the libraries' own errors, not injected ones.
+
+
+def test_on_a_disk_that_fills_eval_keeps_the_earlier_evaluation_and_a_rerun_works(inputs, tmp_path, capsys):
+    with tmpfs(tmp_path / "disk", "2m") as disk:
+        out = disk / "évaluation"
+        assert run("eval.py", inputs, out) == 0
+        before = tree(out)
+        filler = fill_up(disk, leave=16_384)  # another job's file takes the rest of the disk
+        capsys.readouterr()
+        assert run("eval.py", inputs, out) == 3
+        message = capsys.readouterr().err
+        assert f"eval.py: error: {out}: {FULL} (" in message and f"{out} was left as it was" in message
+        assert tree(out) == before and not leftovers(disk)
+        filler.unlink()  # space is freed
+        assert run("eval.py", inputs, out) == 0 and not leftovers(disk)
+
+
+def test_on_a_disk_too_small_a_scene_keeps_its_finished_tiles_and_continues_once_there_is_space(inputs, earlier,
+                                                                                                 tmp_path, capsys):
+    with tmpfs(tmp_path / "disk", "64k") as disk:  # room for the first batch of tiles, not the second
+        out = disk / "scène"
+        assert run("predict_scene.py", inputs, out) == 3
+        message = capsys.readouterr().err
+        assert f"predict_scene.py: error: {out}: {FULL} (" in message and "continues from them" in message
+        finished = sorted((disk / f".{out.name}.resume" / "work" / "tiles").glob("batch-*.json"))
+        assert finished and not out.exists()
+        remount(disk, "4m")
+        assert run("predict_scene.py", inputs, out) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary == json.loads((earlier["predict_scene.py"] / "summary.json").read_text())
+        tiles = summary["tiles"]["total"]
+        assert f"{tiles} tiles, {tiles - 2 * len(finished)} through the model in this run" in capsys.readouterr().err
+        assert not leftovers(disk) and not (disk / f".{out.name}.resume").exists()
+
+
+def test_an_export_larger_than_the_free_space_is_refused_before_writing(inputs, tmp_path, capsys):
+    with tmpfs(tmp_path / "disk", "32m") as disk:  # the tiny model's weights take 65 MB
+        out = disk / "export"
+        assert export.main(arguments("export.py", inputs, out)) == 3
+        message = capsys.readouterr().err
+        assert f"export.py: error: {out}: {FULL} (" in message and "MB needed)" in message
+        assert sorted(p.name for p in disk.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------ two jobs, one folder

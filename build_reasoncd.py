@@ -14,10 +14,15 @@ from pathlib import Path
 from configuration_reasoncd import ReasonCDConfig
 from reasoncd.build import (add_option_arguments, build_from_components, build_tiny, option_overrides,
                             parameter_report, print_report, save_checkpoint)
+from reasoncd.exits import run_command
 from reasoncd.io import OutputDir, OutputDirError
 
 
 def main(argv=None) -> int:
+    return run_command("build_reasoncd.py", lambda: build(argv))
+
+
+def build(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default=None, help="tiny, medium or reasoncd-7b (default: reasoncd-7b with --llm)")
     parser.add_argument("--output_dir", type=Path)
@@ -49,20 +54,16 @@ def main(argv=None) -> int:
     # Checked before minutes of loading: a folder the build may not write is refused now.
     local_inputs = [Path(p) for p in (args.llm, args.vision, args.sam, args.resnet) if p and Path(p).exists()]
     try:
-        output = OutputDir(args.output_dir, "build_reasoncd.py", inputs=local_inputs, overwrite=args.overwrite)
-    except OutputDirError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if real:
-        model, processor = build_from_components(args, overrides)
-    elif args.preset in ("tiny", "medium"):
-        model, processor = build_tiny(args.seed, preset=args.preset, **overrides)
-    else:
-        parser.error(f"--preset {args.preset} without --llm/--vision/--sam: only 'tiny' and 'medium' have random "
-                     "weights here; use --dry_run to see its size")
-    try:
-        save_checkpoint(model, processor, output)
-    except OutputDirError as error:  # the folder changed while the model was built
+        with OutputDir(args.output_dir, "build_reasoncd.py", inputs=local_inputs, overwrite=args.overwrite) as output:
+            if real:
+                model, processor = build_from_components(args, overrides)
+            elif args.preset in ("tiny", "medium"):
+                model, processor = build_tiny(args.seed, preset=args.preset, **overrides)
+            else:
+                parser.error(f"--preset {args.preset} without --llm/--vision/--sam: only 'tiny' and 'medium' have "
+                             "random weights here; use --dry_run to see its size")
+            save_checkpoint(model, processor, output)
+    except OutputDirError as error:  # refused at once, or the folder changed while the model was built
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"saved a ReasonCD checkpoint to {args.output_dir}")

@@ -29,6 +29,7 @@ from reasoncd.data.images import ImageReadError
 from reasoncd.data.samples import SPLITS
 from reasoncd.evaluation.evaluate import EvalError, evaluate
 from reasoncd.evaluation.report import summary_lines
+from reasoncd.exits import run_command
 from reasoncd.io import OutputDirError
 from reasoncd.loading import CheckpointError, add_quantize_argument
 
@@ -84,6 +85,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    return run_command("eval.py", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         summary = evaluate(**vars(args))
     except (EvalError, ImageReadError, FileNotFoundError, ImportError, CheckpointError, OutputDirError) as error:

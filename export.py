@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from reasoncd.exits import run_command
 from reasoncd.io import OutputDirError
 from reasoncd.loading import HUB_ID
 from reasoncd.publishing.export import export_model
@@ -57,6 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    return run_command("export.py", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         export_model(**vars(args))
     except (ExportError, OutputDirError) as error:

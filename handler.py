@@ -10,6 +10,11 @@ Response per question:
 a list of them for a list of questions, or {"error": "..."} for a request that cannot be answered (an image of
 more than REASONCD_MAX_IMAGE_PIXELS pixels among them, checked from its header before it is decoded).
 
+Requests are bounded before any base64 is decoded (the pipeline's REQUEST_LIMITS; set in the endpoint's
+environment or given to EndpointHandler): REASONCD_MAX_REQUEST_BYTES (default 64,000,000) bytes of base64 images
+and question text, REASONCD_MAX_QUESTIONS (16) questions, and REASONCD_MAX_ANSWER_TOKENS (2,048) answer tokens,
+that is questions x max_new_tokens (each at most 512).
+
 Set REASONCD_QUANTIZE=8 or 4 in the endpoint's environment to load the language model with bitsandbytes (add
 bitsandbytes to requirements.txt); CLIP, SAM, the fusion module and lm_head stay in bf16 (fp32 on a CPU).
 
@@ -35,13 +40,16 @@ class RequestError(ValueError):
     """A request the handler cannot answer; the message tells the caller what to fix."""
 
 
-def decode_base64(value, name: str) -> bytes:
-    """A base64 string (optionally a `data:image/...;base64,` URL) as the encoded image's bytes; the pipeline opens
-    them, checking the size in the header against its pixel limit before decoding."""
+def base64_text(value, name: str) -> str:
+    """The base64 text of an image field (without a `data:image/...;base64,` prefix), not yet decoded."""
     if not isinstance(value, str) or not value.strip():
         raise RequestError(f"inputs.{name} is missing: send the image as a base64-encoded PNG/JPEG/TIFF string")
-    if value.startswith("data:"):
-        value = value.partition(",")[2]
+    return value.partition(",")[2] if value.startswith("data:") else value
+
+
+def decode_base64(value: str, name: str) -> bytes:
+    """Base64 text as the encoded image's bytes; the pipeline opens them, checking the size in the header against
+    its pixel limit before decoding."""
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as error:
@@ -54,13 +62,14 @@ def encode_png(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def parse_request(data) -> tuple[bytes, bytes, str | list[str], dict]:
+def parse_request(data) -> tuple[str, str, str | list[str], dict]:
+    """The request's base64 images (not decoded), its text and its call parameters, checked for shape."""
     if not isinstance(data, dict) or not isinstance(data.get("inputs"), dict):
         raise RequestError('the request must be {"inputs": {"image_t1": ..., "image_t2": ..., "text": ...}, '
                            '"parameters": {...}}')
     inputs = data["inputs"]
-    image_t1 = decode_base64(inputs.get("image_t1"), "image_t1")
-    image_t2 = decode_base64(inputs.get("image_t2"), "image_t2")
+    image_t1 = base64_text(inputs.get("image_t1"), "image_t1")
+    image_t2 = base64_text(inputs.get("image_t2"), "image_t2")
     text = inputs.get("text")
     questions = [text] if isinstance(text, str) else text
     if not isinstance(questions, list) or not questions or not all(
@@ -101,21 +110,26 @@ def loading_options(path: str) -> dict:
 class EndpointHandler:
     """
     path: the exported checkpoint. max_image_pixels: the largest image accepted (default: $REASONCD_MAX_IMAGE_PIXELS,
-    else 268,435,456). max_concurrent: requests decoding at once (default: the pipeline's).
+    else 268,435,456). max_concurrent: requests decoding at once (default: the pipeline's). max_request_bytes,
+    max_questions, max_answer_tokens: the request limits (default: their environment variables, else the
+    pipeline's defaults; see the module's docstring).
     """
 
-    def __init__(self, path: str = "", max_image_pixels: int | None = None, max_concurrent: int | None = None):
+    def __init__(self, path: str = "", max_image_pixels: int | None = None, max_concurrent: int | None = None,
+                 **limits):
         options = loading_options(path)
-        if max_image_pixels is not None:
-            options["max_image_pixels"] = max_image_pixels
-        if max_concurrent is not None:
-            options["max_concurrent"] = max_concurrent
+        given = {"max_image_pixels": max_image_pixels, "max_concurrent": max_concurrent, **limits}
+        options.update({name: value for name, value in given.items() if value is not None})
         self.detector = pipeline("change-detection", model=path, trust_remote_code=True, **options)
 
     def __call__(self, data: dict) -> dict | list[dict]:
         try:
             image_t1, image_t2, text, parameters = parse_request(data)
-            results = self.detector({"image_t1": image_t1, "image_t2": image_t2, "text": text}, **parameters)
+            questions = [text] if isinstance(text, str) else text
+            # Bytes, questions and answer tokens against the limits before any base64 is decoded.
+            self.detector.check_request(questions, len(image_t1) + len(image_t2), parameters.get("max_new_tokens"))
+            images = {"image_t1": decode_base64(image_t1, "image_t1"), "image_t2": decode_base64(image_t2, "image_t2")}
+            results = self.detector({**images, "text": text}, **parameters)
         except ValueError as error:  # ours above, or the pipeline's and processor's (size, limit, context, ...)
             return {"error": str(error)}
         answers = [self._serialise(r) for r in (results if isinstance(results, list) else [results])]

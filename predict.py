@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from reasoncd.data.images import ImageReadError, read_rgb
-from reasoncd.io import write_png_atomic
+from reasoncd.exits import run_command
+from reasoncd.io import check_file_destination, write_png_atomic
 from reasoncd.loading import add_quantize_argument, check_checkpoint, load_model, predict, require_bitsandbytes
 from reasoncd.messages import size_mismatch
 
@@ -33,7 +34,10 @@ def main(argv=None) -> int:
                         "probability of [SEG] as JSON")
     add_quantize_argument(parser)
     args = parser.parse_args(argv)
+    return run_command("predict.py", lambda: run(args))
 
+
+def run(args: argparse.Namespace) -> int:
     try:
         if not args.question.strip():
             raise ValueError("--question is empty; describe the change of interest, e.g. 'new buildings'")
@@ -47,6 +51,7 @@ def main(argv=None) -> int:
             raise ValueError(f"--out {args.out} is a folder; give the path of the PNG file to write")
         if out in (args.t1.resolve(), args.t2.resolve()):
             raise ValueError(f"--out {args.out} is one of the input images; give another path for the change map")
+        check_file_destination(args.out, "--out")  # a read-only folder is found before the model runs
         check_checkpoint(args.model)  # before the slow imports
         require_bitsandbytes(args.quantize)
         mismatch = size_mismatch({f"--t1 {args.t1}": image_t1.shape[:2], f"--t2 {args.t2}": image_t2.shape[:2]})

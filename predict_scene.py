@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from reasoncd.exits import run_command
 from reasoncd.io import OutputDir, OutputDirError
 from reasoncd.loading import add_quantize_argument, load_model, require_bitsandbytes
 from reasoncd.scenes.formats import DEFAULT_FORMATS, POLYGON_FORMATS, parse_formats
@@ -70,7 +71,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     add_quantize_argument(parser)
     args = parser.parse_args(argv)
+    return run_command(COMMAND, lambda: run(args))
 
+
+def run(args: argparse.Namespace) -> int:
     import rasterio
 
     try:
@@ -85,9 +89,9 @@ def main(argv=None) -> int:
                                  threshold=args.threshold, max_new_tokens=args.max_new_tokens, formats=polygon_formats)
         settings.check()
         bands = parse_bands(args.bands)
-        with rasterio.Env(**GDAL_OPTIONS), open_scene(args.t1, args.t2, bands, args.resampling) as scene:
-            output = OutputDir(args.output_dir, COMMAND, inputs=[args.model, args.t1, args.t2],
-                               overwrite=args.overwrite, entries=output_names(questions, settings.formats))
+        with rasterio.Env(**GDAL_OPTIONS), open_scene(args.t1, args.t2, bands, args.resampling) as scene, \
+                OutputDir(args.output_dir, COMMAND, inputs=[args.model, args.t1, args.t2], overwrite=args.overwrite,
+                          entries=output_names(questions, settings.formats)) as output:
             require_bitsandbytes(args.quantize)
             for note in scene.notes:
                 print(f"note: {note}", file=sys.stderr)

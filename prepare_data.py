@@ -22,6 +22,8 @@ from pathlib import Path
 from reasoncd.data.folders import BCDD, FOLDER
 from reasoncd.data.second import SECOND
 from reasoncd.data.synthetic import SYNTHETIC
+from reasoncd.exits import run_command
+from reasoncd.write_faults import WriteFault
 
 # One entry per data source (reasoncd/data/commands.py): its arguments and how it runs.
 SUBCOMMANDS = (BCDD, FOLDER, SECOND, SYNTHETIC)
@@ -54,8 +56,14 @@ def print_summary(summary: dict, output_dir: Path) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    return run_command(f"prepare_data.py {args.command}", lambda: prepare(args))
+
+
+def prepare(args: argparse.Namespace) -> int:
     try:
         summary = run(args)
+    except WriteFault:
+        raise  # said by run_command, with its own status
     except (ValueError, OSError) as error:  # PrepareError, ImageReadError and OutputDirError are ValueErrors
         print(f"prepare_data.py {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -56,19 +56,24 @@ DEFAULT_MAX_IMAGE_PIXELS = 2**28  # 268 million pixels, e.g. 16,384 x 16,384: 80
 MAX_IMAGE_PIXELS_VARIABLE = "REASONCD_MAX_IMAGE_PIXELS"
 
 
+def positive_setting(given, *, name: str, variable: str, default: int, unit: str, example: int) -> int:
+    """A limit: `given` when not None, else $`variable`, else `default`; a whole number of `unit` above 0."""
+    if given is not None:
+        if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+            raise ValueError(f"{name}={given!r}: expected a positive whole number of {unit}")
+        return given
+    value = os.environ.get(variable, "").strip().replace("_", "")
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{variable}={value!r}: expected a positive whole number of {unit}, e.g. {example}")
+    return int(value)
+
+
 def max_image_pixels(limit: int | None = None) -> int:
     """The pixel limit: `limit` when given, else $REASONCD_MAX_IMAGE_PIXELS, else DEFAULT_MAX_IMAGE_PIXELS."""
-    if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"max_image_pixels={limit!r}: expected a positive whole number of pixels")
-        return limit
-    value = os.environ.get(MAX_IMAGE_PIXELS_VARIABLE, "").strip().replace("_", "")
-    if not value:
-        return DEFAULT_MAX_IMAGE_PIXELS
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{MAX_IMAGE_PIXELS_VARIABLE}={value!r}: expected a positive whole number of pixels, "
-                         "e.g. 1000000000")
-    return int(value)
+    return positive_setting(limit, name="max_image_pixels", variable=MAX_IMAGE_PIXELS_VARIABLE,
+                            default=DEFAULT_MAX_IMAGE_PIXELS, unit="pixels", example=1000000000)
 
 
 def check_image_pixels(name: str, width: int, height: int, limit: int) -> None:

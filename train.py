@@ -25,12 +25,14 @@ from reasoncd.build import LOSS_OPTIONS, option_overrides, save_checkpoint
 from reasoncd.data.samples import SampleError, load_split
 from reasoncd.evaluation.evaluate import final_test
 from reasoncd.evaluation.figures import training_curves
+from reasoncd.exits import run_command
 from reasoncd.training.arguments import argument_problem, build_parser
 from reasoncd.training.checkpoints import resume_point
 from reasoncd.training.lora import apply_lora, trainable_parameter_groups
 from reasoncd.training.recipes import apply_recipe, prepare_quickstart_data
 from reasoncd.training.start import check_start, load_start_model
 from reasoncd.training.trainer import SaveOnInterrupt, load_unsharded, make_trainer, whole_parameters
+from reasoncd.write_faults import WriteFault
 
 REPO = Path(__file__).resolve().parent
 
@@ -47,12 +49,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    return run_command("train.py", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     try:
         output = check_start(args)
     except (ValueError, FileNotFoundError) as error:  # OutputDirError and CheckpointError are ValueErrors
         print(f"error: {error}", file=sys.stderr)
         return 2
+    with output:  # the folder's lock, held until the run ends (reasoncd/folder_lock.py)
+        return train(args, output)
+
+
+def train(args: argparse.Namespace, output) -> int:
     try:
         data_seed = args.seed if args.synthetic_seed is None else args.synthetic_seed
         data = prepare_quickstart_data(REPO, args.synthetic_pairs, data_seed) if args.quickstart else args.data
@@ -81,6 +92,15 @@ def main(argv=None) -> int:
     if interrupt.requested:
         print(f"stopped at step {trainer.state.global_step}; resume with --resume_from_checkpoint")
         return 130
+    try:
+        return finish(args, trainer, processor, train_samples, test_samples)
+    except WriteFault as error:  # the model or the figures: the run itself is safe in its checkpoints
+        raise error.adding(f"The checkpoints in {args.output_dir / 'checkpoints'} are intact: once there is space, "
+                           "run again with --resume_from_checkpoint to write the model and the metrics") from error
+
+
+def finish(args: argparse.Namespace, trainer, processor, train_samples, test_samples) -> int:
+    """After training: the curves, the merged model, and the final test's metrics, report and samples."""
     with whole_parameters(trainer.model):  # ZeRO-3: every process takes part in gathering the shards
         if trainer.is_world_process_zero():  # one process writes the model, the figures and the metrics
             training_curves(args.output_dir / "curves.png", trainer.state.log_history)

@@ -59,9 +59,19 @@ def save_checkpoint(model: ReasonCDForChangeDetection, processor: ReasonCDProces
     model.config.register_for_auto_class()
     model.register_for_auto_class("AutoModel")
     processor.register_for_auto_class("AutoProcessor")
-    with output.staged() as staging:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
+    try:
+        with output.staged(needed=weight_bytes(model)) as staging:
+            model.save_pretrained(staging)
+            processor.save_pretrained(staging)
+    finally:
+        if output is not output_dir:
+            output.release()
+
+
+def weight_bytes(model) -> int:
+    """What the model's weights take on disk as safetensors (tied weights counted once)."""
+    tensors = {(t.data_ptr(), t.numel()): t for t in model.state_dict().values()}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 # --- tiny preset -------------------------------------------------------------------------------------------------

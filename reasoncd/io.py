@@ -26,16 +26,27 @@ folder by one rename, an existing one entry by entry, so a failed run leaves the
 Commands that write as they go (train.py) call `claim()` instead of `staged()`. Long commands that can continue an
 interrupted run (predict_scene.py) call `resumable(signature)`: its work folder (`.NAME.resume`) outlives a failure,
 and the next run with the same signature continues in it.
+
+Faults around a correct command: an OutputDir takes the folder's lock as soon as it is checked (one command per
+folder, reasoncd/folder_lock.py; `staged` and `resumable` let go of it when they end, `with OutputDir(...) as
+output:` or `release()` otherwise), which also finds a destination that cannot be written before any work; a refused write (full disk, quota, read-only) is raised as a
+WriteFault saying what was kept (reasoncd/write_faults.py); putting outputs in place is never cut in half by SIGTERM
+(reasoncd/stopping.py).
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Iterator
+
+from reasoncd import folder_lock, stopping
+from reasoncd.write_faults import fault, folder_bytes, free_bytes, translated
 
 MARKER = ".reasoncd-output.json"
 RESUME_RECORD = "run.json"  # in a resumable work folder: the command and signature of the run it belongs to
@@ -56,15 +67,21 @@ def atomic_path(path) -> Iterator[Path]:
     never half of one. The file gets the permissions of any newly created file (0666 less the umask), not the
     owner-only mode of a temporary file, which a rename would keep."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.partial-", suffix=path.suffix)
-    os.close(handle)
-    os.chmod(temporary, 0o666 & ~_umask())
+    kept = f"{path} was left as it was" if path.exists() else "No part of it was kept"
+    temporary = None
     try:
-        yield Path(temporary)
-        os.replace(temporary, path)
+        with translated(path, kept=kept, within=(path.parent,),
+                        measure=lambda: folder_bytes(temporary) if temporary else 0):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.partial-",
+                                                 suffix=path.suffix)
+            os.close(handle)
+            os.chmod(temporary, 0o666 & ~_umask())
+            yield Path(temporary)
+            os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        if temporary:
+            Path(temporary).unlink(missing_ok=True)
         raise
 
 
@@ -113,6 +130,21 @@ def write_png_atomic(path, array, compress_level: int = 6) -> None:
         Image.fromarray(array).save(temporary, format="PNG", compress_level=compress_level)
 
 
+def check_file_destination(path, flag: str) -> None:
+    """Refuse (OutputDirError), before any work, a file destination whose folder cannot be written: a file is
+    created there and removed again, which a read-only file system or a missing permission refuses."""
+    path = Path(path)
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.stem}.probe-"):
+            pass
+    except OSError as error:
+        refused = fault(error, path, kept="Nothing was written", within=(folder,))
+        if refused is None:
+            raise
+        raise OutputDirError(f"{flag} {refused}") from None
+
+
 # ------------------------------------------------------------------------------------------------ output folders
 
 
@@ -159,6 +191,27 @@ def written_only_by(folder: Path, commands) -> bool:
     return bool(own) and set(recorded) <= set(commands) and present <= own
 
 
+def _remove(folder: Path) -> None:
+    """Delete a folder of this command's: renamed away first, so a kill never leaves it half-deleted under its name."""
+    trash = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f"{folder.name}.removing-"))
+    os.replace(folder, trash / folder.name)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _new_resume_folder(folder: Path, wanted: dict) -> None:
+    """A resumable work folder with its record, made whole beside and renamed into place: it never exists without
+    the record that says whose it is."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f"{folder.name}.partial-"))
+    try:
+        (building / "work").mkdir()
+        write_text_atomic(building / RESUME_RECORD, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
+        os.replace(building, folder)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+
+
 def _write_marker(folder: Path, outputs: dict[str, list[str]]) -> None:
     text = json.dumps({"about": "Entries that ReasonCD commands wrote here and may replace on their next run; "
                                 "they leave every other file alone.",
@@ -177,7 +230,7 @@ class OutputDir:
     entries: the names the command will write, when known beforehand: clashes are then reported before the work.
     """
 
-    def __init__(self, path, command: str, *, inputs=(), overwrite: bool = False, entries=()):
+    def __init__(self, path, command: str, *, inputs=(), overwrite: bool = False, entries=(), lock: bool = True):
         self.given = Path(path)
         self.path = self.given.resolve()
         self.command = command
@@ -185,6 +238,33 @@ class OutputDir:
         self.inputs = [Path(p).resolve() for p in inputs if p is not None]
         self.entries = set(entries)
         self.check()
+        self._release = lambda: None
+        if lock:  # lock=False: a process of a distributed launch other than the one that writes
+            holding = self._lock()
+            self._release = weakref.finalize(self, holding.release)
+        try:
+            self.check()  # again, now that no other command can be changing the folder
+        except BaseException:
+            self.release()
+            raise
+
+    def _lock(self) -> folder_lock.Holding:
+        """The folder's lock (reasoncd/folder_lock.py); creating it is also the first write beside the folder, so
+        a destination that cannot be written is refused here, before any work."""
+        try:
+            return folder_lock.hold(self.path, self.command, self.given)
+        except folder_lock.FolderLockError as error:
+            raise OutputDirError(str(error)) from None
+
+    def release(self) -> None:
+        """Let go of the folder's lock (also done when the object is collected, and at exit)."""
+        self._release()
+
+    def __enter__(self) -> "OutputDir":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
 
     # --- the rule -------------------------------------------------------------------------------------------------
     def check(self) -> None:
@@ -195,6 +275,9 @@ class OutputDir:
         if path.exists() and not path.is_dir():
             raise OutputDirError(f"{given} is a file, not a folder: give a new folder path for the outputs "
                                  "(the file was left as it is)")
+        if path.is_dir() and not os.access(path, os.W_OK):  # read-only file system, or no permission
+            raise OutputDirError(f"{given} cannot be written (a read-only file system, or no permission to write "
+                                 "there): choose an output folder you can write to")
         if not self.overwrite:
             cwd = Path.cwd().resolve()
             if path == cwd or path in cwd.parents:
@@ -251,18 +334,32 @@ class OutputDir:
         return replaced, dropped
 
     # --- writing --------------------------------------------------------------------------------------------------
+    def _as_it_was(self) -> str:
+        return f"{self.given} was left as it was" if self.path.exists() else f"Nothing was put at {self.given}"
+
     @contextlib.contextmanager
-    def staged(self):
+    def staged(self, needed: int | None = None):
         """A hidden folder beside the target to write the outputs into; put in place when the block succeeds,
-        removed when it fails."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-"))
-        os.chmod(staging, 0o777 & ~_umask())  # it becomes the output folder: a new folder's mode, not mkdtemp's 0700
+        removed when it fails; the folder's lock is let go either way. A refused write in the block is a WriteFault
+        about the target (`needed`: the bytes the outputs take, when known)."""
+        kept = f"{self._as_it_was()}, and the partial outputs were removed"
+        staging = None
         try:
-            yield staging
-            self._commit(staging)
+            with translated(self.given, kept=kept, needed=needed, within=(self.path.parent, self.path),
+                            measure=lambda: folder_bytes(staging) if staging else 0):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                free = free_bytes(self.path.parent)
+                if needed and free is not None and free < needed:  # refused before anything is written
+                    raise OSError(errno.ENOSPC, "not enough free space for the outputs")
+                staging = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-"))
+                os.chmod(staging, 0o777 & ~_umask())  # it becomes the output folder: a new folder's mode
+                stopping.set_note(f"{self._as_it_was()} (outputs appear only when complete)")
+                yield staging
+                self._commit(staging)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            self.release()  # the outputs are in place (or the folder as it was): the command is done with it
 
     @contextlib.contextmanager
     def resumable(self, signature: dict):
@@ -273,9 +370,8 @@ class OutputDir:
         run whose `signature` (the JSON-able inputs and settings that decide the outputs) is the same gets `work`
         back as it was left. A folder
         left by a run with another signature is emptied first; one without this command's own record is never
-        touched (an error). Removed once the outputs are in place.
+        touched (an error). Removed once the outputs are in place. The folder's lock is let go at the end.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         folder = self.path.parent / f".{self.path.name}.resume"
         record = folder / RESUME_RECORD
         wanted = {"command": self.command, "signature": signature}
@@ -290,25 +386,37 @@ class OutputDir:
                 if owner != self.command:
                     raise OutputDirError(f"{folder} was left by {owner or 'another program'}, not {self.command}: "
                                          "move it away, or remove it if it is not needed")
-                shutil.rmtree(folder)  # an interrupted run of this command with other inputs or settings
-        (folder / "work").mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(folder / "outputs", ignore_errors=True)  # outputs half-written when the last run stopped
-        (folder / "outputs").mkdir()
-        if not record.exists():
-            write_text_atomic(record, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
-        yield folder / "work", folder / "outputs"
-        self._commit(folder / "outputs")
-        shutil.rmtree(folder, ignore_errors=True)
+                _remove(folder)  # an interrupted run of this command with other inputs or settings
+        kept = (f"{self._as_it_was()}; the finished tiles are kept in {folder}, and running the same command again "
+                "continues from them")
+        try:
+            with translated(self.given, kept=kept, within=(self.path.parent, self.path)):
+                try:
+                    if not folder.exists():
+                        _new_resume_folder(folder, wanted)
+                    shutil.rmtree(folder / "outputs", ignore_errors=True)  # half-written when the last run stopped
+                    (folder / "outputs").mkdir()
+                    stopping.set_note(kept)
+                    yield folder / "work", folder / "outputs"
+                    self._commit(folder / "outputs")
+                except BaseException:
+                    shutil.rmtree(folder / "outputs", ignore_errors=True)  # rebuilt by the next run; frees the space
+                    raise
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            self.release()
 
     def _commit(self, staging: Path) -> None:
         names = {p.name for p in staging.iterdir()}
-        if not self.path.exists():
-            _write_marker(staging, {self.command: sorted(names)})
-            os.replace(staging, self.path)
-            return
-        self.check()  # the folder may have changed while the command worked
-        replaced, dropped = self._plan(names)
-        self._swap(staging, names, replaced + dropped)
+        with stopping.deferred():  # a stop signal waits until the outputs are in place (or the old ones back)
+            if not self.path.exists():
+                _write_marker(staging, {self.command: sorted(names)})
+                os.replace(staging, self.path)
+            else:
+                self.check()  # the folder may have changed while the command worked
+                replaced, dropped = self._plan(names)
+                self._swap(staging, names, replaced + dropped)
+            stopping.set_note(f"the outputs in {self.given} are complete")
 
     def _swap(self, staging: Path | None, names: set[str], retire: list[str]) -> None:
         """
@@ -351,4 +459,5 @@ class OutputDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.check()
         replaced, dropped = self._plan(self.entries)
-        self._swap(None, self.entries, replaced + dropped if start_over else [])
+        with stopping.deferred():
+            self._swap(None, self.entries, replaced + dropped if start_over else [])

@@ -79,7 +79,8 @@ def test_a_list_of_questions_gives_a_list(handler, pair):
 
 @pytest.mark.parametrize("change, message", [
     (lambda p: {"inputs": {"image_t2": p["image_t2"], "text": "roads"}}, "inputs.image_t1 is missing"),
-    (lambda p: {"inputs": {**p, "image_t2": "this is not base64!"}}, "inputs.image_t2 is not valid base64"),
+    (lambda p: {"inputs": {**p, "image_t2": "this is not base64!", "text": "roads"}},
+     "inputs.image_t2 is not valid base64"),
     (lambda p: {"inputs": {**p, "image_t2": base64.b64encode(b"plain text").decode(), "text": "roads"}},
      "image_t2: the 10 bytes given are not a readable image"),
     (lambda p: {"inputs": {**p, "image_t2": _b64(Image.new("RGB", (128, 256))), "text": "roads"}},
@@ -166,3 +167,75 @@ def test_concurrent_requests_get_the_answers_sequential_ones_get(handler):
     assert len(answered) == 64
     for index, answer in answered:
         assert answer == sequential[index], index  # the same text, PNG, fraction and confidences
+
+
+# ------------------------------------------------------------------------------------- requests bounded in work
+
+
+@pytest.fixture
+def nothing_decoded(monkeypatch):
+    """No base64 may be decoded (and no image opened) while the block runs: the limits must refuse first."""
+    import handler as handler_module
+
+    def decode(*args, **kwargs):
+        raise AssertionError("base64 was decoded before the request's limits were checked")
+
+    monkeypatch.setattr(handler_module.base64, "b64decode", decode)
+
+
+def test_a_100_mb_payload_is_refused_before_it_is_decoded(handler, pair, nothing_decoded):
+    huge = "A" * 100_000_000  # valid base64 of 75 MB
+    result = handler({"inputs": {**pair, "image_t2": huge, "text": "roads"}})
+    assert set(result) == {"error"}
+    size = len(pair["image_t1"]) + len(huge) + len("roads")
+    assert result["error"] == (f"the request brings {size:,} bytes of images and text, more than the limit of "
+                               "64,000,000 (max_request_bytes, or $REASONCD_MAX_REQUEST_BYTES): send smaller files "
+                               "(PNG or JPEG rather than uncompressed TIFF), or raise the limit")
+
+
+def test_ten_thousand_questions_are_refused_before_anything_is_decoded(handler, pair, nothing_decoded):
+    result = handler({"inputs": {**pair, "text": ["new buildings"] * 10_000}})
+    assert result == {"error": "the request asks 10,000 questions, more than the limit of 16 per request "
+                               "(max_questions, or $REASONCD_MAX_QUESTIONS): send them in several requests"}
+
+
+def test_max_new_tokens_at_the_limit_for_many_questions_is_refused(handler, pair, nothing_decoded):
+    result = handler({"inputs": {**pair, "text": ["roads"] * 5}, "parameters": {"max_new_tokens": 512}})
+    assert result == {"error": "the request may generate 5 questions x 512 max_new_tokens = 2,560 answer tokens, "
+                               "more than the limit of 2,048 per request (max_answer_tokens, or "
+                               "$REASONCD_MAX_ANSWER_TOKENS): ask fewer questions at once, or lower max_new_tokens"}
+
+
+def test_the_limits_are_configurable(exported, pair, monkeypatch):
+    strict = EndpointHandler(str(exported), max_questions=2, max_answer_tokens=4, max_request_bytes=400_000)
+    assert "more than the limit of 2 per request" in strict({"inputs": {**pair, "text": ["a", "b", "c"]}})["error"]
+    assert "more than the limit of 4 per request" in strict({"inputs": {**pair, "text": ["a", "b"]},
+                                                            "parameters": {"max_new_tokens": 3}})["error"]
+    answers = strict({"inputs": {**pair, "text": ["a", "b"]}, "parameters": {"max_new_tokens": 2}})
+    assert [a["raw_text"] for a in answers] == ["[SEG] [SEG]"] * 2
+    # Without its own limits the handler follows the endpoint's environment.
+    monkeypatch.setenv("REASONCD_MAX_REQUEST_BYTES", str(len(pair["image_t1"]) * 2))
+    relaxed = EndpointHandler(str(exported))
+    assert "more than the limit of" in relaxed({"inputs": {**pair, "text": "roads"}})["error"]
+    monkeypatch.setenv("REASONCD_MAX_QUESTIONS", "zero")
+    with pytest.raises(ValueError, match="REASONCD_MAX_QUESTIONS='zero'"):
+        EndpointHandler(str(exported))
+
+
+def test_oversized_requests_do_not_stop_normal_ones_being_answered(handler, pair):
+    normal = {"inputs": {**pair, "text": "new buildings"}, "parameters": {"max_new_tokens": 1}}
+    expected = handler(normal)
+    oversized = [{"inputs": {**pair, "image_t1": "A" * 70_000_000, "text": "roads"}},
+                 {"inputs": {**pair, "text": ["roads"] * 200}},
+                 {"inputs": {**pair, "text": ["roads"] * 8}, "parameters": {"max_new_tokens": 512}}]
+
+    def serve(k: int):
+        return k, handler(oversized[k // 2 % 3] if k % 2 else normal)
+
+    with ThreadPoolExecutor(6) as pool:
+        answered = list(pool.map(serve, range(24)))
+    for k, answer in answered:
+        if k % 2:
+            assert set(answer) == {"error"} and "more than the limit" in answer["error"]
+        else:
+            assert answer == expected

@@ -1,12 +1,19 @@
 """reasoncd.io: the one rule of every command's output folder, checked on its own."""
 import json
 import os
+import signal
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from fault_helpers import DiskFills, hold_lock_in_another_process, leftovers, no_space, read_only_folder
+from reasoncd import io as io_module
 from reasoncd.io import MARKER, OutputDir, OutputDirError, read_marker, record_outputs, written_only_by
+from reasoncd.stopping import Stopped, stoppable
+from reasoncd.write_faults import WriteFault
 
 
 def write(output: OutputDir, files: dict[str, str]) -> None:
@@ -23,7 +30,7 @@ def snapshot(folder) -> dict[str, bytes]:
 
 
 def no_leftovers(parent) -> bool:
-    return not [p for p in parent.iterdir() if ".partial-" in p.name or ".replaced-" in p.name]
+    return not leftovers(parent)
 
 
 def test_a_new_folder_is_written_whole_with_a_marker(tmp_path):
@@ -239,3 +246,145 @@ def test_files_and_folders_get_the_users_umask_not_a_temporary_files_mode(tmp_pa
     for path in (tmp_path / "summary.json", tmp_path / "mask.png", tmp_path / "out" / "metrics.json"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~umask
+
+
+# ----------------------------------------------------------------------------------- faults around a correct command
+
+
+def test_a_full_disk_while_writing_leaves_the_earlier_outputs_and_says_so(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    write(OutputDir(out, "demo.py"), {"a.txt": "old"})
+    before = snapshot(out)
+    with pytest.raises(WriteFault) as refused:
+        with OutputDir(out, "demo.py").staged() as staging:
+            (staging / "a.txt").write_text("x" * 5000)
+            raise no_space()  # the next write finds the disk full
+    message = str(refused.value)
+    assert message.startswith(f"{out}: could not be written: the disk is full (")
+    assert "at least 5.0 kB needed" in message and f"{out} was left as it was, and the partial outputs were " \
+                                                     "removed" in message
+    assert snapshot(out) == before and not leftovers(tmp_path)
+    write(OutputDir(out, "demo.py"), {"a.txt": "new"})  # once there is space, the same command starts cleanly
+    assert snapshot(out) == {"a.txt": b"new"}
+
+
+def test_a_full_disk_while_putting_outputs_in_place_undoes_the_swap(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    write(OutputDir(out, "demo.py"), {"a.txt": "old", "b.txt": "old"})
+    before = snapshot(out)
+    # The second entry's rename into the folder fails (a directory that cannot grow, say).
+    DiskFills(monkeypatch, io_module.os, "replace", no_space(), at=2,
+              when=lambda source, target: Path(target).parent == out)
+    with pytest.raises(WriteFault, match="the disk is full"):
+        write(OutputDir(out, "demo.py"), {"a.txt": "new", "b.txt": "new"})
+    assert snapshot(out) == before and read_marker(out) == {"demo.py": ["a.txt", "b.txt"]}
+    assert not leftovers(tmp_path)
+
+
+def test_outputs_larger_than_the_free_space_are_refused_before_anything_is_written(tmp_path):
+    output = OutputDir(tmp_path / "export", "export.py")
+    with pytest.raises(WriteFault) as refused:
+        with output.staged(needed=10**18):
+            raise AssertionError("not reached: nothing may be written")
+    assert "about 1000000000.0 GB needed" in str(refused.value)
+    assert not (tmp_path / "export").exists() and not leftovers(tmp_path)
+
+
+def test_a_full_disk_while_writing_one_file_keeps_the_previous_file(tmp_path, monkeypatch):
+    from reasoncd.io import write_png_atomic
+
+    path = tmp_path / "mask.png"
+    write_png_atomic(path, np.zeros((4, 4), bool))
+    before = path.read_bytes()
+    DiskFills(monkeypatch, Image.Image, "save", no_space())
+    with pytest.raises(WriteFault) as refused:
+        write_png_atomic(path, np.ones((4, 4), bool))
+    assert str(refused.value).startswith(f"{path}: could not be written: the disk is full (512 bytes free there)")
+    assert f"{path} was left as it was" in str(refused.value)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["mask.png"]
+
+
+def test_a_full_disk_keeps_a_resumable_run_s_work_for_the_next_run(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(WriteFault) as refused:
+        with OutputDir(out, "demo.py").resumable({"input": "a"}) as (work, outputs):
+            (work / "step-1").write_text("done")
+            (outputs / "result.tif").write_text("half")
+            raise no_space()
+    assert "the finished tiles are kept in" in str(refused.value) and "continues from them" in str(refused.value)
+    resume = tmp_path / ".out.resume"
+    assert (resume / "work" / "step-1").is_file() and not (resume / "outputs").exists()  # outputs freed
+    with OutputDir(out, "demo.py").resumable({"input": "a"}) as (work, outputs):
+        assert (work / "step-1").read_text() == "done"
+        (outputs / "result.tif").write_text("whole")
+    assert snapshot(out) == {"result.tif": b"whole"} and not leftovers(tmp_path)
+
+
+def test_a_resume_folder_is_never_left_without_its_record(tmp_path, monkeypatch):
+    # The record cannot be written: no resume folder at all is left, so the next run is not refused.
+    DiskFills(monkeypatch, io_module, "write_text_atomic", no_space())
+    with pytest.raises(WriteFault):
+        with OutputDir(tmp_path / "out", "demo.py").resumable({"input": "a"}):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    with OutputDir(tmp_path / "out", "demo.py").resumable({"input": "a"}) as (_, outputs):
+        (outputs / "result.txt").write_text("whole")
+    assert snapshot(tmp_path / "out") == {"result.txt": b"whole"}
+
+
+def test_a_stop_signal_while_outputs_are_put_in_place_waits_until_they_are(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    write(OutputDir(out, "demo.py"), {"a.txt": "old", "b.txt": "old"})
+    real_replace = os.replace
+
+    def replace(source, target):
+        if Path(target).parent == out and Path(target).name == "a.txt":
+            os.kill(os.getpid(), signal.SIGTERM)  # the scheduler's time limit, in the middle of the swap
+        return real_replace(source, target)
+
+    monkeypatch.setattr(io_module.os, "replace", replace)
+    with pytest.raises(Stopped):
+        with stoppable():
+            write(OutputDir(out, "demo.py"), {"a.txt": "new", "b.txt": "new"})
+    assert snapshot(out) == {"a.txt": b"new", "b.txt": b"new"} and not leftovers(tmp_path)
+
+
+def test_a_folder_another_live_command_writes_is_refused_at_once(tmp_path):
+    other = hold_lock_in_another_process(tmp_path / "out", "eval.py")
+    try:
+        with pytest.raises(OutputDirError, match=f"another ReasonCD command: eval.py \\(process {other.pid} on "):
+            OutputDir(tmp_path / "out", "eval.py")
+    finally:
+        other.stdin.close()
+        other.wait(timeout=30)
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+
+
+def test_the_lock_is_held_from_the_check_until_the_outputs_are_in_place(tmp_path):
+    output = OutputDir(tmp_path / "out", "demo.py")
+    assert (tmp_path / ".out.lock").is_file()
+    with output.staged() as staging:
+        (staging / "a.txt").write_text("1")
+    assert not (tmp_path / ".out.lock").exists()
+    with OutputDir(tmp_path / "out", "demo.py"):  # a command that ends before staging lets go too
+        assert (tmp_path / ".out.lock").is_file()
+    assert not leftovers(tmp_path)
+
+
+def test_a_destination_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    with read_only_folder(tmp_path / "disk") as disk:
+        for target in (disk / "out", disk):  # a new folder on it, or the read-only folder itself
+            with pytest.raises(OutputDirError, match="cannot be written|could not be written"):
+                OutputDir(target, "eval.py")
+        assert sorted(p.name for p in disk.iterdir()) == []
+
+
+def test_a_file_destination_in_a_read_only_folder_is_refused(tmp_path):
+    from reasoncd.io import check_file_destination
+
+    check_file_destination(tmp_path / "new" / "mask.png", "--out")  # a folder to be made is fine
+    assert not list(tmp_path.iterdir())
+    with read_only_folder(tmp_path / "disk") as disk:
+        with pytest.raises(OutputDirError, match=f"--out {disk / 'mask.png'}: could not be written: "):
+            check_file_destination(disk / "mask.png", "--out")

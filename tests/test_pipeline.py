@@ -2,6 +2,7 @@
 no more than `max_concurrent` requests decode at once, and images above the pixel limit are refused before they
 are decoded."""
 
+import contextlib
 import io
 import struct
 import threading
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import pipeline_reasoncd
 from pipeline_reasoncd import DEFAULT_MAX_CONCURRENT, ReasonCDChangeDetectionPipeline
 from helpers import image_pair, seg_tiny
 
@@ -146,3 +148,142 @@ def test_pillows_own_limit_is_reported_clearly(detector):
     with pytest.raises(ValueError, match=r"image_t2: the \d+ bytes given are refused by Pillow's decompression-bomb "
                                          r"limit .*PIL\.Image\.MAX_IMAGE_PIXELS"):
         detector({"image_t1": t1, "image_t2": _png_claiming(100_000, 100_000), "text": "roads"})
+
+
+# ------------------------------------------------------------------------------------- requests bounded in work
+
+
+@contextlib.contextmanager
+def nothing_decoded(monkeypatch):
+    """Within the block no image may be opened: a request's limits must refuse it first."""
+    def load_image(*args, **kwargs):
+        raise AssertionError("an image was opened before the request's limits were checked")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pipeline_reasoncd, "load_image", load_image)
+        yield
+
+
+def test_too_many_questions_are_refused_before_any_image_is_read(detector, monkeypatch):
+    t1, t2 = image_pair(32, 32, seed=0)
+    request = {"image_t1": _png(t1), "image_t2": _png(t2), "text": [f"question {k}" for k in range(10_000)]}
+    with nothing_decoded(monkeypatch), pytest.raises(ValueError, match=(
+            r"the request asks 10,000 questions, more than the limit of 16 per request \(max_questions, or "
+            r"\$REASONCD_MAX_QUESTIONS\): send them in several")):
+        detector(request)
+    monkeypatch.setenv("REASONCD_MAX_QUESTIONS", "1")  # the environment, read request by request
+    with nothing_decoded(monkeypatch), pytest.raises(ValueError, match="the request asks 2 questions, more than the "
+                                                                       "limit of 1"):
+        detector({**request, "text": ["roads", "water"]})
+    assert len(detector({"image_t1": t1, "image_t2": t2, "text": ["roads", "water"]}, max_new_tokens=1,
+                        max_questions=2)) == 2  # a call's own limit overrides it
+
+
+def test_answer_tokens_are_bounded_per_request(detector, monkeypatch):
+    t1, t2 = image_pair(32, 32, seed=0)
+    request = {"image_t1": t1, "image_t2": t2, "text": ["roads", "water", "new buildings"]}
+    with nothing_decoded(monkeypatch), pytest.raises(ValueError, match=(
+            r"the request may generate 3 questions x 3 max_new_tokens = 9 answer tokens, more than the limit of 8 "
+            r"per request \(max_answer_tokens")):
+        detector({**request, "image_t1": _png(t1)}, max_new_tokens=3, max_answer_tokens=8)
+    assert [len(a["raw_text"].split()) for a in detector(request, max_new_tokens=2, max_answer_tokens=6)] == [2] * 3
+    # Without max_new_tokens the checkpoint's default counts: the model's generation_config (64 here) x 3.
+    with pytest.raises(ValueError, match=r"3 questions x \d+ max_new_tokens"):
+        detector(request, max_answer_tokens=8)
+
+
+def test_a_request_bringing_too_many_bytes_is_refused_before_decoding(detector, monkeypatch):
+    big = b"\0" * 3000
+    with nothing_decoded(monkeypatch), pytest.raises(ValueError, match=(
+            r"the request brings 6,005 bytes of images and text, more than the limit of 5,000 \(max_request_bytes, "
+            r"or \$REASONCD_MAX_REQUEST_BYTES\)")):
+        detector({"image_t1": big, "image_t2": big, "text": "roads"}, max_request_bytes=5000)
+    monkeypatch.setenv("REASONCD_MAX_REQUEST_BYTES", "100")
+    t1, t2 = image_pair(32, 32, seed=0)
+    with pytest.raises(ValueError, match="more than the limit of 100"):
+        detector({"image_t1": _png(t1), "image_t2": _png(t2), "text": "roads"}, max_new_tokens=1)
+    # Arrays and files on disk bring no encoded bytes: the pixel limit bounds them.
+    assert detector({"image_t1": t1, "image_t2": t2, "text": "roads"}, max_new_tokens=1)["mask"].size == (32, 32)
+
+
+def test_a_download_stops_at_the_request_s_byte_limit(detector, monkeypatch):
+    import huggingface_hub
+
+    served = []
+
+    class Response:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def raise_for_status(self):
+            pass
+
+        def iter_bytes(self):
+            for _ in range(1000):  # a "100 MB" body, in 1,000-byte pieces
+                served.append(1000)
+                yield b"\0" * 1000
+
+    class Session:
+        def stream(self, method, url, **kwargs):
+            assert method == "GET"
+            return Response()
+
+    monkeypatch.setattr(huggingface_hub, "get_session", lambda: Session())
+    t1, _ = image_pair(32, 32, seed=0)
+    with pytest.raises(ValueError, match=r"image_t2: 'https://example.org/huge.tif' sends more than the 9,995 bytes "
+                                         r"left of the request's limit \(max_request_bytes"):
+        detector({"image_t1": t1, "image_t2": "https://example.org/huge.tif", "text": "roads"},
+                 max_request_bytes=10_000)
+    assert sum(served) <= 11_000  # the rest was never downloaded
+
+
+def test_bad_limits_are_refused_when_the_pipeline_is_made(detector, monkeypatch):
+    make = lambda **limits: ReasonCDChangeDetectionPipeline(  # noqa: E731
+        model=detector.model, processor=detector.processor, tokenizer=detector.processor.tokenizer, **limits)
+    with pytest.raises(ValueError, match="max_questions=0: expected a positive whole number of questions"):
+        make(max_questions=0)
+    monkeypatch.setenv("REASONCD_MAX_ANSWER_TOKENS", "many")
+    with pytest.raises(ValueError, match="REASONCD_MAX_ANSWER_TOKENS='many': expected a positive whole number of "
+                                         "tokens"):
+        make()
+    monkeypatch.delenv("REASONCD_MAX_ANSWER_TOKENS")
+    strict = make(max_questions=1)
+    t1, t2 = image_pair(32, 32, seed=0)
+    with pytest.raises(ValueError, match="the request asks 2 questions, more than the limit of 1"):
+        strict({"image_t1": t1, "image_t2": t2, "text": ["roads", "water"]}, max_new_tokens=1)
+
+
+def test_oversized_requests_are_refused_while_normal_ones_keep_being_answered(detector):
+    requests = _requests()
+    expected = [_comparable(detector(request, max_new_tokens=MAX_NEW_TOKENS)) for request in requests]
+    oversized = [{**requests[0], "text": ["roads"] * 1000},
+                 {**requests[1], "image_t1": b"\0" * 70_000_000}]  # above the default 64,000,000 bytes
+
+    def serve(thread: int):
+        if thread % 2:
+            request = oversized[thread // 2 % 2]
+            with pytest.raises(ValueError, match="more than the limit"):
+                detector(request, max_new_tokens=MAX_NEW_TOKENS)
+            return None
+        index = thread // 2 % len(requests)
+        return index, _comparable(detector(requests[index], max_new_tokens=MAX_NEW_TOKENS))
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        answered = [item for item in pool.map(serve, range(4 * THREADS)) if item is not None]
+    assert len(answered) == 2 * THREADS
+    for index, answers in answered:
+        assert answers == expected[index]
+
+
+def test_images_on_paths_with_spaces_and_non_ascii_names_are_read(detector, tmp_path):
+    t1, t2 = image_pair(32, 40, seed=2)
+    folder = tmp_path / "Zürich 2016 – 变化"
+    folder.mkdir()
+    Image.fromarray(t1).save(folder / "avant été.png")
+    Image.fromarray(t2).save(folder / "après été.png")
+    result = detector({"image_t1": str(folder / "avant été.png"), "image_t2": folder / "après été.png",
+                       "text": "neue Gebäude"}, max_new_tokens=1)
+    assert result["mask"].size == (40, 32)

@@ -25,6 +25,7 @@ from PIL import Image
 from reasoncd.data.commands import Subcommand
 from reasoncd.data.questions import CLASSES
 from reasoncd.data.second import SECOND_COLOURS, UNCHANGED_COLOUR
+from reasoncd.folder_lock import hold
 from reasoncd.io import record_outputs, write_png_atomic
 
 WATER, GROUND, LOW_VEGETATION, TREE, BUILDING, PLAYGROUND = range(len(CLASSES))
@@ -588,25 +589,29 @@ def generate_second_layout(out_dir, n_pairs: int, *, seed: int = 0, size: int = 
     """
     out_dir = Path(out_dir)
     folders = {name: out_dir / name for name in ("im1", "im2", "label1", "label2")}
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    record_outputs(out_dir, GENERATOR, folders)  # so a clean-up can tell this folder from a user's
-    indices = range(n_pairs)
-    if progress:
-        try:
-            from tqdm.auto import tqdm
+    lock = hold(out_dir, GENERATOR)  # one generator per folder; released however this ends
+    try:
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        record_outputs(out_dir, GENERATOR, folders)  # so a clean-up can tell this folder from a user's
+        indices = range(n_pairs)
+        if progress:
+            try:
+                from tqdm.auto import tqdm
 
-            indices = tqdm(indices, desc="synthetic pairs")
-        except ImportError:
-            pass
-    for index in indices:
-        name = f"{index:05d}.png"
-        if all((folder / name).is_file() for folder in folders.values()):
-            continue
-        pair = synthesize_pair(index, seed=seed, size=size)
-        for key, array in (("im1", pair.image1), ("im2", pair.image2), ("label1", pair.label1),
-                           ("label2", pair.label2)):
-            write_png_atomic(folders[key] / name, array, compress_level=1)
+                indices = tqdm(indices, desc="synthetic pairs")
+            except ImportError:
+                pass
+        for index in indices:
+            name = f"{index:05d}.png"
+            if all((folder / name).is_file() for folder in folders.values()):
+                continue
+            pair = synthesize_pair(index, seed=seed, size=size)
+            for key, array in (("im1", pair.image1), ("im2", pair.image2), ("label1", pair.label1),
+                               ("label2", pair.label2)):
+                write_png_atomic(folders[key] / name, array, compress_level=1)
+    finally:
+        lock.release()
     return out_dir
 
 

@@ -51,10 +51,11 @@ def evaluate(*, output_dir: Path, overwrite: bool = False, model: Path | None = 
     """
     inputs = [model, data, pred_dir, label_dir, t1_dir, t2_dir]
     # Before any work: a folder eval.py may not write (a training run, the model, ...) is refused now.
-    output = OutputDir(output_dir, COMMAND, inputs=inputs, overwrite=overwrite)
-    if pred_dir:
-        return evaluate_predictions(output, pred_dir, label_dir, t1_dir=t1_dir, t2_dir=t2_dir, threshold=threshold)
-    return evaluate_model(output, model, data, threshold=threshold, **model_options)
+    with OutputDir(output_dir, COMMAND, inputs=inputs, overwrite=overwrite) as output:
+        if pred_dir:
+            return evaluate_predictions(output, pred_dir, label_dir, t1_dir=t1_dir, t2_dir=t2_dir,
+                                        threshold=threshold)
+        return evaluate_model(output, model, data, threshold=threshold, **model_options)
 
 
 # ---------------------------------------------------------------------------------------------------- model mode

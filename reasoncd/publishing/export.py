@@ -28,37 +28,41 @@ def export_model(*, run: Path, output_dir: Path, overwrite: bool = False, push_t
     source = resolve_source(run, adapter_only)
     # Checked before the model loads: the run, its model and any base model are inputs that are never touched.
     inputs = [run, source.path, base_model, metrics or source.metrics]
-    output = OutputDir(output_dir, COMMAND, inputs=inputs, overwrite=overwrite)
-    figures = read_metrics(metrics or source.metrics)
-    # The card's usage snippets name the Hub repository; without --push_to_hub a placeholder the owner edits.
-    repo_id = push_to_hub or f"your-org/{output_dir.resolve().name}"
-    datasets = list(dataset)
+    with OutputDir(output_dir, COMMAND, inputs=inputs, overwrite=overwrite) as output:
+        figures = read_metrics(metrics or source.metrics)
+        # The card's usage snippets name the Hub repository; without --push_to_hub a placeholder the owner edits.
+        repo_id = push_to_hub or f"your-org/{output_dir.resolve().name}"
+        datasets = list(dataset)
 
-    if adapter_only:
-        from configuration_reasoncd import ReasonCDConfig
-        from processing_reasoncd import ReasonCDProcessor
+        if adapter_only:
+            from configuration_reasoncd import ReasonCDConfig
+            from processing_reasoncd import ReasonCDProcessor
 
-        folder = processor_folder(source, base_model)
-        processor = ReasonCDProcessor.from_pretrained(folder, trust_remote_code=True)
-        config = ReasonCDConfig.from_pretrained(folder)
-        card = build_card(config=config, processor=processor, repo_id=repo_id, metrics=figures, datasets=datasets,
-                          base_ids=card_base_models or base_models(config), parameters=None,
-                          adapter_base=base_model_id)
-        with output.staged() as staging:
-            write_adapter_export(source, processor, staging, base_model_id)
-            card.save(staging / "README.md")
-    else:
-        handler_file()  # a missing handler stops the export before the model is loaded
-        model, processor = load_source(source, base_model)
-        card = build_card(config=model.config, processor=processor, repo_id=repo_id, metrics=figures,
-                          datasets=datasets, base_ids=card_base_models or base_models(model.config),
-                          parameters=model.num_parameters())
-        with output.staged() as staging:
-            write_full_export(model, processor, staging, max_shard_size=max_shard_size, max_new_tokens=max_new_tokens)
-            card.save(staging / "README.md")
+            folder = processor_folder(source, base_model)
+            processor = ReasonCDProcessor.from_pretrained(folder, trust_remote_code=True)
+            config = ReasonCDConfig.from_pretrained(folder)
+            card = build_card(config=config, processor=processor, repo_id=repo_id, metrics=figures,
+                              datasets=datasets, base_ids=card_base_models or base_models(config), parameters=None,
+                              adapter_base=base_model_id)
+            with output.staged() as staging:
+                write_adapter_export(source, processor, staging, base_model_id)
+                card.save(staging / "README.md")
+        else:
+            from reasoncd.build import weight_bytes
+
+            handler_file()  # a missing handler stops the export before the model is loaded
+            model, processor = load_source(source, base_model)
+            card = build_card(config=model.config, processor=processor, repo_id=repo_id, metrics=figures,
+                              datasets=datasets, base_ids=card_base_models or base_models(model.config),
+                              parameters=model.num_parameters())
+            with output.staged(needed=weight_bytes(model)) as staging:
+                write_full_export(model, processor, staging, max_shard_size=max_shard_size,
+                                  max_new_tokens=max_new_tokens)
+                card.save(staging / "README.md")
     written = read_marker(output_dir)[COMMAND]
     print(f"exported {source.path} to {output_dir}: {', '.join(written)}")
 
     if push_to_hub:
         print(f"pushed to {push(output_dir, push_to_hub, private)}")
     return written
+

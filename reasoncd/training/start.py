@@ -2,6 +2,7 @@
 checkpoint, the LoRA targets against the language model's layers, the checkpoint to resume from, the output
 folder), then the starting model."""
 
+import os
 from pathlib import Path
 
 import torch
@@ -73,8 +74,9 @@ def check_start(args) -> OutputDir:
                          f"are {', '.join(sorted(names))}")
     check_resume_checkpoint(args.resume_from_checkpoint)
     try:
+        # One process of a distributed launch writes the folder, and holds its lock.
         output = OutputDir(args.output_dir, "train.py", inputs=[args.data, args.model], overwrite=args.overwrite,
-                           entries=TRAIN_ENTRIES)
+                           entries=TRAIN_ENTRIES, lock=os.environ.get("RANK", "0") == "0")
     except OutputDirError as error:
         if args.resume_from_checkpoint and not args.overwrite:  # e.g. a run from before folders were marked
             raise OutputDirError(f"{error}; with --resume_from_checkpoint, --overwrite removes nothing") from None

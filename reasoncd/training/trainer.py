@@ -16,9 +16,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 from reasoncd.evaluation.scoring import (batch_counterfactual, batches_by_pair, encode_batch, question_use_figures,
                                          score, seg_decided_teacher_forced)
 from reasoncd.training.arguments import training_arguments
-from reasoncd.training.checkpoints import STAGING, clear_staging, publish, retire, write_manifest
+from reasoncd.training.checkpoints import (STAGING, clear_staging, last_complete_checkpoint, publish, retire,
+                                          write_manifest)
 from reasoncd.training.dataset import ReasonCDCollator, as_dataset
 from reasoncd.training.feature_cache import FrozenFeatureCache
+from reasoncd.write_faults import WriteFault, folder_bytes, translated
 
 
 class SaveOnInterrupt(TrainerCallback):
@@ -68,8 +70,23 @@ class ReasonCDTrainer(Trainer):
         return os.path.join(run_dir, STAGING) if self._staging else run_dir
 
     def _save_checkpoint(self, model, trial) -> None:
+        """Saves as the Trainer does, staged and published whole; a full disk (or any refused write) clears what
+        was staged, frees its space, and says which earlier checkpoint a run can continue from."""
         run_dir = Path(super()._get_output_dir(trial))
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        earlier = last_complete_checkpoint(run_dir)[0]
+        kept = ("The earlier checkpoints are intact: " + (f"continue from {earlier.name} with --resume_from_checkpoint"
+                                                          if earlier else "there were none yet"))
+        try:
+            with translated(run_dir / name, kept=kept, within=(run_dir,),
+                            measure=lambda: folder_bytes(run_dir / STAGING)):
+                self._save_staged_checkpoint(model, trial, run_dir, name)
+        except WriteFault:
+            if self.args.process_index == 0:
+                clear_staging(run_dir)
+            raise
+
+    def _save_staged_checkpoint(self, model, trial, run_dir: Path, name: str) -> None:
         if self.args.process_index == 0:
             clear_staging(run_dir)  # a save or deletion that a kill interrupted
         self.accelerator.wait_for_everyone()

@@ -1,0 +1,47 @@
+"""reasoncd.exits: every command ends a refused write with status 3 and a stop signal with 128 + its number, each
+with one line that says what happened and where the outputs stand."""
+import errno
+import os
+import signal
+
+from reasoncd import stopping
+from reasoncd.exits import REFUSED, WRITE_REFUSED, run_command
+from reasoncd.write_faults import fault
+
+
+def test_the_work_s_own_status_is_the_command_s(capsys):
+    assert run_command("demo.py", lambda: 0) == 0
+    assert run_command("demo.py", lambda: REFUSED) == 2
+    assert capsys.readouterr().err == ""
+
+
+def test_a_refused_write_ends_with_status_3_and_its_message(capsys):
+    def work():
+        raise fault(OSError(errno.ENOSPC, "No space left on device"), "runs/eval", kept="runs/eval was left as it was")
+
+    assert run_command("eval.py", work) == WRITE_REFUSED == 3
+    err = capsys.readouterr().err
+    assert err.startswith("eval.py: error: runs/eval: could not be written: the disk is full (")
+    assert "runs/eval was left as it was" in err
+
+
+def test_sigterm_ends_with_status_143_and_says_where_the_outputs_stand(capsys):
+    def work():
+        stopping.set_note("runs/eval was left as it was (outputs appear only when complete)")
+        os.kill(os.getpid(), signal.SIGTERM)
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_command("eval.py", work) == 143
+    assert capsys.readouterr().err == ("eval.py: stopped by SIGTERM: runs/eval was left as it was (outputs appear "
+                                       "only when complete)\n")
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored for whatever runs next
+
+
+def test_a_stop_before_any_output_says_so(capsys):
+    def work():
+        os.kill(os.getpid(), signal.SIGINT)
+        return 0
+
+    assert run_command("export.py", work) == 130
+    assert capsys.readouterr().err == "export.py: stopped by SIGINT: nothing was written\n"

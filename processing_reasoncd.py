@@ -430,17 +430,18 @@ class ReasonCDProcessor(ProcessorMixin):
             decoded.append(targets)
         return decoded
 
+    def post_process_targets(self, target_masks, target_present, reshaped_sizes, target_sizes) -> list[list]:
+        """Every target's low-res logits `(B, K, h, w)` (present where `target_present` `(B, K)`) -> per row, the
+        bool masks of its targets at the row's `(height, width)`, in order."""
+        return [[mask.cpu().numpy() for mask, _ in targets]
+                for targets in self._decode_targets(target_masks, target_present, reshaped_sizes, target_sizes)]
+
     def post_process_masks(self, pred_masks, seg_present, reshaped_sizes, target_sizes) -> list[np.ndarray]:
         """Low-res logits -> bool masks of each row's `(height, width)`, empty where no `[SEG]`: `(B, h, w)` with
         `seg_present` `(B,)`, or every target's `(B, K, h, w)` with `(B, K)`, whose union each row's mask is."""
-        masks = []
-        for (height, width), targets in zip(target_sizes, self._decode_targets(pred_masks, seg_present,
-                                                                                reshaped_sizes, target_sizes)):
-            union = np.zeros((height, width), dtype=bool)
-            for mask, _ in targets:
-                union |= mask.cpu().numpy()
-            masks.append(union)
-        return masks
+        return [np.logical_or.reduce(targets) if targets else np.zeros(size, dtype=bool)
+                for size, targets in zip(target_sizes, self.post_process_targets(pred_masks, seg_present,
+                                                                                 reshaped_sizes, target_sizes))]
 
     def post_process_generation(self, outputs, target_sizes=None) -> list[dict]:
         """

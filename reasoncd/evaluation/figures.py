@@ -20,9 +20,10 @@ from reasoncd.io import atomic_path  # noqa: E402
 CHANGE_COLOUR = np.array([255, 40, 40], dtype=np.float32)
 # One colour per target of an answer about several changes (red first, as a single change), in [SEG] order;
 # chosen to stay apart for the common colour-vision deficiencies. Later targets reuse them.
-TARGET_COLOURS = np.array([(255, 40, 40), (40, 120, 255), (255, 200, 0), (200, 60, 255), (0, 220, 200),
+TARGET_COLOURS = np.array([(255, 40, 40), (40, 120, 255), (255, 200, 0), (200, 60, 255), (40, 220, 80),
                            (255, 140, 0)], dtype=np.float32)
-TARGET_COLOUR_NAMES = ("red", "blue", "yellow", "purple", "turquoise", "orange")
+TARGET_COLOUR_NAMES = ("red", "blue", "yellow", "purple", "green", "orange")
+TARGET_SWATCHES = ("🟥", "🟦", "🟨", "🟪", "🟩", "🟧")  # the same colours in text (the app's legend)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> np.ndarray:
@@ -33,6 +34,11 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> np.ndar
 def target_colour(index: int) -> np.ndarray:
     """The colour (RGB, 0-255) of an answer's target `index`."""
     return TARGET_COLOURS[index % len(TARGET_COLOURS)]
+
+
+def target_legend(index: int) -> str:
+    """The colour of target `index` in text: its swatch and its name."""
+    return f"{TARGET_SWATCHES[index % len(TARGET_SWATCHES)]} {TARGET_COLOUR_NAMES[index % len(TARGET_COLOUR_NAMES)]}"
 
 
 def overlay_targets(image: np.ndarray, masks: list[np.ndarray], alpha: float = 0.55) -> np.ndarray:

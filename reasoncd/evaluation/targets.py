@@ -18,9 +18,9 @@ check that the masks agree with the words, by mask overlap (largest IoU first, e
   different region: is it closer (IoU) to its own truth?
 """
 
-from reasoncd.evaluation.metrics import ChangeMetrics, Steering, mask_iou
-
 import numpy as np
+
+from reasoncd.evaluation.metrics import ChangeMetrics, Steering, mask_iou
 
 
 def normalise_label(label: str) -> str:

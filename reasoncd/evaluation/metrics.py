@@ -15,6 +15,9 @@ Degenerate cases follow scikit-learn with ``zero_division=0`` so the figures can
   names because the reasoning-segmentation literature quotes it as cIoU); 0.0 when the total union is empty.
 
 Counts are Python integers, so sums over thousands of 30,000-pixel-wide mosaics cannot overflow.
+
+`Steering` compares a mask with its own truth and with other changes' truths (whether the mask follows what was
+asked); the scoring of single questions and of questions about several changes both use it.
 """
 from __future__ import annotations
 

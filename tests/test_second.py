@@ -271,3 +271,12 @@ def test_refuses_an_output_folder_that_holds_the_input(tmp_path):
     with pytest.raises(ValueError, match=f"holds this command's input {root}"):
         convert_second(root, tmp_path, progress=False)
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_a_negative_count_of_questions_about_several_changes_is_refused(tmp_path):
+    from reasoncd.data.samples import PrepareError
+
+    root = _make_second(tmp_path / "SECOND")
+    with pytest.raises(PrepareError, match="multi_per_pair must be >= 0, got -1"):
+        convert_second(root, tmp_path / "out", multi_per_pair=-1, progress=False)
+    assert not (tmp_path / "out").exists()

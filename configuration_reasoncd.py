@@ -207,7 +207,8 @@ class ReasonCDConfig(PretrainedConfig):
         mask_conditioning (`str`): `"sparse"` (the paper: the projected `[SEG]` state is SAM's sparse prompt) or
             `"film"` (also scale and shift each channel of the fused image embedding by the `[SEG]` state).
         other_change_bce_weight (`float`): BCE weight of pixels that changed for another question about the same
-            pair but not for this one (the pixels a question-blind mask gets wrong); 1.0 weighs them as any other.
+            pair, or for another target of the same answer, but not for this one (the pixels a question-blind mask
+            gets wrong); 1.0 weighs them as any other.
         change_tokens (`bool`): add the fused change embedding of the fusion module, pooled to CLIP's patch grid
             and projected, to the later image's tokens, so the language model sees what changed (and decides
             whether the change of interest is there) with the features the mask path learns.

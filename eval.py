@@ -13,8 +13,8 @@ train/ val/ test/ folders, otherwise all of its pairs.
 
 Outputs in --output_dir, written all at once after every input has been checked: `metrics.json` (F1, precision,
 recall, OA, IoU, kappa from the global confusion matrix with change = positive, gIoU, cIoU, the counts; in model
-mode also per question kind, text figures, steering, question sensitivity, the counterfactual F1 drop and the
-fidelity score), `report.md`, `per_sample.json`, `panels/{best,median,worst}.png` (by IoU) and, in model mode,
+mode also per question kind, text figures, steering, question sensitivity, the counterfactual F1 drop, the
+fidelity score and, for questions about several changes, their per-target figures under `multi_target`), `report.md`, `per_sample.json`, `panels/{best,median,worst}.png` (by IoU) and, in model mode,
 `predictions/<sample>.png` (0/255, the input's size).
 Bad input: a message on stderr, exit code 2 and no output. --output_dir must be new, empty or an earlier eval.py
 output (see reasoncd/io.py; --overwrite writes beside other files, replacing only eval.py's own).

@@ -1,4 +1,4 @@
-"""ReasonCD's answer generation: greedy decoding with the KV cache, then one mask per answer.
+"""ReasonCD's answer generation: greedy decoding with the KV cache, then one mask per `[SEG]` of each answer.
 
 A mixin of `ReasonCDForChangeDetection` (modeling_reasoncd.py), kept apart so the model file reads as the paper's
 architecture. Several questions about one pair share its encoding and the prompt prefix up to the question; each
@@ -24,14 +24,21 @@ class ReasonCDGenerateOutput(ModelOutput):
         sequences (`torch.LongTensor` of shape `(B, T)`): the generated token ids (prompt excluded), padded with
             `pad_token_id` after `</s>`.
         pred_masks (`torch.FloatTensor` of shape `(B, h_low, w_low)`): low-resolution change logits in SAM's padded
-            frame; zeros where `seg_present` is False.
+            frame of each answer's first `[SEG]`; zeros where `seg_present` is False.
         seg_present (`torch.BoolTensor` of shape `(B,)`): whether the answer holds a `[SEG]` token.
-        seg_hidden_states (`torch.FloatTensor` of shape `(B, hidden_size)`): the state that predicted `[SEG]`.
-        seg_probabilities (`torch.FloatTensor` of shape `(B,)`): where `seg_present`, the probability the language
-            model gave `[SEG]` at the step that emitted it; elsewhere the highest probability `[SEG]` had at any
-            step of the answer (up to and including the one that emitted `</s>`): how close the model came to
-            pointing at a mask. Read off the model's own next-token distribution (softmax of its logits, before
-            logits processors or `min_new_tokens`), so a forced answer still reports what the model believed.
+        seg_hidden_states (`torch.FloatTensor` of shape `(B, hidden_size)`): the state that predicted the first
+            `[SEG]`.
+        seg_probabilities (`torch.FloatTensor` of shape `(B,)`): where `seg_present`, the lowest probability the
+            language model gave `[SEG]` at a step that emitted one (for one `[SEG]`, that step's); elsewhere the
+            highest probability `[SEG]` had at any step of the answer (up to and including the one that emitted
+            `</s>`): how close the model came to pointing at a mask. Read off the model's own next-token
+            distribution (softmax of its logits, before logits processors or `min_new_tokens`), so a forced answer
+            still reports what the model believed.
+        target_masks (`torch.FloatTensor` of shape `(B, K, h_low, w_low)`): the logits of every `[SEG]` of each
+            answer before `</s>`, in order (K: the most any answer holds, at least 1); zeros where not present.
+        target_present (`torch.BoolTensor` of shape `(B, K)`): whether answer b holds a (k+1)-th `[SEG]`.
+        target_hidden_states (`torch.FloatTensor` of shape `(B, K, hidden_size)`): the state that predicted each.
+        target_seg_probabilities (`torch.FloatTensor` of shape `(B, K)`): the probability of each emitted `[SEG]`.
         reshaped_sizes (`torch.LongTensor` of shape `(B, 2)`): each input's size after SAM's longest-side resize.
         image_sizes (`torch.LongTensor` of shape `(B, 2)`): each input's original `(height, width)`.
         presence_probabilities (`torch.FloatTensor` of shape `(B,)`, *optional*): with `presence_head`, the head's
@@ -46,6 +53,23 @@ class ReasonCDGenerateOutput(ModelOutput):
     reshaped_sizes: torch.LongTensor | None = None
     image_sizes: torch.LongTensor | None = None
     presence_probabilities: torch.FloatTensor | None = None
+    target_masks: torch.FloatTensor | None = None
+    target_present: torch.BoolTensor | None = None
+    target_hidden_states: torch.FloatTensor | None = None
+    target_seg_probabilities: torch.FloatTensor | None = None
+
+
+def seg_token_positions(is_seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Where each row's `[SEG]` tokens are (`is_seg` `(B, T)` bool), in order: positions `(B, K)` (0 where the row has
+    fewer) and present flags `(B, K)`, K the most any row holds (at least 1, so a batch without `[SEG]` keeps one
+    column). Teacher forcing and generation both find their states with it.
+    """
+    width = max(int(is_seg.sum(dim=1).max()) if is_seg.numel() else 0, 1)
+    rank = is_seg.long().cumsum(dim=1)  # the k-th [SEG] of a row has rank k
+    ranks = torch.arange(1, width + 1, device=is_seg.device)
+    hits = is_seg[:, None, :] & (rank[:, None, :] == ranks[None, :, None])  # (B, K, T)
+    return hits.float().argmax(dim=2), hits.any(dim=2)
 
 
 def _per_row(per_pair_or_row: torch.Tensor | None, pair_index: torch.Tensor) -> torch.Tensor | None:
@@ -101,7 +125,7 @@ class ReasonCDGenerationMixin:
         **generate_kwargs,
     ) -> ReasonCDGenerateOutput:
         """
-        Greedy decoding with the KV cache, then one mask per sample from the state that predicted `[SEG]`.
+        Greedy decoding with the KV cache, then one mask per `[SEG]` of each answer from the state that predicted it.
 
         The images of each pair are encoded once, however many questions (rows) refer to it via `pair_index`.
         With `share_prefix`, the prompt up to the question (task sentence and both images' tokens, most of the
@@ -162,20 +186,22 @@ class ReasonCDGenerationMixin:
             # logits[j] are the unprocessed scores of step j.
             step_seg_probabilities = seg_token_probability(torch.stack(generated.logits, dim=1),
                                                            self.config.seg_token_id)
-        seg_present, seg_hidden, seg_probabilities = self._seg_states_generated(sequences, step_states,
-                                                                                step_seg_probabilities)
-        if bool(seg_present.any()):
+        target_present, target_hidden, target_probabilities, seg_probabilities = self._seg_states_generated(
+            sequences, step_states, step_seg_probabilities)
+        if bool(target_present.any()):
             if mask_embeds is None:
                 mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
-            pred_masks = self._masks_for_rows(mask_embeds, pair_index, seg_present, seg_hidden)
+            target_masks = self._masks_for_targets(mask_embeds, pair_index, target_present, target_hidden)
         else:  # every answer says the change is absent: no need to run the fusion module and decoder
             side = self.config.sam_config.low_res_mask_size
-            pred_masks = seg_hidden.new_zeros(seg_present.shape[0], side, side)
+            target_masks = target_hidden.new_zeros(*target_present.shape, side, side)
         return ReasonCDGenerateOutput(
-            sequences=sequences, pred_masks=pred_masks, seg_present=seg_present, seg_hidden_states=seg_hidden,
-            seg_probabilities=seg_probabilities, reshaped_sizes=_per_row(reshaped_sizes, pair_index),
-            image_sizes=_per_row(image_sizes, pair_index),
+            sequences=sequences, pred_masks=target_masks[:, 0], seg_present=target_present[:, 0],
+            seg_hidden_states=target_hidden[:, 0], seg_probabilities=seg_probabilities,
+            reshaped_sizes=_per_row(reshaped_sizes, pair_index), image_sizes=_per_row(image_sizes, pair_index),
             presence_probabilities=None if presence is None else presence.probabilities,
+            target_masks=target_masks, target_present=target_present, target_hidden_states=target_hidden,
+            target_seg_probabilities=target_probabilities,
         )
 
     def _shared_prefix_length(self, input_ids, attention_mask) -> int:
@@ -296,20 +322,21 @@ class ReasonCDGenerationMixin:
 
     def _seg_states_generated(self, sequences, step_states, step_seg_probabilities):
         """
-        First `[SEG]` before `</s>` in each generated row, the state that predicted it and `[SEG]`'s probability
-        there; for a row without `[SEG]`, `[SEG]`'s highest probability over the row's steps up to its `</s>`.
+        Every `[SEG]` before `</s>` in each generated row, in order: present flags `(B, K)`, the states that
+        predicted them `(B, K, hidden)` and `[SEG]`'s probability at each `(B, K)`; and per row `(B,)` the lowest of
+        those, or, for a row without `[SEG]`, `[SEG]`'s highest probability over its steps up to its `</s>`.
         """
         ends = (sequences == self.config.eos_token_id).long().cumsum(dim=1)
-        is_seg = (sequences == self.config.seg_token_id) & (ends == 0)
-        seg_present = is_seg.any(dim=1)
-        step = is_seg.float().argmax(dim=1)
-        rows = torch.arange(sequences.shape[0], device=sequences.device)
-        seg_hidden = step_states[rows, step] * seg_present.unsqueeze(-1).to(step_states.dtype)
+        steps, target_present = seg_token_positions((sequences == self.config.seg_token_id) & (ends == 0))
+        rows = torch.arange(sequences.shape[0], device=sequences.device)[:, None]
+        target_hidden = step_states[rows, steps] * target_present.unsqueeze(-1).to(step_states.dtype)
+        target_probabilities = step_seg_probabilities[rows, steps].masked_fill(~target_present, 0.0)
         # Steps up to and including the first `</s>` (the steps after it only pad a finished row).
         answered = (ends - (sequences == self.config.eos_token_id).long()) == 0
         highest = step_seg_probabilities.masked_fill(~answered, 0.0).amax(dim=1)
-        seg_probabilities = torch.where(seg_present, step_seg_probabilities[rows, step], highest)
-        return seg_present, seg_hidden, seg_probabilities
+        lowest_emitted = target_probabilities.masked_fill(~target_present, float("inf")).amin(dim=1)
+        seg_probabilities = torch.where(target_present[:, 0], lowest_emitted, highest)
+        return target_present, target_hidden, target_probabilities, seg_probabilities
 
 
 class _PresenceDecision:

@@ -6,7 +6,11 @@ Request:
 Response per question:
     {"text": "It's the new buildings.", "raw_text": "It's the new buildings [SEG].",
      "mask": "<base64 PNG, 0/255, the input size>", "changed_fraction": 0.031, "width": W, "height": H,
-     "mask_confidence": 0.87, "seg_probability": 0.98}
+     "mask_confidence": 0.87, "seg_probability": 0.98,
+     "targets": [{"label": "new buildings", "mask": "<base64 PNG>", "changed_fraction": 0.031,
+                  "mask_confidence": 0.87, "seg_probability": 0.98}]}
+(`targets`: one per `[SEG]` of the answer, each with its own mask; an answer about several changes names each, and
+`mask` is their union)
 a list of them for a list of questions, or {"error": "..."} for a request that cannot be answered (an image of
 more than REASONCD_MAX_IMAGE_PIXELS pixels among them, checked from its header before it is decoded).
 
@@ -138,6 +142,13 @@ class EndpointHandler:
     @staticmethod
     def _serialise(result: dict) -> dict:
         mask = result["mask"]
-        return {"text": result["text"], "raw_text": result["raw_text"], "mask": encode_png(mask),
-                "changed_fraction": result["changed_fraction"], "width": mask.width, "height": mask.height,
-                "mask_confidence": result.get("mask_confidence"), "seg_probability": result.get("seg_probability")}
+        return {"text": result["text"], "raw_text": result["raw_text"], **_mask_fields(result),
+                "width": mask.width, "height": mask.height,
+                "targets": [{"label": target["label"], **_mask_fields(target)}
+                            for target in result.get("targets", [])]}
+
+
+def _mask_fields(result: dict) -> dict:
+    """An answer's or a target's mask as base64 PNG, its changed share and its two confidences."""
+    return {"mask": encode_png(result["mask"]), "changed_fraction": result["changed_fraction"],
+            "mask_confidence": result.get("mask_confidence"), "seg_probability": result.get("seg_probability")}

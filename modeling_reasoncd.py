@@ -4,7 +4,8 @@ Data flow (top to bottom in this file):
   1. CLIP encodes T1 and T2 (frozen, one batched call); a linear projector maps the penultimate-layer patch
      features into the language model's embedding space, where they replace the `<T1>` / `<T2>` placeholders.
   2. The language model (LoRA-tuned in training) reads the prompt and answers; the last-layer hidden state of the
-     position whose next token is `[SEG]` is the reasoned change-of-interest embedding.
+     position whose next token is `[SEG]` is the reasoned change-of-interest embedding (one per `[SEG]`: an answer
+     about several changes names each and follows it with its own `[SEG]`).
   3. SAM's image encoder (frozen) and a ResNet+FPN branch feed the Multi-scale Feature Fusion module, which fuses
      both dates into the mask decoder's image embedding.
   4. `text_hidden_fc` turns the `[SEG]` state into a sparse prompt for SAM's mask decoder, which outputs
@@ -31,12 +32,12 @@ try:
     from .configuration_reasoncd import ReasonCDConfig, ReasonCDFusionConfig
     from .geometry_reasoncd import upscale_mask_logits
     from .generation_reasoncd import (ReasonCDGenerateOutput, ReasonCDGenerationMixin, _per_row,
-                                      question_end_positions)
+                                      question_end_positions, seg_token_positions)
 except ImportError:
     from configuration_reasoncd import ReasonCDConfig, ReasonCDFusionConfig
     from geometry_reasoncd import upscale_mask_logits
     from generation_reasoncd import (ReasonCDGenerateOutput, ReasonCDGenerationMixin, _per_row,
-                                     question_end_positions)
+                                     question_end_positions, seg_token_positions)
 
 
 # Answer tokens that `answer_decision_loss_weight` weighs (see `answer_loss`).
@@ -72,10 +73,14 @@ class ReasonCDOutput(ModelOutput):
             the mask terms are 0 when no sample of the batch has a `[SEG]` and a mask.
         logits (`torch.FloatTensor` of shape `(B, L, vocab_size)`): language-model logits.
         pred_masks (`torch.FloatTensor` of shape `(B, h_low, w_low)`): low-resolution change logits in SAM's padded
-            frame (`h_low = 4 * h`); zeros where `seg_present` is False.
+            frame (`h_low = 4 * h`) of each row's first `[SEG]`; zeros where `seg_present` is False.
         seg_present (`torch.BoolTensor` of shape `(B,)`): whether the sequence holds a `[SEG]` token.
         seg_hidden_states (`torch.FloatTensor` of shape `(B, hidden_size)`): the last-layer state that predicts
-            `[SEG]`; zeros where `seg_present` is False.
+            the first `[SEG]`; zeros where `seg_present` is False.
+        target_masks (`torch.FloatTensor` of shape `(B, K, h_low, w_low)`): the logits of every `[SEG]` of each row,
+            in order (K: the most `[SEG]` tokens any row holds, at least 1); zeros where `target_present` is False.
+        target_present (`torch.BoolTensor` of shape `(B, K)`): whether row b holds a (k+1)-th `[SEG]`.
+        target_hidden_states (`torch.FloatTensor` of shape `(B, K, hidden_size)`): the state that predicts each.
         presence_logits (`torch.FloatTensor` of shape `(B,)`, *optional*): with `presence_head`, the head's logit
             that the asked change is there.
         presence_loss (`torch.FloatTensor` of shape `()`, *optional*): with `presence_head` and labels, the head's
@@ -92,16 +97,20 @@ class ReasonCDOutput(ModelOutput):
     seg_present: torch.BoolTensor | None = None
     seg_hidden_states: torch.FloatTensor | None = None
     presence_logits: torch.FloatTensor | None = None
+    target_masks: torch.FloatTensor | None = None
+    target_present: torch.BoolTensor | None = None
+    target_hidden_states: torch.FloatTensor | None = None
 
 
-def _changed_for_other_questions(masks: torch.Tensor, pair_index: torch.Tensor, row: int,
-                                 target: torch.Tensor) -> torch.Tensor:
-    """Pixels that changed for another question about `row`'s pair but not for `row`'s own: 1.0 there, else 0.0."""
-    same_pair = (pair_index == pair_index[row]).nonzero().squeeze(1).tolist()
-    others = [masks[other] > 0.5 for other in same_pair if other != row]
-    if not others:
+def _changed_for_other_targets(masks: torch.Tensor, pair_index: torch.Tensor, row: int, k: int,
+                               target: torch.Tensor) -> torch.Tensor:
+    """Pixels that changed for another question about `row`'s pair, or for another target of `row`'s own answer,
+    but not for target `k`: 1.0 there, else 0.0. `masks` is `(B, K, H, W)`."""
+    chosen = (pair_index == pair_index[row])[:, None].expand(masks.shape[:2]).clone()
+    chosen[row, k] = False
+    if not bool(chosen.any()):
         return torch.zeros_like(target)
-    return (torch.stack(others).any(dim=0).float() * (1.0 - target))
+    return ((masks[chosen] > 0.5).any(dim=0).float() * (1.0 - target))
 
 
 # --- losses (weights and options from `ReasonCDConfig`) ---
@@ -129,30 +138,39 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor, config: ReasonCDConf
     return (per_token * weights).sum() / weights.sum().clamp(min=1.0)
 
 
-def mask_losses(pred_masks: torch.Tensor, seg_present: torch.Tensor, masks: torch.Tensor | None,
+def mask_losses(target_masks: torch.Tensor, target_present: torch.Tensor, masks: torch.Tensor | None,
                 reshaped_sizes: torch.Tensor | None, pair_index: torch.Tensor,
                 config: ReasonCDConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    Mean BCE and Dice over the rows with `[SEG]`, each mask upscaled to its ground truth's own size. The change
-    class weighs `bce_pos_weight`; pixels that changed only for another question about the same pair weigh
-    `other_change_bce_weight`. Both losses are a connected zero when no row has a mask.
+    Mean BCE and Dice over every `[SEG]` of every row (`target_masks` `(B, K, h, w)`, `target_present` `(B, K)`),
+    each against its own truth (`masks` `(B, K', H, W)`, or `(B, H, W)` for one per row) upscaled to the truth's
+    size. The change class weighs `bce_pos_weight`; pixels that changed only for another question about the same
+    pair, or for another target of the same answer, weigh `other_change_bce_weight`. Both losses are a connected
+    zero when no row has a mask.
     """
-    zero = pred_masks.sum() * 0.0
-    if masks is None or not bool(seg_present.any()):
+    zero = target_masks.sum() * 0.0
+    if masks is None or not bool(target_present.any()):
         return zero, zero
     if reshaped_sizes is None:
         raise ValueError("masks were given without reshaped_sizes; pass the processor's output unchanged")
+    if masks.dim() == 3:
+        masks = masks[:, None]
+    counts = target_present.sum(dim=1)
+    short = (counts > masks.shape[1]).nonzero().squeeze(1).tolist()
+    if short:
+        raise ValueError(f"row {short[0]}'s answer holds {int(counts[short[0]])} [SEG] tokens but masks give "
+                         f"{masks.shape[1]} per question: pass one mask per [SEG] (a list per question)")
     reshaped_sizes = _per_row(reshaped_sizes, pair_index)
     frame = config.sam_config.image_size
-    pos_weight = torch.tensor(config.bce_pos_weight, device=pred_masks.device)
+    pos_weight = torch.tensor(config.bce_pos_weight, device=target_masks.device)
     other_weight = config.other_change_bce_weight
     bce_terms, dice_terms = [], []
-    for row in seg_present.nonzero().squeeze(1).tolist():
-        logits = upscale_mask_logits(pred_masks[row], reshaped_sizes[row], masks[row].shape[-2:], frame).float()
-        target = (masks[row] > 0.5).float()
+    for row, k in target_present.nonzero().tolist():
+        logits = upscale_mask_logits(target_masks[row, k], reshaped_sizes[row], masks.shape[-2:], frame).float()
+        target = (masks[row, k] > 0.5).float()
         weight = None
         if other_weight != 1.0:
-            weight = 1.0 + (other_weight - 1.0) * _changed_for_other_questions(masks, pair_index, row, target)
+            weight = 1.0 + (other_weight - 1.0) * _changed_for_other_targets(masks, pair_index, row, k, target)
         bce_terms.append(F.binary_cross_entropy_with_logits(logits, target, weight=weight, pos_weight=pos_weight))
         prob = logits.sigmoid()
         dice_terms.append(1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1))
@@ -728,13 +746,15 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         b, c, uh, uw = upscaled.shape
         return (hyper.unsqueeze(1) @ upscaled.reshape(b, c, uh * uw)).reshape(b, uh, uw)
 
-    def _masks_for_rows(self, mask_embeds, pair_index, seg_present, seg_hidden):
+    def _masks_for_targets(self, mask_embeds, pair_index, target_present, target_hidden):
+        """The logits `(B, K, h, w)` of every `[SEG]` state (`target_hidden` `(B, K, hidden)`), all decoded in one
+        batched call, each over its row's pair; zeros where `target_present` `(B, K)` is False."""
         h, w = mask_embeds.shape[-2:]
         scale = self.config.sam_config.mask_upscale
-        out = seg_hidden.new_zeros(seg_present.shape[0], scale * h, scale * w, dtype=mask_embeds.dtype)
-        rows = seg_present.nonzero().squeeze(1)
+        out = target_hidden.new_zeros(*target_present.shape, scale * h, scale * w, dtype=mask_embeds.dtype)
+        rows, ks = target_present.nonzero(as_tuple=True)
         if rows.numel():
-            out[rows] = self.decode_masks(mask_embeds[pair_index[rows]], seg_hidden[rows]).to(out.dtype)
+            out[rows, ks] = self.decode_masks(mask_embeds[pair_index[rows]], target_hidden[rows, ks]).to(out.dtype)
         return out
 
     # --- the full teacher-forced pass ---
@@ -795,13 +815,14 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             if not self.training and bool((own != decided).any()):
                 lm_out = run_language_model(inputs_embeds=inputs_embeds + after * self.presence.decision(own)[:, None])
         last_hidden = lm_out.hidden_states[-1]
-        seg_present, seg_hidden = self._seg_states_teacher_forced(input_ids, last_hidden)
-        pred_masks = self._masks_for_rows(mask_embeds, pair_index, seg_present, seg_hidden)
+        target_present, target_hidden = self._seg_states_teacher_forced(input_ids, last_hidden)
+        seg_present, seg_hidden = target_present[:, 0], target_hidden[:, 0]
+        target_masks = self._masks_for_targets(mask_embeds, pair_index, target_present, target_hidden)
 
         loss = ce = bce = dice = presence_loss = None
         if labels is not None:
             ce = answer_loss(lm_out.logits, labels, self.config)
-            bce, dice = mask_losses(pred_masks, seg_present, masks, reshaped_sizes, pair_index, self.config)
+            bce, dice = mask_losses(target_masks, target_present, masks, reshaped_sizes, pair_index, self.config)
             cfg = self.config
             loss = cfg.ce_loss_weight * ce + cfg.bce_loss_weight * bce + cfg.dice_loss_weight * dice
             if presence_logits is not None:
@@ -813,18 +834,18 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                 loss = loss + 0.0 * self.decode_masks(mask_embeds[:1], seg_hidden[:1]).sum()
         return ReasonCDOutput(
             loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice, logits=lm_out.logits,
-            pred_masks=pred_masks, seg_present=seg_present, seg_hidden_states=seg_hidden,
-            presence_logits=presence_logits, presence_loss=presence_loss,
+            pred_masks=target_masks[:, 0], seg_present=seg_present, seg_hidden_states=seg_hidden,
+            presence_logits=presence_logits, presence_loss=presence_loss, target_masks=target_masks,
+            target_present=target_present, target_hidden_states=target_hidden,
         )
 
     def _seg_states_teacher_forced(self, input_ids, last_hidden):
-        """The state at the position whose *next* token is the first `[SEG]` (computed on the expanded sequence)."""
-        is_seg = input_ids[:, 1:] == self.config.seg_token_id
-        seg_present = is_seg.any(dim=1)
-        position = is_seg.float().argmax(dim=1)  # first [SEG] at index position+1
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        seg_hidden = last_hidden[rows, position] * seg_present.unsqueeze(-1).to(last_hidden.dtype)
-        return seg_present, seg_hidden
+        """For every `[SEG]` of each row, in order, the state at the position whose *next* token is that `[SEG]`
+        (computed on the expanded sequence): present flags `(B, K)` and states `(B, K, hidden)`, zero where absent."""
+        positions, target_present = seg_token_positions(input_ids[:, 1:] == self.config.seg_token_id)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None]
+        target_hidden = last_hidden[rows, positions] * target_present.unsqueeze(-1).to(last_hidden.dtype)
+        return target_present, target_hidden
 
 
 __all__ = ["ReasonCDForChangeDetection", "ReasonCDPreTrainedModel", "ReasonCDOutput", "ReasonCDGenerateOutput"]

@@ -5,7 +5,7 @@
     detector({"image_t1": "t1.png", "image_t2": "t2.png", "text": "new buildings"})
     # {"text": "It's the new buildings.", "raw_text": "It's the new buildings [SEG].",
     #  "mask": <PIL.Image mode L, 0/255, the inputs' size>, "changed_fraction": 0.031,
-    #  "mask_confidence": 0.87, "seg_probability": 0.98}
+    #  "mask_confidence": 0.87, "seg_probability": 0.98, "targets": [{"label": "new buildings", "mask": ..., ...}]}
 
 `text` may be a list of questions about the same pair: the answer is then a list, and the images are encoded once.
 Images may be file paths, http(s) URLs, encoded image bytes, PIL images or HxWx3 arrays; one of more than
@@ -161,13 +161,15 @@ class ReasonCDChangeDetectionPipeline(Pipeline):
     """
     Inputs: `{"image_t1": ..., "image_t2": ..., "text": str | list[str]}` (or a list of such dicts).
     Outputs per question: `{"text": str, "raw_text": str, "mask": PIL.Image (mode "L", 0 = unchanged, 255 = change,
-    the input size), "changed_fraction": float, "mask_confidence": float, "seg_probability": float}`; a list of them
-    when `text` is a list. `text` is the answer for a reader, `raw_text` the model's own, with the `[SEG]` token that
-    points at the mask; the two confidences are in [0, 1] (`ReasonCDProcessor.post_process_generation` defines
-    them). Call parameters: `max_new_tokens` (default: the checkpoint's generation_config.json), `max_image_pixels`
-    and the request limits (REQUEST_LIMITS: `max_request_bytes`, `max_questions`, `max_answer_tokens`), which may
-    also be given when the pipeline is made, as may `max_concurrent` (requests decoding at once, default
-    DEFAULT_MAX_CONCURRENT).
+    the input size), "changed_fraction": float, "mask_confidence": float, "seg_probability": float, "targets":
+    list}`; a list of them when `text` is a list. `text` is the answer for a reader, `raw_text` the model's own, with
+    the `[SEG]` tokens that point at the masks; `targets` holds one `{"label", "mask", "changed_fraction",
+    "mask_confidence", "seg_probability"}` per `[SEG]` (an answer about several changes names each and gives each
+    its own mask; `mask` is their union); the confidences are in [0, 1] (`ReasonCDProcessor.post_process_generation`
+    defines them). Call parameters: `max_new_tokens` (default: the checkpoint's generation_config.json),
+    `max_image_pixels` and the request limits (REQUEST_LIMITS: `max_request_bytes`, `max_questions`,
+    `max_answer_tokens`), which may also be given when the pipeline is made, as may `max_concurrent` (requests
+    decoding at once, default DEFAULT_MAX_CONCURRENT).
     """
 
     _load_processor = True
@@ -263,13 +265,18 @@ class ReasonCDChangeDetectionPipeline(Pipeline):
     def postprocess(self, model_outputs):
         results = []
         for result in model_outputs["results"]:
-            mask = result["mask"]
             results.append({
                 "text": result["text"],
                 "raw_text": result["raw_text"],
-                "mask": Image.fromarray(mask.astype(np.uint8) * 255),
-                "changed_fraction": float(mask.mean()),
-                "mask_confidence": result.get("mask_confidence"),
-                "seg_probability": result.get("seg_probability"),
+                **_mask_fields(result),
+                "targets": [{"label": target["label"], **_mask_fields(target)}
+                            for target in result.get("targets") or []],
             })
         return results[0] if model_outputs["single_question"] else results
+
+
+def _mask_fields(result: dict) -> dict:
+    """An answer's or a target's mask as a 0/255 image, its changed share and its two confidences."""
+    mask = result["mask"]
+    return {"mask": Image.fromarray(mask.astype(np.uint8) * 255), "changed_fraction": float(mask.mean()),
+            "mask_confidence": result.get("mask_confidence"), "seg_probability": result.get("seg_probability")}

@@ -29,6 +29,9 @@ T1_TOKEN, T2_TOKEN, P_START_TOKEN, P_END_TOKEN, SEG_TOKEN = NEW_TOKENS
 SEG_STANDIN = "the area marked in the mask"
 SEG_ONLY_ANSWER = "The change is marked in the mask."
 _ENDS_IN_VERB = re.compile(r"(?:^|\s)(?:it's|it is|is|are|was|were)$", re.IGNORECASE)
+# A target's label is the last clause before its [SEG], after its last determiner (`target_labels`).
+_CLAUSE_BREAK = re.compile(r"[.;:,!?]|\sand\s")
+_DETERMINER = re.compile(r"\b(?:the|these|those)\s+", re.IGNORECASE)
 
 # The paper's prompt: the task first, the temporal order of the two placeholders, the CRoI between <p> and </p>,
 # and the closing request. An assistant turn is the answer followed by </s>.
@@ -283,11 +286,13 @@ class ReasonCDProcessor(ProcessorMixin):
             text (`str` or `list[str]`): the question(s). With one pair, k questions give k rows about that pair
                 (the images are encoded once); otherwise one question per pair.
             answers (`list[str]`, *optional*): training answers; adds `labels` (-100 on prompt and padding).
-            masks (*optional*): ground-truth masks, one HxW array per question (any value > 0 = change).
+            masks (*optional*): ground-truth masks, per question one HxW array (any value > 0 = change), or, for an
+                answer with several `[SEG]` tokens, a list of them: one per `[SEG]`, in order.
             pair_index (`list[int]`, *optional*): the pair each question is about, for several pairs with several
                 questions each.
         Returns: `input_ids`, `attention_mask` (left-padded), `pixel_values_t1/t2`, `sam_pixel_values_t1/t2`,
-            `pair_index` (row -> pair), `reshaped_sizes`, `image_sizes` (per pair), and `labels`/`masks`.
+            `pair_index` (row -> pair), `reshaped_sizes`, `image_sizes` (per pair), and `labels`/`masks` (`masks`:
+            `(B, H, W)`, or `(B, K, H, W)` when a question has a list of masks, K the longest list, zero-padded).
         """
         if images_t1 is None or images_t2 is None:
             raise ValueError("ReasonCD needs both images: pass images_t1 (earlier) and images_t2 (later)")
@@ -318,7 +323,13 @@ class ReasonCDProcessor(ProcessorMixin):
         data = {**self._pad_left(rows, label_rows if answers is not None else None), **image_inputs,
                 "pair_index": pair_index}
         if masks is not None:
-            data["masks"] = self._stack_masks(_as_list(masks), len(questions))
+            masks = _as_list(masks)
+            if answers is not None:
+                for i, (answer, given) in enumerate(zip(answers, masks)):
+                    if isinstance(given, (list, tuple)) and len(given) != answer.count(SEG_TOKEN):
+                        raise ValueError(f"question {i}: {len(given)} masks for an answer with "
+                                         f"{answer.count(SEG_TOKEN)} {SEG_TOKEN}; give one mask per {SEG_TOKEN}")
+            data["masks"] = self._stack_masks(masks, len(questions))
         return BatchFeature(data=data)
 
     def _pad_left(self, rows, label_rows):
@@ -344,12 +355,20 @@ class ReasonCDProcessor(ProcessorMixin):
     def _stack_masks(masks, expected: int) -> torch.Tensor:
         if len(masks) != expected:
             raise ValueError(f"got {len(masks)} masks for {expected} questions")
-        arrays = [np.asarray(m) for m in masks]
-        shapes = {a.shape[:2] for a in arrays}
-        if len(shapes) != 1:
+        per_target = any(isinstance(m, (list, tuple)) for m in masks)
+        groups = [[np.asarray(a) for a in m] if isinstance(m, (list, tuple)) else [np.asarray(m)] for m in masks]
+        shapes = {a.shape[:2] for group in groups for a in group}
+        if len(shapes) > 1:
             raise ValueError(f"masks of one batch must share a size, got {sorted(shapes)}")
-        arrays = [a if a.ndim == 2 else a.max(axis=2) for a in arrays]
-        return torch.from_numpy(np.stack([a > 0 for a in arrays])).float()
+        if not shapes:  # only empty lists: answers without [SEG]
+            raise ValueError("the masks give no size: pass each question's mask (an empty one where nothing changed)")
+        size = shapes.pop()
+        width = max(max(len(group) for group in groups), 1)
+        stacked = np.zeros((len(groups), width, *size), dtype=bool)
+        for row, group in enumerate(groups):
+            for k, a in enumerate(group):
+                stacked[row, k] = (a if a.ndim == 2 else a.max(axis=2)) > 0
+        return torch.from_numpy(stacked if per_target else stacked[:, 0]).float()
 
     # --- outputs ---
     def decode_answer(self, token_ids) -> str:
@@ -383,23 +402,51 @@ class ReasonCDProcessor(ProcessorMixin):
         readable = re.sub(r"([.!?])(?:\s*[.,;:!?])+", r"\1", readable).strip(" ,;:")
         return readable if re.search(r"\w", readable) else SEG_ONLY_ANSWER
 
-    def post_process_masks(self, pred_masks, seg_present, reshaped_sizes, target_sizes) -> list[np.ndarray]:
-        """Low-res logits `(B, h, w)` -> bool masks of each row's `(height, width)`; empty where no `[SEG]`."""
-        return [mask for mask, _ in self._masks_and_confidences(pred_masks, seg_present, reshaped_sizes, target_sizes)]
+    @staticmethod
+    def target_labels(text: str) -> list[str]:
+        """The words that name each `[SEG]`'s target in an answer (raw, with its `[SEG]` tokens), in order: the
+        clause before the `[SEG]`, from after its last "the"/"these"/"those". "The new buildings [SEG] and the new
+        ponds [SEG]." -> ["new buildings", "new ponds"]; "It's the new buildings [SEG]." -> ["new buildings"]. A
+        clause without those words is kept whole; one that names nothing ("...: [SEG].", "It's [SEG].") gives
+        "change k"."""
+        labels = []
+        for k, piece in enumerate(text.split(SEG_TOKEN)[:-1]):
+            clause = _CLAUSE_BREAK.split(piece)[-1].strip()
+            words = _ENDS_IN_VERB.sub("", _DETERMINER.split(clause)[-1]).strip()  # "It's [SEG]." names nothing
+            labels.append(words or f"change {k + 1}")
+        return labels
 
-    def _masks_and_confidences(self, pred_masks, seg_present, reshaped_sizes, target_sizes):
-        """Each row's bool mask and its `mask_confidence` (None where no `[SEG]`: no mask was decoded)."""
-        results = []
+    def _decode_targets(self, target_masks, target_present, reshaped_sizes, target_sizes):
+        """Per row, `(bool mask, change probabilities)` of each present target at the row's `(height, width)`.
+        `target_masks` `(B, K, h, w)` with `target_present` `(B, K)`, or `(B, h, w)` with `(B,)` (one per row)."""
+        if target_masks.dim() == 3:
+            target_masks, target_present = target_masks[:, None], torch.as_tensor(target_present)[:, None]
+        decoded = []
         for row, (height, width) in enumerate(target_sizes):
-            if not bool(seg_present[row]):
-                results.append((np.zeros((height, width), dtype=bool), None))
-                continue
             reshaped = reshaped_sizes[row] if reshaped_sizes is not None else \
                 sam_resized_shape(height, width, self.sam_image_size)
-            logits = upscale_mask_logits(pred_masks[row].float(), reshaped, (height, width), self.sam_image_size)
-            mask = logits > 0
-            results.append((mask.cpu().numpy(), mask_confidence(torch.sigmoid(logits), mask)))
-        return results
+            targets = []
+            for k in range(target_masks.shape[1]):
+                if not bool(target_present[row][k]):
+                    continue
+                logits = upscale_mask_logits(target_masks[row, k].float(), reshaped, (height, width),
+                                             self.sam_image_size)
+                targets.append((logits > 0, torch.sigmoid(logits)))
+            decoded.append(targets)
+        return decoded
+
+    def post_process_targets(self, target_masks, target_present, reshaped_sizes, target_sizes) -> list[list]:
+        """Every target's low-res logits `(B, K, h, w)` (present where `target_present` `(B, K)`) -> per row, the
+        bool masks of its targets at the row's `(height, width)`, in order."""
+        return [[mask.cpu().numpy() for mask, _ in targets]
+                for targets in self._decode_targets(target_masks, target_present, reshaped_sizes, target_sizes)]
+
+    def post_process_masks(self, pred_masks, seg_present, reshaped_sizes, target_sizes) -> list[np.ndarray]:
+        """Low-res logits -> bool masks of each row's `(height, width)`, empty where no `[SEG]`: `(B, h, w)` with
+        `seg_present` `(B,)`, or every target's `(B, K, h, w)` with `(B, K)`, whose union each row's mask is."""
+        return [np.logical_or.reduce(targets) if targets else np.zeros(size, dtype=bool)
+                for size, targets in zip(target_sizes, self.post_process_targets(pred_masks, seg_present,
+                                                                                 reshaped_sizes, target_sizes))]
 
     def post_process_generation(self, outputs, target_sizes=None) -> list[dict]:
         """
@@ -408,14 +455,18 @@ class ReasonCDProcessor(ProcessorMixin):
             target_sizes (`list[tuple[int, int]]`, *optional*): `(height, width)` per row, or one for all rows;
                 defaults to each input's original size.
         Returns: one `{"text": str, "raw_text": str, "mask": bool ndarray (height, width), "mask_confidence": float,
-            "seg_probability": float}` per row: `text` is the answer for a reader (see `readable_answer`), `raw_text`
-            the model's own with its `[SEG]` token; the mask is empty when the answer holds no `[SEG]` (the change
-            of interest is absent).
-            `seg_probability` is the probability the language model gave `[SEG]` where it emitted it, or, for an
-            answer without `[SEG]`, the highest it gave `[SEG]` at any step (`ReasonCDGenerateOutput`).
-            `mask_confidence` is `mask_confidence()` of the decoded mask; for an answer without `[SEG]` the map is
-            empty by the language model's decision and its confidence is `1 - seg_probability`. Both are in [0, 1],
-            and None for outputs made without `seg_probabilities`.
+            "seg_probability": float, "targets": list}` per row: `text` is the answer for a reader (see
+            `readable_answer`), `raw_text` the model's own with its `[SEG]` tokens. `targets` holds one
+            `{"label": str, "mask": bool ndarray, "seg_probability": float, "mask_confidence": float}` per `[SEG]`,
+            in order: `label` the words naming it in the answer (`target_labels`), `mask` decoded from its own
+            state. `mask` is their union: empty when the answer holds no `[SEG]` (the change of interest is absent;
+            `targets` is then empty), the one target's mask when there is one.
+            A target's `seg_probability` is the probability the language model gave its `[SEG]`; the answer's is
+            the lowest of its targets', or, for an answer without `[SEG]`, the highest it gave `[SEG]` at any step
+            (`ReasonCDGenerateOutput`). `mask_confidence` is `mask_confidence()` of a decoded mask (the answer's:
+            of the union, with each pixel's highest probability over the targets); for an answer without `[SEG]`
+            the map is empty by the language model's decision and its confidence is `1 - seg_probability`. All are
+            in [0, 1], and None for outputs made without `seg_probabilities`.
         """
         rows = outputs.sequences.shape[0]
         if target_sizes is None:
@@ -427,17 +478,36 @@ class ReasonCDProcessor(ProcessorMixin):
             target_sizes = target_sizes * rows
         if len(target_sizes) != rows:
             raise ValueError(f"got {len(target_sizes)} target sizes for {rows} generated rows")
-        masks = self._masks_and_confidences(outputs.pred_masks, outputs.seg_present, outputs.reshaped_sizes,
-                                            target_sizes)
         seg_probabilities = getattr(outputs, "seg_probabilities", None)
-        raw = [self.decode_answer(outputs.sequences[row]) for row in range(rows)]
+        target_probabilities = getattr(outputs, "target_seg_probabilities", None)
+        if getattr(outputs, "target_masks", None) is not None:
+            decoded = self._decode_targets(outputs.target_masks, outputs.target_present, outputs.reshaped_sizes,
+                                           target_sizes)
+        else:  # an output with one mask per answer
+            decoded = self._decode_targets(outputs.pred_masks, outputs.seg_present, outputs.reshaped_sizes,
+                                           target_sizes)
+            if seg_probabilities is not None:
+                target_probabilities = seg_probabilities[:, None]
         results = []
-        for row, (mask, confidence) in enumerate(masks):
+        for row, targets in enumerate(decoded):
+            raw = self.decode_answer(outputs.sequences[row])
+            labels = self.target_labels(raw)
             seg_probability = None if seg_probabilities is None else float(seg_probabilities[row])
-            if confidence is None and seg_probability is not None:
-                confidence = 1.0 - seg_probability
-            results.append({"text": self.readable_answer(raw[row]), "raw_text": raw[row], "mask": mask,
-                            "mask_confidence": confidence, "seg_probability": seg_probability})
+            entries = [{"label": labels[k] if k < len(labels) else f"change {k + 1}", "mask": mask.cpu().numpy(),
+                        "seg_probability": None if target_probabilities is None else
+                        float(target_probabilities[row][k]),
+                        "mask_confidence": mask_confidence(probability, mask)}
+                       for k, (mask, probability) in enumerate(targets)]
+            if targets:
+                union = torch.stack([mask for mask, _ in targets]).any(dim=0)
+                highest = torch.stack([probability for _, probability in targets]).amax(dim=0)
+                confidence = mask_confidence(highest, union)
+                union = union.cpu().numpy()
+            else:
+                union = np.zeros(target_sizes[row], dtype=bool)
+                confidence = None if seg_probability is None else 1.0 - seg_probability
+            results.append({"text": self.readable_answer(raw), "raw_text": raw, "mask": union,
+                            "mask_confidence": confidence, "seg_probability": seg_probability, "targets": entries})
         return results
 
 

@@ -27,7 +27,8 @@ ACCESSIBLE_NAMES = {"#image_t1 input[type=file]": "Upload T1, the earlier image"
                     "#image_t2 input[type=file]": "Upload T2, the later image",
                     "#preview_t1 img": "T1 as the model reads it", "#preview_t2 img": "T2 as the model reads it",
                     "#mask img": "Change mask: changed pixels white, unchanged black",
-                    "#overlay img": "T2 with the changed pixels painted red"}
+                    "#overlay img": "T2 with the changed pixels painted red (several changes: one colour each, "
+                                    "named under the answer)"}
 
 
 def pair_key(image_t1: np.ndarray, image_t2: np.ndarray) -> str:
@@ -53,9 +54,10 @@ class ChangeDetector:
 
     def ask(self, image_t1: np.ndarray, image_t2: np.ndarray, question: str) -> dict:
         """`{"text", "raw_text", "mask" (bool HxW), "changed_fraction", "mask_confidence", "seg_probability",
-        "reused" (bool), "encode_seconds"}` for one question; `text` is the answer for a reader, `raw_text` the
-        model's own with `[SEG]`; the confidences as `ReasonCDProcessor.post_process_generation` defines them (None
-        from a checkpoint whose code predates them)."""
+        "targets", "reused" (bool), "encode_seconds"}` for one question; `text` is the answer for a reader, `raw_text`
+        the model's own with `[SEG]`; `targets` one `{"label", "mask", "changed_fraction", "mask_confidence",
+        "seg_probability"}` per `[SEG]` (`mask` is their union); the confidences as
+        `ReasonCDProcessor.post_process_generation` defines them (None from a checkpoint whose code predates them)."""
         import torch
 
         inputs = self.processor(images_t1=image_t1, images_t2=image_t2, text=[question]).to(self.model.device)
@@ -72,11 +74,10 @@ class ChangeDetector:
             encode_seconds = time.perf_counter() - started
             outputs = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
                                           frozen_features=self._cached_features)
-        from reasoncd.loading import with_readable_text
+        from reasoncd.loading import with_readable_text, with_targets
 
-        result = with_readable_text(self.processor.post_process_generation(outputs)[0])
-        return {"mask_confidence": None, "seg_probability": None, **result,
-                "changed_fraction": float(result["mask"].mean()), "reused": reused, "encode_seconds": encode_seconds}
+        result = with_targets(with_readable_text(self.processor.post_process_generation(outputs)[0]))
+        return {**result, "reused": reused, "encode_seconds": encode_seconds}
 
 
 def model_facts(location: str, model, trained_on: str | None = None) -> tuple[str, str | None]:
@@ -125,10 +126,12 @@ def read_upload(path: str | None, which: str) -> tuple[np.ndarray, str | None]:
 
 
 def status_text(result: dict, shape: tuple[int, int], frame: int, converted: dict[str, str | None]) -> str:
-    """What the page says under an answer, in plain words: the changed share, the confidences, whether the answer
-    and the map disagree, how the uploads were converted, and a pointer to predict_scene.py when the images were
-    shrunk far below their size to fit the model's `frame`."""
+    """What the page says under an answer, in plain words: the changed share, the confidences, the legend of the
+    targets when the answer names several (each in its colour on the overlay), whether the answer and the map
+    disagree, how the uploads were converted, and a pointer to predict_scene.py when the images were shrunk far
+    below their size to fit the model's `frame`."""
     from reasoncd.data.samples import SEG
+    from reasoncd.evaluation.figures import target_legend
 
     mask = result["mask"]
     encoding = ("reused the encoded images of this pair" if result["reused"]
@@ -137,6 +140,12 @@ def status_text(result: dict, shape: tuple[int, int], frame: int, converted: dic
     if result["mask_confidence"] is not None:
         lines[0] += (f" · confidence of the map {result['mask_confidence']:.2f}, "
                      f"probability that the answer points at a change {result['seg_probability']:.2f}")
+    targets = result.get("targets") or []
+    if len(targets) > 1:
+        lines.append("Each change has its own colour on the overlay: " + "; ".join(
+            f"{target_legend(k)}: **{target['label']}** ({target['changed_fraction']:.2%} of the pixels"
+            + ("" if target["mask_confidence"] is None else f", confidence {target['mask_confidence']:.2f}") + ")"
+            for k, target in enumerate(targets)))
     if SEG not in result["raw_text"]:
         lines.append("The model found no such change: the map is empty.")
     elif not mask.any():
@@ -183,7 +192,7 @@ def build_demo(detector: ChangeDetector, model_name: str, note: str | None = Non
                warning: str | None = None):
     import gradio as gr
 
-    from reasoncd.evaluation.figures import overlay
+    from reasoncd.evaluation.figures import overlay_targets
     from reasoncd.io import write_png_atomic
 
     downloads = Path(tempfile.mkdtemp(prefix="reasoncd-app-"))
@@ -220,7 +229,8 @@ def build_demo(detector: ChangeDetector, model_name: str, note: str | None = Non
         path = downloads / f"change-mask-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}.png"
         write_png_atomic(path, mask)
         status = status_text(result, image_t1.shape[:2], frame, {"T1": converted_t1, "T2": converted_t2})
-        return result["text"], (mask.astype(np.uint8) * 255), overlay(image_t2, mask), str(path), status
+        painted = overlay_targets(image_t2, [target["mask"] for target in result["targets"]] or [mask])
+        return result["text"], (mask.astype(np.uint8) * 255), painted, str(path), status
 
     with gr.Blocks(title="ReasonCD change detection") as demo:
         gr.Markdown(f"# ReasonCD change detection\nModel: `{model_name}`" + (f" ({facts})" if facts else ".")

@@ -190,17 +190,27 @@ def load_model(location: str | Path, quantize: int | None = None, device: str | 
 def predict(model, processor, image_t1: np.ndarray, image_t2: np.ndarray, questions: list[str],
             max_new_tokens: int = 64) -> list[dict]:
     """One pair, k questions (the images are encoded once): k `{"text", "raw_text", "mask", "changed_fraction",
-    "mask_confidence", "seg_probability"}` (`text` is the answer for a reader, `raw_text` the model's own with
-    `[SEG]`; the confidences as `ReasonCDProcessor.post_process_generation` defines them)."""
+    "mask_confidence", "seg_probability", "targets"}` (`text` is the answer for a reader, `raw_text` the model's own
+    with `[SEG]`; `targets` one `{"label", "mask", "changed_fraction", "mask_confidence", "seg_probability"}` per
+    `[SEG]`, `mask` their union; the confidences as `ReasonCDProcessor.post_process_generation` defines them)."""
     inputs = processor(images_t1=image_t1, images_t2=image_t2, text=questions, return_tensors="pt").to(model.device)
     outputs = model.generate(**inputs, max_new_tokens=max_new_tokens)
-    results = [with_readable_text(result) for result in processor.post_process_generation(outputs)]
-    for result in results:
-        result["changed_fraction"] = float(result["mask"].mean())
-        # None from a checkpoint whose code predates the confidences.
-        result.setdefault("mask_confidence", None)
-        result.setdefault("seg_probability", None)
-    return results
+    return [with_targets(with_readable_text(result)) for result in processor.post_process_generation(outputs)]
+
+
+def with_targets(result: dict) -> dict:
+    """The result with its changed fraction, and each target's, also from a checkpoint whose processor code
+    predates the confidences (None) or the targets (the answer's one mask as its one target)."""
+    result["changed_fraction"] = float(result["mask"].mean())
+    result.setdefault("mask_confidence", None)
+    result.setdefault("seg_probability", None)
+    if "targets" not in result:
+        result["targets"] = [] if "[SEG]" not in result["raw_text"] else [
+            {"label": "change 1", "mask": result["mask"], "mask_confidence": result["mask_confidence"],
+             "seg_probability": result["seg_probability"]}]
+    for target in result["targets"]:
+        target["changed_fraction"] = float(target["mask"].mean())
+    return result
 
 
 def with_readable_text(result: dict) -> dict:

@@ -111,6 +111,9 @@ def test_the_page_answers_with_text_mask_and_overlay(app_url, realcd):
         expect(page.locator("#status")).to_contain_text(re.compile(r"confidence of the map (0\.\d\d|1\.00)"))
         expect(page.locator("#status")).to_contain_text("probability that the answer points at a change 1.00")
         expect(page.locator("#status")).not_to_contain_text("[SEG]")
+        # Four [SEG] (the export's max_new_tokens): four targets, each named beside its colour on the overlay.
+        expect(page.locator("#status")).to_contain_text("🟥 red: change 1")
+        expect(page.locator("#status")).to_contain_text("🟦 blue: change 2")
         expect(page.locator("#mask_file")).to_contain_text(".png")
 
         # A second question about the same pair, picked from the examples, reuses the encoded images.

@@ -33,6 +33,15 @@ def test_metrics_section():
     assert "`[SEG]` emitted for 50.0% of the questions" in text and "Absent changes recognised" not in text
 
 
+def test_metrics_section_reports_questions_about_several_changes():
+    multi = {"n_questions": 36, "target_f1": 0.41234, "t_acc": 0.5, "n_acc": 0.75, "count_accuracy": 0.25}
+    text = metrics_section({"f1": 0.6, "multi_target": multi})
+    assert ("Questions about several changes (36): per-target F1 0.4123 (each mask matched to its truth by the words "
+            "naming it), 50.0% of the present changes found, 75.0% of the absent ones refused, 25.0% of the answers "
+            "with the right number of masks.") in text
+    assert "several changes" not in metrics_section({"f1": 0.6, "multi_target": {"n_questions": 0}})
+
+
 def test_random_preset_is_recognised_by_its_sizes():
     assert random_preset(ReasonCDConfig.from_preset("tiny")) == "tiny"
     assert random_preset(ReasonCDConfig.from_preset("reasoncd-7b")) is None

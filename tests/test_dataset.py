@@ -1,4 +1,5 @@
 """reasoncd.training.dataset: the collator's labels cover the answer only, and the mask travels with its question."""
+import numpy as np
 import pytest
 
 from reasoncd.build import build_tiny
@@ -31,3 +32,22 @@ def test_collator_masks_everything_but_the_answer(tiny, samples_dir):
     # the mask is carried for the [SEG] sample and empty for the absent one
     assert batch["masks"].shape == (2, 256, 256)
     assert batch["masks"][0].sum() > 0 and batch["masks"][1].sum() == 0
+
+
+def test_a_question_about_several_changes_brings_one_mask_per_seg(tiny, samples_dir):
+    from reasoncd.data.images import read_mask
+    from reasoncd.training.dataset import as_dataset
+
+    _, processor = tiny
+    samples = load_split(samples_dir, "train")
+    multi = next(s for s in samples if s["kind"] == "multi" and s["answer"].count(SEG) == 2)
+    single = next(s for s in samples if s["kind"] == "explicit" and s["pair_id"] == multi["pair_id"])
+    # As training reads them: rows of the dataset, one per pair with all its questions.
+    row = next(item for item in as_dataset([single, multi]))
+    batch = ReasonCDCollator(processor)([row])
+    assert batch["masks"].shape == (2, 2, 256, 256)
+    targets = [t for t in multi["targets"] if t["present"]]
+    for k, target in enumerate(targets):
+        assert np.array_equal(batch["masks"][1, k].numpy() > 0, read_mask(target["mask_path"]))
+    assert np.array_equal(batch["masks"][0, 0].numpy() > 0, read_mask(single["mask_path"]))
+    assert not batch["masks"][0, 1].any()  # one [SEG], one mask: the rest is padding

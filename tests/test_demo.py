@@ -42,6 +42,32 @@ def test_the_status_says_in_plain_words_when_answer_and_map_disagree_and_when_im
     assert "found no such change" in quiet and "disagree" not in quiet and "shrunk" not in quiet
 
 
+def test_an_answer_about_several_changes_gets_a_legend_of_its_colours():
+    from reasoncd.demo import status_text
+
+    mask = np.zeros((10, 10), bool)
+    mask[:2] = True
+    targets = [{"label": "new buildings", "mask": mask, "changed_fraction": 0.2, "mask_confidence": 0.81},
+               {"label": "new water bodies", "mask": ~mask, "changed_fraction": 0.8, "mask_confidence": 0.64}]
+    result = {"mask": np.ones((10, 10), bool), "changed_fraction": 1.0, "reused": True, "encode_seconds": 0.0,
+              "raw_text": "The new buildings [SEG] and the new water bodies [SEG].", "mask_confidence": 0.7,
+              "seg_probability": 0.9, "targets": targets}
+    text = status_text(result, (10, 10), 256, {})
+    assert ("🟥 red: **new buildings** (20.00% of the pixels, confidence 0.81); "
+            "🟦 blue: **new water bodies** (80.00% of the pixels, confidence 0.64)") in text
+    assert "own colour" not in status_text({**result, "targets": targets[:1]}, (10, 10), 256, {})
+
+
+def test_the_detector_returns_every_target():
+    model, processor = seg_tiny(0)
+    detector = ChangeDetector(model, processor, max_new_tokens=2)
+    t1, t2 = image_pair(64, 80, seed=1)
+    result = detector.ask(t1, t2, "new buildings and new ponds")
+    assert len(result["targets"]) == 2
+    assert np.array_equal(result["targets"][0]["mask"] | result["targets"][1]["mask"], result["mask"])
+    assert all(t["changed_fraction"] == pytest.approx(float(t["mask"].mean())) for t in result["targets"])
+
+
 def test_messages_name_the_users_file_and_not_batch_positions(tmp_path):
     from reasoncd.demo import plain_message, read_upload
 

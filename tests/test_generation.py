@@ -97,7 +97,7 @@ def test_mask_confidence_is_the_mean_probability_inside_the_mask(pair):
     model.eval()
     inputs = processor(images_t1=pair[0], images_t2=pair[1], text=QUESTIONS)
     with torch.no_grad():
-        generated = model.generate(**inputs, max_new_tokens=2)
+        generated = model.generate(**inputs, max_new_tokens=1)  # "[SEG]": one target, whose mask is the answer's
     results = processor.post_process_generation(generated)
     for row, result in enumerate(results):
         probabilities = _probability_map(generated.pred_masks[row], generated.reshaped_sizes[row], (HEIGHT, WIDTH),
@@ -143,10 +143,16 @@ def test_steps_after_the_end_of_an_answer_do_not_count(tiny):
     seg, eos, pad, word = (model.config.seg_token_id, model.config.eos_token_id, model.config.pad_token_id, 500)
     sequences = torch.tensor([[word, eos, pad, pad],      # absent: `</s>` at step 1, then padding
                               [word, seg, word, eos],     # [SEG] at step 1
-                              [word, eos, seg, pad]])     # a [SEG] after `</s>` is no [SEG]
+                              [word, eos, seg, pad],      # a [SEG] after `</s>` is no [SEG]
+                              [seg, word, seg, eos]])     # two targets: each reported, the row by the less sure
     probabilities = torch.tensor([[0.10, 0.20, 0.90, 0.95],
                                   [0.30, 0.40, 0.80, 0.10],
-                                  [0.05, 0.15, 0.99, 0.70]])
-    present, _, reported = model._seg_states_generated(sequences, torch.zeros(3, 4, 8), probabilities)
-    assert present.tolist() == [False, True, False]
-    assert reported.tolist() == pytest.approx([0.20, 0.40, 0.15])
+                                  [0.05, 0.15, 0.99, 0.70],
+                                  [0.90, 0.10, 0.60, 0.20]])
+    states = torch.arange(4 * 4 * 8, dtype=torch.float32).reshape(4, 4, 8)
+    present, hidden, per_target, reported = model._seg_states_generated(sequences, states, probabilities)
+    assert present.tolist() == [[False, False], [True, False], [False, False], [True, True]]
+    assert reported.tolist() == pytest.approx([0.20, 0.40, 0.15, 0.60])
+    torch.testing.assert_close(per_target, torch.tensor([[0, 0], [0.40, 0], [0, 0], [0.90, 0.60]]))
+    assert torch.equal(hidden[3, 0], states[3, 0]) and torch.equal(hidden[3, 1], states[3, 2])
+    assert torch.equal(hidden[1, 0], states[1, 1]) and not hidden[1, 1].any() and not hidden[2].any()

@@ -66,6 +66,14 @@ def test_answers_a_real_pair(handler, pair):
     # The model answers [SEG] whatever it is asked (its logit is the only positive one).
     assert 0.99 < result["seg_probability"] <= 1.0
     assert 0.5 < result["mask_confidence"] <= 1.0  # the mean change probability over a non-empty mask
+    # Each [SEG] is a target with its own mask and confidences; the answer's mask is their union.
+    assert [target["label"] for target in result["targets"]] == ["change 1", "change 2"]
+    masks = [_decode_mask(target) for target in result["targets"]]
+    assert np.array_equal(np.maximum(*masks), mask) and not np.array_equal(masks[0], masks[1])
+    for target, target_mask in zip(result["targets"], masks):
+        assert target["changed_fraction"] == pytest.approx(float((target_mask > 0).mean()))
+        assert 0.99 < target["seg_probability"] <= 1.0 and 0.5 < target["mask_confidence"] <= 1.0
+    assert result["seg_probability"] == pytest.approx(min(t["seg_probability"] for t in result["targets"]))
 
 
 def test_a_list_of_questions_gives_a_list(handler, pair):

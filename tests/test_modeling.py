@@ -291,6 +291,121 @@ def test_seg_state_same_in_teacher_forcing_and_cached_generation(model, processo
     assert all(r["mask"].shape == (HEIGHT, WIDTH) and r["mask"].any() for r in results)
 
 
+# --- several targets per answer ---------------------------------------------------------------------------------
+MULTI_QUESTIONS = ["new buildings and new ponds", "everything urbanisation changed here"]
+MULTI_ANSWERS = ["The new buildings [SEG] and the new water bodies [SEG].",
+                 "The new buildings [SEG], the removed trees [SEG] and the removed patches of low vegetation [SEG]."]
+
+
+@pytest.mark.parametrize("mode", list(GENERATE_MODES))
+def test_every_seg_state_same_in_teacher_forcing_and_cached_generation(model, processor, pair, mode):
+    t1, t2, mask = pair
+    questions = [*MULTI_QUESTIONS, "new buildings"]
+    answers = [*MULTI_ANSWERS, "It's the new buildings [SEG]."]
+    generated = forced_generate(model, processor, processor(images_t1=t1, images_t2=t2, text=questions), answers,
+                                **GENERATE_MODES[mode])
+    assert generated.target_present.tolist() == [[True, True, False], [True, True, True], [True, False, False]]
+    truths = [[mask, ~mask], [mask, ~mask, mask], [mask]]
+    teacher = processor(images_t1=t1, images_t2=t2, text=questions, answers=answers, masks=truths)
+    assert teacher["masks"].shape == (3, 3, HEIGHT, WIDTH)
+    with torch.no_grad():
+        forced = model(**teacher)
+    assert torch.equal(forced.target_present, generated.target_present)
+    torch.testing.assert_close(generated.target_hidden_states, forced.target_hidden_states, rtol=0, atol=1e-4)
+    present = forced.target_present
+    states = forced.target_hidden_states[present]
+    assert not torch.allclose(states[0], states[1], atol=1e-2)  # each [SEG] has a state of its own
+
+    # Each is the state that predicts its own [SEG].
+    head = model.language_model.get_output_embeddings()
+    for row in range(len(questions)):
+        positions = (teacher["input_ids"][row] == model.config.seg_token_id).nonzero().squeeze(1)
+        with torch.no_grad():
+            logits = head(forced.target_hidden_states[row, : len(positions)])
+        torch.testing.assert_close(logits, forced.logits[row, positions - 1], rtol=0, atol=1e-4)
+
+    rows = teacher["pair_index"][present.nonzero()[:, 0]]
+    assert_masks_agree(processor, generated.target_masks[present], forced.target_masks[present],
+                       teacher["reshaped_sizes"][rows], (HEIGHT, WIDTH))
+    # The first target is what single-mask callers read.
+    torch.testing.assert_close(forced.pred_masks, forced.target_masks[:, 0])
+    torch.testing.assert_close(forced.seg_hidden_states, forced.target_hidden_states[:, 0])
+
+    results = processor.post_process_generation(generated)
+    assert [[t["label"] for t in r["targets"]] for r in results] == [
+        ["new buildings", "new water bodies"],
+        ["new buildings", "removed trees", "removed patches of low vegetation"], ["new buildings"]]
+    for row, result in enumerate(results):
+        union = np.logical_or.reduce([t["mask"] for t in result["targets"]])
+        assert np.array_equal(result["mask"], union)
+        for k, target in enumerate(result["targets"]):
+            assert target["mask"].shape == (HEIGHT, WIDTH)
+            assert target["seg_probability"] == pytest.approx(float(generated.target_seg_probabilities[row, k]))
+            assert 0.0 <= target["mask_confidence"] <= 1.0
+        assert result["seg_probability"] == pytest.approx(min(t["seg_probability"] for t in result["targets"]))
+
+
+def test_the_mask_loss_averages_every_target_against_its_own_truth(model, processor, pair):
+    t1, t2, mask = pair
+    other = np.zeros_like(mask)
+    other[150:190, 200:280] = True
+    config = model.config
+    inputs = processor(images_t1=t1, images_t2=t2, text=MULTI_QUESTIONS[:1] + ["rivers"],
+                       answers=[MULTI_ANSWERS[0], "There is no change of interest: no water bodies appear."],
+                       masks=[[mask, other], np.zeros_like(mask)])
+    with torch.no_grad():
+        out = model(**inputs)
+    assert out.target_present.tolist() == [[True, True], [False, False]]
+
+    # By hand: per target, weighted BCE and Dice against its own truth; pixels of the answer's other target weigh
+    # other_change_bce_weight (they changed, but not for this target).
+    bce_terms, dice_terms = [], []
+    for k, (own, rival) in enumerate(((mask, other), (other, mask))):
+        logits = upscale_mask_logits(out.target_masks[0, k], inputs["reshaped_sizes"][0], (HEIGHT, WIDTH),
+                                     processor.sam_image_size).float()
+        target = torch.from_numpy(own).float()
+        weight = 1.0 + (config.other_change_bce_weight - 1.0) * torch.from_numpy(rival & ~own).float()
+        bce_terms.append(F.binary_cross_entropy_with_logits(logits, target, weight=weight,
+                                                            pos_weight=torch.tensor(config.bce_pos_weight)))
+        probability = logits.sigmoid()
+        dice_terms.append(1 - (2 * (probability * target).sum() + 1) / (probability.sum() + target.sum() + 1))
+    torch.testing.assert_close(out.bce_loss, torch.stack(bce_terms).mean(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out.dice_loss, torch.stack(dice_terms).mean(), rtol=1e-4, atol=1e-6)
+
+    # The second target's truth counts: another truth for it, another loss.
+    with torch.no_grad():
+        moved = model(**processor(images_t1=t1, images_t2=t2, text=MULTI_QUESTIONS[:1], answers=MULTI_ANSWERS[:1],
+                                  masks=[[mask, ~other]]))
+    assert not torch.allclose(moved.bce_loss, out.bce_loss) and not torch.allclose(moved.dice_loss, out.dice_loss)
+
+    with pytest.raises(ValueError, match="one mask per"):
+        processor(images_t1=t1, images_t2=t2, text=MULTI_QUESTIONS[:1], answers=MULTI_ANSWERS[:1], masks=[[mask]])
+    with pytest.raises(ValueError, match="one mask per"):
+        model(**processor(images_t1=t1, images_t2=t2, text=MULTI_QUESTIONS[:1], answers=MULTI_ANSWERS[:1],
+                          masks=[mask]))
+
+
+def test_a_partly_absent_answer_masks_only_what_changed(model, processor, pair):
+    t1, t2, mask = pair
+    answers = ["The new buildings [SEG]; there are no new water bodies.",
+               "There is no change of interest: there are no new water bodies and no new playgrounds."]
+    inputs = processor(images_t1=t1, images_t2=t2, text=MULTI_QUESTIONS[:1] + ["new ponds and new playgrounds"])
+    generated = forced_generate(model, processor, inputs, answers)
+    assert generated.target_present.tolist() == [[True], [False]]
+    present, absent = processor.post_process_generation(generated)
+    assert [t["label"] for t in present["targets"]] == ["new buildings"]
+    assert np.array_equal(present["mask"], present["targets"][0]["mask"])
+    assert present["text"] == "The new buildings; there are no new water bodies."
+    assert absent["targets"] == [] and not absent["mask"].any()
+    assert absent["mask_confidence"] == pytest.approx(1.0 - absent["seg_probability"])
+
+    # In training the absent part has no mask: one truth for the one [SEG].
+    teacher = processor(images_t1=t1, images_t2=t2, text=MULTI_QUESTIONS[:1], answers=answers[:1], masks=[[mask]])
+    with torch.no_grad():
+        out = model(**teacher)
+    assert out.target_present.tolist() == [[True]] and out.bce_loss > 0
+
+
 # --- one encoding per pair --------------------------------------------------------------------------------------
 def test_several_questions_encode_the_pair_once(model, processor, pair):
     t1, t2, _ = pair

@@ -92,6 +92,19 @@ def test_concurrent_requests_answer_as_sequential_ones_with_bounded_decoding(det
     assert detector.model.generate.most == DEFAULT_MAX_CONCURRENT
 
 
+def test_every_seg_of_an_answer_is_a_target_with_its_own_mask(detector):
+    t1, t2 = image_pair(48, 64, seed=0)
+    result = detector({"image_t1": t1, "image_t2": t2, "text": "new buildings and new ponds"}, max_new_tokens=2)
+    assert result["raw_text"] == "[SEG] [SEG]" and len(result["targets"]) == 2
+    masks = [np.array(target["mask"]) for target in result["targets"]]
+    assert all(mask.shape == (48, 64) and set(np.unique(mask)) <= {0, 255} for mask in masks)
+    assert np.array_equal(np.maximum(*masks), np.array(result["mask"]))
+    for target, mask in zip(result["targets"], masks):
+        assert target["label"].startswith("change ")  # "[SEG]" alone names nothing
+        assert target["changed_fraction"] == pytest.approx(float((mask > 0).mean()))
+        assert 0.0 <= target["mask_confidence"] <= 1.0 and 0.0 <= target["seg_probability"] <= 1.0
+
+
 def test_max_concurrent_is_checked():
     model, processor = seg_tiny(0)
     for bad in (0, -1, 1.5, True):

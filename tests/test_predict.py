@@ -92,14 +92,15 @@ def test_levir_pair_json(realcd, runs):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     report = json.loads(result.stdout)  # stdout is the JSON document and nothing else
-    assert set(report) == {"text", "raw_text", "mask", "changed_fraction", "mask_confidence", "seg_probability"}
+    assert set(report) == {"text", "raw_text", "mask", "changed_fraction", "mask_confidence", "seg_probability",
+                           "targets"}
     assert isinstance(report["text"], str) and report["mask"] == str(out)
     with Image.open(t1) as image:
         size = image.size
     values = read_change_map(out, size)
     assert report["changed_fraction"] == pytest.approx(float((values == 255).mean()))
     # The random tiny model does not answer [SEG]: no change is drawn.
-    assert "[SEG]" not in report["raw_text"] and report["changed_fraction"] == 0.0
+    assert "[SEG]" not in report["raw_text"] and report["changed_fraction"] == 0.0 and report["targets"] == []
     # No [SEG]: its highest probability at any step is reported, and the empty map is as sure as [SEG] was unlikely.
     assert 0.0 <= report["seg_probability"] < 0.5
     assert report["mask_confidence"] == pytest.approx(1.0 - report["seg_probability"])
@@ -118,6 +119,15 @@ def test_whu_1024_pair_with_a_mask(realcd, runs):
     assert 0.0 < fraction < 1.0  # both classes present: the decoder's logits were thresholded, not filled
     assert report["changed_fraction"] == pytest.approx(fraction)
     assert 0.99 < report["seg_probability"] <= 1.0 and 0.5 < report["mask_confidence"] <= 1.0
+    # Every [SEG] (six: --max_new_tokens 6) is a target, its mask written beside --out; --out is their union.
+    targets = report["targets"]
+    assert [target["mask"] for target in targets] == [str(out.with_name(f"whu_target{k}.png")) for k in range(1, 7)]
+    masks = [read_change_map(target["mask"], (1024, 1024)) for target in targets]
+    assert np.array_equal(np.maximum.reduce(masks), values)
+    for target, mask in zip(targets, masks):
+        assert target["label"].startswith("change ") and 0.99 < target["seg_probability"] <= 1.0
+        assert target["changed_fraction"] == pytest.approx(float((mask == 255).mean()))
+        assert 0.5 <= target["mask_confidence"] <= 1.0
 
 
 def assert_clean_error(result, *fragments):

@@ -201,6 +201,10 @@ def test_post_process_unpads_resizes_and_cleans_text(processor):
     assert not mask[:, width // 2 + 8 :].any()
     # Without [SEG] the mask is empty, at the requested size.
     assert results[1]["mask"].shape == (height, width) and not results[1]["mask"].any()
+    # One mask per answer: the answer's one target (named by nothing here: "It's [SEG]."); none without [SEG].
+    target, = results[0]["targets"]
+    assert target["label"] == "change 1" and np.array_equal(target["mask"], mask)
+    assert target["seg_probability"] is None and results[1]["targets"] == []
 
     # Explicit target sizes: the same decision at another resolution.
     resized = processor.post_process_generation(outputs, target_sizes=[(100, 150)])
@@ -208,6 +212,41 @@ def test_post_process_unpads_resizes_and_cleans_text(processor):
     assert resized[0]["mask"][:, : 75 - 4].all() and not resized[0]["mask"][:, 75 + 4 :].any()
     with pytest.raises(ValueError, match="target sizes"):
         processor.post_process_generation(outputs, target_sizes=[(1, 1), (1, 1), (1, 1)])
+
+
+@pytest.mark.parametrize("answer, labels", [
+    ("The new buildings [SEG] and the new water bodies [SEG]; there are no new playgrounds.",
+     ["new buildings", "new water bodies"]),
+    ("Sure, here are the new patches of low vegetation [SEG], the removed trees [SEG] and the changed water bodies "
+     "[SEG].", ["new patches of low vegetation", "removed trees", "changed water bodies"]),
+    ("It's the new buildings [SEG].", ["new buildings"]),
+    ("It's [SEG].", ["change 1"]),
+    ("In the later image (T2) there are trees where the earlier image (T1) had water; the change map marks these new "
+     "trees [SEG].", ["new trees"]),
+    ("The change map marks all trees that differ between the earlier image (T1) and the later image (T2): [SEG].",
+     ["change 1"]),
+    ("There is no change of interest: there are no new buildings.", []),
+])
+def test_target_labels_are_the_words_before_each_seg(answer, labels):
+    assert ReasonCDProcessor.target_labels(answer) == labels
+
+
+def test_every_answer_of_the_bank_names_its_targets_by_their_labels():
+    import random
+
+    from reasoncd.data.questions import (CLASSES, DIRECTIONS, GROUPS, group_covers, group_question, plain_answers,
+                                         target_label)
+
+    for croi in CLASSES:
+        for direction in DIRECTIONS:
+            for answer in plain_answers(croi, direction):
+                assert ReasonCDProcessor.target_labels(answer) == [target_label(croi, direction)]
+    rng = random.Random(0)
+    for group in GROUPS:
+        for _ in range(10):
+            sample = group_question(group, rng.sample(group_covers(group), 2), rng=rng, split="train")
+            present = [t["label"] for t in sample["targets"] if t["present"]]
+            assert ReasonCDProcessor.target_labels(sample["answer"]) == present
 
 
 # --- awkward inputs ---------------------------------------------------------------------------------------------

@@ -154,3 +154,114 @@ def test_says_absent_recognises_every_absent_answer_and_no_present_one():
                     assert says_absent(absent_answer(croi, direction, rng=rng, implicit=implicit))
             assert not any(says_absent(answer) for answer in plain_answers(croi, direction))
     assert not says_absent("It's the new buildings.")
+
+
+# --- questions about several changes ----------------------------------------------------------------------------
+from reasoncd.data.questions import (GROUPS, MULTI_KIND, combination_question, group_covers, group_phrasings,  # noqa: E402
+                                     group_question, says_absent, target_label)
+
+
+def test_group_rules_say_which_changes_each_group_covers():
+    # The semantic rules, written out: what each implicit group question means.
+    assert dict((group, group_covers(group)) for group in GROUPS) == {
+        "urban_growth": (("building", "increase"), ("playground", "increase")),
+        "greening": (("low_vegetation", "increase"), ("tree", "increase")),
+        "vegetation_loss": (("low_vegetation", "decrease"), ("tree", "decrease")),
+        "demolition": (("building", "decrease"), ("playground", "decrease")),
+        "water_shift": (("water", "increase"), ("water", "decrease")),
+        "urbanisation": (("building", "increase"), ("low_vegetation", "decrease"), ("tree", "decrease")),
+    }
+    with pytest.raises(ValueError, match="unknown question group"):
+        group_covers("suburbia")
+
+
+def test_group_phrasings_are_new_held_out_every_fourth_and_distinct():
+    singles = set(_all_phrasings("explicit")) | set(_all_phrasings("implicit"))
+    seen = []
+    for group in GROUPS:
+        train, held = group_phrasings(group, False), group_phrasings(group, True)
+        assert len(train) >= 4 and len(held) >= 2 and not set(train) & set(held)
+        seen += train + held
+    assert len(seen) == len(set(seen)) and not set(seen) & singles
+
+
+def _present_labels(answer: str) -> list[str]:
+    """The words right before each [SEG], as 'the <label> [SEG]' writes them."""
+    return [piece.rsplit(" the ", 1)[-1].removeprefix("The ").strip() for piece in answer.split(" [SEG]")[:-1]]
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_group_answers_mark_each_present_change_and_refuse_the_others_in_words(group):
+    covers = group_covers(group)
+    rng = random.Random(len(group))
+    for bits in range(2 ** len(covers)):
+        present = [part for index, part in enumerate(covers) if bits >> index & 1]
+        absent = [part for part in covers if part not in present]
+        sample = group_question(group, present, rng=rng, split="train")
+        answer = sample["answer"]
+        assert sample["kind"] == MULTI_KIND and sample["group"] == group and sample["style"] == "group"
+        assert answer.count("[SEG]") == len(present)
+        assert _present_labels(answer) == [target_label(*part) for part in present]
+        for part in absent:  # said in words, never before a [SEG]
+            assert f"no {target_label(*part)}" in answer
+        assert says_absent(answer) == (not present)
+        assert [(t["croi"], t["direction"], t["present"]) for t in sample["targets"]] == \
+            [(*part, True) for part in present] + [(*part, False) for part in absent]
+        assert sample["question"] in group_phrasings(group, False)
+
+
+def test_combination_questions_join_each_changes_own_phrasings():
+    rng = random.Random(3)
+    parts = [("building", "increase", True), ("water", "any", True), ("playground", "decrease", False)]
+    for split in ("train", "test"):
+        for _ in range(50):
+            sample = combination_question(parts, rng=rng, split=split)
+            assert sample["style"] == "combination" and sample["kind"] == MULTI_KIND
+            held = sample["heldout"]
+            assert not held or split == "test"
+            for croi, direction, _ in parts:
+                assert any(phrase in sample["question"] for phrase in phrasings(croi, direction, "explicit", held))
+            assert _present_labels(sample["answer"]) == ["new buildings", "changed water bodies"]
+            assert sample["answer"].endswith("; there are no removed playgrounds.")
+    assert "A, B and C" == questions.join_list(["A", "B", "C"]) and "A and B" == questions.join_list(["A", "B"])
+
+
+def test_multi_questions_in_training_never_use_held_out_phrasings():
+    rng = random.Random(1)
+    for _ in range(300):
+        group = rng.choice(GROUPS)
+        sample = group_question(group, group_covers(group)[:1], rng=rng, split="train")
+        assert not sample["heldout"] and sample["question"] not in group_phrasings(group, True)
+    shares = [group_question(g, [], rng=rng, split="val")["heldout"] for g in GROUPS * 200]
+    assert 0.4 < sum(shares) / len(shares) < 0.6
+
+
+def test_multi_questions_are_refused_when_malformed():
+    rng = random.Random(0)
+    with pytest.raises(ValueError, match="two or more"):
+        combination_question([("water", "any", True)], rng=rng, split="train")
+    with pytest.raises(ValueError, match="must differ"):
+        combination_question([("water", "any", True), ("water", "any", False)], rng=rng, split="train")
+    with pytest.raises(ValueError, match="covers"):
+        group_question("greening", [("building", "increase")], rng=rng, split="train")
+
+
+def test_corpus_holds_every_multi_question_and_answer_word():
+    joined = set(corpus())
+    rng = random.Random(9)
+    for group in GROUPS:
+        for held in (False, True):
+            assert set(group_phrasings(group, held)) <= joined
+        for _ in range(20):
+            sample = group_question(group, rng.sample(group_covers(group), rng.randint(0, 2)), rng=rng, split="val")
+            assert sample["answer"] in joined
+    import re
+
+    def words(text):
+        return set(re.findall(r"[\w'()-]+|\[SEG\]", text))
+
+    known = set().union(*map(words, joined))
+    for _ in range(100):
+        parts = rng.sample(CROIS, 3)
+        sample = combination_question([(*part, rng.random() < 0.5) for part in parts], rng=rng, split="test")
+        assert words(sample["question"]) | words(sample["answer"]) <= known

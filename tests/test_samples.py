@@ -101,3 +101,35 @@ def test_split_validation_names_file_and_field(tmp_path):
     (tmp_path / "val").mkdir()
     with pytest.raises(SampleError, match="empty"):
         load_split(tmp_path, "val")
+
+
+def test_targets_of_a_question_about_several_changes_are_checked_and_read_per_seg(tmp_path):
+    from reasoncd.data.samples import load_target_masks
+
+    t1, t2, mask, truth = _pair(tmp_path)
+    other = tmp_path / "masks" / "o.png"
+    write_png_atomic(other, ~truth)
+    fields = dict(img1_path="../images/t1.png", img2_path="../images/t2.png", mask_path="../masks/m.png",
+                  question="new buildings and new ponds", answer=f"The new buildings {SEG} and the new ponds {SEG}.")
+    targets = [{"label": "new buildings", "present": True, "mask_path": "../masks/m.png"},
+               {"label": "new ponds", "present": True, "mask_path": "../masks/o.png"},
+               {"label": "new playgrounds", "present": False, "mask_path": None}]
+    _write_sample(tmp_path / "train", "ok", **fields, targets=targets)
+    wrong_count = _write_sample(tmp_path / "train", "count", **{**fields, "answer": f"The new buildings {SEG}."},
+                                targets=targets)
+    no_label = _write_sample(tmp_path / "train", "label", **fields, targets=[{"present": True}] + targets[1:])
+    gone = _write_sample(tmp_path / "train", "gone", **fields,
+                         targets=[{**targets[0], "mask_path": "../masks/nowhere.png"}, *targets[1:]])
+    with pytest.raises(SampleError) as error:
+        load_split(tmp_path, "train")
+    message = str(error.value)
+    assert f"{wrong_count}: the answer holds 1 [SEG] but 'targets' lists 2 present" in message
+    assert f"{no_label}: targets[0] must be an object with a non-empty 'label'" in message
+    assert f"{gone}: targets[0]: 'mask_path' points at a missing file" in message
+    for path in (wrong_count, no_label, gone):
+        path.unlink()
+    sample, = load_split(tmp_path, "train")
+    first, second = load_target_masks(sample, truth.shape)
+    assert np.array_equal(first, truth) and np.array_equal(second, ~truth)
+    with pytest.raises(SampleError, match="does not match the images"):
+        load_target_masks(sample, (4, 4))

@@ -58,7 +58,7 @@ def read_layer(path):
     import shapely
 
     meta, _, geometry, fields = pyogrio.raw.read(path)
-    return [(shapely.from_wkb(g), {n: v.item() for n, v in zip(meta["fields"], values)})
+    return [(shapely.from_wkb(g), {n: v.item() if hasattr(v, "item") else v for n, v in zip(meta["fields"], values)})
             for g, values in zip(geometry, zip(*fields))]
 
 
@@ -117,6 +117,40 @@ def test_a_scene_in_one_tile_gives_the_same_mask_as_predict(tmp_path, model):
     assert expected["mask"].any() and not expected["mask"].all()
     assert (valid == 255).all()
     assert ((mask == 1) == expected["mask"]).all()
+    # Every [SEG] of the answer (four) is a target with its own mask: the same as predict's, target by target.
+    targets = json.loads((tmp_path / "out" / "summary.json").read_text())["questions"][0]["targets"]
+    assert [target["label"] for target in targets] == [t["label"] for t in expected["targets"]] == \
+        [f"change {k}" for k in range(1, 5)]
+    for k, (target, predicted) in enumerate(zip(targets, expected["targets"]), 1):
+        assert target["files"]["mask"] == f"q1_new-buildings_target{k}_mask.tif"
+        target_mask, _ = read_band(tmp_path / "out" / target["files"]["mask"])
+        assert ((target_mask == 1) == predicted["mask"]).all()
+
+
+def test_every_target_gets_its_rasters_and_polygons_named_by_a_target_field(reference):
+    summary = json.loads((reference / "summary.json").read_text())
+    for number, answered in enumerate(summary["questions"], 1):
+        mask, _ = read_band(reference / answered["files"]["mask"])
+        assert [target["label"] for target in answered["targets"]] == [f"change {k}" for k in range(1, 5)]
+        union = np.zeros_like(mask, dtype=bool)
+        for k, target in enumerate(answered["targets"], 1):
+            assert target["files"]["geojson"].startswith(f"q{number}_") and f"_target{k}_" in target["files"]["mask"]
+            assert target["tiles_with_target"] == 6
+            target_mask, _ = read_band(reference / target["files"]["mask"])
+            with rasterio.open(reference / target["files"]["mask"]) as dataset:
+                assert dataset.tags()["TARGET"] == target["label"]  # tags are written in capitals
+            # A target's blended probability never exceeds the answer's (the highest of its targets'), so each
+            # target's mask lies within the question's.
+            assert not ((target_mask == 1) & (mask != 1)).any()
+            assert target["changed_pixels"] == int((target_mask == 1).sum()) > 0
+            union |= target_mask == 1
+            features = read_layer(reference / target["files"]["gpkg"])
+            assert len(features) == target["polygons"] > 0
+            assert {fields["target"] for _, fields in features} == {target["label"]}
+            assert sum(fields["pixels"] for _, fields in features) == target["changed_pixels"]
+        assert union.any()
+        # The question's own polygons carry no target: they are the union's.
+        assert "target" not in read_layer(reference / answered["files"]["gpkg"])[0][1]
 
 
 class Interrupted(Exception):

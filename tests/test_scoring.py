@@ -209,7 +209,7 @@ def tiny():
 
 def test_counterfactual_decoding_with_each_rows_own_state_gives_the_models_masks(tiny, synthetic_samples):
     model, processor = tiny
-    batch = [sample for sample in synthetic_samples if SEG in sample["answer"]][:5]
+    batch = [sample for sample in synthetic_samples if SEG in sample["answer"] and sample["kind"] != "multi"][:5]
     assert len({sample["pair_id"] for sample in batch}) > 1  # rows must find their own pair's embedding
     inputs = ReasonCDCollator(processor)(batch)
     with torch.no_grad():
@@ -301,3 +301,33 @@ def test_score_reports_order_accuracy_and_answer_map_agreement(pair_samples, tmp
     assert result["order"] == {"accuracy": 1.0, "n_questions": 1}
     # row 1 says "absent" beside a mask; rows 0, 2, 3 name a change beside one; row 4 says absent, empty map
     assert result["text"]["answer_map_agreement"] == pytest.approx(4 / 5)
+
+
+def test_questions_about_several_changes_are_scored_target_by_target(synthetic_samples):
+    from reasoncd.data.images import read_mask
+
+    multi = [sample for sample in synthetic_samples if sample["kind"] == "multi"]
+    assert multi and any(sum(t["present"] for t in s["targets"]) >= 2 for s in multi)
+
+    def perfect(sample):  # what a model that gets every target right answers
+        targets = [{"label": t["label"], "mask": read_mask(t["mask_path"])} for t in sample["targets"] if t["present"]]
+        union = np.logical_or.reduce([t["mask"] for t in targets])
+        return {"text": sample["answer"].replace(" [SEG]", ""), "mask": union, "targets": targets, "seg": True}
+
+    result = score(multi, [perfect(sample) for sample in multi])["multi_target"]
+    assert result["n_questions"] == len(multi)
+    assert result["target_f1"] == result["union_f1"] == result["t_acc"] == result["count_accuracy"] == 1.0
+    assert result["n_acc"] in (None, 1.0) and result["label_overlap_agreement"] == 1.0
+
+    # The same masks under each other's names: the union is still right, the targets are not.
+    def swapped(sample):
+        answer = perfect(sample)
+        masks = [t["mask"] for t in answer["targets"]]
+        answer["targets"] = [{**t, "mask": m} for t, m in zip(answer["targets"], masks[1:] + masks[:1])]
+        return answer
+
+    several = [sample for sample in multi if sum(t["present"] for t in sample["targets"]) >= 2]
+    result = score(several, [swapped(sample) for sample in several])
+    assert result["multi_target"]["union_f1"] == 1.0 and result["multi_target"]["target_f1"] < 0.9
+    assert result["groups"]["multi"]["f1"] == 1.0
+    assert result["steering"]["n_comparisons"] == 0  # single-change steering leaves these questions out

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reasoncd.data.questions import CLASSES
+from reasoncd.data.questions import CLASSES, group_covers, target_label
+from reasoncd.data.samples import load_split, load_target_masks
 from reasoncd.data.second import SECOND_COLOURS, UNCHANGED_COLOUR, convert_second, second_class_maps
 
 SIZE = 64
@@ -100,6 +101,8 @@ def test_fields_paths_and_masks(converted):
             assert (folder / record["img1_path"]).resolve() == (root / "im1" / f"{record['pair_id']}.png").resolve()
             assert record["heldout"] is False or split != "train"
             mask = _mask(folder / record["mask_path"])
+            if record["kind"] == "multi":  # test_questions_about_several_changes
+                continue
             if record["kind"] == "absent":
                 assert not mask.any() and "[SEG]" not in record["answer"]
                 assert record["croi"] not in _changed_classes(record["pair_id"])
@@ -113,6 +116,71 @@ def test_fields_paths_and_masks(converted):
             if record["croi"] == "building":
                 assert np.array_equal(_mask(folder / record["other_masks"]["water/increase"]), building)
     assert seen_crois == {"building", "water", "tree", "ground"}
+
+
+def _truth(pair_id, croi, direction):
+    """What changed on a pair painted by _make_second, per class and direction."""
+    building, trees = _rectangle(BUILDING_TO_WATER), _rectangle(TREE_TO_GROUND)
+    odd = int(pair_id[-2:]) % 2
+    decrease = {"building": building, "tree": trees if odd else ~building & False}
+    increase = {"water": building, "ground": trees if odd else ~building & False}
+    empty = np.zeros((SIZE, SIZE), bool)
+    lost, gained = decrease.get(croi, empty), increase.get(croi, empty)
+    return {"decrease": lost, "increase": gained, "any": lost | gained}[direction]
+
+
+def test_questions_about_several_changes(converted):
+    _, output, summary = converted
+    multi = [(path, record) for records in _samples(output).values() for path, record in records
+             if record["kind"] == "multi"]
+    # One per pair: every pair changed two classes or more.
+    assert summary["kinds"]["multi"] == PAIRS == len(multi) == len({r["pair_id"] for _, r in multi})
+    styles = set()
+    for path, record in multi:
+        folder, pair_id = path.parent, record["pair_id"]
+        targets = record["targets"]
+        present = [t for t in targets if t["present"]]
+        assert record["answer"].count("[SEG]") == len(present) >= 1
+        union = np.zeros((SIZE, SIZE), bool)
+        for target in targets:
+            truth = _truth(pair_id, target["croi"], target["direction"])
+            assert target["label"] == target_label(target["croi"], target["direction"])
+            if target["present"]:  # its own mask, the one the converter wrote for that class and direction
+                assert np.array_equal(_mask(folder / target["mask_path"]), truth) and truth.any()
+                union |= truth
+            else:  # an absent part left no pixel at all, and is said in words
+                assert target["mask_path"] is None and not truth.any()
+                assert f"no {target['label']}" in record["answer"]
+        assert np.array_equal(_mask(folder / record["mask_path"]), union)
+        assert [t["label"] for t in present] == [
+            piece.rsplit(" the ", 1)[-1].removeprefix("The ") for piece in record["answer"].split(" [SEG]")[:-1]]
+        styles.add(record["style"])
+        if record["style"] == "group":  # the group's rule decides what is asked, the pair what is present
+            covers = group_covers(record["group"])
+            assert [(t["croi"], t["direction"]) for t in targets] == \
+                [p for p in covers if _truth(pair_id, *p).any()] + [p for p in covers if not _truth(pair_id, *p).any()]
+    assert styles == {"group", "combination"}
+
+    # The converted samples read back, with one mask per [SEG].
+    for split in ("train", "val", "test"):
+        for sample in load_split(output, split):
+            masks = load_target_masks(sample, (SIZE, SIZE))
+            assert len(masks) == sample["answer"].count("[SEG]")
+
+
+def test_questions_about_one_change_are_unchanged_by_the_others(converted, tmp_path):
+    root, output, _ = converted
+    convert_second(root, tmp_path / "single", seed=0, progress=False, multi_per_pair=0)
+    def content(record):  # the image paths are relative to each output folder
+        return {**{k: v for k, v in record.items() if k not in ("img1_path", "img2_path")},
+                "mask_path": Path(record["mask_path"]).name,
+                "other_masks": {k: Path(v).name for k, v in record["other_masks"].items()}}
+
+    single = {path.name: content(record) for records in _samples(tmp_path / "single").values()
+              for path, record in records}
+    both = {path.name: content(record) for records in _samples(output).values() for path, record in records
+            if record["kind"] != "multi"}
+    assert single == both
 
 
 def test_direction_masks_are_written_per_class(converted):
@@ -140,7 +208,7 @@ def test_new_settings_replace_the_output(converted, tmp_path):
     assert not [r for rs in _samples(output).values() for _, r in rs if r["kind"] == "absent"]
     summary = convert_second(root, output, seed=0, negatives_per_pair=2, explanations=False, progress=False)
     kinds = {r["kind"] for rs in _samples(output).values() for _, r in rs}
-    assert kinds == {"explicit", "implicit", "absent"} and summary["kinds"].get("explanation", 0) == 0
+    assert kinds == {"explicit", "implicit", "absent", "multi"} and summary["kinds"].get("explanation", 0) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["json"]
 
 
@@ -205,26 +273,10 @@ def test_refuses_an_output_folder_that_holds_the_input(tmp_path):
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
 
 
-def test_temporal_swap_adds_each_training_pair_with_its_dates_exchanged(tmp_path):
+def test_a_negative_count_of_questions_about_several_changes_is_refused(tmp_path):
+    from reasoncd.data.samples import PrepareError
+
     root = _make_second(tmp_path / "SECOND")
-    summary = convert_second(root, tmp_path / "json", seed=0, temporal_swap=True, progress=False)
-    plain = convert_second(root, tmp_path / "plain", seed=0, progress=False)
-    assert summary["pairs"] == plain["pairs"] and summary["swapped_training_pairs"] == 8
-    samples = _samples(tmp_path / "json")
-    for split in ("val", "test"):  # never swapped: they measure the unaugmented task
-        assert not any(record["pair_id"].endswith("-swapped") for _, record in samples[split])
-        assert len(samples[split]) == plain["samples"][split]
-    swapped = [(path, record) for path, record in samples["train"] if record["pair_id"].endswith("-swapped")]
-    assert {record["pair_id"] for _, record in swapped} == {
-        record["pair_id"] + "-swapped" for _, record in _samples(tmp_path / "plain")["train"]}
-    building = _rectangle(BUILDING_TO_WATER)
-    for path, record in swapped:
-        original = record["pair_id"].removesuffix("-swapped")
-        assert (path.parent / record["img1_path"]).resolve() == (root / "im2" / f"{original}.png").resolve()
-        assert (path.parent / record["img2_path"]).resolve() == (root / "im1" / f"{original}.png").resolve()
-        mask = _mask(path.parent / record["mask_path"])
-        # Building -> water, seen backwards: water was lost and buildings appeared, on the same pixels.
-        if (record["croi"], record["direction"]) in {("water", "decrease"), ("building", "increase")}:
-            assert np.array_equal(mask, building), record
-        if (record["croi"], record["direction"]) in {("water", "increase"), ("building", "decrease")}:
-            raise AssertionError(f"the swapped pair asks about the original direction: {record}")
+    with pytest.raises(PrepareError, match="multi_per_pair must be >= 0, got -1"):
+        convert_second(root, tmp_path / "out", multi_per_pair=-1, progress=False)
+    assert not (tmp_path / "out").exists()

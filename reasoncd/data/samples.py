@@ -1,7 +1,10 @@
 """The sample format (one JSON per sample, paper Table II), its validation, and the training collator.
 
 A sample: `img1_path`, `img2_path`, `mask_path`, `question`, `answer` (paths relative to the JSON file), plus
-optional metadata the evaluation reads: `kind`, `croi`, `direction`, `heldout`, `pair_id`, `other_masks`.
+optional metadata the evaluation reads: `kind`, `croi`, `direction`, `heldout`, `pair_id`, `other_masks`. A question
+about several changes also lists its `targets`, each `{"label", "present", "mask_path", "croi", "direction"}`: the
+present ones in the order of the answer's `[SEG]` tokens, each with its own mask (`mask_path` is then their union),
+the absent ones with a null `mask_path`.
 """
 
 import json
@@ -93,6 +96,9 @@ def read_sample(json_path: Path) -> tuple[dict | None, list[str]]:
             problems.append(f"{json_path}: field '{field}' points at a missing file {sample[field]}")
     sample["other_masks"] = {key: str(_resolve(json_path, value))
                              for key, value in (raw.get("other_masks") or {}).items()}
+    if "targets" in raw:
+        sample["targets"], issues = _read_targets(json_path, raw)
+        problems += issues
     sample.setdefault("kind", "explicit" if SEG in raw["answer"] else "absent")
     sample.setdefault("pair_id", Path(raw["img1_path"]).stem)
     sample.setdefault("heldout", False)
@@ -100,6 +106,35 @@ def read_sample(json_path: Path) -> tuple[dict | None, list[str]]:
     sample.setdefault("direction", "")
     sample["source"] = str(json_path)
     return (None if problems else sample), problems
+
+
+def _read_targets(json_path: Path, raw: dict) -> tuple[list[dict], list[str]]:
+    """A sample's `targets` with absolute mask paths, or the problems: each needs a `label` and `present`, a present
+    one an existing `mask_path`, and the answer one `[SEG]` per present target."""
+    targets = raw["targets"]
+    if not isinstance(targets, list) or not targets:
+        return [], [f"{json_path}: field 'targets' must be a non-empty list"]
+    problems, resolved = [], []
+    for index, target in enumerate(targets):
+        where = f"{json_path}: targets[{index}]"
+        if not isinstance(target, dict) or not isinstance(target.get("label"), str) or not target["label"].strip() \
+                or not isinstance(target.get("present"), bool):
+            problems.append(f"{where} must be an object with a non-empty 'label' and a true/false 'present'")
+            continue
+        entry = dict(target)
+        if target["present"]:
+            if not isinstance(target.get("mask_path"), str) or not target["mask_path"].strip():
+                problems.append(f"{where}: a present target needs a 'mask_path'")
+                continue
+            entry["mask_path"] = str(_resolve(json_path, target["mask_path"]))
+            if not Path(entry["mask_path"]).is_file():
+                problems.append(f"{where}: 'mask_path' points at a missing file {entry['mask_path']}")
+        resolved.append(entry)
+    present = sum(bool(target.get("present")) for target in targets if isinstance(target, dict))
+    if not problems and raw["answer"].count(SEG) != present:
+        problems.append(f"{json_path}: the answer holds {raw['answer'].count(SEG)} {SEG} but 'targets' lists "
+                        f"{present} present; each present target needs its own {SEG}")
+    return resolved, problems
 
 
 def load_split(data_dir, split: str, *, limit: int | None = None) -> list[dict]:
@@ -140,10 +175,11 @@ def group_by_pair(samples: list[dict]) -> list[dict]:
     for sample in samples:
         key = (sample["img1_path"], sample["img2_path"])
         group = groups.setdefault(key, {"img1_path": key[0], "img2_path": key[1], "pair_id": sample["pair_id"],
-                                        "questions": [], "answers": [], "mask_paths": []})
+                                        "questions": [], "answers": [], "mask_paths": [], "target_mask_paths": []})
         group["questions"].append(sample["question"])
         group["answers"].append(sample["answer"])
         group["mask_paths"].append(sample["mask_path"])
+        group["target_mask_paths"].append(target_mask_paths(sample))
     return list(groups.values())
 
 
@@ -166,6 +202,24 @@ def load_mask(sample: dict, size: tuple[int, int]) -> np.ndarray:
     if mask.shape != tuple(size):
         raise SampleError(f"{sample['mask_path']}: mask {mask.shape} does not match the images {tuple(size)}")
     return mask
+
+
+def target_mask_paths(sample: dict) -> list[str]:
+    """The mask files of a question about several changes, one per `[SEG]` of its answer, in order; [] for a
+    question about one change (its `mask_path` is the mask of its `[SEG]`)."""
+    return [target["mask_path"] for target in sample.get("targets") or [] if target["present"]]
+
+
+def load_target_masks(sample: dict, size: tuple[int, int]) -> list[np.ndarray]:
+    """One mask per `[SEG]` of the sample's answer, in order: its targets' masks, or its one mask."""
+    paths = target_mask_paths(sample)
+    if not paths:
+        return [load_mask(sample, size)] if SEG in sample["answer"] else []
+    masks = [read_mask(path) for path in paths]
+    for path, mask in zip(paths, masks):
+        if mask.shape != tuple(size):
+            raise SampleError(f"{path}: mask {mask.shape} does not match the images {tuple(size)}")
+    return masks
 
 
 def load_pair(sample: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -24,7 +24,8 @@ from reasoncd.data.images import IMAGE_SUFFIXES
 from reasoncd.data.samples import SPLITS, PrepareError, relative_path, split_pairs, write_sample
 from reasoncd.io import OutputDir
 from reasoncd.messages import listed, size_mismatch
-from reasoncd.data.questions import CLASSES, corpus, make_question
+from reasoncd.data.questions import (CLASSES, DIRECTIONS, GROUPS, MULTI_KIND, combination_question, corpus, group_covers,
+                                     group_question, make_question)
 
 # Class colours in CLASSES order.
 SECOND_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -40,10 +41,12 @@ SUBFOLDERS = ("im1", "im2", "label1", "label2")
 # A class whose change covers less than this share of the pair is too small to ask about, and is not safely
 # absent either: it gets no sample.
 MIN_CHANGE_FRACTION = 0.001
-FORMAT_VERSION = 3  # 2: plain answers name the CRoI; 3: right before [SEG]
+FORMAT_VERSION = 4  # 2: plain answers name the CRoI; 3: right before [SEG]; 4: questions about several changes
+# A question about several changes names two, sometimes three (this share of the time, when three changed).
+THREE_PART_SHARE = 0.3
+# Share of combination questions that also ask about a change that did not happen.
+ABSENT_PART_SHARE = 0.5
 CONVERTER = "prepare_data.py second"  # how output folders record this conversion (train.py's quickstart uses it too)
-# Added to the pair id (and file names) of a training pair's copy with its dates exchanged (`temporal_swap`).
-SWAPPED_SUFFIX = "-swapped"
 
 _KEYS = np.array([(r << 16) | (g << 8) | b for r, g, b in (*SECOND_COLOURS.values(), UNCHANGED_COLOUR)])
 _VALUES = np.array([*range(len(CLASSES)), -1])
@@ -169,6 +172,58 @@ def _dominant(class_map: np.ndarray, where: np.ndarray) -> str | None:
     return CLASSES[best] if counts[best] * 2 >= where.sum() else None
 
 
+def _change_area(label1: np.ndarray, label2: np.ndarray, croi: str, direction: str) -> np.ndarray:
+    """Where a CRoI changed: ``increase`` where T2 shows the class, ``decrease`` where T1 did, ``any`` either."""
+    index = CLASSES.index(croi)
+    if direction == "increase":
+        return label2 == index
+    if direction == "decrease":
+        return label1 == index
+    return (label1 == index) | (label2 == index)
+
+
+def _multi_questions(rng: random.Random, split: str, label1, label2, masks: dict, present: list[str],
+                     untouched: list[str], count: int) -> list[dict]:
+    """Up to ``count`` questions about several changes for a pair where two or more classes changed: explicit
+    combinations of changed classes (sometimes with a class that did not change at all), or group questions whose
+    covered changes each either happened (at least MIN_CHANGE_FRACTION of the pair) or left no pixel at all. Each
+    sample's ``target_keys`` name the masks of its present targets, in the answer's order; ``masks`` gains the
+    ``any`` masks they need."""
+    if len(present) < 2:
+        return []
+    minimum = MIN_CHANGE_FRACTION * label1.size
+
+    def state(croi: str, direction: str) -> bool | None:
+        changed = int(_change_area(label1, label2, croi, direction).sum())
+        return True if changed >= minimum else False if changed == 0 else None
+
+    groups = [group for group in GROUPS
+              if all(state(*part) is not None for part in group_covers(group))
+              and any(state(*part) for part in group_covers(group))]
+    samples = []
+    for _ in range(count):
+        if groups and rng.random() < 0.5:
+            group = rng.choice(groups)
+            sample = group_question(group, [part for part in group_covers(group) if state(*part)], rng=rng,
+                                    split=split)
+        else:
+            size = 3 if len(present) >= 3 and rng.random() < THREE_PART_SHARE else 2
+            parts = []
+            for croi in rng.sample(present, size):
+                direction = rng.choice([d for d in ("increase", "decrease") if f"{croi}/{d}" in masks] + ["any"])
+                parts.append((croi, direction, True))
+            if untouched and rng.random() < ABSENT_PART_SHARE:
+                parts.insert(rng.randint(0, len(parts)), (rng.choice(untouched), rng.choice(DIRECTIONS), False))
+            sample = combination_question(parts, rng=rng, split=split)
+        keys = [f"{t['croi']}/{t['direction']}" for t in sample["targets"] if t["present"]]
+        for key in keys:
+            if key not in masks:
+                masks[key] = _change_area(label1, label2, *key.split("/"))
+        sample["target_keys"] = keys
+        samples.append(sample)
+    return samples
+
+
 def _pair_samples(
     stem: str,
     split: str,
@@ -178,6 +233,7 @@ def _pair_samples(
     seed: int,
     explanations: bool,
     negatives_per_pair: int,
+    multi_per_pair: int = 1,
 ) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Questions for one pair and the masks they need, keyed ``croi/direction``."""
     rng = random.Random(f"{seed}:{stem}")
@@ -201,9 +257,8 @@ def _pair_samples(
     for croi in present:
         # One question per changed class keeps the pair count moderate; "any" covers both directions.
         direction = rng.choice([d for d in ("increase", "decrease") if f"{croi}/{d}" in masks] + ["any"])
-        index = CLASSES.index(croi)
         if direction == "any":
-            masks[f"{croi}/any"] = (label1 == index) | (label2 == index)
+            masks[f"{croi}/any"] = _change_area(label1, label2, croi, "any")
             counterpart = None
         else:
             # What the new class replaced, or what replaced the lost class.
@@ -217,6 +272,8 @@ def _pair_samples(
         sample = make_question(croi, rng.choice(("increase", "decrease", "any")), "absent", rng=rng, split=split)
         sample["mask_key"] = None
         samples.append(sample)
+    # Drawn after the single questions, so those stay what they were before questions about several changes.
+    samples += _multi_questions(rng, split, label1, label2, masks, present, untouched, multi_per_pair)
     return samples, masks
 
 
@@ -228,7 +285,7 @@ def convert_second(
     split: tuple[float, float, float] = (0.8, 0.1, 0.1),
     explanations: bool = True,
     negatives_per_pair: int = 1,
-    temporal_swap: bool = False,
+    multi_per_pair: int = 1,
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict:
@@ -237,10 +294,9 @@ def convert_second(
     Each JSON holds ``img1_path``, ``img2_path``, ``mask_path``, ``question``, ``answer`` (paths relative to the
     JSON's folder) and ``kind``, ``croi``, ``direction``, ``heldout``, ``pair_id``, ``other_masks`` (``croi/direction``
     → mask path, for the other classes that changed on the pair). Masks are 0/255 PNGs in ``output_dir/masks``.
-
-    ``temporal_swap`` adds every training pair a second time with its dates exchanged (pair id + ``-swapped``): what
-    was built is then demolished, so the same pixels answer the opposite direction's questions and the direction
-    can only be read from which image is T1. Validation and test pairs are never swapped.
+    On pairs where two or more classes changed, ``multi_per_pair`` questions about several changes (kind ``multi``)
+    each list their ``targets`` (``croi``, ``direction``, ``label``, ``present``, and a present one's
+    ``mask_path``, in the order of the answer's ``[SEG]`` tokens); their ``mask_path`` is the targets' union.
 
     Every input is validated before anything is written (``PrepareError`` naming the files). The output folder
     follows reasoncd.io (new, empty, or written by this conversion before; ``overwrite`` writes
@@ -251,6 +307,8 @@ def convert_second(
     root = Path(root).resolve()
     if negatives_per_pair < 0:
         raise PrepareError(f"negatives_per_pair must be >= 0, got {negatives_per_pair}")
+    if multi_per_pair < 0:
+        raise PrepareError(f"multi_per_pair must be >= 0, got {multi_per_pair}")
     output = OutputDir(output_dir, CONVERTER, inputs=[root], overwrite=overwrite)
     output_dir = output.path
     manifest_path = output_dir / "manifest.json"
@@ -260,7 +318,7 @@ def convert_second(
         "split": list(split),
         "explanations": explanations,
         "negatives_per_pair": negatives_per_pair,
-        "temporal_swap": temporal_swap,
+        "multi_per_pair": multi_per_pair,
         "format_version": FORMAT_VERSION,
         "min_change_fraction": MIN_CHANGE_FRACTION,
     }
@@ -275,20 +333,20 @@ def convert_second(
 
     with output.staged() as staging:
         summary = _write(files, splits, sizes, staging, output_dir, seed, explanations, negatives_per_pair,
-                         temporal_swap, progress)
+                         multi_per_pair, progress)
         manifest = {"fingerprint": fingerprint, "root": str(root), "settings": settings, "summary": summary}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return summary
 
 
 def _write(files, splits, sizes, staging: Path, output_dir: Path, seed, explanations, negatives_per_pair,
-           temporal_swap, progress):
+           multi_per_pair, progress):
     """Write masks and JSONs into ``staging``, with paths computed as if it were already ``output_dir``."""
     (staging / "masks").mkdir(parents=True)
     for name in SPLITS:
         (staging / name).mkdir()
     pairs, samples_per_split, kinds, heldout = Counter(), Counter(), Counter(), Counter()
-    changed_pixels = total_pixels = mismatch_pixels = swapped = 0
+    changed_pixels = total_pixels = mismatch_pixels = 0
     empty_masks: set[tuple[int, int]] = set()
 
     for stem in _progress(sorted(files), progress, "writing samples"):
@@ -299,26 +357,38 @@ def _write(files, splits, sizes, staging: Path, output_dir: Path, seed, explanat
         changed_pixels += int(((label1 >= 0) | (label2 >= 0)).sum())
         mismatch_pixels += int(((label1 >= 0) != (label2 >= 0)).sum())
         total_pixels += label1.size
-        orders = [(stem, files[stem]["im1"], files[stem]["im2"], label1, label2)]
-        if temporal_swap and split_name == "train":
-            orders.append((stem + SWAPPED_SUFFIX, files[stem]["im2"], files[stem]["im1"], label2, label1))
-            swapped += 1
-        for pair_id, img1, img2, first, second in orders:
-            samples, masks = _pair_samples(
-                pair_id, split_name, first, second, seed=seed, explanations=explanations,
-                negatives_per_pair=negatives_per_pair,
-            )
-            mask_names = {key: mask_file_name(pair_id, *key.split("/")) for key in masks}
-            for key, mask in masks.items():
-                _save_mask(mask, staging / "masks" / mask_names[key])
-            width, height = sizes[stem]
-            empty_name = f"empty_{width}x{height}.png"
-            if samples and any(s["mask_key"] is None for s in samples) and (width, height) not in empty_masks:
-                _save_mask(np.zeros((height, width), dtype=bool), staging / "masks" / empty_name)
-                empty_masks.add((width, height))
+        samples, masks = _pair_samples(
+            stem, split_name, label1, label2, seed=seed, explanations=explanations,
+            negatives_per_pair=negatives_per_pair, multi_per_pair=multi_per_pair,
+        )
+        mask_names = {key: mask_file_name(stem, *key.split("/")) for key in masks}
+        for key, mask in masks.items():
+            _save_mask(mask, staging / "masks" / mask_names[key])
+        width, height = sizes[stem]
+        empty_name = f"empty_{width}x{height}.png"
+        if samples and any("mask_key" in s and s["mask_key"] is None for s in samples) and (width, height) not in empty_masks:
+            _save_mask(np.zeros((height, width), dtype=bool), staging / "masks" / empty_name)
+            empty_masks.add((width, height))
 
-            json_dir = output_dir / split_name
-            for sample in samples:
+        json_dir = output_dir / split_name
+        multi_index = 0
+        for sample in samples:
+            extra = {}
+            if sample["kind"] == MULTI_KIND:
+                # The union of the targets' masks is the question's mask; each target keeps its own file.
+                multi_index += 1
+                keys = sample.pop("target_keys")
+                mask_name = f"{stem}__multi{multi_index}.png"
+                _save_mask(np.any([masks[key] for key in keys] or [np.zeros_like(label1, dtype=bool)], axis=0),
+                           staging / "masks" / mask_name)
+                files_of = iter(keys)
+                extra = {"style": sample["style"], "group": sample["group"], "targets": [
+                    {**target, "mask_path": relative_path(output_dir / "masks" / mask_names[next(files_of)],
+                                                          json_dir) if target["present"] else None}
+                    for target in sample["targets"]]}
+                others = {}
+                name = f"{stem}__multi{multi_index}.json"
+            else:
                 key = sample.pop("mask_key")
                 mask_name = mask_names[key] if key else empty_name
                 others = {
@@ -326,19 +396,18 @@ def _write(files, splits, sizes, staging: Path, output_dir: Path, seed, explanat
                     for other in sorted(masks)
                     if other.split("/")[0] != sample["croi"] and not other.endswith("/any")
                 }
-                name = f"{pair_id}__{sample['croi']}__{sample['direction']}.json"
-                write_sample(staging / split_name / name, json_dir, img1=img1, img2=img2,
-                             mask=output_dir / "masks" / mask_name, question=sample["question"],
-                             answer=sample["answer"], kind=sample["kind"], croi=sample["croi"],
-                             direction=sample["direction"], heldout=sample["heldout"], pair_id=pair_id,
-                             other_masks=others)
-                samples_per_split[split_name] += 1
-                kinds[sample["kind"]] += 1
-                heldout[split_name] += int(sample["heldout"])
+                name = f"{stem}__{sample['croi']}__{sample['direction']}.json"
+            write_sample(staging / split_name / name, json_dir, img1=files[stem]["im1"], img2=files[stem]["im2"],
+                         mask=output_dir / "masks" / mask_name, question=sample["question"],
+                         answer=sample["answer"], kind=sample["kind"], croi=sample["croi"],
+                         direction=sample["direction"], heldout=sample["heldout"], pair_id=stem, other_masks=others,
+                         **extra)
+            samples_per_split[split_name] += 1
+            kinds[sample["kind"]] += 1
+            heldout[split_name] += int(sample["heldout"])
 
     return {
         "pairs": {name: pairs[name] for name in SPLITS},
-        "swapped_training_pairs": swapped,
         "samples": {name: samples_per_split[name] for name in SPLITS},
         "kinds": dict(sorted(kinds.items())),
         "heldout_samples": {name: heldout[name] for name in SPLITS},
@@ -357,15 +426,14 @@ def _arguments(parser) -> None:
     parser.add_argument("--no_explanations", action="store_true", help="plain answers only (no explanation samples)")
     parser.add_argument("--negatives_per_pair", type=int, default=1,
                         help="absent-class questions per pair (default 1)")
-    parser.add_argument("--temporal_swap", action="store_true",
-                        help="add every training pair a second time with T1 and T2 exchanged (and its questions "
-                             "for the opposite directions)")
+    parser.add_argument("--multi_per_pair", type=int, default=1,
+                        help="questions about several changes per pair where two or more classes changed (default 1)")
     add_overwrite(parser)
 
 
 def _run(args) -> dict:
     return convert_second(args.root, args.output_dir, seed=args.seed, explanations=not args.no_explanations,
-                          negatives_per_pair=args.negatives_per_pair, temporal_swap=args.temporal_swap,
+                          negatives_per_pair=args.negatives_per_pair, multi_per_pair=args.multi_per_pair,
                           overwrite=args.overwrite)
 
 

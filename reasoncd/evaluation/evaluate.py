@@ -17,7 +17,7 @@ import numpy as np
 from reasoncd.data.folders import find_layout, prepare_folder
 from reasoncd.data.images import IMAGE_SUFFIXES, ImageReadError, image_size, images_by_stem, read_mask, read_rgb
 from reasoncd.data.samples import SPLITS, PrepareError, training_sample
-from reasoncd.evaluation.figures import mask_panels, prediction_panels, samples_figure
+from reasoncd.evaluation.figures import mask_panels, prediction_panels, samples_figure, targets_row
 from reasoncd.evaluation.metrics import ChangeMetrics
 from reasoncd.evaluation.report import best_median_worst, describe_data, split_report, write_outputs
 from reasoncd.io import OutputDir, write_json_atomic, write_png_atomic, write_text_atomic
@@ -155,7 +155,8 @@ def evaluate_model(output: OutputDir, model: Path, data: Path, *, split: str = "
         names = prediction_names(samples)
         per_sample = [{"name": name, "img1_path": sample["img1_path"], "img2_path": sample["img2_path"],
                        "group": row["group"], "question": row["question"], "answer": row["answer"],
-                       "seg": prediction["seg"], "iou": row["iou"]}
+                       "seg": prediction["seg"], "iou": row["iou"],
+                       "targets": [target["label"] for target in prediction.get("targets") or []]}
                       for name, sample, prediction, row in zip(names, samples, predictions, metrics["per_sample"])]
         summary = {
             "mode": "teacher_forced" if teacher_forced else "generate",
@@ -171,12 +172,15 @@ def evaluate_model(output: OutputDir, model: Path, data: Path, *, split: str = "
                 write_png_atomic(staging / "predictions" / f"{name}.png", np.asarray(prediction["mask"], dtype=bool))
             chosen = best_median_worst(per_sample)
             for label, index in chosen:
-                t1, t2, truth = load_pair(samples[index])
                 entry = per_sample[index]
-                prediction_panels(staging / "panels" / f"{label}.png", [{
-                    "t1": t1, "t2": t2, "truth": truth, "pred": np.asarray(predictions[index]["mask"], dtype=bool),
-                    "question": entry["question"], "answer": entry["answer"],
-                    "note": f"{label} by IoU: {entry['name']}, IoU {entry['iou']:.3f}, {entry['group']}"}])
+                if samples[index].get("targets"):  # each target in its own colour
+                    row = targets_row(samples[index], predictions[index])
+                else:
+                    t1, t2, truth = load_pair(samples[index])
+                    row = {"t1": t1, "t2": t2, "truth": truth, "question": entry["question"],
+                           "pred": np.asarray(predictions[index]["mask"], dtype=bool), "answer": entry["answer"]}
+                row["note"] = f"{label} by IoU: {entry['name']}, IoU {entry['iou']:.3f}, {entry['group']}"
+                prediction_panels(staging / "panels" / f"{label}.png", [row])
             write_outputs(staging, summary, per_sample, chosen)
     return summary
 

@@ -10,16 +10,46 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from matplotlib.patches import Patch  # noqa: E402
+
+from reasoncd.data.images import read_mask  # noqa: E402
+from reasoncd.data.questions import MULTI_KIND  # noqa: E402
 from reasoncd.data.samples import SEG, load_pair  # noqa: E402
 from reasoncd.io import atomic_path  # noqa: E402
 
 CHANGE_COLOUR = np.array([255, 40, 40], dtype=np.float32)
+# One colour per target of an answer about several changes (red first, as a single change), in [SEG] order;
+# chosen to stay apart for the common colour-vision deficiencies. Later targets reuse them.
+TARGET_COLOURS = np.array([(255, 40, 40), (40, 120, 255), (255, 200, 0), (200, 60, 255), (40, 220, 80),
+                           (255, 140, 0)], dtype=np.float32)
+TARGET_COLOUR_NAMES = ("red", "blue", "yellow", "purple", "green", "orange")
+TARGET_SWATCHES = ("🟥", "🟦", "🟨", "🟪", "🟩", "🟧")  # the same colours in text (the app's legend)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.55) -> np.ndarray:
     """The mask painted in red over the image."""
+    return overlay_targets(image, [mask], alpha)
+
+
+def target_colour(index: int) -> np.ndarray:
+    """The colour (RGB, 0-255) of an answer's target `index`."""
+    return TARGET_COLOURS[index % len(TARGET_COLOURS)]
+
+
+def target_legend(index: int) -> str:
+    """The colour of target `index` in text: its swatch and its name."""
+    return f"{TARGET_SWATCHES[index % len(TARGET_SWATCHES)]} {TARGET_COLOUR_NAMES[index % len(TARGET_COLOUR_NAMES)]}"
+
+
+def overlay_targets(image: np.ndarray, masks: list[np.ndarray], alpha: float = 0.55) -> np.ndarray:
+    """Each target's mask painted in its colour over the image (where they overlap, the later target's colour)."""
     out = image.astype(np.float32).copy()
-    out[mask] = (1 - alpha) * out[mask] + alpha * CHANGE_COLOUR
+    colours = np.zeros_like(out)
+    covered = np.zeros(out.shape[:2], dtype=bool)
+    for index, mask in enumerate(masks):
+        colours[mask] = target_colour(index)
+        covered |= mask
+    out[covered] = (1 - alpha) * out[covered] + alpha * colours[covered]
     return out.astype(np.uint8)
 
 
@@ -34,7 +64,9 @@ def _save(fig, path: Path, tight: bool = True) -> None:
 def prediction_panels(path, rows: list[dict], title: str | None = None) -> None:
     """
     One row per question: T1 | T2 | truth | prediction (over T2), with the question and answer above the row.
-    Each row: `{"t1", "t2", "truth", "pred", "question", "answer"}` (+ optional `"note"`, e.g. the IoU).
+    Each row: `{"t1", "t2", "truth", "pred", "question", "answer"}` (+ optional `"note"`, e.g. the IoU). A question
+    about several changes may give `"truth_targets"` and `"pred_targets"`, lists of `(label, mask)`: each target is
+    then painted in its own colour, with a legend.
     """
     row_height, text_height = 3.0, 0.75  # inches: images, then two lines of text above them
     height = len(rows) * (row_height + text_height) + (0.4 if title else 0.1)
@@ -47,13 +79,21 @@ def prediction_panels(path, rows: list[dict], title: str | None = None) -> None:
         note = f"  [{row['note']}]" if row.get("note") else ""
         fig.text(0.01, top - 0.05 / height, f"Q: {question}{note}\nA: {answer}", va="top", fontsize=9.5)
         bottom = top - (text_height + row_height) / height
-        panels = [row["t1"], row["t2"], overlay(row["t2"], row["truth"]), overlay(row["t2"], row["pred"])]
-        for column, (panel, name) in enumerate(zip(panels, names)):
+        truth_targets = row.get("truth_targets") or [("", row["truth"])]
+        pred_targets = row.get("pred_targets") or [("", row["pred"])]
+        panels = [row["t1"], row["t2"], overlay_targets(row["t2"], [mask for _, mask in truth_targets]),
+                  overlay_targets(row["t2"], [mask for _, mask in pred_targets])]
+        legends = [None, None, row.get("truth_targets"), row.get("pred_targets")]
+        for column, (panel, name, legend) in enumerate(zip(panels, names, legends)):
             ax = fig.add_axes([0.01 + column * 0.2475, bottom + 0.22 / height, 0.24, (row_height - 0.3) / height])
             ax.imshow(panel)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_xlabel(name, fontsize=9, labelpad=2)
+            if legend:
+                ax.legend(handles=[Patch(color=target_colour(k) / 255, label=textwrap.shorten(label, 34))
+                                   for k, (label, _) in enumerate(legend)],
+                          loc="lower left", fontsize=7, framealpha=0.75, handlelength=1.0)
     if title:
         fig.text(0.01, 1 - 0.08 / height, title, va="top", fontsize=12, weight="bold")
     _save(fig, path, tight=False)
@@ -136,7 +176,8 @@ def samples_figure(samples: list[dict], predictions: list[dict], path: Path) -> 
     """
     One test pair asked about different changes and about one that is absent: the figure shows whether each
     question gets its own mask. The pair with the most distinct changes asked about, one that has an absent
-    question preferred; up to three present changes and one absent one.
+    question preferred; up to three present changes and one absent one. Then one question about several changes
+    (with two present or more; of that pair if it has one, else of another), each target in its own colour.
     """
     by_pair = defaultdict(list)
     for index, sample in enumerate(samples):
@@ -146,6 +187,8 @@ def samples_figure(samples: list[dict], predictions: list[dict], path: Path) -> 
         present, absent, seen = [], [], set()
         for index in indices:
             sample = samples[index]
+            if sample.get("kind") == MULTI_KIND:
+                continue
             if SEG not in sample["answer"]:
                 absent.append(index)
             elif (sample.get("croi"), sample.get("direction")) not in seen:
@@ -158,11 +201,41 @@ def samples_figure(samples: list[dict], predictions: list[dict], path: Path) -> 
         has_absent = any(SEG not in samples[i]["answer"] for i in picked)
         return (has_absent, len(picked))
 
-    indices = chosen(max(by_pair.values(), key=preference))
+    pair = max(by_pair.values(), key=preference)
+    indices = chosen(pair)
     rows = []
     for index in indices:
         t1, t2, truth = load_pair(samples[index])
         rows.append({"t1": t1, "t2": t2, "truth": truth, "pred": predictions[index]["mask"],
                      "question": samples[index]["question"], "answer": predictions[index]["text"],
                      "note": samples[index].get("kind", "")})
-    prediction_panels(path, rows, title=f"pair {samples[indices[0]]['pair_id']}: one pair, one mask per question")
+    title = f"pair {samples[indices[0]]['pair_id']}: one pair, one mask per question" if indices else "samples"
+    several = _question_about_several_changes(samples, pair)
+    if several is not None:
+        rows.append(targets_row(samples[several], predictions[several]))
+        if samples[several]["pair_id"] != (samples[indices[0]]["pair_id"] if indices else None):
+            rows[-1]["note"] += f", pair {samples[several]['pair_id']}"
+    prediction_panels(path, rows, title=title)
+
+
+def _question_about_several_changes(samples: list[dict], pair: list[int]) -> int | None:
+    """A question about several changes to show: one with two present targets or more, the given pair's first,
+    then the one with the most."""
+    def present(index: int) -> int:
+        return sum(bool(target["present"]) for target in samples[index].get("targets") or [])
+
+    candidates = [i for i, sample in enumerate(samples) if sample.get("kind") == MULTI_KIND and present(i)]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda i: (min(present(i), 2), i in pair, present(i), -i))
+
+
+def targets_row(sample: dict, prediction: dict) -> dict:
+    """A `prediction_panels` row of a question about several changes: truth and prediction target by target."""
+    t1, t2, truth = load_pair(sample)
+    truth_targets = [(target["label"], read_mask(target["mask_path"])) for target in sample["targets"]
+                     if target["present"]]
+    pred_targets = [(target["label"], target["mask"]) for target in prediction.get("targets") or []]
+    return {"t1": t1, "t2": t2, "truth": truth, "pred": prediction["mask"], "question": sample["question"],
+            "answer": prediction["text"], "note": "several changes, each in its own colour",
+            "truth_targets": truth_targets, "pred_targets": pred_targets}

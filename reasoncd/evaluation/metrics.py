@@ -15,10 +15,16 @@ Degenerate cases follow scikit-learn with ``zero_division=0`` so the figures can
   names because the reasoning-segmentation literature quotes it as cIoU); 0.0 when the total union is empty.
 
 Counts are Python integers, so sums over thousands of 30,000-pixel-wide mosaics cannot overflow.
+
+`Steering` compares a mask with its own truth and with other changes' truths (whether the mask follows what was
+asked); the scoring of single questions and of questions about several changes both use it.
 """
 from __future__ import annotations
 
 import numpy as np
+
+# Another change's truth only tests steering when it covers a different region from the asked one's.
+STEERING_MAX_TRUTH_OVERLAP = 0.5
 
 METRIC_NAMES = ("f1", "precision", "recall", "oa", "iou", "kappa", "giou", "ciou")
 # How reports, model cards and messages write each metric.
@@ -132,3 +138,23 @@ class ChangeMetrics:
         result["ciou"] = result["iou"]
         result.update(tp=self.tp, fp=self.fp, fn=self.fn, tn=self.tn, n_samples=self.n_samples)
         return result
+
+
+class Steering:
+    """Per comparison with another change's truth (covering a different region): is the mask closer to its own
+    truth? Used for the asked CRoI against the pair's other changes, and for each target of a question about several
+    changes against the question's other targets."""
+
+    def __init__(self) -> None:
+        self.total = self.right = 0
+
+    def update(self, pred: np.ndarray, truth: np.ndarray, others) -> None:
+        own = mask_iou(pred, truth)
+        for other in others:
+            if mask_iou(truth, other) > STEERING_MAX_TRUTH_OVERLAP:
+                continue
+            self.total += 1
+            self.right += own > mask_iou(pred, other)
+
+    def compute(self) -> dict:
+        return {"accuracy": self.right / self.total if self.total else None, "n_comparisons": self.total}

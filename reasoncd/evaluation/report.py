@@ -67,6 +67,7 @@ def render_report(summary: dict, per_sample: list[dict], chosen: list[tuple[str,
             lines += ["Teacher forced: `[SEG]` counts as emitted where some answer position's most likely next token "
                       "is `[SEG]` (the masks come from the reference's `[SEG]`).", ""]
         lines += question_use_report(summary)
+        lines += multi_target_report(summary)
     lines += ["## Panels", "", "| | sample | IoU |", "|---|---|---:|"]
     lines += [f"| [{label}](panels/{label}.png) | {per_sample[index]['name']} | {number(per_sample[index]['iou'])} |"
               for label, index in chosen]
@@ -105,6 +106,33 @@ def question_use_report(summary: dict) -> list[str]:
         f"{counterfactual['n_rows']} samples |",
         f"| fidelity score: mean of F1, steering, absent-CRoI accuracy, 1 - sensitivity | "
         f"{number(summary['fidelity_score'])} | |", "",
+    ]
+
+
+def multi_target_report(summary: dict) -> list[str]:
+    """report.md's section on questions about several changes (reasoncd.evaluation.targets); none without them."""
+    multi = summary.get("multi_target") or {}
+    if not multi.get("n_questions"):
+        return []
+    questions, present, absent = multi["n_questions"], multi["n_present_targets"], multi["n_absent_parts"]
+    return [
+        "## Questions about several changes", "",
+        "| figure | value | over |", "|---|---:|---:|",
+        f"| per-target F1, each predicted target matched to its truth by its label | {number(multi['target_f1'])} | "
+        f"{present} targets |",
+        f"| per-target IoU (global / mean per target), matched by label | {number(multi['target_iou'])} / "
+        f"{number(multi['target_miou'])} | {present} targets |",
+        f"| per-target F1, matched by mask overlap instead (a check) | {number(multi['target_f1_by_overlap'])} | "
+        f"{present} targets |",
+        f"| label matches that overlap matching pairs the same way | {number(multi['label_overlap_agreement'])} | "
+        f"|",
+        f"| answers with as many targets as changes present (target-count accuracy) | "
+        f"{number(multi['count_accuracy'])} | {questions} questions |",
+        f"| present targets found (T-acc) | {number(multi['t_acc'])} | {present} targets |",
+        f"| absent parts refused, no mask with their name (N-acc) | {number(multi['n_acc'])} | {absent} parts |",
+        f"| F1 of the union of the masks | {number(multi['union_f1'])} | {questions} questions |",
+        f"| each mask closer to its own target's truth than to another target's (steering) | "
+        f"{number(multi['steering']['accuracy'])} | {multi['steering']['n_comparisons']} comparisons |", "",
     ]
 
 
@@ -155,6 +183,20 @@ def split_figures(summary: dict) -> list[tuple[str, float | None]]:
         ("F1, implicit held-out", heldout),
         ("F1, all questions", summary["f1"]),
         ("fidelity score", summary["fidelity_score"]),
+        *multi_target_figures(summary),
+    ]
+
+
+def multi_target_figures(summary: dict) -> list[tuple[str, float | None]]:
+    """The headline figures of questions about several changes; None where a split had none."""
+    multi = summary.get("multi_target") or {}
+    return [
+        ("several changes: per-target F1 (by label)", multi.get("target_f1")),
+        ("several changes: target-count accuracy", multi.get("count_accuracy")),
+        ("several changes: present targets found (T-acc)", multi.get("t_acc")),
+        ("several changes: absent parts refused (N-acc)", multi.get("n_acc")),
+        ("several changes: union F1", multi.get("union_f1")),
+        ("several changes: steering between targets", (multi.get("steering") or {}).get("accuracy")),
     ]
 
 

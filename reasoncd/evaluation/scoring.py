@@ -1,6 +1,8 @@
 """Running a model over samples and scoring it: the paper's pixel metrics plus the reasoning breakdown.
 
-Groups: `explicit`, `implicit_seen`, `implicit_heldout`, `explanation`, `absent` (from the samples' metadata).
+Groups: `explicit`, `implicit_seen`, `implicit_heldout`, `explanation`, `absent`, `multi` (from the samples'
+metadata; a question about several changes is scored on the union of its masks there, and target by target under
+`multi_target`: reasoncd.evaluation.targets).
 Text figures: `[SEG]` emission rate where the CRoI is present, absent-CRoI accuracy (no `[SEG]` where absent), and
 steering: on pairs where another CRoI changed elsewhere, the share of masks closer (IoU) to the asked CRoI's truth.
 
@@ -35,14 +37,13 @@ import torch
 
 from modeling_reasoncd import ANSWER_DECISION_TOKENS
 from reasoncd.data.images import read_mask
-from reasoncd.evaluation.metrics import ChangeMetrics, mask_iou
-from reasoncd.data.questions import says_absent
+from reasoncd.evaluation.metrics import ChangeMetrics, Steering, mask_iou
+from reasoncd.data.questions import MULTI_KIND, says_absent
 from reasoncd.data.samples import SEG, load_images, load_mask
 from reasoncd.data.second import mask_file_name
+from reasoncd.evaluation.targets import MultiTargetScore
 
-GROUPS = ("explicit", "implicit_seen", "implicit_heldout", "explanation", "absent")
-# Another CRoI's truth only tests steering when it covers a different region from the asked one's.
-STEERING_MAX_TRUTH_OVERLAP = 0.5
+GROUPS = ("explicit", "implicit_seen", "implicit_heldout", "explanation", "absent", MULTI_KIND)
 # With T1 and T2 swapped, an increase becomes a decrease of the same class and the other way round.
 OPPOSITE_DIRECTION = {"increase": "decrease", "decrease": "increase"}
 
@@ -52,6 +53,22 @@ def group_of(sample: dict) -> str:
     if kind == "implicit":
         return "implicit_heldout" if sample.get("heldout") else "implicit_seen"
     return kind if kind in GROUPS else "explicit"
+
+
+def is_multi(sample: dict) -> bool:
+    """A question about several changes with its targets listed (scored target by target)."""
+    return sample.get("kind") == MULTI_KIND and bool(sample.get("targets"))
+
+
+def truth_targets(sample: dict, shape: tuple[int, int]) -> list[dict]:
+    """A question's targets with their masks read (`{"label", "present", "mask"}`; None for an absent part)."""
+    targets = []
+    for target in sample["targets"]:
+        mask = read_mask(target["mask_path"]) if target["present"] else None
+        if mask is not None and mask.shape != tuple(shape):
+            raise ValueError(f"{target['mask_path']}: mask {mask.shape} does not match the images {tuple(shape)}")
+        targets.append({"label": target["label"], "present": target["present"], "mask": mask})
+    return targets
 
 
 def pair_key(sample: dict) -> tuple[str, str]:
@@ -198,16 +215,37 @@ def batch_counterfactual(model, processor, inputs, features, seg_present, seg_hi
     return [(mask, None if source is None else indices[source]) for mask, source in zip(masks, sources)]
 
 
+def teacher_forced_masks(processor, inputs, outputs, answers: list[str]) -> tuple[list, list]:
+    """Per row of a teacher-forced batch: the union mask and the targets (`{"label", "mask"}` per `[SEG]` of the
+    reference answer, named by its words)."""
+    rows = inputs["pair_index"]
+    sizes = inputs["image_sizes"][rows].tolist()
+    per_target = processor.post_process_targets(outputs.target_masks, outputs.target_present,
+                                                inputs["reshaped_sizes"][rows], sizes)
+    targets = [[{"label": label, "mask": mask} for label, mask in zip(processor.target_labels(answer), found)]
+               for answer, found in zip(answers, per_target)]
+    masks = [np.logical_or.reduce(found) if found else np.zeros(size, dtype=bool)
+             for found, size in zip(per_target, sizes)]
+    return masks, targets
+
+
+def swappable_rows(seg_present: torch.Tensor, batch: list[dict]) -> torch.Tensor:
+    """The rows whose one `[SEG]` state the counterfactual may swap: questions about several changes take no part."""
+    return seg_present & torch.tensor([not is_multi(sample) for sample in batch], device=seg_present.device)
+
+
 @torch.no_grad()
 def predict_samples(model, processor, samples: list[dict], *, batch_size: int = 8, teacher_forced: bool = False,
                     max_new_tokens: int = 48, counterfactual: bool = True, order: bool = True,
                     progress: bool = True) -> list[dict]:
     """
-    One `{"text", "mask", "seg", "swapped_mask", "swap_source", "order_mask"}` per sample. Free generation (what a
-    user gets) by default; `teacher_forced` feeds the reference answer and reads the mask at its `[SEG]` (LISA's
-    validation mode). `seg` is the model's own choice: the answer holds `[SEG]` (free generation) or some answer
-    position predicts it (teacher forced). `swapped_mask` is the counterfactual mask decoded from the `[SEG]` state
-    of sample `swap_source` (see `swap_sources`), None where the sample takes no part or `counterfactual` is off.
+    One `{"text", "mask", "targets", "seg", "swapped_mask", "swap_source", "order_mask"}` per sample. Free generation
+    (what a user gets) by default; `teacher_forced` feeds the reference answer and reads the masks at its `[SEG]`
+    tokens (LISA's validation mode). `targets` holds a `{"label", "mask"}` per `[SEG]` and `mask` their union. `seg`
+    is the model's own choice: the answer holds `[SEG]` (free generation) or some answer position predicts it
+    (teacher forced). `swapped_mask` is the counterfactual mask decoded from the first `[SEG]` state of sample
+    `swap_source` (see `swap_sources`; questions about several changes take no part), None where the sample takes
+    no part or `counterfactual` is off.
     `order_mask` (free generation with `order`) is the map generated for the question with T1 and T2 swapped, for
     the samples with a `swapped_order_truth_path`; None elsewhere.
     """
@@ -235,25 +273,25 @@ def predict_samples(model, processor, samples: list[dict], *, batch_size: int = 
             labels = inputs.pop("labels")
             outputs = model(**inputs, frozen_features=features)
             texts = [sample["answer"] for sample in batch]
-            rows = inputs["pair_index"]
-            masks = processor.post_process_masks(outputs.pred_masks, outputs.seg_present,
-                                                 inputs["reshaped_sizes"][rows], inputs["image_sizes"][rows].tolist())
+            masks, targets = teacher_forced_masks(processor, inputs, outputs, texts)
             seg = seg_decided_teacher_forced(outputs, labels, model.config.seg_token_id).tolist()
         else:
             outputs = model.generate(**inputs, frozen_features=features, max_new_tokens=max_new_tokens)
             processed = processor.post_process_generation(outputs)
             texts = [p["text"] for p in processed]
             masks = [p["mask"] for p in processed]
+            targets = [[{"label": t["label"], "mask": t["mask"]} for t in p["targets"]] for p in processed]
             seg = outputs.seg_present.tolist()
         swaps = [(None, None)] * len(indices)
-        seg_rows_per_pair = Counter(pair for pair, has_seg in zip(pair_index, outputs.seg_present.tolist()) if has_seg)
+        swappable = swappable_rows(outputs.seg_present, batch)
+        seg_rows_per_pair = Counter(pair for pair, has_seg in zip(pair_index, swappable.tolist()) if has_seg)
         if counterfactual and max(seg_rows_per_pair.values(), default=0) > 1:
             # the truths only decide which questions swap states (scoring reads them again)
             truths = [load_mask(sample, pairs[pair][0].shape[:2]) for sample, pair in zip(batch, pair_index)]
-            swaps = batch_counterfactual(model, processor, inputs, features, outputs.seg_present,
+            swaps = batch_counterfactual(model, processor, inputs, features, swappable,
                                          outputs.seg_hidden_states, truths, indices)
         for row, i in enumerate(indices):
-            results[i] = {"text": texts[row], "mask": masks[row], "seg": bool(seg[row]),
+            results[i] = {"text": texts[row], "mask": masks[row], "targets": targets[row], "seg": bool(seg[row]),
                           "swapped_mask": swaps[row][0], "swap_source": swaps[row][1], "order_mask": None}
         bar.update(len(indices))
     bar.close()
@@ -272,25 +310,6 @@ def predict_samples(model, processor, samples: list[dict], *, batch_size: int = 
 
 def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
-
-
-class Steering:
-    """Per comparison with another CRoI's truth (covering a different region): is the mask closer to the asked
-    CRoI's truth?"""
-
-    def __init__(self) -> None:
-        self.total = self.right = 0
-
-    def update(self, pred: np.ndarray, truth: np.ndarray, others) -> None:
-        own = mask_iou(pred, truth)
-        for other in others:
-            if mask_iou(truth, other) > STEERING_MAX_TRUTH_OVERLAP:
-                continue
-            self.total += 1
-            self.right += own > mask_iou(pred, other)
-
-    def compute(self) -> dict:
-        return {"accuracy": self.right / self.total if self.total else None, "n_comparisons": self.total}
 
 
 class QuestionSensitivity:
@@ -373,18 +392,22 @@ def question_use_figures(result: dict) -> dict[str, float | None]:
         "order_accuracy": result["order"]["accuracy"],
         "answer_map_agreement": result["text"]["answer_map_agreement"],
         "fidelity_score": result["fidelity_score"],
+        **{f"multi_{name}": result["multi_target"].get(name)
+           for name in ("target_f1", "t_acc", "n_acc", "count_accuracy")},
     }
 
 
 def score(samples: list[dict], predictions: list[dict]) -> dict:
     """
     The metrics dict: overall pixel metrics, per group, text figures, steering, question sensitivity, the
-    counterfactual, the fidelity score, and per-sample IoU. Truths are read one pair at a time.
+    counterfactual, the fidelity score, the figures of questions about several changes (`multi_target`), and
+    per-sample IoU. Truths are read one pair at a time.
     """
     overall = ChangeMetrics()
     groups = {name: ChangeMetrics() for name in GROUPS}
     seg_expected = seg_emitted = absent_total = absent_right = agreeing = 0
     steering, sensitivity, counterfactual, order = Steering(), QuestionSensitivity(), Counterfactual(), OrderAccuracy()
+    multi = MultiTargetScore()
     per_sample: list[dict | None] = [None] * len(samples)
     for indices in batches_by_pair(samples, 1):  # batches of one pair each
         truths = {}
@@ -400,12 +423,15 @@ def score(samples: list[dict], predictions: list[dict]) -> dict:
                 order.update(prediction["order_mask"], truth, swapped_truth)
             group = group_of(sample)
             groups[group].update(prediction["mask"], truth)
+            if is_multi(sample):
+                multi.update(prediction.get("targets") or [], truth_targets(sample, truth.shape), truth.shape)
             if SEG in sample["answer"]:
                 seg_expected += 1
                 seg_emitted += prediction["seg"]
-                steering.update(prediction["mask"], truth,
-                                (read_mask(path) for path in sample.get("other_masks", {}).values()))
-                present_rows.append((prediction["mask"], truth))
+                if not is_multi(sample):  # its targets are compared with each other under multi_target
+                    steering.update(prediction["mask"], truth,
+                                    (read_mask(path) for path in sample.get("other_masks", {}).values()))
+                    present_rows.append((prediction["mask"], truth))
             else:
                 absent_total += 1
                 absent_right += not prediction["seg"]
@@ -433,6 +459,7 @@ def score(samples: list[dict], predictions: list[dict]) -> dict:
     result["order"] = order.compute()
     result["question_sensitivity"] = sensitivity.compute()
     result["counterfactual"] = counterfactual.compute()
+    result["multi_target"] = multi.compute()
     result["fidelity_score"] = fidelity_score(result)
     result["per_sample"] = per_sample
     return result

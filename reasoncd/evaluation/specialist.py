@@ -4,7 +4,8 @@ A question-conditioned U-Net: T1 and T2 stacked as 6 channels at 128 px; four en
 BatchNorm + ReLU (32/64/128/128 channels); the change of interest (CRoI) as a learned embedding of class x direction
 that scales and shifts (FiLM) every encoder level; a bilinear decoder with skips; a presence logit from the
 max-pooled bottleneck and the embedding. BCE + Dice on the masks of present CRoIs, BCE of presence on every question.
-It reads the CRoI from the sample's metadata, so it answers every phrasing of a CRoI alike (no language to resolve).
+It reads the CRoI from the sample's metadata, so it answers every phrasing of a CRoI alike (no language to resolve);
+a question about several changes is asked once per change it lists (its `targets`), in training as in scoring.
 
 It is trained for a wall-clock budget (the learning rate follows a one-cycle schedule over the elapsed share of it)
 and scored by `reasoncd.evaluation.scoring.score`, the code eval.py uses: its predictions carry a template answer
@@ -21,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reasoncd.data.questions import CLASSES, DIRECTIONS, absent_answer, plain_answers
+from reasoncd.data.images import read_mask
+from reasoncd.data.questions import CLASSES, DIRECTIONS, MULTI_KIND, absent_answer, multi_answer, plain_answers
 from reasoncd.data.samples import SEG, load_images, load_mask
 from reasoncd.evaluation.scoring import (batches_by_pair, pair_key, swap_sources, swapped_order_truth_path,
                                          truth_key)
@@ -100,6 +102,11 @@ class _Examples:
                 t1, t2 = load_images(sample)
                 self.pairs.append(pair_tensor(t1, t2))
                 size = t1.shape[:2]
+            if sample.get("kind") == MULTI_KIND:  # one row per change the question lists
+                for target in sample["targets"]:
+                    mask = read_mask(target["mask_path"]) if target["present"] else np.zeros(size, dtype=bool)
+                    self.rows.append((index_of[key], croi_index(target), _mask_tensor(mask), target["present"]))
+                continue
             mask = load_mask(sample, size)
             self.rows.append((index_of[key], croi_index(sample), _mask_tensor(mask), SEG in sample["answer"]))
 
@@ -174,10 +181,30 @@ def _masks(network, pairs: torch.Tensor, crois: list[int], size: tuple[int, int]
     return [(m > 0).numpy() & p for m, p in zip(full, present)], present
 
 
+def _multi_prediction(network, pair: torch.Tensor, sample: dict, size: tuple[int, int]) -> dict:
+    """A question about several changes, asked once per listed change: a target per change decided present."""
+    targets = sample["targets"]
+    masks, present = _masks(network, pair[None].expand(len(targets), -1, -1, -1),
+                            [croi_index(t) for t in targets], size)
+    found = [{"label": t["label"], "mask": m} for t, m, there in zip(targets, masks, present) if there]
+    parts = [(t["croi"], t["direction"]) for t in targets]
+    text = multi_answer([p for p, there in zip(parts, present) if there],
+                        [p for p, there in zip(parts, present) if not there], rng=random.Random(0))
+    return {"text": text.replace(f" {SEG}", ""), "mask": np.any(masks, axis=0), "seg": any(present),
+            "targets": found, "swapped_mask": None, "swap_source": None, "order_mask": None}
+
+
 def predict_specialist(network: SpecialistUNet, samples: list[dict], batch_size: int = 16) -> list[dict]:
     """Predictions in `reasoncd.evaluation.scoring.predict_samples`' format, for `score`."""
     results: list[dict | None] = [None] * len(samples)
     for indices in batches_by_pair(samples, batch_size):
+        multi = [i for i in indices if samples[i].get("kind") == MULTI_KIND]
+        for i in multi:
+            t1, t2 = load_images(samples[i])
+            results[i] = _multi_prediction(network, pair_tensor(t1, t2), samples[i], t1.shape[:2])
+        indices = [i for i in indices if i not in multi]
+        if not indices:
+            continue
         batch = [samples[i] for i in indices]
         images = {}
         for sample in batch:

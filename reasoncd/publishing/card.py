@@ -77,7 +77,17 @@ def metrics_section(metrics: dict) -> str:
     if absent is not None:
         text += ["", f"Absent changes recognised (no `[SEG]`) for {absent:.1%} of the questions whose change is "
                  "absent."]
+    multi = metrics.get("multi_target") or {}
+    if multi.get("n_questions"):
+        text += ["", f"Questions about several changes ({multi['n_questions']}): per-target F1 "
+                 f"{_format(multi['target_f1'])} (each mask matched to its truth by the words naming it), "
+                 f"{_percent(multi['t_acc'])} of the present changes found, {_percent(multi['n_acc'])} of the absent "
+                 f"ones refused, {_percent(multi['count_accuracy'])} of the answers with the right number of masks."]
     return "\n".join(text)
+
+
+def _percent(value) -> str:
+    return "–" if value is None else f"{value:.1%}"
 
 
 def build_card(*, config, processor, repo_id: str, metrics: dict | None, datasets: list[str],
@@ -196,7 +206,10 @@ The processor's chat template wraps the question (here "changes that provide mor
 
 `<T1>` and `<T2>` are each expanded to {config.image_seq_length} image tokens, which the model fills with projected
 CLIP features. Answers are plain ("It's [SEG]." or, naming the change, "It's the new buildings: [SEG]."), an
-explanation ending with `[SEG]`, or a sentence without `[SEG]` when the change of interest is absent.
+explanation ending with `[SEG]`, or a sentence without `[SEG]` when the change of interest is absent. A question about
+several changes is answered with one `[SEG]` per change that happened, each after the words naming it, and the
+others in words ("The new buildings [SEG] and the new water bodies [SEG]; there are no new playgrounds."); each
+`[SEG]` gives its own mask (`targets` in `post_process_generation`), and `mask` is their union.
 
 {evaluation}
 

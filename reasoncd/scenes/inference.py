@@ -14,11 +14,16 @@ import torch
 @dataclass
 class TileAnswers:
     """For n tiles and q questions: mask logits at the tiles' size (n, q, H, W) float32 (-inf where the answer
-    holds no [SEG]: the change is absent), whether each answer points at a mask (n, q), and the answers' texts."""
+    holds no [SEG]: the change is absent; an answer about several changes: the highest of its targets' logits, so
+    that its mask is their union), whether each answer points at a mask (n, q), and the answers' texts. Per target
+    (K: the most [SEG] any answer holds): its logits (n, q, K, H, W), -inf where an answer has fewer, and its label
+    (`labels[tile][question]`, one per target)."""
 
     logits: np.ndarray
     seg_present: np.ndarray
     texts: list[list[str]]
+    target_logits: np.ndarray
+    labels: list[list[list[str]]]
 
 
 def answer_tiles(model, processor, tiles_t1: list[np.ndarray], tiles_t2: list[np.ndarray], questions: list[str],
@@ -34,12 +39,14 @@ def answer_tiles(model, processor, tiles_t1: list[np.ndarray], tiles_t2: list[np
         outputs = model.generate(**inputs, max_new_tokens=max_new_tokens)
     results = [with_readable_text(r) for r in processor.post_process_generation(outputs)]
     height, width = tiles_t1[0].shape[:2]
-    logits = np.full((pairs, count, height, width), -np.inf, dtype=np.float32)
+    present = outputs.target_present.cpu().numpy()
+    target_logits = np.full((pairs, count, present.shape[1], height, width), -np.inf, dtype=np.float32)
+    for row, k in zip(*present.nonzero()):
+        full = upscale_mask_logits(outputs.target_masks[row, k].float(), outputs.reshaped_sizes[row],
+                                   (height, width), processor.sam_image_size)
+        target_logits[row // count, row % count, k] = full.cpu().numpy()
     seg_present = outputs.seg_present.cpu().numpy().reshape(pairs, count)
-    for row in range(pairs * count):
-        if seg_present.flat[row]:
-            full = upscale_mask_logits(outputs.pred_masks[row].float(), outputs.reshaped_sizes[row],
-                                       (height, width), processor.sam_image_size)
-            logits[row // count, row % count] = full.cpu().numpy()
     texts = [[results[p * count + q]["text"] for q in range(count)] for p in range(pairs)]
-    return TileAnswers(logits, seg_present, texts)
+    labels = [[[target["label"] for target in results[p * count + q]["targets"]] for q in range(count)]
+              for p in range(pairs)]
+    return TileAnswers(target_logits.max(axis=2), seg_present, texts, target_logits, labels)

@@ -21,6 +21,7 @@ from reasoncd.scenes.rasters import PROBABILITY_SCALE
 BAND_ROWS = 256  # rows of the probability raster read at once for the polygons' statistics
 GPKG_CHUNK = 2000  # features per GeoPackage write
 FIELDS = ("id", "pixels", "area_m2", "mean_confidence")
+TARGET_FIELD = "target"  # the words naming a target, on the polygons of one target of a question about several
 
 
 def pixel_runs(coordinates, transform) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -103,8 +104,8 @@ def vector_transform(dataset):
 class _GeoPackage:
     """Features appended in chunks to one layer (pyogrio), so that they need not all be held."""
 
-    def __init__(self, path: Path, layer: str, crs):
-        self.path, self.layer, self.crs = path, layer, crs
+    def __init__(self, path: Path, layer: str, crs, target: str | None = None):
+        self.path, self.layer, self.crs, self.target = path, layer, crs, target
         self.rows: list[tuple] = []
         self.written = False
 
@@ -121,15 +122,21 @@ class _GeoPackage:
         columns = list(zip(*self.rows)) if self.rows else [[] for _ in range(len(FIELDS) + 1)]
         field_data = [np.asarray(columns[1], dtype=np.int64), np.asarray(columns[2], dtype=np.int64),
                       np.asarray(columns[3], dtype=np.float64), np.asarray(columns[4], dtype=np.float64)]
+        fields = list(FIELDS)
+        if self.target is not None:
+            field_data.append(np.full(len(columns[0]), self.target, dtype=object))
+            fields.append(TARGET_FIELD)
         write(str(self.path), geometry=np.asarray(columns[0], dtype=object), field_data=field_data,
-              fields=list(FIELDS), layer=self.layer, driver="GPKG", geometry_type="Polygon",
+              fields=fields, layer=self.layer, driver="GPKG", geometry_type="Polygon",
               crs=self.crs.to_wkt() if self.crs is not None else None, append=self.written)
         self.rows, self.written = [], True
 
 
-def write_polygons(mask_path: Path, probability_path: Path, gpkg_path: Path, layer: str) -> dict:
+def write_polygons(mask_path: Path, probability_path: Path, gpkg_path: Path, layer: str,
+                   target: str | None = None) -> dict:
     """Polygons of the changed pixels of `mask_path` (value 1) to a GeoPackage layer in the mask's CRS, each with
-    its pixels, ground area (m², None without a CRS) and mean probability; returns their count, pixels and area."""
+    its pixels, ground area (m², None without a CRS), mean probability and, for one target of a question about
+    several changes, the `target` it belongs to; returns their count, pixels and area."""
     import rasterio
     from rasterio.features import shapes
 
@@ -139,7 +146,7 @@ def write_polygons(mask_path: Path, probability_path: Path, gpkg_path: Path, lay
     with rasterio.open(mask_path) as mask_dataset, rasterio.open(probability_path) as probability_dataset:
         transform = vector_transform(mask_dataset)
         ground = GroundArea(mask_dataset.crs, float(np.hypot(transform.a, transform.d)))
-        gpkg = _GeoPackage(gpkg_path, layer, mask_dataset.crs)
+        gpkg = _GeoPackage(gpkg_path, layer, mask_dataset.crs, target)
         rows = _RowBand(probability_dataset)
         band = rasterio.band(mask_dataset, 1)
         to_vector = transform @ ~mask_dataset.transform  # polygonize on a band works in the band's own transform

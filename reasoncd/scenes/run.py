@@ -20,7 +20,7 @@ from reasoncd.scenes.areas import GroundArea
 from reasoncd.scenes.inference import answer_tiles
 from reasoncd.scenes.progress import BatchStore
 from reasoncd.scenes.reading import Scene
-from reasoncd.scenes.summary import question_summary
+from reasoncd.scenes.summary import question_summary, target_summary
 from reasoncd.scenes.tiling import Box, block_boxes, check_tiling, probability_from_logits, tile_boxes, tile_weights
 
 ASSEMBLY_BLOCK = 512  # side of the output blocks blended at once
@@ -100,9 +100,9 @@ def _run_tiles(model, processor, scene: Scene, questions, store: BatchStore, box
                 images_t2.append(image_t2)
             if tiles:
                 answers = answer_tiles(model, processor, images_t1, images_t2, questions, settings.max_new_tokens)
-                store.save(batch, tiles, skipped, answers.logits, answers.seg_present, answers.texts)
+                store.save(batch, tiles, skipped, answers)
             else:
-                store.save(batch, tiles, skipped, None, None, [])
+                store.save(batch, tiles, skipped)
             run_now += len(tiles)
             seconds += time.perf_counter() - start
             bar.update(len(store.tiles_of(batch)))
@@ -115,32 +115,71 @@ def _overlapping(block: Box, boxes: list[Box], processed) -> list[tuple[int, Box
     return [(tile, boxes[tile]) for tile in processed if block.intersection(boxes[tile])]
 
 
+@dataclass(frozen=True)
+class Layer:
+    """One map the run writes: a question's (its answers' union), or one target's of a question whose answers name
+    several (`label`: the words naming it)."""
+
+    question: int
+    stem: str
+    label: str | None = None
+
+
+def scene_targets(records: list[dict], question: int) -> list[str]:
+    """The targets a question's answers name over the scene, in the order the tiles first name them; none when
+    they name fewer than two (the question's own map is then its one target's)."""
+    labels = dict.fromkeys(label for record in records for row in record.get("labels", [])
+                           for label in row[question])
+    return list(labels) if len(labels) > 1 else []
+
+
+def _layers(questions: list[str], stems: list[str], records: list[dict]) -> list[Layer]:
+    layers = [Layer(question, stem) for question, stem in enumerate(stems)]
+    for question, stem in enumerate(stems):
+        layers += [Layer(question, f"{stem}_target{k}", label)
+                   for k, label in enumerate(scene_targets(records, question), 1)]
+    return layers
+
+
 @dataclass
 class Assembled:
-    changed: list[int]  # changed pixels per question
+    changed: list[int]  # changed pixels per layer
     valid_pixels: int  # pixels with data in both dates
     valid_area_m2: float | None  # their ground area (block by block: pixels x the block's central pixel's area)
 
 
+def _tile_logits(store: BatchStore, labels: dict, seg: dict, tile: int, layer: Layer, in_tile) -> np.ndarray | None:
+    """A tile's logits for a layer over `in_tile`; None where its answer has no such mask (probability 0)."""
+    if layer.label is None:
+        return store.logits(tile, layer.question, *in_tile) if seg[tile][layer.question] else None
+    named = labels.get(tile, [[]] * (layer.question + 1))[layer.question]
+    if layer.label not in named:
+        return None
+    return store.logits(tile, layer.question, *in_tile, target=named.index(layer.label))
+
+
 def _assemble(scene: Scene, store: BatchStore, boxes: list[Box], questions, settings: SceneSettings, work: Path,
-              stems: list[str], progress: bool, model_name: str) -> Assembled:
-    """Blend the tiles' probabilities block by block into the probability and mask rasters (in `work`)."""
+              layers: list[Layer], progress: bool, model_name: str) -> Assembled:
+    """Blend the tiles' probabilities block by block into each layer's probability and mask rasters (in `work`)."""
     processed = store.processed_tiles()
     seg = {tile: row for _, record in store.all_meta() for tile, row in zip(record["tiles"], record["seg_present"])}
-    changed = [0] * len(questions)
+    labels = {tile: row for _, record in store.all_meta()
+              for tile, row in zip(record["tiles"], record.get("labels", []))}
+    changed = [0] * len(layers)
     valid_pixels, valid_area = 0, 0.0
     grid = scene.grid
     ground = GroundArea(grid.crs, float(np.hypot(grid.transform.a, grid.transform.d)))
-    tags = [{"question": question, "model": model_name} for question in questions]
-    probability_files = [rasters.open_probability(formats.scratch_path(work, stem, "probability"), grid, tag)
-                         for stem, tag in zip(stems, tags)]
-    mask_files = [rasters.open_mask(formats.scratch_path(work, stem, "mask"), grid, tag)
-                  for stem, tag in zip(stems, tags)]
+    tags = [{"question": questions[layer.question], "model": model_name,
+             **({"target": layer.label} if layer.label is not None else {})} for layer in layers]
+    probability_files = [rasters.open_probability(formats.scratch_path(work, layer.stem, "probability"), grid, tag)
+                         for layer, tag in zip(layers, tags)]
+    mask_files = [rasters.open_mask(formats.scratch_path(work, layer.stem, "mask"), grid, tag)
+                  for layer, tag in zip(layers, tags)]
     try:
         blocks = block_boxes(scene.height, scene.width, ASSEMBLY_BLOCK)
         for block in tqdm(blocks, unit="block", desc="blending", disable=not progress, dynamic_ncols=True):
             weight_sum = np.zeros((block.height, block.width))
-            probability_sum = np.zeros((len(questions), block.height, block.width))
+            probability_sum = np.zeros((len(layers), block.height, block.width))
             for tile, box in _overlapping(block, boxes, processed):
                 part = block.intersection(box)
                 in_tile = (slice(part.row - box.row, part.row - box.row + part.height),
@@ -149,24 +188,24 @@ def _assemble(scene: Scene, store: BatchStore, boxes: list[Box], questions, sett
                             slice(part.col - block.col, part.col - block.col + part.width))
                 weights = tile_weights(box.height, box.width, settings.overlap)[in_tile]
                 weight_sum[in_block] += weights
-                for question in range(len(questions)):
-                    if seg[tile][question]:  # else the probability is 0 there
-                        logits = store.logits(tile, question, *in_tile)
-                        probability_sum[question][in_block] += weights * probability_from_logits(logits)
+                for index, layer in enumerate(layers):
+                    logits = _tile_logits(store, labels, seg, tile, layer, in_tile)
+                    if logits is not None:  # else the probability is 0 there
+                        probability_sum[index][in_block] += weights * probability_from_logits(logits)
             covered = weight_sum > 0
             valid = scene.valid(block.window()) & covered
             valid_pixels += int(valid.sum())
             if ground.known and valid.any():
                 centre = ground.pixel(grid.transform, block.row + block.height // 2, block.col + block.width // 2)
                 valid_area += int(valid.sum()) * centre
-            for question in range(len(questions)):
-                probability = np.divide(probability_sum[question], weight_sum, out=np.zeros_like(weight_sum),
+            for index in range(len(layers)):
+                probability = np.divide(probability_sum[index], weight_sum, out=np.zeros_like(weight_sum),
                                         where=covered)
                 probability[~valid] = 0.0
                 is_change = (probability > settings.threshold) & valid
-                changed[question] += int(is_change.sum())
-                rasters.write_probability(probability_files[question], block, probability, valid)
-                rasters.write_mask(mask_files[question], block, is_change, valid)
+                changed[index] += int(is_change.sum())
+                rasters.write_probability(probability_files[index], block, probability, valid)
+                rasters.write_mask(mask_files[index], block, is_change, valid)
     finally:
         for dataset in probability_files + mask_files:
             dataset.close()
@@ -206,24 +245,38 @@ def run_scene(model, processor, scene: Scene, questions: list[str], work: Path, 
     store = BatchStore(work / "tiles", len(boxes), settings.batch_size)
     run_now, seconds = _run_tiles(model, processor, scene, questions, store, boxes, settings, progress, after_batch)
 
-    stems = question_stems(questions)
-    blending_started = time.perf_counter()
-    assembled = _assemble(scene, store, boxes, questions, settings, work, stems, progress, str(describe.get("model")))
-    writing_started = time.perf_counter()
     records = [record for _, record in store.all_meta()]
-    summaries = []
-    for question, (text, stem, files) in enumerate(zip(questions, stems, output_files(questions, settings.formats))):
+    layers = _layers(questions, question_stems(questions), records)
+    blending_started = time.perf_counter()
+    assembled = _assemble(scene, store, boxes, questions, settings, work, layers, progress, str(describe.get("model")))
+    writing_started = time.perf_counter()
+    found = {}
+    for index, layer in enumerate(layers):
+        files = formats.question_files(layer.stem, settings.formats)
         for kind in formats.RASTERS:
-            rasters.to_cog(formats.scratch_path(work, stem, kind), outputs / files[kind], kind)
-        layer, scratch = formats.layer_name(stem), formats.scratch_path(work, stem, "polygons")
+            rasters.to_cog(formats.scratch_path(work, layer.stem, kind), outputs / files[kind], kind)
+        name, scratch = formats.layer_name(layer.stem), formats.scratch_path(work, layer.stem, "polygons")
         scratch.unlink(missing_ok=True)  # left by an interrupted run: GDAL creates the file itself
-        found = polygon_output.write_polygons(formats.scratch_path(work, stem, "mask"),
-                                              formats.scratch_path(work, stem, "probability"), scratch, layer)
-        for name in settings.formats:
-            formats.copy_polygons(scratch, outputs / files[name], formats.POLYGON_FORMATS[name], layer)
+        polygons = polygon_output.write_polygons(formats.scratch_path(work, layer.stem, "mask"),
+                                                 formats.scratch_path(work, layer.stem, "probability"), scratch,
+                                                 name, target=layer.label)
+        for kind in settings.formats:
+            formats.copy_polygons(scratch, outputs / files[kind], formats.POLYGON_FORMATS[kind], name)
+        found[layer] = (files, assembled.changed[index], polygons)
+    summaries = []
+    for question, text in enumerate(questions):
         texts = [row[question] for record in records for row in record["texts"]]
         seg_present = [row[question] for record in records for row in record["seg_present"]]
-        summaries.append(question_summary(text, files, texts, seg_present, assembled.changed[question], found))
+        own, *targets = [layer for layer in layers if layer.question == question]
+        tile_labels = [row[question] for record in records for row in record.get("labels", [])]
+        files, changed, polygons = found[own]
+        summary = question_summary(text, files, texts, seg_present, changed, polygons)
+        summary["targets"] = []
+        for layer in targets:
+            files, changed, polygons = found[layer]
+            tiles = sum(layer.label in named for named in tile_labels)
+            summary["targets"].append(target_summary(layer.label, files, tiles, changed, polygons))
+        summaries.append(summary)
     summary = {
         **describe,
         "scene": _scene_record(scene, assembled),

@@ -1,4 +1,5 @@
-"""What a scene run found, per question: one answer for the scene from the tiles' answers, and counts."""
+"""What a scene run found, per question: one answer for the scene from the tiles' answers, and counts; per target of
+a question whose answers name several, the same counts."""
 from __future__ import annotations
 
 from collections import Counter
@@ -30,3 +31,10 @@ def question_summary(question: str, files: dict, texts: list[str], seg_present: 
         "polygons": polygons["polygons"],
         "files": files,
     }
+
+
+def target_summary(label: str, files: dict, tiles: int, changed_pixels: int, polygons: dict) -> dict:
+    """One target of a question whose answers name several: its label, the tiles that named it, its changed pixels
+    and area, its polygon count and files."""
+    return {"label": label, "tiles_with_target": int(tiles), "changed_pixels": int(changed_pixels),
+            "changed_area_m2": polygons["area_m2"], "polygons": polygons["polygons"], "files": files}

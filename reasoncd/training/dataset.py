@@ -3,7 +3,7 @@ and builds the model's inputs with the processor."""
 
 import datasets
 
-from reasoncd.data.samples import group_by_pair, load_images, load_mask
+from reasoncd.data.samples import group_by_pair, load_images, load_mask, load_target_masks
 from reasoncd.training.feature_cache import image_keys
 
 
@@ -13,7 +13,7 @@ def as_dataset(samples: list[dict]) -> datasets.Dataset:
     batch by batch). Batch sizes therefore count pairs; all questions about a pair travel together.
     """
     groups = group_by_pair(samples)
-    columns = ("img1_path", "img2_path", "pair_id", "questions", "answers", "mask_paths")
+    columns = ("img1_path", "img2_path", "pair_id", "questions", "answers", "mask_paths", "target_mask_paths")
     return datasets.Dataset.from_dict({key: [g[key] for g in groups] for key in columns})
 
 
@@ -22,13 +22,15 @@ def _as_samples(item: dict) -> list[dict]:
     if "questions" not in item:
         return [item]
     return [{"img1_path": item["img1_path"], "img2_path": item["img2_path"], "mask_path": mask,
-             "question": question, "answer": answer}
-            for question, answer, mask in zip(item["questions"], item["answers"], item["mask_paths"])]
-
+             "question": question, "answer": answer,
+             "targets": [{"present": True, "mask_path": path} for path in targets]}
+            for question, answer, mask, targets in zip(item["questions"], item["answers"], item["mask_paths"],
+                                                       item["target_mask_paths"])]
 
 
 class ReasonCDCollator:
-    """Decodes a batch of samples and builds model inputs with the processor (labels: answer tokens only)."""
+    """Decodes a batch of samples and builds model inputs with the processor (labels: answer tokens only). A question
+    about several changes gets one mask per `[SEG]` of its answer, any other question its one mask."""
 
     def __init__(self, processor, *, cache_keys: bool = False):
         self.processor = processor
@@ -43,7 +45,8 @@ class ReasonCDCollator:
                 pair_of[key] = len(pairs)
                 pairs.append(load_images(sample))
             pair_index.append(pair_of[key])
-            masks.append(load_mask(sample, pairs[pair_of[key]][0].shape[:2]))
+            size = pairs[pair_of[key]][0].shape[:2]
+            masks.append(load_target_masks(sample, size) if sample.get("targets") else load_mask(sample, size))
         inputs = dict(self.processor(
             images_t1=[p[0] for p in pairs],
             images_t2=[p[1] for p in pairs],

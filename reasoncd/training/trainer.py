@@ -14,7 +14,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
 from reasoncd.evaluation.scoring import (batch_counterfactual, batches_by_pair, encode_batch, question_use_figures,
-                                         score, seg_decided_teacher_forced)
+                                         score, seg_decided_teacher_forced, swappable_rows, teacher_forced_masks)
 from reasoncd.training.arguments import training_arguments
 from reasoncd.training.checkpoints import (STAGING, clear_staging, last_complete_checkpoint, publish, retire,
                                           write_manifest)
@@ -171,21 +171,22 @@ class ReasonCDTrainer(Trainer):
             inputs = self._inputs_with_features(model, self._prepare_inputs(self.data_collator(batch)))
             outputs = model(**inputs)
             losses.append(float(outputs.loss))
-            rows = inputs["pair_index"]
-            masks = self.reasoncd_processor.post_process_masks(
-                outputs.pred_masks, outputs.seg_present, inputs["reshaped_sizes"][rows],
-                inputs["image_sizes"][rows].tolist())
+            masks, targets = teacher_forced_masks(self.reasoncd_processor, inputs, outputs,
+                                                  [sample["answer"] for sample in batch])
             emits_seg = seg_decided_teacher_forced(outputs, inputs["labels"], base.config.seg_token_id)
             # The counterfactual reuses the cached encodings; without the cache the encoders run once more.
             features = inputs.get("frozen_features")
             if features is None:
                 features = encode_batch(base, inputs)
-            truths = (inputs["masks"] > 0.5).cpu().numpy()
-            swaps = batch_counterfactual(base, self.reasoncd_processor, inputs, features, outputs.seg_present,
-                                         outputs.seg_hidden_states, truths, indices)
+            truths = inputs["masks"] > 0.5
+            truths = (truths.any(dim=1) if truths.dim() == 4 else truths).cpu().numpy()  # a question's union
+            swaps = batch_counterfactual(base, self.reasoncd_processor, inputs, features,
+                                         swappable_rows(outputs.seg_present, batch), outputs.seg_hidden_states,
+                                         truths, indices)
             for row, i in enumerate(indices):
-                predictions[i] = {"text": batch[row]["answer"], "mask": masks[row], "seg": bool(emits_seg[row]),
-                                  "swapped_mask": swaps[row][0], "swap_source": swaps[row][1]}
+                predictions[i] = {"text": batch[row]["answer"], "mask": masks[row], "targets": targets[row],
+                                  "seg": bool(emits_seg[row]), "swapped_mask": swaps[row][0],
+                                  "swap_source": swaps[row][1]}
         result = score(self.val_samples, predictions)
         logged = {f"{metric_key_prefix}_loss": sum(losses) / max(len(losses), 1)}
         logged.update({f"{metric_key_prefix}_{k}": float(result[k]) for k in ("f1", "precision", "recall", "iou")})

@@ -240,8 +240,14 @@ class OutputDir:
         self.check()
         self._release = lambda: None
         if lock:  # lock=False: a process of a distributed launch other than the one that writes
-            holding = self._lock()
-            self._release = weakref.finalize(self, holding.release)
+            try:
+                # A stop while the lock is being taken acts once its release is registered: no lock file is left.
+                with stopping.deferred():
+                    holding = self._lock()
+                    self._release = weakref.finalize(self, holding.release)
+            except BaseException:
+                self.release()
+                raise
         try:
             self.check()  # again, now that no other command can be changing the folder
         except BaseException:

@@ -80,8 +80,9 @@ def stop_at(arguments: list[str], out: Path, moment: str, seed: int) -> subproce
     else:
         while not _started_work(out) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.002)
-        # prepare_data.py writes its 24 pairs in a few tens of milliseconds: a later stop would find it done.
-        time.sleep(random.Random(seed).uniform(0.0, 0.01 if arguments[0] == "prepare_data.py" else 0.3))
+        # Within 10 ms of the first output: on an idle machine prepare_data.py and eval.py finish writing in a few
+        # tens of milliseconds, and a later stop would find them done.
+        time.sleep(random.Random(seed).uniform(0.0, 0.01))
     assert process.poll() is None and time.monotonic() < deadline, \
         f"the command ended (or never began writing) before the stop:\n{log.read_text()[-3000:]}"
     process.send_signal(signal.SIGTERM)

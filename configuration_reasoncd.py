@@ -220,6 +220,17 @@ class ReasonCDConfig(PretrainedConfig):
             the reference's decision in training, the head's in evaluation and generation, where an answer decided
             absent cannot emit `[SEG]` and one decided present cannot end before it.
         presence_loss_weight (`float`): weight of the presence head's binary cross-entropy in the loss.
+        question_mask (`bool`, needs `presence_head`): every question, absent ones included, also gets a mask
+            decoded from its state at `</p>` through the shared mask path, trained against the union of its
+            targets' truths (empty when the asked change is absent); the presence decision adds the evidence of
+            that mask (a learned scale and offset of its strongest logits' mean) to the head's logit.
+        croi_units (`list[str]`): the changes a question can ask about, one unit per class and direction
+            (`"building:increase"`); when given, a linear head on the language model's state at `</p>` is trained
+            to name the units each question asks about (present or absent; multi-label), so that the state the
+            presence decision and the question mask read encodes what was asked. Empty: no head (the paper).
+        croi_loss_weight (`float`): weight of that head's binary cross-entropy.
+        question_mask_loss_weight (`float`): weight of the question mask's BCE and Dice, relative to the `[SEG]`
+            masks' (`bce_loss_weight`, `dice_loss_weight`).
     """
 
     model_type = "reasoncd"
@@ -256,6 +267,10 @@ class ReasonCDConfig(PretrainedConfig):
         change_tokens=False,
         presence_head=False,
         presence_loss_weight=1.0,
+        question_mask=False,
+        question_mask_loss_weight=1.0,
+        croi_units=(),
+        croi_loss_weight=1.0,
         initializer_range=0.02,
         tie_word_embeddings=False,
         **kwargs,
@@ -314,6 +329,13 @@ class ReasonCDConfig(PretrainedConfig):
         self.change_tokens = bool(change_tokens)
         self.presence_head = bool(presence_head)
         self.presence_loss_weight = presence_loss_weight
+        if question_mask and not presence_head:
+            raise ValueError("question_mask=True needs presence_head=True: the question mask is evidence for the "
+                             "presence decision")
+        self.question_mask = bool(question_mask)
+        self.question_mask_loss_weight = question_mask_loss_weight
+        self.croi_units = list(croi_units)
+        self.croi_loss_weight = croi_loss_weight
         self.initializer_range = initializer_range
         super().__init__(
             pad_token_id=pad_token_id,
@@ -358,6 +380,7 @@ QUESTION_FOLLOWING = {
     "other_change_bce_weight": 3.0,
     "answer_decision_loss_weight": 5.0,
     "presence_head": True,
+    "question_mask": True,
 }
 
 

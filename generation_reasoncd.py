@@ -357,7 +357,7 @@ class _PresenceDecision:
 
 
     def _decide(self, states):
-        logits = self.model.presence(states, self.change_embeddings).float()
+        logits = self.model.question_presence(states, self.change_embeddings)[0].float()
         self.probabilities = logits.sigmoid()
         self.present = logits > 0
         return self.model.presence.decision(self.present)

@@ -85,6 +85,16 @@ class ReasonCDOutput(ModelOutput):
             that the asked change is there.
         presence_loss (`torch.FloatTensor` of shape `()`, *optional*): with `presence_head` and labels, the head's
             binary cross-entropy (unweighted; `loss` adds it times `presence_loss_weight`).
+        question_masks (`torch.FloatTensor` of shape `(B, h_low, w_low)`, *optional*): with `question_mask`, each
+            question's own mask logits (decoded from its state at `</p>`), whose evidence `presence_logits` includes.
+        question_mask_loss (`torch.FloatTensor` of shape `()`, *optional*): with `question_mask` and masks, the
+            question masks' BCE and Dice weighted as the `[SEG]` masks' (`loss` adds it times
+            `question_mask_loss_weight`).
+        croi_logits (`torch.FloatTensor` of shape `(B, len(croi_units))`, *optional*): with `croi_units`, which
+            changes each question asks about, read off its state at `</p>`.
+        croi_loss (`torch.FloatTensor` of shape `()`, *optional*): with `croi_units` and `croi_targets`, that
+            head's binary cross-entropy over the rows whose units are known (`loss` adds it times
+            `croi_loss_weight`).
     """
 
     loss: torch.FloatTensor | None = None
@@ -97,6 +107,10 @@ class ReasonCDOutput(ModelOutput):
     seg_present: torch.BoolTensor | None = None
     seg_hidden_states: torch.FloatTensor | None = None
     presence_logits: torch.FloatTensor | None = None
+    question_masks: torch.FloatTensor | None = None
+    question_mask_loss: torch.FloatTensor | None = None
+    croi_logits: torch.FloatTensor | None = None
+    croi_loss: torch.FloatTensor | None = None
     target_masks: torch.FloatTensor | None = None
     target_present: torch.BoolTensor | None = None
     target_hidden_states: torch.FloatTensor | None = None
@@ -111,6 +125,14 @@ def _changed_for_other_targets(masks: torch.Tensor, pair_index: torch.Tensor, ro
     if not bool(chosen.any()):
         return torch.zeros_like(target)
     return ((masks[chosen] > 0.5).any(dim=0).float() * (1.0 - target))
+
+
+def question_truths(masks: torch.Tensor) -> torch.Tensor:
+    """The truth of each question as a whole, `(B, 1, H, W)`: the union of its targets' masks (`masks` `(B, K, H, W)`
+    or `(B, H, W)`), empty when the asked change is absent."""
+    if masks.dim() == 3:
+        return masks[:, None]
+    return (masks > 0.5).any(dim=1, keepdim=True).to(masks.dtype)
 
 
 # --- losses (weights and options from `ReasonCDConfig`) ---
@@ -427,6 +449,36 @@ class PresenceHead(nn.Module):
         return self.decision_embeddings(present.long())
 
 
+class QuestionMask(nn.Module):
+    """
+    A mask for every question, absent ones included, and the presence evidence read off it (an option beyond the
+    paper). The language model's state at `</p>` is standardised with its own running statistics and mapped by a
+    linear layer to a prompt for the shared mask path (the same projection, FiLM and decoder as the `[SEG]`
+    states). Trained against the union of the question's truths, it learns to return an empty map when the asked
+    change is absent: the evidence is a learned scale and offset of the mean of its `top_k` strongest logits,
+    positive when some dozen cells are confidently changed.
+    """
+
+    top_k = 16  # low-resolution cells: about a 16 x 16-pixel object in a 256-pixel frame
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.state_norm = SegStateStandardizer(hidden_size)
+        self.prompt = nn.Linear(hidden_size, hidden_size)
+        self.evidence_scale = nn.Parameter(torch.ones(()))
+        self.evidence_offset = nn.Parameter(torch.zeros(()))
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """`states` `(N, hidden)` at `</p>`: prompts `(N, hidden)` in the space the mask path reads."""
+        standardized = self.state_norm(states)
+        return self.prompt(standardized.to(self.prompt.weight.dtype))
+
+    def evidence(self, mask_logits: torch.Tensor) -> torch.Tensor:
+        """`mask_logits` `(N, h, w)`: presence evidence `(N,)` to add to the presence head's logit."""
+        strongest = mask_logits.flatten(1).float().topk(min(self.top_k, mask_logits[0].numel()), dim=1).values
+        return self.evidence_scale * strongest.mean(dim=1) + self.evidence_offset
+
+
 class ReasonCDPreTrainedModel(PreTrainedModel):
     config_class = ReasonCDConfig
     base_model_prefix = "model"
@@ -476,7 +528,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
     # sam_prompt_encoder and the language model's base weights.
     trainable_module_names = ("multi_modal_projector", "text_hidden_fc", "sam_mask_decoder", "feature_fusion")
     # Trained in full too when the config switches them on (options beyond the paper).
-    optional_module_names = ("seg_state_norm", "prompt_film", "change_projector", "presence")
+    optional_module_names = ("seg_state_norm", "prompt_film", "change_projector", "presence", "question_mask",
+                             "croi_head")
     frozen_module_names = ("vision_tower", "sam_image_encoder", "sam_prompt_encoder")
     # Kept out of bitsandbytes quantisation (`bitsandbytes_config`): everything but the language model's decoder
     # layers. The encoders and the mask path are small next to a 7B decoder, and the [SEG] decision is read off
@@ -576,6 +629,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         if self.change_projector is not None:
             self.change_projector.zero_init = True  # starts as the paper's image tokens
         self.presence = PresenceHead(text_hidden, prompt_dim) if config.presence_head else None
+        self.question_mask = QuestionMask(text_hidden) if config.question_mask else None
+        self.croi_head = nn.Linear(text_hidden, len(config.croi_units)) if config.croi_units else None
         self.trainable_module_names = type(self).trainable_module_names + tuple(
             name for name in self.optional_module_names if getattr(self, name) is not None)
         self.unused_module_names = self._unused_module_names()
@@ -709,7 +764,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             features.sam_features_t1, features.sam_features_t2, sam_pixel_values_t1, sam_pixel_values_t2
         )
 
-    def decode_masks(self, image_embeddings: torch.Tensor, seg_hidden_states: torch.Tensor) -> torch.Tensor:
+    def decode_masks(self, image_embeddings: torch.Tensor, seg_hidden_states: torch.Tensor,
+                     standardized: bool = False) -> torch.Tensor:
         """
         SAM's mask decoder for N prompts at once, each with its own image embedding.
 
@@ -722,10 +778,12 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         Args:
             image_embeddings: `(N, C, h, w)`, already gathered per prompt.
             seg_hidden_states: `(N, hidden_size)`.
+            standardized: the states are already prompts in the standardised space (the question mask's), so
+                `seg_state_norm` is skipped.
         Returns: low-resolution change logits `(N, 4h, 4w)` (the single-mask output).
         """
         decoder = self.sam_mask_decoder
-        if self.seg_state_norm is not None:
+        if self.seg_state_norm is not None and not standardized:
             seg_hidden_states = self.seg_state_norm(seg_hidden_states)
         prompts = self.text_hidden_fc(seg_hidden_states.to(next(self.text_hidden_fc.parameters()).dtype))
         if self.prompt_film is not None:
@@ -745,6 +803,18 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         hyper = decoder.output_hypernetworks_mlps[0](mask_tokens[:, 0])
         b, c, uh, uw = upscaled.shape
         return (hyper.unsqueeze(1) @ upscaled.reshape(b, c, uh * uw)).reshape(b, uh, uw)
+
+    def question_presence(self, states: torch.Tensor, change_embeddings: torch.Tensor):
+        """
+        The presence decision of each question from its state at `</p>` `(N, hidden)` and its pair's fused
+        embedding `(N, C, h, w)`: logits `(N,)`, and with `question_mask` the question masks' low-resolution logits
+        `(N, 4h, 4w)` whose evidence the logits include (else None).
+        """
+        logits = self.presence(states, change_embeddings)
+        if self.question_mask is None:
+            return logits, None
+        question_masks = self.decode_masks(change_embeddings, self.question_mask(states), standardized=True)
+        return logits + self.question_mask.evidence(question_masks).to(logits.dtype), question_masks
 
     def _masks_for_targets(self, mask_embeds, pair_index, target_present, target_hidden):
         """The logits `(B, K, h, w)` of every `[SEG]` state (`target_hidden` `(B, K, hidden)`), all decoded in one
@@ -772,6 +842,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         reshaped_sizes: torch.LongTensor | None = None,
         image_sizes: torch.LongTensor | None = None,
         frozen_features: ReasonCDFrozenFeatures | None = None,
+        croi_targets: torch.Tensor | None = None,
         return_dict: bool | None = None,
     ) -> ReasonCDOutput:
         r"""
@@ -784,6 +855,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                 used for rows whose sequence holds `[SEG]`.
             reshaped_sizes (`(B or P, 2)`): size after SAM's longest-side resize (needed with `masks`).
             frozen_features: precomputed CLIP/SAM features (the training cache); skips the frozen encoders.
+            croi_targets (`(B, len(croi_units))`): with a CRoI head, 1 for each unit the question asks about, 0
+                for the others, a row of -1 where unknown (the collator builds it).
             image_sizes: accepted and unused, so that the processor's output can be passed as `**inputs`; masks are
                 compared with the ground truth at its own size.
             return_dict: accepted for transformers' calling convention; the output is always a `ReasonCDOutput`.
@@ -797,7 +870,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index, mask_embeds)
         run_language_model = partial(self.language_model, attention_mask=attention_mask, use_cache=False,
                                      position_ids=self._position_ids(attention_mask), output_hidden_states=True)
-        presence_logits = None
+        presence_logits = question_masks = None
         if self.presence is None:
             lm_out = run_language_model(inputs_embeds=inputs_embeds)
         else:
@@ -810,16 +883,21 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             decided = (input_ids[:, 1:] == self.config.seg_token_id).any(dim=1)
             lm_out = run_language_model(inputs_embeds=inputs_embeds + after * self.presence.decision(decided)[:, None])
             rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-            presence_logits = self.presence(lm_out.hidden_states[-1][rows, question_end], mask_embeds[pair_index])
+            presence_logits, question_masks = self.question_presence(
+                lm_out.hidden_states[-1][rows, question_end], mask_embeds[pair_index])
             own = presence_logits > 0
             if not self.training and bool((own != decided).any()):
                 lm_out = run_language_model(inputs_embeds=inputs_embeds + after * self.presence.decision(own)[:, None])
         last_hidden = lm_out.hidden_states[-1]
+        croi_logits = None
+        if self.croi_head is not None:
+            ends = question_end_positions(input_ids, self.config.p_end_token_id)
+            croi_logits = self.croi_head(last_hidden[torch.arange(input_ids.shape[0], device=ends.device), ends])
         target_present, target_hidden = self._seg_states_teacher_forced(input_ids, last_hidden)
         seg_present, seg_hidden = target_present[:, 0], target_hidden[:, 0]
         target_masks = self._masks_for_targets(mask_embeds, pair_index, target_present, target_hidden)
 
-        loss = ce = bce = dice = presence_loss = None
+        loss = ce = bce = dice = presence_loss = question_mask_loss = croi_loss = None
         if labels is not None:
             ce = answer_loss(lm_out.logits, labels, self.config)
             bce, dice = mask_losses(target_masks, target_present, masks, reshaped_sizes, pair_index, self.config)
@@ -828,6 +906,16 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             if presence_logits is not None:
                 presence_loss = F.binary_cross_entropy_with_logits(presence_logits.float(), seg_present.float())
                 loss = loss + cfg.presence_loss_weight * presence_loss
+            if question_masks is not None and masks is not None:
+                every_row = torch.ones(question_masks.shape[0], 1, dtype=torch.bool, device=question_masks.device)
+                q_bce, q_dice = mask_losses(question_masks[:, None], every_row, question_truths(masks),
+                                            reshaped_sizes, pair_index, cfg)
+                question_mask_loss = cfg.bce_loss_weight * q_bce + cfg.dice_loss_weight * q_dice
+                loss = loss + cfg.question_mask_loss_weight * question_mask_loss
+            known = None if croi_targets is None or croi_logits is None else croi_targets[:, 0] >= 0
+            if known is not None and bool(known.any()):
+                croi_loss = F.binary_cross_entropy_with_logits(croi_logits[known].float(), croi_targets[known].float())
+                loss = loss + cfg.croi_loss_weight * croi_loss
             if self.training and not bool(seg_present.any()):
                 # No mask to learn from in this batch (only absent CRoIs): the mask path still runs once, weighted
                 # zero, so that every process of a distributed run reduces gradients for the same parameters.
@@ -835,7 +923,9 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         return ReasonCDOutput(
             loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice, logits=lm_out.logits,
             pred_masks=target_masks[:, 0], seg_present=seg_present, seg_hidden_states=seg_hidden,
-            presence_logits=presence_logits, presence_loss=presence_loss, target_masks=target_masks,
+            presence_logits=presence_logits, presence_loss=presence_loss, question_masks=question_masks,
+            question_mask_loss=question_mask_loss, croi_logits=croi_logits, croi_loss=croi_loss,
+            target_masks=target_masks,
             target_present=target_present, target_hidden_states=target_hidden,
         )
 

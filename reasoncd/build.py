@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPIm
 from configuration_reasoncd import ReasonCDConfig
 from modeling_reasoncd import ReasonCDForChangeDetection
 from processing_reasoncd import NEW_TOKENS, ReasonCDProcessor
+from reasoncd.data.questions import croi_units
 from reasoncd.io import OutputDir
 from reasoncd.training.tokenizer import add_reasoncd_tokens, train_tiny_tokenizer
 
@@ -78,6 +79,8 @@ def weight_bytes(model) -> int:
 def build_tiny(seed: int, preset: str = "tiny", **config_overrides) -> tuple[ReasonCDForChangeDetection, ReasonCDProcessor]:
     """Random weights and our offline tokenizer, for `tiny` (and `medium`, for benchmarks)."""
     tokenizer = train_tiny_tokenizer(seed=seed)
+    if preset == "tiny":  # its CRoI head names the changes of the question bank its tokenizer was trained on
+        config_overrides.setdefault("croi_units", croi_units())
     config = ReasonCDConfig.from_preset(preset, **config_overrides)
     set_token_ids(config, tokenizer)
     torch.manual_seed(seed)
@@ -110,6 +113,9 @@ def make_seg_the_only_answer(model) -> None:
             decision = model.presence.classifier[-1]
             decision.weight.zero_()
             decision.bias.fill_(10.0)
+        if model.question_mask is not None:  # its mask's evidence must not overturn that
+            model.question_mask.evidence_scale.zero_()
+            model.question_mask.evidence_offset.zero_()
 
 
 # --- real components -------------------------------------------------------------------------------------------
@@ -270,8 +276,10 @@ def print_report(rows, lora_rank: int) -> None:
 
 
 # --- the architecture and loss options, as command-line flags (build_reasoncd.py and train.py) ---
-ARCHITECTURE_OPTIONS = ("use_feature_fusion", "seg_state_norm", "mask_conditioning", "change_tokens", "presence_head")
-LOSS_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight", "presence_loss_weight")
+ARCHITECTURE_OPTIONS = ("use_feature_fusion", "seg_state_norm", "mask_conditioning", "change_tokens", "presence_head",
+                        "question_mask")
+LOSS_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight", "presence_loss_weight",
+                "question_mask_loss_weight")
 # The flag of an option whose name on the command line is not the config field's.
 OPTION_FLAGS = {"use_feature_fusion": "--no_fusion"}
 
@@ -301,6 +309,10 @@ def add_option_arguments(parser) -> None:
     group.add_argument("--presence_head", action=argparse.BooleanOptionalAction, default=None,
                        help="a presence decision learned on every question, which the answer follows")
     group.add_argument("--presence_loss_weight", type=float, help="weight of the presence head's loss")
+    group.add_argument("--question_mask", action=argparse.BooleanOptionalAction, default=None,
+                       help="every question, absent ones included, also gets a mask from its state at </p>, "
+                       "trained toward its truth (empty when absent); the presence decision reads its evidence")
+    group.add_argument("--question_mask_loss_weight", type=float, help="weight of the question mask's loss")
 
 
 def option_flags(names) -> str:
@@ -309,6 +321,10 @@ def option_flags(names) -> str:
 
 
 def option_overrides(args, names=ARCHITECTURE_OPTIONS + LOSS_OPTIONS) -> dict:
-    """The options given on the command line, as config overrides."""
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    """The options given on the command line, as config overrides. Switching the presence head off switches off
+    the question mask that feeds it, unless `--question_mask` is given too (which the config then refuses)."""
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if overrides.get("presence_head") is False and "question_mask" in names:
+        overrides.setdefault("question_mask", False)
+    return overrides
 

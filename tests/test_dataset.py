@@ -51,3 +51,29 @@ def test_a_question_about_several_changes_brings_one_mask_per_seg(tiny, samples_
         assert np.array_equal(batch["masks"][1, k].numpy() > 0, read_mask(target["mask_path"]))
     assert np.array_equal(batch["masks"][0, 0].numpy() > 0, read_mask(single["mask_path"]))
     assert not batch["masks"][0, 1].any()  # one [SEG], one mask: the rest is padding
+
+
+def test_the_collator_names_the_crois_each_question_asks_about(tiny, samples_dir):
+    from reasoncd.training.dataset import as_dataset
+
+    model, processor = tiny
+    units = model.config.croi_units
+    samples = load_split(samples_dir, "train")
+    multi = next(s for s in samples if s["kind"] == "multi" and any(not t["present"] for t in s["targets"]))
+    pair = [s for s in samples if s["pair_id"] == multi["pair_id"]]
+    batch = ReasonCDCollator(processor, croi_units=units)([next(item for item in as_dataset(pair))])
+    targets = batch["croi_targets"]
+    assert targets.shape == (len(pair), len(units))
+    for row, sample in enumerate(pair):
+        # every part a question asks about, present or absent; "any" asks about both directions
+        asked = sample["targets"] if sample["kind"] == "multi" else [sample]
+        expected = {f"{p['croi']}:{d}" for p in asked
+                    for d in (("increase", "decrease") if p["direction"] == "any" else (p["direction"],))}
+        assert {units[i] for i in targets[row].nonzero().flatten().tolist()} == expected
+    # a sample that says nothing about its CRoI (a converted single-class folder) is skipped by the loss: -1
+    plain = {key: multi[key] for key in ("img1_path", "img2_path", "mask_path", "question", "answer")}
+    assert (ReasonCDCollator(processor, croi_units=units)([plain])["croi_targets"] == -1).all()
+    unknown = dict(plain, croi="glacier", direction="decrease")
+    with pytest.raises(ValueError, match="glacier"):
+        ReasonCDCollator(processor, croi_units=units)([unknown])
+    assert "croi_targets" not in ReasonCDCollator(processor)([plain])  # a model without a CRoI head

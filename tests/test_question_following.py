@@ -206,7 +206,9 @@ def test_a_batch_without_any_mask_reaches_the_same_parameters_as_one_with_masks(
     assert not out.seg_present.any()
     assert set(without) == set(with_masks)
     mask_path = [name for name in without if name.startswith(("text_hidden_fc", "sam_mask_decoder", "prompt_film"))]
-    assert mask_path and not any(without[name].any() for name in mask_path)  # reached, but nothing learned
+    # With the question mask, absent questions teach the mask path an empty map; without it, the path is reached
+    # with zeros and learns nothing.
+    assert mask_path and any(without[name].any() for name in mask_path) == (model.question_mask is not None)
 
 
 def test_answer_decision_weight_reweighs_only_the_answers_opening_tokens(tiny):
@@ -320,6 +322,7 @@ def test_the_answer_follows_the_presence_decision_in_generation():
     inputs = processor(images_t1=image, images_t2=image, text=["new buildings", "river"], pair_index=[0, 0])
     last = model.presence.classifier[-1]
     with torch.no_grad():
+        model.question_mask.evidence_scale.zero_()  # the head alone decides
         last.weight.zero_()
         last.bias.fill_(-5.0)  # the head says "absent" for every question
         absent = model.generate(**inputs, max_new_tokens=4)
@@ -383,3 +386,150 @@ def test_the_papers_preset_has_no_presence_head_and_old_configs_load_without_it(
     saved = ReasonCDConfig.from_preset("tiny").to_dict()
     del saved["presence_head"], saved["presence_loss_weight"]  # a config written before the option existed
     assert ReasonCDConfig(**saved).presence_head is False
+
+
+# --- the question mask (`question_mask`): presence read off a mask learned on every question ---
+def test_question_truths_are_the_union_of_targets_and_empty_when_absent():
+    from modeling_reasoncd import question_truths
+
+    masks = torch.zeros(3, 2, 4, 4)
+    masks[0, 0, 0, 0] = 1.0  # two targets
+    masks[0, 1, 3, 3] = 1.0
+    masks[1, 0, 1, 1] = 1.0  # one target
+    truths = question_truths(masks)  # row 2: the asked change is absent
+    assert truths.shape == (3, 1, 4, 4)
+    assert truths[0, 0].sum() == 2 and truths[1, 0].sum() == 1 and truths[2].sum() == 0
+    assert torch.equal(question_truths(masks[:, 0]), masks[:, :1])
+
+
+def test_an_absent_question_trains_its_question_mask_toward_an_empty_map(tiny):
+    model, processor = tiny
+    mask = np.zeros((96, 128), bool)
+    mask[20:60, 30:90] = True
+    inputs = _pair_inputs(processor, ["new buildings", "roads"],
+                          ["It's the new buildings [SEG].", "There is no change of interest."], masks=[mask, mask])
+    model.train()
+    try:
+        out = model(**inputs)
+        # The absent question's truth is empty: pushing its mask up everywhere must raise the loss.
+        with torch.no_grad():
+            model.question_mask.evidence_offset.zero_()
+        logits = out.question_masks
+    finally:
+        model.eval()
+    assert logits.shape[0] == 2 and out.question_mask_loss is not None and float(out.question_mask_loss) > 0
+    from modeling_reasoncd import mask_losses, question_truths
+
+    every_row = torch.ones(2, 1, dtype=torch.bool)
+    masks = inputs["masks"]
+    truths = question_truths(masks)
+    assert truths[0].sum() > 0 and truths[1].sum() == 0  # the absent answer holds no mask
+    base = mask_losses(logits.detach()[:, None], every_row, truths, inputs["reshaped_sizes"], inputs["pair_index"],
+                       model.config)
+    raised = logits.detach().clone()
+    raised[1] += 5.0
+    worse = mask_losses(raised[:, None], every_row, truths, inputs["reshaped_sizes"], inputs["pair_index"],
+                        model.config)
+    assert worse[0] > base[0] and worse[1] >= base[1]
+
+
+def test_the_question_masks_evidence_enters_the_presence_decision(tiny):
+    model, _ = tiny
+    states = torch.randn(3, model.config.text_config.hidden_size)
+    change = torch.randn(3, model.config.sam_config.prompt_embed_dim, 16, 16)
+    with torch.no_grad():
+        head_only = model.presence(states, change)
+        logits, question_masks = model.question_presence(states, change)
+        strongest = question_masks.flatten(1).topk(model.question_mask.top_k, dim=1).values.mean(dim=1)
+    scale, offset = model.question_mask.evidence_scale, model.question_mask.evidence_offset
+    torch.testing.assert_close(logits, head_only + scale * strongest + offset)
+    assert question_masks.shape == (3, 64, 64)
+
+
+def _question_mask_presence_accuracy(distinct_questions: bool, steps: int = 100) -> float:
+    """Trains the question-mask path alone (fusion features frozen, the presence head left out) on pairs where
+    one of two changes happened, each asked about both, with the mask loss against the question's truth (empty
+    when its change did not happen) and the presence BCE on the mask's evidence; returns the evidence's accuracy
+    on held-out pairs."""
+    torch.manual_seed(0)
+    config = ReasonCDConfig.from_preset("tiny")
+    model = ReasonCDForChangeDetection(config)
+    rng = np.random.default_rng(1)
+    pairs, truths = [], []
+    for index in range(28):
+        t1, t2, truth_a, truth_b = _pair(rng)
+        which = index % 2
+        gone = truth_b if which == 0 else truth_a
+        t2[gone] = t1[gone]
+        pairs.append((t1, t2, which))
+        kept = truth_a if which == 0 else truth_b
+        truths += [kept if which == 0 else np.zeros_like(kept), kept if which == 1 else np.zeros_like(kept)]
+    states = torch.randn(2, config.text_config.hidden_size)  # the states at </p> of the two questions
+    if not distinct_questions:
+        states = states[:1].repeat(2, 1)
+    t1 = torch.stack([_sam_pixels(p[0], config) for p in pairs])
+    t2 = torch.stack([_sam_pixels(p[1], config) for p in pairs])
+    with torch.no_grad():
+        sam = model.sam_image_encoder(torch.cat([t1, t2]))
+        embeds = model.feature_fusion.eval()(sam[: len(pairs)], sam[len(pairs):], t1, t2)
+    targets = torch.tensor([[float(p[2] == 0), float(p[2] == 1)] for p in pairs]).reshape(-1)
+    truth = F.avg_pool2d(torch.tensor(np.stack(truths), dtype=torch.float32)[:, None], 4)[:, 0]  # 64 x 64 cells
+    rows, questions = embeds.repeat_interleave(2, dim=0), states.repeat(len(pairs), 1)
+    train, test = slice(0, 40), slice(40, 56)
+    parts = [model.question_mask, model.text_hidden_fc, model.prompt_film, model.sam_mask_decoder]
+    optimizer = torch.optim.AdamW([p for part in parts for p in part.parameters()], lr=2e-3)
+    model.train()
+
+    def evidence_and_masks(chosen):
+        masks = model.decode_masks(rows[chosen], model.question_mask(questions[chosen]), standardized=True)
+        return model.question_mask.evidence(masks), masks
+
+    for _ in range(steps):
+        evidence, masks = evidence_and_masks(train)
+        loss = (F.binary_cross_entropy_with_logits(masks, truth[train], pos_weight=torch.tensor(3.0))
+                + F.binary_cross_entropy_with_logits(evidence, targets[train]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        decided = evidence_and_masks(test)[0] > 0
+    return (decided == targets[test].bool()).float().mean().item()
+
+
+@pytest.mark.timeout(300)
+def test_a_short_training_of_the_question_mask_decides_presence_per_question():
+    assert _question_mask_presence_accuracy(distinct_questions=True) >= 0.9
+    # One state for both questions: the mask cannot know which change was asked about, so its evidence stays at
+    # chance.
+    assert _question_mask_presence_accuracy(distinct_questions=False) <= 0.6
+
+
+# --- the CRoI head (`croi_units`): the state at </p> names what was asked ---
+def test_the_croi_head_learns_from_known_rows_only(tiny):
+    model, processor = tiny
+    units = model.config.croi_units
+    inputs = _pair_inputs(processor, ["new buildings", "roads"],
+                          ["It's the new buildings [SEG].", "There is no change of interest."],
+                          masks=[np.ones((96, 128), bool), np.zeros((96, 128), bool)])
+    known = torch.zeros(2, len(units))
+    known[0, units.index("building:increase")] = 1.0
+    known[1] = -1.0  # unknown: no loss from this row
+    model.train()
+    try:
+        out = model(**inputs, croi_targets=known)
+        expected = F.binary_cross_entropy_with_logits(out.croi_logits[:1], known[:1])
+        torch.testing.assert_close(out.croi_loss, expected)
+        assert out.croi_logits.shape == (2, len(units))
+        without = model(**inputs)
+        torch.testing.assert_close(out.loss - without.loss, model.config.croi_loss_weight * out.croi_loss)
+    finally:
+        model.eval()
+
+
+def test_the_papers_preset_has_no_croi_head_and_the_quickstarts_names_the_question_banks_units():
+    from reasoncd.data.questions import CLASSES
+
+    assert ReasonCDConfig.from_preset("reasoncd-7b").croi_units == []
+    model, _ = build_tiny(0)
+    assert model.croi_head is not None and len(model.config.croi_units) == 2 * len(CLASSES)

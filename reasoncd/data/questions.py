@@ -68,6 +68,26 @@ def _check(croi: str, direction: str) -> None:
         raise ValueError(f"unknown direction {direction!r}; expected one of {DIRECTIONS}")
 
 
+def croi_units() -> tuple[str, ...]:
+    """Every class with each of the two directions, as `"class:direction"`: what a question can ask about, one
+    unit each (`any` asks about both of its class's units). The labels of the model's CRoI head (`croi_units`)."""
+    return tuple(f"{croi}:{direction}" for croi in CLASSES for direction in DIRECTIONS if direction != "any")
+
+
+def asked_units(sample: dict) -> list[str]:
+    """The CRoI units a sample's question asks about, present or absent (every target's for a question about several
+    changes); [] for a sample without CRoI metadata (e.g. one converted from a single-class folder)."""
+    asked = sample.get("targets") or ([sample] if sample.get("croi") else [])
+    units = []
+    for part in asked:
+        if not part.get("croi") or not part.get("direction"):
+            return []
+        _check(part["croi"], part["direction"])
+        both = [d for d in DIRECTIONS if d != "any"] if part["direction"] == "any" else [part["direction"]]
+        units += [f"{part['croi']}:{direction}" for direction in both]
+    return list(dict.fromkeys(units))
+
+
 def _is_heldout(index: int) -> bool:
     return index % HELDOUT_EVERY == HELDOUT_EVERY - 1
 

@@ -2,7 +2,9 @@
 and builds the model's inputs with the processor."""
 
 import datasets
+import torch
 
+from reasoncd.data.questions import asked_units
 from reasoncd.data.samples import group_by_pair, load_images, load_mask, load_target_masks
 from reasoncd.training.feature_cache import image_keys
 
@@ -14,7 +16,12 @@ def as_dataset(samples: list[dict]) -> datasets.Dataset:
     """
     groups = group_by_pair(samples)
     columns = ("img1_path", "img2_path", "pair_id", "questions", "answers", "mask_paths", "target_mask_paths")
-    return datasets.Dataset.from_dict({key: [g[key] for g in groups] for key in columns})
+    table = {key: [g[key] for g in groups] for key in columns}
+    asked: dict[tuple[str, str], list[list[str]]] = {}  # in the order group_by_pair lists each pair's questions
+    for sample in samples:
+        asked.setdefault((sample["img1_path"], sample["img2_path"]), []).append(asked_units(sample))
+    table["asked_units"] = [asked[(g["img1_path"], g["img2_path"])] for g in groups]
+    return datasets.Dataset.from_dict(table)
 
 
 def _as_samples(item: dict) -> list[dict]:
@@ -23,18 +30,35 @@ def _as_samples(item: dict) -> list[dict]:
         return [item]
     return [{"img1_path": item["img1_path"], "img2_path": item["img2_path"], "mask_path": mask,
              "question": question, "answer": answer,
-             "targets": [{"present": True, "mask_path": path} for path in targets]}
-            for question, answer, mask, targets in zip(item["questions"], item["answers"], item["mask_paths"],
-                                                       item["target_mask_paths"])]
+             "targets": [{"present": True, "mask_path": path} for path in targets], "asked_units": units}
+            for question, answer, mask, targets, units in zip(item["questions"], item["answers"], item["mask_paths"],
+                                                              item["target_mask_paths"], item["asked_units"])]
 
 
 class ReasonCDCollator:
     """Decodes a batch of samples and builds model inputs with the processor (labels: answer tokens only). A question
     about several changes gets one mask per `[SEG]` of its answer, any other question its one mask."""
 
-    def __init__(self, processor, *, cache_keys: bool = False):
+    def __init__(self, processor, *, cache_keys: bool = False, croi_units: tuple[str, ...] = ()):
         self.processor = processor
         self.cache_keys = cache_keys  # content keys for the frozen-feature cache, hashed here on the CPU
+        self.croi_units = tuple(croi_units)  # the model's CRoI head labels (`ReasonCDConfig.croi_units`), if any
+
+    def _croi_targets(self, samples: list[dict]) -> torch.Tensor:
+        """`(B, U)`: 1 for each unit a question asks about, 0 for the others; a row of -1 where the sample says
+        nothing about its CRoI (the loss skips it)."""
+        targets = torch.zeros(len(samples), len(self.croi_units))
+        for row, sample in enumerate(samples):
+            units = sample["asked_units"] if "asked_units" in sample else asked_units(sample)
+            unknown = [unit for unit in units if unit not in self.croi_units]
+            if unknown:
+                raise ValueError(f"{sample.get('source', sample['img1_path'])}: CRoI {unknown[0]!r} is not one of "
+                                 f"the model's croi_units {self.croi_units}")
+            if not units:
+                targets[row] = -1.0
+            for unit in units:
+                targets[row, self.croi_units.index(unit)] = 1.0
+        return targets
 
     def __call__(self, batch: list[dict]) -> dict:
         samples = [sample for item in batch for sample in _as_samples(item)]
@@ -56,6 +80,8 @@ class ReasonCDCollator:
             pair_index=pair_index,
             return_tensors="pt",
         ))
+        if self.croi_units:
+            inputs["croi_targets"] = self._croi_targets(samples)
         if self.cache_keys:
             inputs["cache_keys"] = image_keys(inputs)
         return inputs

@@ -140,8 +140,9 @@ class ReasonCDTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**self._inputs_with_features(model, inputs))
         if model.training:
-            for term in ("ce_loss", "bce_loss", "dice_loss", "presence_loss"):
-                if outputs.get(term) is not None:  # presence_loss: only with the presence head
+            for term in ("ce_loss", "bce_loss", "dice_loss", "presence_loss", "question_mask_loss",
+                         "croi_loss"):
+                if outputs.get(term) is not None:  # the last three: only with their options
                     self._terms[term] += float(outputs[term].detach())
             self._term_count += 1
         return (outputs.loss, outputs) if return_outputs else outputs.loss
@@ -242,7 +243,8 @@ def make_trainer(args, model, peft_model, processor, train_samples: list[dict], 
         args=training_arguments(args),
         train_dataset=as_dataset(train_samples),
         eval_dataset=as_dataset(val_samples),  # scored by ReasonCDTrainer.evaluate
-        data_collator=ReasonCDCollator(processor, cache_keys=cache is not None),
+        data_collator=ReasonCDCollator(processor, cache_keys=cache is not None,
+                                       croi_units=model.config.croi_units),
         processing_class=processor.tokenizer,
         callbacks=[interrupt] + ([EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience)]
                                  if args.early_stopping_patience else []),

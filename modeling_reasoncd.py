@@ -127,12 +127,11 @@ def _changed_for_other_targets(masks: torch.Tensor, pair_index: torch.Tensor, ro
     return ((masks[chosen] > 0.5).any(dim=0).float() * (1.0 - target))
 
 
-def question_truths(masks: torch.Tensor) -> torch.Tensor:
+def question_truths(masks: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """The truth of each question as a whole, `(B, 1, H, W)`: the union of its targets' masks (`masks` `(B, K, H, W)`
-    or `(B, H, W)`), empty when the asked change is absent."""
-    if masks.dim() == 3:
-        return masks[:, None]
-    return (masks > 0.5).any(dim=1, keepdim=True).to(masks.dtype)
+    or `(B, H, W)`), empty where its answer points at no mask (`present` `(B,)` False: the asked change is absent)."""
+    union = (masks > 0.5).any(dim=1) if masks.dim() == 4 else masks > 0.5
+    return (union & present.to(union.device)[:, None, None])[:, None].to(masks.dtype)
 
 
 # --- losses (weights and options from `ReasonCDConfig`) ---
@@ -465,8 +464,9 @@ class QuestionMask(nn.Module):
         super().__init__()
         self.state_norm = SegStateStandardizer(hidden_size)
         self.prompt = nn.Linear(hidden_size, hidden_size)
-        self.evidence_scale = nn.Parameter(torch.ones(()))
-        self.evidence_offset = nn.Parameter(torch.zeros(()))
+        # One-element vectors, not scalars: DeepSpeed's flattening cannot view 0-dim tensors.
+        self.evidence_scale = nn.Parameter(torch.ones(1))
+        self.evidence_offset = nn.Parameter(torch.zeros(1))
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         """`states` `(N, hidden)` at `</p>`: prompts `(N, hidden)` in the space the mask path reads."""
@@ -908,7 +908,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                 loss = loss + cfg.presence_loss_weight * presence_loss
             if question_masks is not None and masks is not None:
                 every_row = torch.ones(question_masks.shape[0], 1, dtype=torch.bool, device=question_masks.device)
-                q_bce, q_dice = mask_losses(question_masks[:, None], every_row, question_truths(masks),
+                q_bce, q_dice = mask_losses(question_masks[:, None], every_row, question_truths(masks, seg_present),
                                             reshaped_sizes, pair_index, cfg)
                 question_mask_loss = cfg.bce_loss_weight * q_bce + cfg.dice_loss_weight * q_dice
                 loss = loss + cfg.question_mask_loss_weight * question_mask_loss
@@ -916,6 +916,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             if known is not None and bool(known.any()):
                 croi_loss = F.binary_cross_entropy_with_logits(croi_logits[known].float(), croi_targets[known].float())
                 loss = loss + cfg.croi_loss_weight * croi_loss
+            elif croi_logits is not None:  # nothing known to learn from: reached with weight zero, as the mask path
+                loss = loss + 0.0 * croi_logits.sum()
             if self.training and not bool(seg_present.any()):
                 # No mask to learn from in this batch (only absent CRoIs): the mask path still runs once, weighted
                 # zero, so that every process of a distributed run reduces gradients for the same parameters.

@@ -147,8 +147,9 @@ def test_lora_trains_exactly_the_papers_parts(checkpoint, processor, pair):
         assert torch.isfinite(value) and value > 0, (part, value)
     expected = config.ce_loss_weight * out.ce_loss + config.bce_loss_weight * out.bce_loss \
         + config.dice_loss_weight * out.dice_loss
-    if out.presence_loss is not None:  # the tiny preset's presence head
+    if out.presence_loss is not None:  # the tiny preset's presence head and question mask
         expected = expected + config.presence_loss_weight * out.presence_loss
+        expected = expected + config.question_mask_loss_weight * out.question_mask_loss
     torch.testing.assert_close(out.loss, expected)
     out.loss.backward()
 
@@ -188,7 +189,10 @@ def test_answers_without_seg_give_text_loss_only_and_empty_masks(model, processo
     assert not out.seg_present.any()
     assert out.ce_loss > 0 and out.bce_loss == 0 and out.dice_loss == 0
     presence = 0.0 if out.presence_loss is None else model.config.presence_loss_weight * out.presence_loss
-    torch.testing.assert_close(out.loss, model.config.ce_loss_weight * out.ce_loss + presence)
+    # With the question mask, absent questions still teach the mask path: toward an empty map.
+    question = 0.0 if out.question_mask_loss is None else \
+        model.config.question_mask_loss_weight * out.question_mask_loss
+    torch.testing.assert_close(out.loss, model.config.ce_loss_weight * out.ce_loss + presence + question)
     assert not out.pred_masks.any() and not out.seg_hidden_states.any()
 
     # In a mixed batch the row without [SEG] adds nothing to the mask losses.

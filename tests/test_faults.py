@@ -299,7 +299,7 @@ def test_on_a_disk_too_small_a_scene_keeps_its_finished_tiles_and_continues_once
         assert f"predict_scene.py: error: {out}: {FULL} (" in message and "continues from them" in message
         finished = sorted((disk / f".{out.name}.resume" / "work" / "tiles").glob("batch-*.json"))
         assert finished and not out.exists()
-        remount(disk, "4m")
+        remount(disk, "8m")
         assert run("predict_scene.py", inputs, out) == 0
         summary = json.loads((out / "summary.json").read_text())
         assert summary == json.loads((earlier["predict_scene.py"] / "summary.json").read_text())

@@ -871,28 +871,28 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         run_language_model = partial(self.language_model, attention_mask=attention_mask, use_cache=False,
                                      position_ids=self._position_ids(attention_mask), output_hidden_states=True)
         presence_logits = question_masks = None
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        # The presence decision and the CRoI head both read the state at </p> (the question read).
+        question_end = None
+        if self.presence is not None or self.croi_head is not None:
+            question_end = question_end_positions(input_ids, self.config.p_end_token_id)
         if self.presence is None:
             lm_out = run_language_model(inputs_embeds=inputs_embeds)
         else:
             # In training, the reference's decision (whether its answer points at a mask) follows </p>, as its
             # tokens do. In evaluation, the head's own, as in generation: the states up to </p> do not depend on
             # the decision, so the head reads them from a first pass, and a second runs only if it disagrees.
-            question_end = question_end_positions(input_ids, self.config.p_end_token_id)
             after = (torch.arange(input_ids.shape[1], device=input_ids.device)[None] > question_end[:, None])
             after = after.unsqueeze(-1).to(inputs_embeds.dtype)
             decided = (input_ids[:, 1:] == self.config.seg_token_id).any(dim=1)
             lm_out = run_language_model(inputs_embeds=inputs_embeds + after * self.presence.decision(decided)[:, None])
-            rows = torch.arange(input_ids.shape[0], device=input_ids.device)
             presence_logits, question_masks = self.question_presence(
                 lm_out.hidden_states[-1][rows, question_end], mask_embeds[pair_index])
             own = presence_logits > 0
             if not self.training and bool((own != decided).any()):
                 lm_out = run_language_model(inputs_embeds=inputs_embeds + after * self.presence.decision(own)[:, None])
         last_hidden = lm_out.hidden_states[-1]
-        croi_logits = None
-        if self.croi_head is not None:
-            ends = question_end_positions(input_ids, self.config.p_end_token_id)
-            croi_logits = self.croi_head(last_hidden[torch.arange(input_ids.shape[0], device=ends.device), ends])
+        croi_logits = None if self.croi_head is None else self.croi_head(last_hidden[rows, question_end])
         target_present, target_hidden = self._seg_states_teacher_forced(input_ids, last_hidden)
         seg_present, seg_hidden = target_present[:, 0], target_hidden[:, 0]
         target_masks = self._masks_for_targets(mask_embeds, pair_index, target_present, target_hidden)

@@ -24,7 +24,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from segment_anything.modeling.image_encoder import Attention as SamAttention
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
@@ -531,6 +531,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
     optional_module_names = ("seg_state_norm", "prompt_film", "change_projector", "presence", "question_mask",
                              "croi_head")
     frozen_module_names = ("vision_tower", "sam_image_encoder", "sam_prompt_encoder")
+    # Teacher-forced passes run the prompt up to `<p>` once per pair (`_run_language_model`); False: once per row.
+    share_prompt_prefix = True
     # Kept out of bitsandbytes quantisation (`bitsandbytes_config`): everything but the language model's decoder
     # layers. The encoders and the mask path are small next to a 7B decoder, and the [SEG] decision is read off
     # `lm_head`. transformers matches these as prefixes of module names (and `lm_head` as a suffix).
@@ -757,6 +759,71 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         # The same rule as `generate` uses, so teacher-forced and cached runs see identical positions.
         return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
 
+    # --- 2b. the teacher-forced language model pass ---
+    def _run_language_model(self, inputs_embeds, attention_mask, input_ids, pair_index):
+        """
+        The language model over every row, teacher-forced: logits `(B, L, vocab)` and last-layer states
+        `(B, L, hidden)`, in the rows' own (left-padded) layout.
+
+        Every question about a pair repeats the same prompt up to `<p>`, both images' tokens included: in training,
+        most of each sequence. When a batch holds fewer pairs than rows, that prefix runs once per pair and its keys
+        and values serve each of the pair's questions (as in `generate`); gradients reach it from every question
+        through the shared copy. The result is that of one pass over every row (a test compares both, losses and
+        gradients included). Activation checkpointing recomputes layers without their cache, so it takes one pass.
+        """
+        prefix_length = self._teacher_forced_prefix_length(input_ids, attention_mask, pair_index)
+        if not prefix_length:
+            out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False,
+                                      position_ids=self._position_ids(attention_mask), output_hidden_states=True)
+            return out.logits, out.hidden_states[-1]
+        # Re-laid as prefix | padding | suffix: the suffix keeps its place, the prefix moves in front of the padding.
+        rows, length = input_ids.shape
+        padding = (attention_mask == 0).sum(dim=1, keepdim=True)
+        slot = torch.arange(length, device=input_ids.device)[None].expand(rows, -1)
+        source = torch.where(slot < prefix_length, slot + padding,
+                             torch.where(slot < prefix_length + padding, slot - prefix_length, slot))
+        layout_mask = attention_mask.gather(1, source)
+        layout_embeds = inputs_embeds.gather(1, source[..., None].expand(-1, -1, inputs_embeds.shape[-1]))
+        first_rows, pair_slots = self._pair_rows(pair_index)
+        cache = DynamicCache(config=self.language_model.config)
+        prefix = self.language_model(inputs_embeds=layout_embeds[first_rows, :prefix_length], cache=cache,
+                                     use_cache=True, output_hidden_states=True)
+        row_cache = DynamicCache(ddp_cache_data=[(layer.keys[pair_slots], layer.values[pair_slots])
+                                                 for layer in cache.layers])
+        suffix = self.language_model(inputs_embeds=layout_embeds[:, prefix_length:], attention_mask=layout_mask,
+                                     position_ids=self._position_ids(layout_mask)[:, prefix_length:],
+                                     cache=row_cache, use_cache=True, output_hidden_states=True)
+        back = source.argsort(dim=1)
+        def relaid(prefix_part, suffix_part):
+            whole = torch.cat([prefix_part[pair_slots], suffix_part.to(prefix_part.dtype)], dim=1)
+            return whole.gather(1, back[..., None].expand(-1, -1, whole.shape[-1]))
+        return relaid(prefix.logits, suffix.logits), relaid(prefix.hidden_states[-1], suffix.hidden_states[-1])
+
+    def _teacher_forced_prefix_length(self, input_ids, attention_mask, pair_index) -> int:
+        """The length of the prompt up to `<p>` when the rows can share it (see `_run_language_model`), else 0."""
+        if not self.share_prompt_prefix or len(set(pair_index.tolist())) == input_ids.shape[0]:
+            return 0
+        if getattr(self.language_model, "is_activation_checkpointing", False):
+            return 0
+        if not bool((attention_mask.cummax(dim=1).values == attention_mask).all()):  # padded on the left only
+            return 0
+        prefix_length = self._shared_prefix_length(input_ids, attention_mask)
+        if not prefix_length:
+            return 0
+        padding = (attention_mask == 0).sum(dim=1, keepdim=True)
+        prefixes = input_ids.gather(1, torch.arange(prefix_length, device=input_ids.device)[None] + padding)
+        first_rows, pair_slots = self._pair_rows(pair_index)
+        same = bool((prefixes == prefixes[first_rows][pair_slots]).all())  # each row's prompt is its pair's
+        return prefix_length if same else 0
+
+    @staticmethod
+    def _pair_rows(pair_index):
+        """The first row about each pair, and for every row the index of its pair among those."""
+        pairs, pair_slots = torch.unique(pair_index, return_inverse=True)
+        rows = torch.arange(pair_index.shape[0], device=pair_index.device)
+        first_rows = torch.full_like(pairs, pair_index.shape[0]).scatter_reduce(0, pair_slots, rows, reduce="amin")
+        return first_rows, pair_slots
+
     # --- 3./4. fused image embedding and mask decoding ---
     def mask_embeddings(self, features: ReasonCDFrozenFeatures, sam_pixel_values_t1, sam_pixel_values_t2):
         """The mask decoder's image embedding per pair, `(P, prompt_embed_dim, h, w)`."""
@@ -868,8 +935,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         )
         mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
         inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index, mask_embeds)
-        run_language_model = partial(self.language_model, attention_mask=attention_mask, use_cache=False,
-                                     position_ids=self._position_ids(attention_mask), output_hidden_states=True)
+        run_language_model = partial(self._run_language_model, attention_mask=attention_mask, input_ids=input_ids,
+                                     pair_index=pair_index)
         presence_logits = question_masks = None
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         # The presence decision and the CRoI head both read the state at </p> (the question read).
@@ -877,7 +944,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         if self.presence is not None or self.croi_head is not None:
             question_end = question_end_positions(input_ids, self.config.p_end_token_id)
         if self.presence is None:
-            lm_out = run_language_model(inputs_embeds=inputs_embeds)
+            logits, last_hidden = run_language_model(inputs_embeds)
         else:
             # In training, the reference's decision (whether its answer points at a mask) follows </p>, as its
             # tokens do. In evaluation, the head's own, as in generation: the states up to </p> do not depend on
@@ -885,13 +952,12 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             after = (torch.arange(input_ids.shape[1], device=input_ids.device)[None] > question_end[:, None])
             after = after.unsqueeze(-1).to(inputs_embeds.dtype)
             decided = (input_ids[:, 1:] == self.config.seg_token_id).any(dim=1)
-            lm_out = run_language_model(inputs_embeds=inputs_embeds + after * self.presence.decision(decided)[:, None])
-            presence_logits, question_masks = self.question_presence(
-                lm_out.hidden_states[-1][rows, question_end], mask_embeds[pair_index])
+            logits, last_hidden = run_language_model(inputs_embeds + after * self.presence.decision(decided)[:, None])
+            presence_logits, question_masks = self.question_presence(last_hidden[rows, question_end],
+                                                                     mask_embeds[pair_index])
             own = presence_logits > 0
             if not self.training and bool((own != decided).any()):
-                lm_out = run_language_model(inputs_embeds=inputs_embeds + after * self.presence.decision(own)[:, None])
-        last_hidden = lm_out.hidden_states[-1]
+                logits, last_hidden = run_language_model(inputs_embeds + after * self.presence.decision(own)[:, None])
         croi_logits = None if self.croi_head is None else self.croi_head(last_hidden[rows, question_end])
         target_present, target_hidden = self._seg_states_teacher_forced(input_ids, last_hidden)
         seg_present, seg_hidden = target_present[:, 0], target_hidden[:, 0]
@@ -899,7 +965,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
 
         loss = ce = bce = dice = presence_loss = question_mask_loss = croi_loss = None
         if labels is not None:
-            ce = answer_loss(lm_out.logits, labels, self.config)
+            ce = answer_loss(logits, labels, self.config)
             bce, dice = mask_losses(target_masks, target_present, masks, reshaped_sizes, pair_index, self.config)
             cfg = self.config
             loss = cfg.ce_loss_weight * ce + cfg.bce_loss_weight * bce + cfg.dice_loss_weight * dice
@@ -923,7 +989,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                 # zero, so that every process of a distributed run reduces gradients for the same parameters.
                 loss = loss + 0.0 * self.decode_masks(mask_embeds[:1], seg_hidden[:1]).sum()
         return ReasonCDOutput(
-            loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice, logits=lm_out.logits,
+            loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice, logits=logits,
             pred_masks=target_masks[:, 0], seg_present=seg_present, seg_hidden_states=seg_hidden,
             presence_logits=presence_logits, presence_loss=presence_loss, question_masks=question_masks,
             question_mask_loss=question_mask_loss, croi_logits=croi_logits, croi_loss=croi_loss,

@@ -486,6 +486,53 @@ def test_finished_answers_leave_the_batch_and_change_nothing(model, processor, p
             model.generate(**inputs, max_new_tokens=bad)
 
 
+def test_questions_about_one_pair_share_its_prompt_in_teacher_forcing(model, processor, pair):
+    """The prompt up to `<p>` runs once per pair for all its questions; the losses, logits, presence decisions and
+    gradients are those of one pass over every row (padding differs from row to row: answers of several lengths)."""
+    a1, a2, mask = pair
+    b1, b2 = random_image(HEIGHT, WIDTH, seed=7), random_image(HEIGHT, WIDTH, seed=8)
+    questions = ["new buildings", "rivers", "new buildings", QUESTIONS[1], "water"]
+    answers = [ANSWERS[0], "No rivers changed.", ANSWERS[1], ANSWERS[1], "There is no change of interest."]
+    rows_pairs = [0, 0, 1, 0, 1]
+    images = {0: (a1, a2), 1: (b1, b2)}
+    encoded = processor(images_t1=[images[p][0] for p in rows_pairs], images_t2=[images[p][1] for p in rows_pairs],
+                        text=questions, answers=answers, masks=[mask] * len(questions))
+    inputs = {**encoded, "pair_index": torch.tensor(rows_pairs)}
+    for key in ("pixel_values_t1", "pixel_values_t2", "sam_pixel_values_t1", "sam_pixel_values_t2",
+                "reshaped_sizes", "image_sizes"):
+        inputs[key] = encoded[key][[0, 2]]
+    assert (inputs["attention_mask"] == 0).any()  # some rows are padded
+    twin = copy.deepcopy(model)
+
+    def run(share):
+        twin.share_prompt_prefix = share
+        twin.zero_grad(set_to_none=True)
+        calls = []
+        handle = twin.language_model.register_forward_hook(
+            lambda module, args, kwargs, output: calls.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True)
+        try:
+            out = twin(**inputs)
+        finally:
+            handle.remove()
+        out.loss.backward()
+        return out, calls, {name: p.grad.clone() for name, p in twin.named_parameters() if p.grad is not None}
+
+    (each, each_calls, each_grads), (shared, shared_calls, shared_grads) = run(False), run(True)
+    assert each_calls[0] == 5 and shared_calls[:2] == [2, 5]  # the prefix once per pair, then every suffix
+    torch.testing.assert_close(shared.loss, each.loss, rtol=1e-5, atol=1e-6)
+    real = inputs["attention_mask"].bool()
+    torch.testing.assert_close(shared.logits[real], each.logits[real], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(shared.presence_logits, each.presence_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(shared.pred_masks, each.pred_masks, rtol=1e-4, atol=1e-4)
+    assert shared_grads.keys() == each_grads.keys()
+    compared = 0
+    for name, grad in each_grads.items():
+        if grad.norm() > 1e-6:  # parameters whose gradient is zero in exact arithmetic are left out
+            assert (shared_grads[name] - grad).norm() <= 1e-3 * grad.norm(), name
+            compared += 1
+    assert compared > 50
+
+
 def test_rows_about_different_pairs_use_their_own_images(model, processor, pair):
     """Rows in any order refer to their pair through `pair_index`: each gets its own pair's images (and prompt
     cache), exactly as if asked alone."""

@@ -8,7 +8,8 @@ from PIL import Image
 
 from reasoncd.data.questions import CLASSES, group_covers, target_label
 from reasoncd.data.samples import load_split, load_target_masks
-from reasoncd.data.second import SECOND_COLOURS, UNCHANGED_COLOUR, convert_second, second_class_maps
+from reasoncd.data.second import (SECOND_COLOURS, UNCHANGED_COLOUR, PrepareError, convert_second,
+                                  second_class_maps)
 
 SIZE = 64
 PAIRS = 10
@@ -59,6 +60,14 @@ def _mask(path):
 def _samples(output):
     return {split: [(path, json.loads(path.read_text())) for path in sorted((output / split).glob("*.json"))]
             for split in ("train", "val", "test")}
+
+
+def _resolved_samples(output):
+    """`_samples` with the image paths made absolute, so that two output folders compare."""
+    return {split: [(path, {**record, **{key: str((path.parent / record[key]).resolve())
+                                         for key in ("img1_path", "img2_path")}})
+                    for path, record in records]
+            for split, records in _samples(output).items()}
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +219,40 @@ def test_new_settings_replace_the_output(converted, tmp_path):
     kinds = {r["kind"] for rs in _samples(output).values() for _, r in rs}
     assert kinds == {"explicit", "implicit", "absent", "multi"} and summary["kinds"].get("explanation", 0) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["json"]
+
+
+def test_opposite_direction_negatives_only_in_training_pairs(converted, tmp_path):
+    """A changed class is also asked about the direction it did not change in (building lost: "new buildings" is
+    absent), on training pairs only; every other question stays what it was."""
+    root, plain, _ = converted
+    changes = {"building": "decrease", "water": "increase", "tree": "decrease", "ground": "increase"}
+    opposite = {"increase": "decrease", "decrease": "increase"}
+    for per_pair in (1, 2):
+        output = tmp_path / f"opposite{per_pair}"
+        summary = convert_second(root, output, seed=0, opposite_negatives_per_pair=per_pair, progress=False)
+        before, after = _resolved_samples(plain), _resolved_samples(output)
+        for split in ("val", "test"):
+            assert [(p.name, r) for p, r in after[split]] == [(p.name, r) for p, r in before[split]]
+        old = {p.name: r for p, r in before["train"]}
+        added = {}
+        for path, record in after["train"]:
+            if path.name in old:
+                assert record == old[path.name], path.name
+            else:
+                added.setdefault(record["pair_id"], []).append(record)
+        assert set(old) <= {p.name for p, _ in after["train"]}
+        assert summary["samples"]["train"] == len(old) + sum(map(len, added.values()))
+        for pair_id, records in added.items():
+            one_way = 4 if int(pair_id[-2:]) % 2 else 2  # odd pairs: trees cut to bare ground as well
+            assert len(records) == min(per_pair, one_way), pair_id
+            for record in records:
+                assert record["kind"] == "absent" and "[SEG]" not in record["answer"]
+                assert record["direction"] == opposite[changes[record["croi"]]]
+                assert not _mask(output / "train" / record["mask_path"]).any()
+        assert len(added) == summary["pairs"]["train"]
+    with pytest.raises(PrepareError, match="opposite_negatives_per_pair must be >= 0, got -1"):
+        convert_second(root, tmp_path / "bad", seed=0, opposite_negatives_per_pair=-1, progress=False)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_second_class_maps():

@@ -234,6 +234,7 @@ def _pair_samples(
     explanations: bool,
     negatives_per_pair: int,
     multi_per_pair: int = 1,
+    opposite_negatives_per_pair: int = 0,
 ) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Questions for one pair and the masks they need, keyed ``croi/direction``."""
     rng = random.Random(f"{seed}:{stem}")
@@ -241,6 +242,7 @@ def _pair_samples(
     masks: dict[str, np.ndarray] = {}
     present: list[str] = []
     untouched: list[str] = []
+    one_way: list[tuple[str, str]] = []  # (class, the direction it did not change in at all)
     for index, croi in enumerate(CLASSES):
         decrease, increase = label1 == index, label2 == index
         if decrease.sum() >= minimum:
@@ -249,6 +251,8 @@ def _pair_samples(
             masks[f"{croi}/increase"] = increase
         if f"{croi}/decrease" in masks or f"{croi}/increase" in masks:
             present.append(croi)
+            if not decrease.any() or not increase.any():
+                one_way.append((croi, "increase" if not increase.any() else "decrease"))
         elif not decrease.any() and not increase.any():
             untouched.append(croi)
 
@@ -274,6 +278,12 @@ def _pair_samples(
         samples.append(sample)
     # Drawn after the single questions, so those stay what they were before questions about several changes.
     samples += _multi_questions(rng, split, label1, label2, masks, present, untouched, multi_per_pair)
+    # Drawn last, so that every other question stays what it was without them.
+    if split == "train":
+        for croi, direction in rng.sample(one_way, min(opposite_negatives_per_pair, len(one_way))):
+            sample = make_question(croi, direction, "absent", rng=rng, split=split)
+            sample["mask_key"] = None
+            samples.append(sample)
     return samples, masks
 
 
@@ -286,6 +296,7 @@ def convert_second(
     explanations: bool = True,
     negatives_per_pair: int = 1,
     multi_per_pair: int = 1,
+    opposite_negatives_per_pair: int = 0,
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict:
@@ -305,10 +316,10 @@ def convert_second(
     the stored summary without work.
     """
     root = Path(root).resolve()
-    if negatives_per_pair < 0:
-        raise PrepareError(f"negatives_per_pair must be >= 0, got {negatives_per_pair}")
-    if multi_per_pair < 0:
-        raise PrepareError(f"multi_per_pair must be >= 0, got {multi_per_pair}")
+    for name, value in (("negatives_per_pair", negatives_per_pair), ("multi_per_pair", multi_per_pair),
+                        ("opposite_negatives_per_pair", opposite_negatives_per_pair)):
+        if value < 0:
+            raise PrepareError(f"{name} must be >= 0, got {value}")
     output = OutputDir(output_dir, CONVERTER, inputs=[root], overwrite=overwrite)
     output_dir = output.path
     manifest_path = output_dir / "manifest.json"
@@ -319,6 +330,7 @@ def convert_second(
         "explanations": explanations,
         "negatives_per_pair": negatives_per_pair,
         "multi_per_pair": multi_per_pair,
+        "opposite_negatives_per_pair": opposite_negatives_per_pair,
         "format_version": FORMAT_VERSION,
         "min_change_fraction": MIN_CHANGE_FRACTION,
     }
@@ -333,14 +345,14 @@ def convert_second(
 
     with output.staged() as staging:
         summary = _write(files, splits, sizes, staging, output_dir, seed, explanations, negatives_per_pair,
-                         multi_per_pair, progress)
+                         multi_per_pair, opposite_negatives_per_pair, progress)
         manifest = {"fingerprint": fingerprint, "root": str(root), "settings": settings, "summary": summary}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return summary
 
 
 def _write(files, splits, sizes, staging: Path, output_dir: Path, seed, explanations, negatives_per_pair,
-           multi_per_pair, progress):
+           multi_per_pair, opposite_negatives_per_pair, progress):
     """Write masks and JSONs into ``staging``, with paths computed as if it were already ``output_dir``."""
     (staging / "masks").mkdir(parents=True)
     for name in SPLITS:
@@ -360,6 +372,7 @@ def _write(files, splits, sizes, staging: Path, output_dir: Path, seed, explanat
         samples, masks = _pair_samples(
             stem, split_name, label1, label2, seed=seed, explanations=explanations,
             negatives_per_pair=negatives_per_pair, multi_per_pair=multi_per_pair,
+            opposite_negatives_per_pair=opposite_negatives_per_pair,
         )
         mask_names = {key: mask_file_name(stem, *key.split("/")) for key in masks}
         for key, mask in masks.items():
@@ -428,13 +441,16 @@ def _arguments(parser) -> None:
                         help="absent-class questions per pair (default 1)")
     parser.add_argument("--multi_per_pair", type=int, default=1,
                         help="questions about several changes per pair where two or more classes changed (default 1)")
+    parser.add_argument("--opposite_negatives_per_pair", type=int, default=0,
+                        help="training pairs only: absent questions about the direction a changed class did not "
+                             "change in (e.g. demolished buildings where buildings were only built; default 0)")
     add_overwrite(parser)
 
 
 def _run(args) -> dict:
     return convert_second(args.root, args.output_dir, seed=args.seed, explanations=not args.no_explanations,
                           negatives_per_pair=args.negatives_per_pair, multi_per_pair=args.multi_per_pair,
-                          overwrite=args.overwrite)
+                          opposite_negatives_per_pair=args.opposite_negatives_per_pair, overwrite=args.overwrite)
 
 
 SECOND = Subcommand("second", "make CRoI samples from SECOND's semantic change labels", _arguments, _run)

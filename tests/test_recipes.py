@@ -30,3 +30,18 @@ def test_with_data_the_papers_values_and_what_is_given_wins():
     assert args.output_dir == Path("runs/r12")
     assert parsed("--data", "d").output_dir == Path("runs") / "train"  # relative to where train.py runs
     assert parsed("--data", "d", "--lora_alpha", "16", "--lora_rank", "4").lora_alpha == 16
+
+
+def test_the_quickstarts_data_takes_opposite_direction_negatives_on_request(tmp_path):
+    from reasoncd.data.samples import load_split
+    from reasoncd.training.recipes import prepare_quickstart_data
+
+    plain = prepare_quickstart_data(tmp_path, 12, 0)
+    counts = {split: len(load_split(plain, split)) for split in ("train", "test")}
+    absent = sum(sample["kind"] == "absent" for sample in load_split(plain, "train"))
+    opposite = prepare_quickstart_data(tmp_path, 12, 0, opposite_negatives_per_pair=1)
+    assert opposite == plain  # the quickstart's own cache, rewritten for the new setting
+    train = load_split(opposite, "train")
+    assert len(load_split(opposite, "test")) == counts["test"]
+    added = len(train) - counts["train"]
+    assert added > 0 and sum(sample["kind"] == "absent" for sample in train) == absent + added

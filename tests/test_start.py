@@ -37,6 +37,7 @@ def refused(args: list[str], capsys) -> str:
     (["--learning_rate", "nan"], "--learning_rate nan: must be a positive number"),
     (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0: must be at least 1"),
     (["--batch_size", "0"], "--batch_size 0: must be at least 1"),
+    (["--opposite_negatives_per_pair", "-1"], "--opposite_negatives_per_pair -1: must be at least 0"),
     (["--num_train_epochs", "0"], "--num_train_epochs 0.0: must be a positive number"),
     (["--max_steps", "0"], "--max_steps 0: give a positive number of steps"),
     (["--lora_dropout", "1.5"], "--lora_dropout 1.5: must be in [0, 1)"),

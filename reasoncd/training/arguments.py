@@ -62,6 +62,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--synthetic_pairs", type=int, help="quickstart: number of synthetic pairs")
     parser.add_argument("--synthetic_seed", type=int, help="quickstart: seed of the synthetic data (default: --seed); "
                         "fixed, runs of other --seed values train other initialisations on the same data")
+    parser.add_argument("--opposite_negatives_per_pair", type=int,
+                        help="quickstart: absent questions per training pair about the direction a changed class did "
+                        "not change in (prepare_data.py second's option; default 0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
     parser.add_argument("--train_sampling_strategy", choices=["random", "sequential"], default="random",
@@ -74,7 +77,8 @@ def argument_problem(args) -> str | None:
     """What is wrong with the hyper-parameters on their own (no files read), or None."""
     at_least = {"per_device_train_batch_size": 1, "batch_size": 1, "lora_rank": 1, "lora_alpha": 1, "eval_steps": 1,
                 "early_stopping_patience": 0, "eval_batch_size": 1, "max_eval_samples": 1, "max_val_samples": 1,
-                "train_eval_samples": 0, "warmup_steps": 0, "dataloader_num_workers": 0, "synthetic_pairs": 3}
+                "train_eval_samples": 0, "warmup_steps": 0, "dataloader_num_workers": 0, "synthetic_pairs": 3,
+                "opposite_negatives_per_pair": 0}
     for name, low in at_least.items():
         value = getattr(args, name)
         if value is not None and value < low:

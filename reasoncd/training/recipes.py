@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 QUICKSTART = {
-    "pairs": 360,  # about 1,300 training questions
+    "pairs": 360,  # 288 training pairs, about 1,800 training questions
     # Training pairs also ask about the direction a changed class did not change in ("demolished buildings" where
     # buildings were only built): without them "new X" and "removed X" never disagree on a training pair, and the
     # model learns "X changed" whatever the direction (README, "What this release changed").

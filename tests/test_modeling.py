@@ -487,8 +487,9 @@ def test_finished_answers_leave_the_batch_and_change_nothing(model, processor, p
 
 
 def test_questions_about_one_pair_share_its_prompt_in_teacher_forcing(model, processor, pair):
-    """The prompt up to `<p>` runs once per pair for all its questions; the losses, logits, presence decisions and
-    gradients are those of one pass over every row (padding differs from row to row: answers of several lengths)."""
+    """Outside training, the prompt up to `<p>` runs once per pair for all its questions; the losses, logits,
+    presence decisions and gradients are those of one pass over every row (padding differs from row to row: answers
+    of several lengths). Training keeps one pass per row."""
     a1, a2, mask = pair
     b1, b2 = random_image(HEIGHT, WIDTH, seed=7), random_image(HEIGHT, WIDTH, seed=8)
     questions = ["new buildings", "rivers", "new buildings", QUESTIONS[1], "water"]
@@ -531,6 +532,9 @@ def test_questions_about_one_pair_share_its_prompt_in_teacher_forcing(model, pro
             assert (shared_grads[name] - grad).norm() <= 1e-3 * grad.norm(), name
             compared += 1
     assert compared > 50
+    twin.train()
+    _, training_calls, _ = run(True)
+    assert training_calls == [5]
 
 
 def test_rows_about_different_pairs_use_their_own_images(model, processor, pair):

@@ -5,11 +5,11 @@ import json
 from pathlib import Path
 
 QUICKSTART = {
-    "pairs": 360,  # 288 training pairs, about 1,800 training questions
-    # Training pairs also ask about the direction a changed class did not change in ("demolished buildings" where
-    # buildings were only built): without them "new X" and "removed X" never disagree on a training pair, and the
-    # model learns "X changed" whatever the direction (README, "What this release changed").
-    "opposite_negatives_per_pair": 1,
+    "pairs": 360,  # 288 training pairs, about 1,550 training questions
+    # Absent questions about the direction a changed class did not change in (`--opposite_negatives_per_pair`):
+    # in two seeds they raised order accuracy (+0.24) but lowered steering (-0.21) and explicit F1 (-0.15), so the
+    # quickstart leaves them out (README, "What this release tried").
+    "opposite_negatives_per_pair": 0,
     "data": Path("data") / "synthetic",  # under the repository
     "output_dir": Path("runs") / "quickstart",  # under the repository
     "num_train_epochs": 8,

@@ -103,6 +103,15 @@ def _select_cache_rows(cache: Cache, rows: torch.Tensor) -> None:
             layer.batch_size = len(rows)
 
 
+def pair_rows(pair_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first row about each pair (pairs in ascending order), and for every row its pair's place among them:
+    what a computation done once per pair needs to serve each row."""
+    pairs, pair_slots = torch.unique(pair_index, return_inverse=True)
+    rows = torch.arange(pair_index.shape[0], device=pair_index.device)
+    first_rows = torch.full_like(pairs, pair_index.shape[0]).scatter_reduce(0, pair_slots, rows, reduce="amin")
+    return first_rows, pair_slots
+
+
 class ReasonCDGenerationMixin:
     """`generate` and its helpers; expects the attributes and methods of `ReasonCDForChangeDetection`."""
 
@@ -240,16 +249,10 @@ class ReasonCDGenerationMixin:
         pair's rows; returns every row's input embeddings (the prefix's, with the image features, also made once
         per pair).
         """
-        first_row_of_pair = {}
-        for row, pair in enumerate(pair_index.tolist()):
-            first_row_of_pair.setdefault(pair, row)
-        device = input_ids.device
-        prefix_rows = torch.tensor(list(first_row_of_pair.values()), device=device)
+        prefix_rows, row_slots = pair_rows(pair_index)
         prefix_embeds = self._merge_image_tokens(input_ids[prefix_rows, :prefix_length], features,
                                                  pair_index[prefix_rows], mask_embeds)
         self.language_model(inputs_embeds=prefix_embeds, cache=cache, use_cache=True, logits_to_keep=1)
-        slot = {pair: i for i, pair in enumerate(first_row_of_pair)}
-        row_slots = torch.tensor([slot[p] for p in pair_index.tolist()], device=device)
         _select_cache_rows(cache, row_slots)
         suffix_embeds = self.get_input_embeddings()(input_ids[:, prefix_length:])
         return torch.cat([prefix_embeds[row_slots], suffix_embeds.to(prefix_embeds.dtype)], dim=1)

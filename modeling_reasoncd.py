@@ -31,12 +31,12 @@ from transformers.utils import ModelOutput
 try:
     from .configuration_reasoncd import ReasonCDConfig, ReasonCDFusionConfig
     from .geometry_reasoncd import upscale_mask_logits
-    from .generation_reasoncd import (ReasonCDGenerateOutput, ReasonCDGenerationMixin, _per_row,
+    from .generation_reasoncd import (ReasonCDGenerateOutput, ReasonCDGenerationMixin, _per_row, pair_rows,
                                       question_end_positions, seg_token_positions)
 except ImportError:
     from configuration_reasoncd import ReasonCDConfig, ReasonCDFusionConfig
     from geometry_reasoncd import upscale_mask_logits
-    from generation_reasoncd import (ReasonCDGenerateOutput, ReasonCDGenerationMixin, _per_row,
+    from generation_reasoncd import (ReasonCDGenerateOutput, ReasonCDGenerationMixin, _per_row, pair_rows,
                                      question_end_positions, seg_token_positions)
 
 
@@ -784,7 +784,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                              torch.where(slot < prefix_length + padding, slot - prefix_length, slot))
         layout_mask = attention_mask.gather(1, source)
         layout_embeds = inputs_embeds.gather(1, source[..., None].expand(-1, -1, inputs_embeds.shape[-1]))
-        first_rows, pair_slots = self._pair_rows(pair_index)
+        first_rows, pair_slots = pair_rows(pair_index)
         cache = DynamicCache(config=self.language_model.config)
         prefix = self.language_model(inputs_embeds=layout_embeds[first_rows, :prefix_length], cache=cache,
                                      use_cache=True, output_hidden_states=True)
@@ -794,6 +794,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                                      position_ids=self._position_ids(layout_mask)[:, prefix_length:],
                                      cache=row_cache, use_cache=True, output_hidden_states=True)
         back = source.argsort(dim=1)
+
         def relaid(prefix_part, suffix_part):
             whole = torch.cat([prefix_part[pair_slots], suffix_part.to(prefix_part.dtype)], dim=1)
             return whole.gather(1, back[..., None].expand(-1, -1, whole.shape[-1]))
@@ -816,17 +817,9 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             return 0
         padding = (attention_mask == 0).sum(dim=1, keepdim=True)
         prefixes = input_ids.gather(1, torch.arange(prefix_length, device=input_ids.device)[None] + padding)
-        first_rows, pair_slots = self._pair_rows(pair_index)
+        first_rows, pair_slots = pair_rows(pair_index)
         same = bool((prefixes == prefixes[first_rows][pair_slots]).all())  # each row's prompt is its pair's
         return prefix_length if same else 0
-
-    @staticmethod
-    def _pair_rows(pair_index):
-        """The first row about each pair, and for every row the index of its pair among those."""
-        pairs, pair_slots = torch.unique(pair_index, return_inverse=True)
-        rows = torch.arange(pair_index.shape[0], device=pair_index.device)
-        first_rows = torch.full_like(pairs, pair_index.shape[0]).scatter_reduce(0, pair_slots, rows, reduce="amin")
-        return first_rows, pair_slots
 
     # --- 3./4. fused image embedding and mask decoding ---
     def mask_embeddings(self, features: ReasonCDFrozenFeatures, sam_pixel_values_t1, sam_pixel_values_t2):

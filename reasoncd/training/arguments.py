@@ -10,6 +10,7 @@ import torch
 from transformers import TrainingArguments
 
 from reasoncd.build import add_option_arguments
+from reasoncd.data.augment import AUGMENTATIONS
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
@@ -65,6 +66,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--opposite_negatives_per_pair", type=int,
                         help="quickstart: absent questions per training pair about the direction a changed class did "
                         "not change in (prepare_data.py second's option; default 0)")
+    parser.add_argument("--augment", choices=sorted(AUGMENTATIONS),
+                        help="turn or mirror each training pair by a transform drawn per pair and batch: flip "
+                        "(mirrored half of the time) or dihedral (any of the 4 quarter turns, mirrored or not); "
+                        "default: the quickstart's setting, none with --data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
     parser.add_argument("--train_sampling_strategy", choices=["random", "sequential"], default="random",

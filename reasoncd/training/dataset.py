@@ -4,6 +4,7 @@ and builds the model's inputs with the processor."""
 import datasets
 import torch
 
+from reasoncd.data.augment import draw_transform, transform_view
 from reasoncd.data.questions import asked_units
 from reasoncd.data.samples import group_by_pair, load_images, load_mask, load_target_masks
 from reasoncd.training.feature_cache import image_keys
@@ -37,10 +38,15 @@ def _as_samples(item: dict) -> list[dict]:
 
 class ReasonCDCollator:
     """Decodes a batch of samples and builds model inputs with the processor (labels: answer tokens only). A question
-    about several changes gets one mask per `[SEG]` of its answer, any other question its one mask."""
+    about several changes gets one mask per `[SEG]` of its answer, any other question its one mask. With
+    `augmentation` (`reasoncd.data.augment.AUGMENTATIONS`), each pair is turned or mirrored by a transform drawn for
+    it, its images and all its questions' masks alike (training batches only: `evaluation` is this collator without
+    it)."""
 
-    def __init__(self, processor, *, cache_keys: bool = False, croi_units: tuple[str, ...] = ()):
+    def __init__(self, processor, *, cache_keys: bool = False, croi_units: tuple[str, ...] = (),
+                 augmentation: str = "none"):
         self.processor = processor
+        self.augmentation = augmentation
         self.cache_keys = cache_keys  # content keys for the frozen-feature cache, hashed here on the CPU
         self.croi_units = tuple(croi_units)  # the model's CRoI head labels (`ReasonCDConfig.croi_units`), if any
 
@@ -60,17 +66,28 @@ class ReasonCDCollator:
                 targets[row, self.croi_units.index(unit)] = 1.0
         return targets
 
+    def evaluation(self) -> "ReasonCDCollator":
+        """The same collator without augmentation, for validation batches."""
+        return ReasonCDCollator(self.processor, cache_keys=self.cache_keys, croi_units=self.croi_units)
+
     def __call__(self, batch: list[dict]) -> dict:
         samples = [sample for item in batch for sample in _as_samples(item)]
-        pair_of, pairs, pair_index, masks = {}, [], [], []
+        pair_of, pairs, transforms, pair_index, masks = {}, [], [], [], []
         for sample in samples:
             key = (sample["img1_path"], sample["img2_path"])
             if key not in pair_of:  # each pair is decoded (and later encoded) once, however many questions
                 pair_of[key] = len(pairs)
                 pairs.append(load_images(sample))
-            pair_index.append(pair_of[key])
-            size = pairs[pair_of[key]][0].shape[:2]
-            masks.append(load_target_masks(sample, size) if sample.get("targets") else load_mask(sample, size))
+                transforms.append(draw_transform(self.augmentation))
+            pair = pair_of[key]
+            pair_index.append(pair)
+            size = pairs[pair][0].shape[:2]
+            mask = load_target_masks(sample, size) if sample.get("targets") else load_mask(sample, size)
+            if transforms[pair]:
+                mask = ([transform_view(m, transforms[pair]) for m in mask] if isinstance(mask, list)
+                        else transform_view(mask, transforms[pair]))
+            masks.append(mask)
+        pairs = [tuple(transform_view(image, t) for image in pair) if t else pair for pair, t in zip(pairs, transforms)]
         inputs = dict(self.processor(
             images_t1=[p[0] for p in pairs],
             images_t2=[p[1] for p in pairs],

@@ -28,10 +28,12 @@ QUICKSTART = {
     # 8 epochs are the budget, and the fidelity score wanders while the model first learns to say "absent" and
     # only then to follow the question: stopping early kept an epoch-2.5 model. The best checkpoint is still kept.
     "early_stopping_patience": 0,
+    "augment": "none",
 }
 PAPER = {"num_train_epochs": 100, "learning_rate": 5e-5, "warmup_steps": 100, "per_device_train_batch_size": 4,
          "batch_size": 16, "lora_rank": 8, "lora_targets": "q_proj,v_proj", "eval_steps": 200,
-         "full_embeddings": False, "train_vision_tower": False, "early_stopping_patience": 5}
+         "full_embeddings": False, "train_vision_tower": False, "early_stopping_patience": 5,
+         "augment": "none"}
 
 
 def apply_recipe(args, root: Path) -> None:

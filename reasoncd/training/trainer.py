@@ -169,7 +169,7 @@ class ReasonCDTrainer(Trainer):
         losses, predictions = [], [None] * len(self.val_samples)
         for indices in batches_by_pair(self.val_samples, self.eval_batch_size):  # a pair's questions together
             batch = [self.val_samples[i] for i in indices]
-            inputs = self._inputs_with_features(model, self._prepare_inputs(self.data_collator(batch)))
+            inputs = self._inputs_with_features(model, self._prepare_inputs(self.data_collator.evaluation()(batch)))
             outputs = model(**inputs)
             losses.append(float(outputs.loss))
             masks, targets = teacher_forced_masks(self.reasoncd_processor, inputs, outputs,
@@ -244,7 +244,7 @@ def make_trainer(args, model, peft_model, processor, train_samples: list[dict], 
         train_dataset=as_dataset(train_samples),
         eval_dataset=as_dataset(val_samples),  # scored by ReasonCDTrainer.evaluate
         data_collator=ReasonCDCollator(processor, cache_keys=cache is not None,
-                                       croi_units=model.config.croi_units),
+                                       croi_units=model.config.croi_units, augmentation=args.augment),
         processing_class=processor.tokenizer,
         callbacks=[interrupt] + ([EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience)]
                                  if args.early_stopping_patience else []),

@@ -77,3 +77,48 @@ def test_the_collator_names_the_crois_each_question_asks_about(tiny, samples_dir
     with pytest.raises(ValueError, match="glacier"):
         ReasonCDCollator(processor, croi_units=units)([unknown])
     assert "croi_targets" not in ReasonCDCollator(processor)([plain])  # a model without a CRoI head
+
+
+def test_augmentation_turns_a_pairs_images_and_all_its_masks_alike(tiny, samples_dir):
+    """With augmentation every pair is turned or mirrored by one transform: its two images and the masks of all its
+    questions; the texts stay; validation batches are never augmented."""
+    import torch
+
+    from reasoncd.data.augment import transform_view
+    from reasoncd.training.dataset import as_dataset
+
+    _, processor = tiny
+    samples = load_split(samples_dir, "train")
+    rows = list(as_dataset(samples))[:2]
+    plain = ReasonCDCollator(processor)(rows)
+    assert len(set(plain["pair_index"].tolist())) == 2 and (plain["masks"] > 0).any()
+
+    def matching_transforms(augmented, pair):
+        """The transforms that take the plain batch's pair to the augmented one: images and every mask."""
+        found = set()
+        for t in range(8):
+            def moved(tensor):  # (C or K, H, W) tensors: the spatial axes are the last two
+                return torch.from_numpy(transform_view(tensor.permute(1, 2, 0).numpy(), t)).permute(2, 0, 1)
+            same = all(torch.equal(moved(plain[name][pair]), augmented[name][pair])
+                       for name in ("sam_pixel_values_t1", "sam_pixel_values_t2"))
+            rows_of_pair = (plain["pair_index"] == pair).nonzero().flatten()
+            same = same and all(torch.equal(moved(plain["masks"][row].float()), augmented["masks"][row].float())
+                                for row in rows_of_pair)
+            if same:
+                found.add(t)
+        return found
+
+    collator = ReasonCDCollator(processor, augmentation="dihedral")
+    drawn = set()
+    for seed in range(6):
+        torch.manual_seed(seed)
+        augmented = collator(rows)
+        for name in ("input_ids", "labels", "pair_index"):
+            assert torch.equal(augmented[name], plain[name])
+        for pair in range(2):
+            found = matching_transforms(augmented, pair)
+            assert found, f"seed {seed}, pair {pair}: images and masks were not moved by one transform"
+            drawn |= found
+        evaluation = collator.evaluation()(rows)
+        assert all(torch.equal(evaluation[name], plain[name]) for name in plain)
+    assert len(drawn) > 2  # pairs were turned and mirrored, not left alone

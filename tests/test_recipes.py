@@ -30,6 +30,8 @@ def test_with_data_the_papers_values_and_what_is_given_wins():
     assert args.output_dir == Path("runs/r12")
     assert parsed("--data", "d").output_dir == Path("runs") / "train"  # relative to where train.py runs
     assert parsed("--data", "d", "--lora_alpha", "16", "--lora_rank", "4").lora_alpha == 16
+    assert parsed("--data", "d").augment == "none"  # the paper names no augmentation
+    assert parsed("--data", "d", "--augment", "dihedral").augment == "dihedral"
 
 
 def test_the_quickstarts_data_takes_opposite_direction_negatives_on_request(tmp_path):

@@ -15,8 +15,7 @@ AUGMENTATIONS = {"none": (0,), "flip": (0, 4), "dihedral": tuple(range(8))}
 
 
 def draw_transform(augmentation: str) -> int:
-    """One transform index of `augmentation`'s set, drawn with torch's global generator (seeded by the run and saved
-    in its checkpoints, so a resumed run draws what an uninterrupted one would)."""
+    """One transform index of `augmentation`'s set, drawn with torch's global generator (seeded by the run)."""
     if augmentation not in AUGMENTATIONS:
         raise ValueError(f"augmentation {augmentation!r}: choose one of {sorted(AUGMENTATIONS)}")
     choices = AUGMENTATIONS[augmentation]

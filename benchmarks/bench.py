@@ -5,6 +5,7 @@
     python benchmarks/bench.py quickstart                     # wall time of `python train.py`
     python benchmarks/bench.py baseline [--seconds S] [--seeds 0 1]  # a specialist without language, same data/time
     python benchmarks/bench.py proxy --variant NAME="FLAGS" ... [--seeds 0 1] [--steps 150]  # short train.py runs
+    python benchmarks/bench.py agreement RUN RUN RUN ...  # how early each validation ranks finished runs alike
     python benchmarks/bench.py memory        # 7B memory plan (computed), what the feature cache can save (FLOPs)
     python benchmarks/bench.py memory --measure  # ... and the plan's weights against a medium checkpoint, bf16/8/4-bit
     python benchmarks/bench.py serve         # the change-detection pipeline answering 8 threads: requests/s, latency
@@ -27,6 +28,11 @@ and scores it on the test split and on train.py's fixed training sample with the
 `proxy` ranks variants of the quickstart quickly: per variant (a name and train.py flags) and seed, a short
 `train.py` run (`--steps` optimiser steps, one validation, test and training sample scored with free generation)
 on the quickstart's data (synthetic seed 0 whatever the model seed), then each figure's mean and spread over seeds.
+
+`agreement` reads finished `train.py` runs (their metrics.json and newest checkpoint's log history) and says, per
+validation, how well the validation fidelity at that point ranks the runs as their final test fidelity does
+(Spearman's correlation; the share of run pairs, apart by more than `--margin`, ranked the same way): how short a
+proxy run can be and still rank variants.
 
 `serve` sends PNG-encoded 256x256 pairs, one question each, to one `change-detection` pipeline (tiny preset) from
 1 thread and then from 8, for each decoding cap (`max_concurrent`), and reports requests per second, the median
@@ -739,6 +745,66 @@ def proxy_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def validation_history(run: Path) -> list[float]:
+    """The validation fidelity scores of a train.py run, in order: its newest checkpoint's log history."""
+    checkpoints = sorted((run / "checkpoints").glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]))
+    if not checkpoints:
+        raise SystemExit(f"{run}: no checkpoints/checkpoint-* folder (a train.py --output_dir)")
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    return [entry["eval_fidelity_score"] for entry in state["log_history"] if "eval_fidelity_score" in entry]
+
+
+def ranks(values) -> np.ndarray:
+    """Ranks from 0, ties given their mean rank (what Spearman's correlation ranks)."""
+    values = np.asarray(values, dtype=float)
+    order = values.argsort(kind="stable")
+    ranked = np.empty(len(values))
+    ranked[order] = np.arange(len(values))
+    for value in np.unique(values):
+        ranked[values == value] = ranked[values == value].mean()
+    return ranked
+
+
+def bench_agreement(runs: list[Path], margin: float) -> dict:
+    """
+    How well each validation of full quickstart runs ranks them as their final test fidelity does: per validation
+    (every --eval_steps), Spearman's correlation over the runs and the share of run pairs whose test fidelity differs
+    by more than `margin` that the validation ranks the same way. A short run stopped at validation k ranks variants
+    only as well as validation k of a full run does (the learning-rate schedule aside).
+    """
+    if len(runs) < 3:
+        raise SystemExit(f"agreement: give at least 3 runs, got {len(runs)}")
+    histories, tests = {}, {}
+    for run in runs:
+        metrics = run / "metrics.json"
+        if not metrics.is_file():
+            raise SystemExit(f"{run}: no metrics.json (a finished train.py --output_dir)")
+        tests[str(run)] = json.loads(metrics.read_text())["fidelity_score"]
+        histories[str(run)] = validation_history(run)
+    validations = min(len(history) for history in histories.values())
+    names = list(tests)
+    test = np.array([tests[name] for name in names])
+    pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names)) if abs(test[i] - test[j]) > margin]
+    rows = []
+    for k in range(validations):
+        value = np.array([histories[name][k] for name in names])
+        rho = float(np.corrcoef(ranks(value), ranks(test))[0, 1])
+        alike = sum(bool((value[i] - value[j]) * (test[i] - test[j]) > 0) for i, j in pairs)
+        rows.append({"validation": k + 1, "spearman": rho, "pairs_ranked_alike": alike, "pairs": len(pairs)})
+    return {"runs": {name: {"test_fidelity": tests[name], "validation_fidelity": histories[name]} for name in names},
+            "margin": margin, "per_validation": rows}
+
+
+def agreement_table(report: dict) -> str:
+    lines = [f"| validation ({len(report['runs'])} runs) | Spearman with the test fidelity | run pairs ranked alike "
+             f"(test gap > {report['margin']}) |", "|---:|---:|---:|"]
+    for row in report["per_validation"]:
+        share = row["pairs_ranked_alike"] / row["pairs"] if row["pairs"] else float("nan")
+        lines.append(f"| {row['validation']} | {row['spearman']:.2f} | {row['pairs_ranked_alike']}/{row['pairs']} "
+                     f"({share:.2f}) |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------- whole scenes
 
 SCENE_CRS = "EPSG:32650"  # WGS 84 / UTM zone 50N: metres
@@ -945,6 +1011,11 @@ def main(argv=None) -> int:
                        help='a name and the train.py flags of one variant, e.g. no-presence="--no-presence_head"')
     proxy.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     proxy.add_argument("--steps", type=int, default=150)
+    agreement = sub.add_parser("agreement", help="how well each validation of finished quickstart runs ranks them "
+                               "as their test fidelity does (what a shorter proxy run could tell)")
+    agreement.add_argument("runs", type=Path, nargs="+", help="train.py output folders (metrics.json, checkpoints/)")
+    agreement.add_argument("--margin", type=float, default=0.03,
+                           help="run pairs whose test fidelity differs by at most this are not counted")
     scene = sub.add_parser("scene", help="predict_scene.py on synthetic GeoTIFF scenes: tiles/s and peak memory")
     scene.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192])
     scene.add_argument("--presets", nargs="+", default=["tiny", "medium"])
@@ -987,6 +1058,9 @@ def main(argv=None) -> int:
         variants = dict(item.partition("=")[::2] for item in args.variant)
         report["proxy"] = bench_proxy(variants, args.seeds, args.steps)
         table = proxy_table(report["proxy"])
+    elif args.command == "agreement":
+        report["agreement"] = bench_agreement(args.runs, args.margin)
+        table = agreement_table(report["agreement"])
     elif args.command == "paper-widths":
         report["paper_widths"] = bench_paper_widths(args.dtypes)
         table = paper_widths_table(report["paper_widths"])

@@ -72,3 +72,46 @@ def test_the_plans_weight_arithmetic_matches_a_loaded_checkpoint():
         assert abs(planned[name] - measured[name]) / measured[name] < 0.01, (name, planned, measured)
     # The plan also budgets NF4's block scales, which the footprint leaves out: a little above, never below.
     assert 0 <= planned["int4"] - measured["int4"] < 0.06 * measured["int4"]
+
+
+def finished_run(root, name: str, validations: list[float], test_fidelity: float):
+    """A train.py output folder as `bench.py agreement` reads it: metrics.json and two checkpoints."""
+    import json
+
+    run = root / name
+    for step, upto in ((10, 1), (20, len(validations))):  # the newest checkpoint holds the whole history
+        checkpoint = run / "checkpoints" / f"checkpoint-{step}"
+        checkpoint.mkdir(parents=True)
+        history = [{"loss": 1.0, "step": 1}] + [{"eval_fidelity_score": v, "step": 10 * (k + 1)}
+                                                for k, v in enumerate(validations[:upto])]
+        (checkpoint / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    (run / "metrics.json").write_text(json.dumps({"fidelity_score": test_fidelity}))
+    return run
+
+
+def test_agreement_ranks_runs_by_each_validation_against_their_test_fidelity(tmp_path):
+    tests = [0.40, 0.50, 0.60, 0.61]
+    first = [0.30, 0.20, 0.25, 0.10]   # ranks 3, 1, 2, 0 where the test ranks 0, 1, 2, 3
+    last = [0.41, 0.52, 0.58, 0.57]    # ranks them as the test does except the last two, 0.01 apart in test
+    runs = [finished_run(tmp_path, f"run{i}", [first[i], last[i]], tests[i]) for i in range(4)]
+    report = bench.bench_agreement(runs, margin=0.03)
+    early, late = report["per_validation"]
+    # pairs apart by more than 0.03 in test: all but (run2, run3)
+    assert early["pairs"] == late["pairs"] == 5
+    assert late["pairs_ranked_alike"] == 5 and late["spearman"] == pytest.approx(0.8)  # ranks 0,1,3,2 vs 0,1,2,3
+    # first: 0.30 > 0.20 (wrong), 0.30 > 0.25 (wrong), 0.30 > 0.10 (wrong), 0.20 < 0.25 (right), 0.20 > 0.10 (wrong)
+    assert early["pairs_ranked_alike"] == 1 and early["spearman"] == pytest.approx(-0.8)
+    assert "| 2 | 0.80 | 5/5 (1.00) |" in bench.agreement_table(report)
+
+
+def test_agreement_refuses_too_few_or_unfinished_runs(tmp_path):
+    runs = [finished_run(tmp_path, f"run{i}", [0.1, 0.2], 0.3 + i / 10) for i in range(3)]
+    with pytest.raises(SystemExit, match="at least 3 runs"):
+        bench.bench_agreement(runs[:2], margin=0.03)
+    (runs[1] / "metrics.json").unlink()
+    with pytest.raises(SystemExit, match="run1: no metrics.json"):
+        bench.bench_agreement(runs, margin=0.03)
+
+
+def test_ranks_share_ties():
+    assert bench.ranks([3.0, 1.0, 3.0, 2.0]).tolist() == [2.5, 0.0, 2.5, 1.0]

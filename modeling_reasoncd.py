@@ -805,10 +805,10 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         if not self.share_prompt_prefix or len(set(pair_index.tolist())) == input_ids.shape[0]:
             return 0
         if self.training:
-            # Same losses and gradients without dropout, but one dropout draw on the prefix for all of a pair's
-            # questions: in three quickstart runs each it trained clearly worse (final validation fidelity 0.53-0.59
-            # against 0.68-0.73), and with LoRA dropout off one of two seeds still trailed at epoch 5. Training
-            # keeps one pass per row.
+            # Same losses and gradients without dropout, but one LoRA dropout draw on the prefix for all of a pair's
+            # questions, and that dropout is the tiny language model's one regulariser: in three quickstart runs
+            # it trained clearly worse (final validation fidelity 0.53-0.59 against 0.68-0.73), like runs without
+            # dropout (README, "What this release tried"). Training keeps one pass per row.
             return 0
         if not bool((attention_mask.cummax(dim=1).values == attention_mask).all()):  # padded on the left only
             return 0

@@ -167,9 +167,10 @@ class ReasonCDTrainer(Trainer):
         was_training = model.training
         model.eval()
         losses, predictions = [], [None] * len(self.val_samples)
+        collate = self.data_collator.evaluation()  # never augmented
         for indices in batches_by_pair(self.val_samples, self.eval_batch_size):  # a pair's questions together
             batch = [self.val_samples[i] for i in indices]
-            inputs = self._inputs_with_features(model, self._prepare_inputs(self.data_collator.evaluation()(batch)))
+            inputs = self._inputs_with_features(model, self._prepare_inputs(collate(batch)))
             outputs = model(**inputs)
             losses.append(float(outputs.loss))
             masks, targets = teacher_forced_masks(self.reasoncd_processor, inputs, outputs,

@@ -149,6 +149,9 @@ def _typed(value, config_class):
 # The sizes the tiny preset changes (the defaults are the paper's SAM ViT-H and ResNet34).
 SAM_TINY = {
     "image_size": 256,
+    # 8-px patches: a 32 x 32 embedding grid (SAM's 16-px patches give 16 x 16 at this size), so the mask is
+    # decoded at 128 x 128 and a 20-px building spans several cells instead of about one.
+    "patch_size": 8,
     "encoder_embed_dim": 64,
     "encoder_depth": 2,
     "encoder_num_heads": 2,

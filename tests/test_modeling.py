@@ -576,7 +576,8 @@ def test_decode_masks_equals_segment_anythings_single_mask_decoder():
     torch.manual_seed(0)
     config = ReasonCDConfig.from_preset("tiny", seg_state_norm=False, mask_conditioning="sparse")
     model = ReasonCDForChangeDetection(config).eval()
-    embeds = torch.randn(3, 64, 16, 16)
+    grid = config.sam_config.embedding_grid
+    embeds = torch.randn(3, 64, grid, grid)
     states = torch.randn(3, config.text_config.hidden_size)
     with torch.no_grad():
         ours = model.decode_masks(embeds, states)
@@ -587,7 +588,7 @@ def test_decode_masks_equals_segment_anythings_single_mask_decoder():
                 image_pe=model.sam_prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=prompts[row:row + 1, None],
                 dense_prompt_embeddings=model.sam_prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-                .expand(1, -1, 16, 16),
+                .expand(1, -1, grid, grid),
                 multimask_output=False,
             )
             torch.testing.assert_close(ours[row], upstream[0, 0], rtol=1e-4, atol=1e-5)

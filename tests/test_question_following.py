@@ -143,7 +143,8 @@ def test_film_starts_as_the_papers_decoder_and_then_conditions_on_the_question()
     model = ReasonCDForChangeDetection(config).eval()
     paper = ReasonCDForChangeDetection(ReasonCDConfig.from_preset("tiny", mask_conditioning="sparse")).eval()
     paper.load_state_dict(model.state_dict(), strict=False)
-    embeds = torch.randn(2, 64, 16, 16)
+    grid = config.sam_config.embedding_grid
+    embeds = torch.randn(2, 64, grid, grid)
     states = torch.randn(2, config.text_config.hidden_size)
     with torch.no_grad():
         assert torch.equal(model.decode_masks(embeds, states), paper.decode_masks(embeds, states))
@@ -252,12 +253,13 @@ def test_the_papers_ablation_without_fusion_decodes_from_sam_features_alone():
     config = ReasonCDConfig.from_preset("tiny", use_feature_fusion=False)
     model = ReasonCDForChangeDetection(config).eval()
     assert not hasattr(model.feature_fusion, "resnet_fpn")
-    sam_t1, sam_t2 = torch.randn(2, 64, 16, 16), torch.randn(2, 64, 16, 16)
+    grid, side = config.sam_config.embedding_grid, config.sam_config.low_res_mask_size
+    sam_t1, sam_t2 = torch.randn(2, 64, grid, grid), torch.randn(2, 64, grid, grid)
     with torch.no_grad():
         embeds = model.feature_fusion(sam_t1, sam_t2)  # no pixels needed: no ResNet branch
         swapped = model.feature_fusion(sam_t2, sam_t1)
         masks = model.decode_masks(embeds, torch.randn(2, config.text_config.hidden_size))
-    assert embeds.shape == (2, 64, 16, 16) and masks.shape == (2, 64, 64)
+    assert embeds.shape == (2, 64, grid, grid) and masks.shape == (2, side, side)
     assert not torch.allclose(embeds, swapped)  # the order of the dates matters
 
 
@@ -450,14 +452,15 @@ def test_an_absent_question_trains_its_question_mask_toward_an_empty_map(tiny):
 def test_the_question_masks_evidence_enters_the_presence_decision(tiny):
     model, _ = tiny
     states = torch.randn(3, model.config.text_config.hidden_size)
-    change = torch.randn(3, model.config.sam_config.prompt_embed_dim, 16, 16)
+    sam = model.config.sam_config
+    change = torch.randn(3, sam.prompt_embed_dim, sam.embedding_grid, sam.embedding_grid)
     with torch.no_grad():
         head_only = model.presence(states, change)
         logits, question_masks = model.question_presence(states, change)
         strongest = question_masks.flatten(1).topk(model.question_mask.top_k, dim=1).values.mean(dim=1)
     scale, offset = model.question_mask.evidence_scale, model.question_mask.evidence_offset
     torch.testing.assert_close(logits, head_only + scale * strongest + offset)
-    assert question_masks.shape == (3, 64, 64)
+    assert question_masks.shape == (3, sam.low_res_mask_size, sam.low_res_mask_size)
 
 
 # --- the CRoI head (`croi_units`): the state at </p> names what was asked ---

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from configuration_reasoncd import (
     FUSION_TINY, PRESETS, QUESTION_FOLLOWING, SAM_TINY, ReasonCDConfig, ReasonCDFusionConfig, ReasonCDSamConfig,
@@ -30,6 +31,19 @@ def test_tiny_preset_switches_on_the_question_following_options():
         assert getattr(config, key) == value, key
     assert all(getattr(config.sam_config, key) == value for key, value in SAM_TINY.items())
     assert all(getattr(config.feature_fusion_config, key) == value for key, value in FUSION_TINY.items())
+
+
+def test_the_tiny_preset_decodes_masks_on_a_32_by_32_grid():
+    """8-px SAM patches on the 256-px frame: the whole mask path works on 32 x 32 cells, the masks come at 128 x 128."""
+    config = ReasonCDConfig.from_preset("tiny")
+    model = ReasonCDForChangeDetection(config).eval()
+    frame = torch.zeros(1, 3, SAM_TINY["image_size"], SAM_TINY["image_size"])
+    with torch.no_grad():
+        features = model.sam_image_encoder(frame)
+        embedding = model.feature_fusion(features, features, frame, frame)
+        masks = model.decode_masks(embedding, torch.zeros(1, config.text_config.hidden_size))
+    assert features.shape[-2:] == embedding.shape[-2:] == (32, 32)
+    assert masks.shape[-2:] == (128, 128) == (config.sam_config.low_res_mask_size,) * 2
 
 
 def test_sub_config_overrides_change_only_their_own_keys():

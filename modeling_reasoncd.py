@@ -135,6 +135,14 @@ def question_truths(masks: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
 
 
 # --- losses (weights and options from `ReasonCDConfig`) ---
+def answer_logit_count(labels: torch.Tensor) -> int:
+    """How many last positions of `(B, L)` labels hold every answer token's logits (the ones predicting them)."""
+    answered = (labels != -100).any(dim=0)
+    if not bool(answered.any()):
+        return 1
+    return labels.shape[1] - int(answered.nonzero()[0]) + 1
+
+
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor, config: ReasonCDConfig) -> torch.Tensor:
     """
     Cross-entropy over answer tokens (`labels` != -100). Two extra weights, both off at 1.0:
@@ -760,10 +768,11 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
 
     # --- 2b. the teacher-forced language model pass ---
-    def _run_language_model(self, inputs_embeds, attention_mask, input_ids, pair_index):
+    def _run_language_model(self, inputs_embeds, attention_mask, input_ids, pair_index, kept_logits: int = 0):
         """
-        The language model over every row, teacher-forced: logits `(B, L, vocab)` and last-layer states
-        `(B, L, hidden)`, in the rows' own (left-padded) layout.
+        The language model over every row, teacher-forced: logits `(B, L, vocab)` (with `kept_logits` > 0, only
+        the last `kept_logits` positions') and last-layer states `(B, L, hidden)`, in the rows' own (left-padded)
+        layout.
 
         Every question about a pair repeats the same prompt up to `<p>`, both images' tokens included: most of each
         sequence. Outside training, when a batch holds fewer pairs than rows, that prefix runs once per pair and its
@@ -774,7 +783,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         prefix_length = self._teacher_forced_prefix_length(input_ids, attention_mask, pair_index)
         if not prefix_length:
             out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False,
-                                      position_ids=self._position_ids(attention_mask), output_hidden_states=True)
+                                      position_ids=self._position_ids(attention_mask), output_hidden_states=True,
+                                      logits_to_keep=kept_logits)
             return out.logits, out.hidden_states[-1]
         # Re-laid as prefix | padding | suffix: the suffix keeps its place, the prefix moves in front of the padding.
         rows, length = input_ids.shape
@@ -907,6 +917,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         image_sizes: torch.LongTensor | None = None,
         frozen_features: ReasonCDFrozenFeatures | None = None,
         croi_targets: torch.Tensor | None = None,
+        answer_logits_only: bool = False,
         return_dict: bool | None = None,
     ) -> ReasonCDOutput:
         r"""
@@ -923,6 +934,9 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                 for the others, a row of -1 where unknown (the collator builds it).
             image_sizes: accepted and unused, so that the processor's output can be passed as `**inputs`; masks are
                 compared with the ground truth at its own size.
+            answer_logits_only: with `labels`, compute `logits` only for the last positions of every row, from the
+                one before the earliest answer token on (rows are padded on the left), as the loss needs: the
+                language model's head then skips the prompts, most of each sequence (the trainer sets it).
             return_dict: accepted for transformers' calling convention; the output is always a `ReasonCDOutput`.
         """
         attention_mask, pair_index, features = self._prepare_inputs(
@@ -932,8 +946,9 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         )
         mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
         inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index, mask_embeds)
+        kept_logits = answer_logit_count(labels) if answer_logits_only and labels is not None else 0
         run_language_model = partial(self._run_language_model, attention_mask=attention_mask, input_ids=input_ids,
-                                     pair_index=pair_index)
+                                     pair_index=pair_index, kept_logits=kept_logits)
         presence_logits = question_masks = None
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         # The presence decision and the CRoI head both read the state at </p> (the question read).
@@ -962,7 +977,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
 
         loss = ce = bce = dice = presence_loss = question_mask_loss = croi_loss = None
         if labels is not None:
-            ce = answer_loss(logits, labels, self.config)
+            ce = answer_loss(logits, labels[:, labels.shape[1] - logits.shape[1]:], self.config)
             bce, dice = mask_losses(target_masks, target_present, masks, reshaped_sizes, pair_index, self.config)
             cfg = self.config
             loss = cfg.ce_loss_weight * ce + cfg.bce_loss_weight * bce + cfg.dice_loss_weight * dice

@@ -251,6 +251,34 @@ def test_ce_weights_seg_tenfold_only_when_greedy_misses_it(model, processor, pai
     assert not torch.allclose(out.ce_loss, _weighted_ce(out.logits, labels, seg_id, 10.0, decision))
 
 
+
+def test_answer_logits_only_gives_the_same_loss_and_gradients_for_less(checkpoint, processor, pair):
+    """The trainer's `answer_logits_only`: logits from the position before the earliest answer token on, the
+    losses and every gradient as with logits everywhere."""
+    t1, t2, mask = pair
+    inputs = processor(images_t1=t1, images_t2=t2, text=[QUESTIONS[0], "roads"],
+                       answers=[ANSWERS[0], "No roads were built."], masks=[mask, mask])
+    runs = {}
+    for answer_logits_only in (False, True):
+        model = load_model(checkpoint).train()
+        for module in model.modules():  # dropout off: the two passes must see the same network
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        out = model(**inputs, answer_logits_only=answer_logits_only)
+        out.loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        runs[answer_logits_only] = out, grads
+    (full, full_grads), (trimmed, trimmed_grads) = runs[False], runs[True]
+    labels = inputs["labels"]
+    first_answer = int((labels != -100).any(dim=0).nonzero()[0])
+    assert trimmed.logits.shape[1] == labels.shape[1] - first_answer + 1 < full.logits.shape[1] // 2
+    torch.testing.assert_close(trimmed.logits, full.logits[:, first_answer - 1:], rtol=1e-5, atol=1e-5)
+    for term in ("loss", "ce_loss", "bce_loss", "presence_loss"):
+        torch.testing.assert_close(trimmed[term], full[term], rtol=1e-5, atol=1e-6)
+    assert full_grads.keys() == trimmed_grads.keys() and len(full_grads) > 10
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(trimmed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
 # --- the [SEG] convention ---------------------------------------------------------------------------------------
 GENERATE_MODES = {"shared prefix cache": {}, "left-padded cache": {"share_prefix": False},
                   "no cache": {"use_cache": False}}

@@ -1,7 +1,9 @@
 """The paper's trainable set as a PEFT adapter: LoRA on the language model, its new token rows, and the
 projector / text_hidden_fc / mask decoder / fusion module trained in full."""
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
 
 
 def lora_config_for(model, *, rank: int = 8, alpha: int = 16, dropout: float = 0.05,
@@ -32,8 +34,48 @@ def lora_config_for(model, *, rank: int = 8, alpha: int = 16, dropout: float = 0
 
 
 def apply_lora(model, **lora_kwargs) -> PeftModel:
-    """Freezes everything, then makes exactly the trainable parts of docs/ARCHITECTURE.md ("What is trained") trainable."""
-    return get_peft_model(model, lora_config_for(model, **lora_kwargs))
+    """
+    Freezes everything, then makes exactly the trainable parts of docs/ARCHITECTURE.md ("What is trained") trainable.
+    The LoRA dropouts draw their masks 16 bits at a time (`PackedDropout`).
+    """
+    peft_model = get_peft_model(model, lora_config_for(model, **lora_kwargs))
+    for name, module in list(peft_model.named_modules()):
+        if isinstance(module, nn.Dropout) and ".lora_dropout." in f"{name}." and 0 < module.p < 1:
+            parent, _, child = name.rpartition(".")
+            setattr(peft_model.get_submodule(parent), child, PackedDropout(module.p))
+    return peft_model
+
+
+class PackedDropout(nn.Module):
+    """
+    Dropout whose keep mask comes from 16-bit random levels, four cut from each 64-bit random integer.
+
+    On the CPU `nn.Dropout` draws one random number per element, and on the tiny language model, whose every
+    projection carries LoRA, those draws took about a sixth of a training step. This draws a quarter as many. An
+    element is dropped with probability `round(p * 65536) / 65536` (0.05 -> 0.0500031) and the kept ones are scaled
+    to keep the mean, as `nn.Dropout` does; the draws follow torch's seeded generator, so runs repeat.
+    """
+
+    LEVELS = 1 << 16
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0 < p < 1:
+            raise ValueError(f"dropout probability {p}: must be in (0, 1)")
+        self.p = p
+        self.dropped_levels = round(p * self.LEVELS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        count = x.numel()
+        words = torch.randint(-(1 << 63), (1 << 63) - 1, ((count + 3) // 4,), dtype=torch.int64, device=x.device)
+        levels = words.view(torch.int16)[:count].view(x.shape)  # uniform over [-32768, 32767]
+        keep = levels >= self.dropped_levels - self.LEVELS // 2
+        return x * (keep.to(x.dtype) * (self.LEVELS / (self.LEVELS - self.dropped_levels)))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def used_parts(model, names: list[str]) -> list[str]:

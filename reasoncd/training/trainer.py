@@ -138,7 +138,9 @@ class ReasonCDTrainer(Trainer):
         return inputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**self._inputs_with_features(model, inputs))
+        inputs = self._inputs_with_features(model, inputs)
+        # Training reads the logits of the answers alone; evaluation scores them all (teacher-forced figures).
+        outputs = model(**inputs, answer_logits_only=model.training)
         if model.training:
             for term in ("ce_loss", "bce_loss", "dice_loss", "presence_loss", "question_mask_loss",
                          "croi_loss"):

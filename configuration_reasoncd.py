@@ -212,8 +212,6 @@ class ReasonCDConfig(PretrainedConfig):
         other_change_bce_weight (`float`): BCE weight of pixels that changed for another question about the same
             pair, or for another target of the same answer, but not for this one (the pixels a question-blind mask
             gets wrong); 1.0 weighs them as any other.
-        mask_embedding_dropout (`float`): in training, the share of the fused image embedding's channels zeroed
-            per pair (channel dropout), a regulariser of everything that reads it; 0 is off.
         change_tokens (`bool`): add the fused change embedding of the fusion module, pooled to CLIP's patch grid
             and projected, to the later image's tokens, so the language model sees what changed (and decides
             whether the change of interest is there) with the features the mask path learns.
@@ -269,7 +267,6 @@ class ReasonCDConfig(PretrainedConfig):
         mask_conditioning="sparse",
         answer_decision_loss_weight=1.0,
         other_change_bce_weight=1.0,
-        mask_embedding_dropout=0.0,
         change_tokens=False,
         presence_head=False,
         presence_loss_weight=1.0,
@@ -332,9 +329,6 @@ class ReasonCDConfig(PretrainedConfig):
         self.mask_conditioning = mask_conditioning
         self.answer_decision_loss_weight = answer_decision_loss_weight
         self.other_change_bce_weight = other_change_bce_weight
-        if not 0 <= mask_embedding_dropout < 1:
-            raise ValueError(f"mask_embedding_dropout={mask_embedding_dropout}: must be in [0, 1)")
-        self.mask_embedding_dropout = mask_embedding_dropout
         self.change_tokens = bool(change_tokens)
         self.presence_head = bool(presence_head)
         self.presence_loss_weight = presence_loss_weight

@@ -945,8 +945,6 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             sam_pixel_values_t1=sam_pixel_values_t1, sam_pixel_values_t2=sam_pixel_values_t2,
         )
         mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
-        if self.training and self.config.mask_embedding_dropout:
-            mask_embeds = F.dropout2d(mask_embeds, self.config.mask_embedding_dropout, training=True)
         inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index, mask_embeds)
         kept_logits = answer_logit_count(labels) if answer_logits_only and labels is not None else 0
         run_language_model = partial(self._run_language_model, attention_mask=attention_mask, input_ids=input_ids,

@@ -279,7 +279,7 @@ def print_report(rows, lora_rank: int) -> None:
 ARCHITECTURE_OPTIONS = ("use_feature_fusion", "seg_state_norm", "mask_conditioning", "change_tokens", "presence_head",
                         "question_mask")
 LOSS_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight", "presence_loss_weight",
-                "question_mask_loss_weight", "croi_loss_weight", "mask_embedding_dropout")
+                "question_mask_loss_weight", "croi_loss_weight")
 # The flag of an option whose name on the command line is not the config field's.
 OPTION_FLAGS = {"use_feature_fusion": "--no_fusion"}
 
@@ -313,8 +313,6 @@ def add_option_arguments(parser) -> None:
                        help="every question, absent ones included, also gets a mask from its state at </p>, "
                        "trained toward its truth (empty when absent); the presence decision reads its evidence")
     group.add_argument("--question_mask_loss_weight", type=float, help="weight of the question mask's loss")
-    group.add_argument("--mask_embedding_dropout", type=float,
-                       help="in training, the share of the fused image embedding's channels zeroed per pair")
     group.add_argument("--croi_loss_weight", type=float,
                        help="weight of the CRoI head's loss (0: the state at </p> is not taught what was asked)")
 

@@ -818,7 +818,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             # Same losses and gradients without dropout, but one LoRA dropout draw on the prefix for all of a pair's
             # questions, and that dropout is the tiny language model's one regulariser: in three quickstart runs
             # it trained clearly worse (final validation fidelity 0.53-0.59 against 0.68-0.73), like runs without
-            # dropout (README, "What the previous release tried"). Training keeps one pass per row.
+            # dropout (README, "Experiments 4"). Training keeps one pass per row.
             return 0
         if not bool((attention_mask.cummax(dim=1).values == attention_mask).all()):  # padded on the left only
             return 0

@@ -234,7 +234,7 @@ def bench_train_step(model, processor, t1, t2) -> dict:
 
     def step(cached: bool):
         extra = {"frozen_features": cache.frozen_features(model, batch, keys)} if cached else {}
-        loss = peft_model(**batch, **extra).loss
+        loss = peft_model(**batch, **extra, answer_logits_only=True).loss  # as the trainer computes it
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

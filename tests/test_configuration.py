@@ -47,16 +47,16 @@ def test_the_tiny_preset_decodes_masks_on_a_32_by_32_grid():
 
 
 
-def test_the_tiny_preset_shows_the_language_model_16_tokens_per_image():
-    """28-px CLIP patches on the 112-px frame: 16 tokens per image, filled from CLIP's 4 x 4 grid, and the change
+def test_the_tiny_preset_shows_the_language_model_4_tokens_per_image():
+    """56-px CLIP patches on the 112-px frame: 4 tokens per image, filled from CLIP's 2 x 2 grid, and the change
     tokens pooled to the same grid."""
     config = ReasonCDConfig.from_preset("tiny")
-    assert config.image_seq_length == 16
+    assert config.image_seq_length == 4
     model = ReasonCDForChangeDetection(config).eval()
     with torch.no_grad():
         patches = model.vision_features(torch.zeros(2, 3, 112, 112))
         change = model._change_tokens(torch.zeros(2, config.sam_config.prompt_embed_dim, 32, 32))
-    assert patches.shape[:2] == change.shape[:2] == (2, 16)
+    assert patches.shape[:2] == change.shape[:2] == (2, 4)
 
 def test_sub_config_overrides_change_only_their_own_keys():
     config = ReasonCDConfig.from_preset("tiny", sam_config={"decoder_depth": 1}, use_feature_fusion=False)

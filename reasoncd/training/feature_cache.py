@@ -84,12 +84,15 @@ class FrozenFeatureCache:
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         if missing:
-            clip = torch.cat([batch["pixel_values_t1"], batch["pixel_values_t2"]])[missing]
-            sam = torch.cat([batch["sam_pixel_values_t1"], batch["sam_pixel_values_t2"]])[missing]
-            with torch.no_grad():
-                vision, sam_features = model.encode_frozen_images(clip, sam)
-            for row, index in enumerate(missing):
-                self._put(keys[index], vision[row], sam_features[row])
+            clip = torch.cat([batch["pixel_values_t1"], batch["pixel_values_t2"]])
+            sam = torch.cat([batch["sam_pixel_values_t1"], batch["sam_pixel_values_t2"]])
+            for index in missing:
+                # One image at a time: its features must not depend on the batch that first met it (a resumed run
+                # meets it in another), and some kernels round differently with the batch size (the tiny
+                # preset's CLIP, 4 tokens per image, does).
+                with torch.no_grad():
+                    vision, sam_features = model.encode_frozen_images(clip[index : index + 1], sam[index : index + 1])
+                self._put(keys[index], vision[0], sam_features[0])
                 entries[index] = self._memory[keys[index]]
         device, dtype = batch["pixel_values_t1"].device, model.dtype
         vision = torch.stack([e[0] for e in entries]).to(device=device, dtype=dtype)

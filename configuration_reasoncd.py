@@ -114,6 +114,9 @@ class ReasonCDFusionConfig(_SizesConfig):
 
     Args:
         resnet_depth (`int`): 18 or 34.
+        resnet_base_width (`int`): channels of the ResNet's stem and first stage, doubled at each later stage. 64
+            is torchvision's ResNet, whose ImageNet weights load; a smaller width narrows every stage alike (an
+            option beyond the paper, for models trained from scratch on little data).
         resnet_image_size (`int`): side the SAM-preprocessed image is resized to for the ResNet.
         fpn_channels (`int`): channels of each FPN level.
         attention_reduction (`int`): channel-attention bottleneck ratio.
@@ -126,9 +129,10 @@ class ReasonCDFusionConfig(_SizesConfig):
     # The FPN has one level per ResNet stage.
     fpn_levels = 4
 
-    def __init__(self, resnet_depth=34, resnet_image_size=1024, fpn_channels=256, attention_reduction=16,
-                 ffn_hidden_dim=512, **kwargs):
+    def __init__(self, resnet_depth=34, resnet_base_width=64, resnet_image_size=1024, fpn_channels=256,
+                 attention_reduction=16, ffn_hidden_dim=512, **kwargs):
         self.resnet_depth = resnet_depth
+        self.resnet_base_width = resnet_base_width
         self.resnet_image_size = resnet_image_size
         self.fpn_channels = fpn_channels
         self.attention_reduction = attention_reduction

@@ -290,16 +290,36 @@ class ConvFeedForward(nn.Module):
         return self.layers(features)
 
 
+def resnet_backbone(depth: int, base_width: int = 64) -> torchvision.models.ResNet:
+    """
+    torchvision's ResNet of this depth without its classification head, its stages `base_width` x (1, 2, 4, 8)
+    channels wide. At 64 it is torchvision's own, whose official state dict loads; narrower, the stem and every
+    stage are rebuilt at the new width (same blocks, same module names).
+    """
+    builders = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34}
+    if depth not in builders:
+        raise ValueError(f"feature_fusion_config.resnet_depth={depth}: supported depths are {sorted(builders)}")
+    if base_width < 1:
+        raise ValueError(f"feature_fusion_config.resnet_base_width={base_width}: must be a positive channel count")
+    net = builders[depth](weights=None, norm_layer=Float32BatchNorm2d)
+    net.fc = nn.Identity()  # classification head unused; keeps official keys for the rest
+    if base_width != net.conv1.out_channels:
+        net.inplanes = base_width
+        net.conv1 = nn.Conv2d(3, base_width, kernel_size=7, stride=2, padding=3, bias=False)
+        net.bn1 = Float32BatchNorm2d(base_width)
+        for index, name in enumerate(("layer1", "layer2", "layer3", "layer4")):
+            blocks = len(getattr(net, name))
+            setattr(net, name, net._make_layer(torchvision.models.resnet.BasicBlock, base_width * 2**index, blocks,
+                                               stride=1 if index == 0 else 2))
+    return net
+
+
 class ResNetFPN(nn.Module):
     """A torchvision ResNet (its official state dict loads into `backbone`) with an FPN over its four stages."""
 
-    def __init__(self, depth: int, out_channels: int) -> None:
+    def __init__(self, depth: int, out_channels: int, base_width: int = 64) -> None:
         super().__init__()
-        builders = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34}
-        if depth not in builders:
-            raise ValueError(f"feature_fusion_config.resnet_depth={depth}: supported depths are {sorted(builders)}")
-        self.backbone = builders[depth](weights=None, norm_layer=Float32BatchNorm2d)
-        self.backbone.fc = nn.Identity()  # classification head unused; keeps official keys for the rest
+        self.backbone = resnet_backbone(depth, base_width)
         stage_channels = [stage[-1].conv2.out_channels for stage in self._stages()]
         self.fpn = torchvision.ops.FeaturePyramidNetwork(stage_channels, out_channels)
 
@@ -329,7 +349,7 @@ class MultiScaleFeatureFusion(nn.Module):
         self.enabled = enabled
         self.resnet_image_size = config.resnet_image_size
         if self.enabled:
-            self.resnet_fpn = ResNetFPN(config.resnet_depth, config.fpn_channels)
+            self.resnet_fpn = ResNetFPN(config.resnet_depth, config.fpn_channels, config.resnet_base_width)
             per_image = sam_channels + config.fpn_levels * config.fpn_channels
             self.image_attention = ChannelAttention(per_image, config.attention_reduction)
             self.pair_attention = ChannelAttention(2 * per_image, config.attention_reduction)

@@ -622,6 +622,33 @@ def test_decode_masks_equals_segment_anythings_single_mask_decoder():
             torch.testing.assert_close(ours[row], upstream[0, 0], rtol=1e-4, atol=1e-5)
 
 
+# --- the fusion module's ResNet ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("depth", [18, 34])
+def test_a_narrower_resnet_keeps_torchvisions_blocks_and_names_at_a_fraction_of_the_width(depth):
+    import torchvision
+
+    from modeling_reasoncd import ResNetFPN, resnet_backbone
+
+    official = getattr(torchvision.models, f"resnet{depth}")(weights=None).state_dict()
+    official = {key: value for key, value in official.items() if not key.startswith("fc.")}
+    assert {key: value.shape for key, value in resnet_backbone(depth).state_dict().items()} == \
+        {key: value.shape for key, value in official.items()}
+    narrow = resnet_backbone(depth, base_width=16).state_dict()
+    assert narrow.keys() == official.keys()
+    for key, value in official.items():
+        # Every channel count is a quarter of torchvision's; the stem still reads three colour channels, and
+        # kernels keep their size.
+        kept = lambda dim: (key == "conv1.weight" and dim == 1) or (value.dim() == 4 and dim >= 2)  # noqa: E731
+        expected = [size if kept(dim) else size // 4 for dim, size in enumerate(value.shape)]
+        assert list(narrow[key].shape) == expected, key
+    fpn = ResNetFPN(depth, out_channels=32, base_width=16).eval()
+    with torch.no_grad():
+        levels = fpn(torch.randn(2, 3, 128, 128))
+    assert [tuple(level.shape) for level in levels] == [(2, 32, 32 // 2**i, 32 // 2**i) for i in range(4)]
+    with pytest.raises(ValueError, match="resnet_base_width=0"):
+        resnet_backbone(depth, base_width=0)
+
+
 # --- save and reload through the Hub loader ---------------------------------------------------------------------
 RELOAD_SCRIPT = textwrap.dedent(
     """

@@ -116,15 +116,21 @@ class ReasonCDOutput(ModelOutput):
     target_hidden_states: torch.FloatTensor | None = None
 
 
-def _changed_for_other_targets(masks: torch.Tensor, pair_index: torch.Tensor, row: int, k: int,
-                               target: torch.Tensor) -> torch.Tensor:
-    """Pixels that changed for another question about `row`'s pair, or for another target of `row`'s own answer,
-    but not for target `k`: 1.0 there, else 0.0. `masks` is `(B, K, H, W)`."""
-    chosen = (pair_index == pair_index[row])[:, None].expand(masks.shape[:2]).clone()
-    chosen[row, k] = False
-    if not bool(chosen.any()):
-        return torch.zeros_like(target)
-    return ((masks[chosen] > 0.5).any(dim=0).float() * (1.0 - target))
+def changed_in_each_rows_pair(masks: torch.Tensor, pair_index: torch.Tensor) -> torch.Tensor:
+    """Every pixel that changed for any question or target about each row's pair, `(B, H, W)` bool, from the truths
+    `masks` `(B, K, H, W)`. Computed once per batch: a question's hard negatives are these pixels outside its own
+    truth (`_changed_for_other_targets`)."""
+    changed = (masks > 0.5).any(dim=1).float()
+    pairs = int(pair_index.max()) + 1
+    per_pair = changed.new_zeros(pairs, *changed.shape[1:]).index_add_(0, pair_index.to(changed.device), changed)
+    return (per_pair > 0)[pair_index.to(changed.device)]
+
+
+def _changed_for_other_targets(changed_in_pair: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pixels that changed for another question about a row's pair, or for another target of its own answer, but
+    not for `target`: 1.0 there, else 0.0. `changed_in_pair` is the row's `changed_in_each_rows_pair`: it holds
+    `target`'s own pixels too, which the product removes."""
+    return changed_in_pair.to(target.dtype) * (1.0 - target)
 
 
 def question_truths(masks: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -194,12 +200,13 @@ def mask_losses(target_masks: torch.Tensor, target_present: torch.Tensor, masks:
     pos_weight = torch.tensor(config.bce_pos_weight, device=target_masks.device)
     other_weight = config.other_change_bce_weight
     bce_terms, dice_terms = [], []
+    changed = changed_in_each_rows_pair(masks, pair_index) if other_weight != 1.0 else None
     for row, k in target_present.nonzero().tolist():
         logits = upscale_mask_logits(target_masks[row, k], reshaped_sizes[row], masks.shape[-2:], frame).float()
         target = (masks[row, k] > 0.5).float()
         weight = None
         if other_weight != 1.0:
-            weight = 1.0 + (other_weight - 1.0) * _changed_for_other_targets(masks, pair_index, row, k, target)
+            weight = 1.0 + (other_weight - 1.0) * _changed_for_other_targets(changed[row], target)
         bce_terms.append(F.binary_cross_entropy_with_logits(logits, target, weight=weight, pos_weight=pos_weight))
         prob = logits.sigmoid()
         dice_terms.append(1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from configuration_reasoncd import ReasonCDConfig
 from modeling_reasoncd import (ANSWER_DECISION_TOKENS, ReasonCDForChangeDetection, SegStateStandardizer,
-                               _changed_for_other_targets, answer_loss)
+                               _changed_for_other_targets, answer_loss, changed_in_each_rows_pair)
 from reasoncd.build import build_tiny
 
 SIZE = 256  # the tiny preset's SAM frame: no resize, no padding
@@ -160,13 +160,17 @@ def test_other_questions_changes_are_the_hard_negatives_of_each_question():
     masks[1, 0, :, 0] = 1  # pair 0, question B: left column (overlaps A at (0, 0))
     masks[2, 0, 1, :] = 1  # pair 1: a change of another pair
     pair_index = torch.tensor([0, 0, 1, 0])  # row 3: an absent question about pair 0
-    hard = _changed_for_other_targets(masks, pair_index, 0, 0, masks[0, 0])
-    assert hard.tolist() == [[0, 0, 0], [1, 0, 0]]  # B's pixels outside A's truth; never pair 1's
-    assert _changed_for_other_targets(masks, pair_index, 2, 0, masks[2, 0]).sum() == 0
+
+    def hard(row, k):
+        return _changed_for_other_targets(changed_in_each_rows_pair(masks, pair_index)[row], masks[row, k])
+
+    assert hard(0, 0).tolist() == [[0, 0, 0], [1, 0, 0]]  # B's pixels outside A's truth; never pair 1's
+    assert hard(2, 0).sum() == 0
+    assert hard(3, 0).tolist() == [[1, 1, 1], [1, 0, 0]]  # the absent question: every change of its pair
     # A second target of A's answer (bottom right): each of A's targets is a hard negative of the other.
     masks[0, 1, 1, 2] = 1
-    assert _changed_for_other_targets(masks, pair_index, 0, 0, masks[0, 0]).tolist() == [[0, 0, 0], [1, 0, 1]]
-    assert _changed_for_other_targets(masks, pair_index, 0, 1, masks[0, 1]).tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert hard(0, 0).tolist() == [[0, 0, 0], [1, 0, 1]]
+    assert hard(0, 1).tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
 @pytest.fixture(scope="module")

@@ -225,7 +225,8 @@ def test_model_card_metadata_and_text(exported):
     text = card.text
     for expected in ('pipeline("change-detection", model="someone/reasoncd-test", trust_remote_code=True)',
                      "AutoProcessor.from_pretrained", "segment-anything", "torchvision", "<p>", "[SEG]",
-                     "| 0.6100 |", "ReasonCD: A Multimodal Reasoning Large Model", "`tiny` preset"):
+                     "| 0.6100 |", "ReasonCD: A Multimodal Reasoning Large Model", "`tiny` preset",
+                     "feature fusion ResNet-18 (16-channel stem) + FPN"):
         assert expected in text, expected
 
 

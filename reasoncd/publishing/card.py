@@ -117,7 +117,9 @@ def build_card(*, config, processor, repo_id: str, metrics: dict | None, dataset
         chat_template=processor.chat_template, tokenize=False)
     text, vision, sam = config.text_config, config.vision_config, config.sam_config
     size = f"{parameters / 1e6:,.1f} M parameters; " if parameters else ""
-    fusion = f"ResNet-{config.feature_fusion_config.resnet_depth} + FPN" if config.use_feature_fusion else "off"
+    fusion_config = config.feature_fusion_config
+    width = "" if fusion_config.resnet_base_width == 64 else f" ({fusion_config.resnet_base_width}-channel stem)"
+    fusion = f"ResNet-{fusion_config.resnet_depth}{width} + FPN" if config.use_feature_fusion else "off"
     components = (f"{size}language model {text.model_type} ({text.hidden_size} wide, {text.num_hidden_layers} "
                   f"layers), CLIP vision tower at {vision.image_size} px ({config.image_seq_length} tokens per image), "
                   f"SAM image encoder {sam.encoder_embed_dim} wide × {sam.encoder_depth} blocks at "

@@ -201,14 +201,19 @@ def build_from_components(args, overrides: dict) -> tuple[ReasonCDForChangeDetec
     sam_config = sam_config_from_state_dict(sam_state)
     vision_config = AutoConfig.from_pretrained(args.vision)
     vision_config = getattr(vision_config, "vision_config", None) or vision_config  # a full CLIP folder
+    fusion_sizes = {"resnet_image_size": sam_config["image_size"]}
+    resnet = None
+    if args.resnet:
+        resnet = {k: v for k, v in load_resnet_state_dict(Path(args.resnet)).items() if not k.startswith("fc.")}
+        if "conv1.weight" in resnet:  # a preset may narrow its ResNet (tiny); pretrained weights bring their width
+            fusion_sizes["resnet_base_width"] = int(resnet["conv1.weight"].shape[0])
     config = ReasonCDConfig.from_preset(
         args.preset,
         text_config=AutoConfig.from_pretrained(args.llm),
         vision_config=vision_config,
         sam_config=sam_config,
         **{key: value for key, value in overrides.items() if key != "feature_fusion_config"},
-        feature_fusion_config={"resnet_image_size": sam_config["image_size"],
-                               **overrides.get("feature_fusion_config", {})},
+        feature_fusion_config={**fusion_sizes, **overrides.get("feature_fusion_config", {})},
     )
     set_token_ids(config, tokenizer)
 
@@ -223,10 +228,9 @@ def build_from_components(args, overrides: dict) -> tuple[ReasonCDForChangeDetec
     for source, target in SAM_PREFIXES.items():
         part = {k[len(source):]: v for k, v in sam_state.items() if k.startswith(source)}
         _load_exact(getattr(model, target.rstrip(".")), part, "--sam")
-    if args.resnet:
+    if resnet is not None:
         if not config.use_feature_fusion:
             raise SystemExit("--resnet given but the fusion module is disabled in this preset")
-        resnet = {k: v for k, v in load_resnet_state_dict(Path(args.resnet)).items() if not k.startswith("fc.")}
         _load_exact(model.feature_fusion.resnet_fpn.backbone, resnet, "--resnet")
     try:
         base_processor = CLIPImageProcessor.from_pretrained(args.vision)

@@ -42,9 +42,10 @@ def test_the_papers_frozen_encoders_outweigh_the_tiny_presets():
     plan = bench.compute_plan(presets=("tiny", "reasoncd-7b"))
     share = {preset: (p["forward_tflops"]["clip_per_pair"] + p["forward_tflops"]["sam_encoder_per_pair"])
              / p["training_step_per_pair"]["1_question"]["tflops_without_cache"] for preset, p in plan.items()}
-    # SAM ViT-H at 1024 px is the largest single cost of a 7B step; in `tiny` the encoders are about a tenth (its
-    # SAM's 8-px patches: 1,024 per image).
-    assert share["reasoncd-7b"] > 0.3 and share["tiny"] < 0.15
+    # SAM ViT-H at 1024 px is the largest single cost of a 7B step; in `tiny` the encoders are about a third (its
+    # SAM's 8-px patches, 1,024 per image, beside a language model that reads 4 tokens per image and a ResNet at a
+    # quarter width).
+    assert share["reasoncd-7b"] > 0.4 > share["tiny"] > 0.25
     assert plan["reasoncd-7b"]["forward_tflops"]["sam_encoder_per_pair"] > \
         plan["reasoncd-7b"]["forward_tflops"]["llm_per_question"]
 

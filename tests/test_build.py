@@ -199,6 +199,7 @@ def test_build_from_real_format_components(components, tmp_path, vision):
     for part in ("image_encoder", "prompt_encoder", "mask_decoder"):
         _assert_part_equal(getattr(model, f"sam_{part}").state_dict(), components["sam_state"], f"{part}.")
     resnet = {k: v for k, v in components["resnet_state"].items() if not k.startswith("fc.")}
+    assert model.config.feature_fusion_config.resnet_base_width == 64  # the weights' width, not the tiny preset's
     built_resnet = model.feature_fusion.resnet_fpn.backbone.state_dict()
     assert built_resnet.keys() == resnet.keys()
     _assert_part_equal(built_resnet, resnet)

@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace, output) -> int:
     try:
         data_seed = args.seed if args.synthetic_seed is None else args.synthetic_seed
-        data = (prepare_quickstart_data(REPO, args.synthetic_pairs, data_seed, args.opposite_negatives_per_pair)
+        data = (prepare_quickstart_data(REPO, args.synthetic_pairs, data_seed, args.opposite_negatives_per_pair,
+                                        args.swapped_training_pairs)
                 if args.quickstart else args.data)
         train_samples = load_split(data, "train")
         val_samples = load_split(data, "val", limit=args.max_val_samples)

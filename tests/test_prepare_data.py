@@ -349,15 +349,15 @@ def test_second_calls_the_converter(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(second, "convert_second", convert_second)
     assert prepare_data.main(["second", "--root", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--seed=4"]) == 0
     defaults = {"seed": 4, "explanations": True, "negatives_per_pair": 1, "multi_per_pair": 1,
-                "opposite_negatives_per_pair": 0, "overwrite": False}
+                "opposite_negatives_per_pair": 0, "swapped_training_pairs": False, "overwrite": False}
     assert calls == [(tmp_path, tmp_path / "o", defaults)]
     printed = capsys.readouterr().out
     assert "pairs: 10 (train 8, val 1, test 1)" in printed and "samples: 60" in printed
     assert prepare_data.main(["second", "--root", str(tmp_path), "--output_dir", str(tmp_path / "o"),
                               "--no_explanations", "--negatives_per_pair", "0", "--multi_per_pair", "2",
-                              "--opposite_negatives_per_pair", "1", "--overwrite"]) == 0
+                              "--opposite_negatives_per_pair", "1", "--swapped_training_pairs", "--overwrite"]) == 0
     assert calls[1][2] == {"seed": 0, "explanations": False, "negatives_per_pair": 0, "multi_per_pair": 2,
-                           "opposite_negatives_per_pair": 1, "overwrite": True}
+                           "opposite_negatives_per_pair": 1, "swapped_training_pairs": True, "overwrite": True}
 
 
 def test_synthetic_writes_pairs_that_second_converts(tmp_path, capsys):

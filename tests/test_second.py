@@ -255,6 +255,40 @@ def test_opposite_direction_negatives_only_in_training_pairs(converted, tmp_path
     assert not (tmp_path / "bad").exists()
 
 
+def test_swapped_training_pairs_are_their_pairs_seen_backwards(converted, tmp_path):
+    """Each training pair is written again with T1 and T2 swapped, as a pair of its own: what was built is now
+    demolished (building -> water becomes water -> building), its questions' masks follow the swapped labels, and
+    validation, test and the original training samples stay exactly what they were."""
+    root, plain, plain_summary = converted
+    output = tmp_path / "swapped"
+    summary = convert_second(root, output, seed=0, swapped_training_pairs=True, progress=False)
+    before, after = _resolved_samples(plain), _resolved_samples(output)
+    for split in ("val", "test"):
+        assert [(p.name, r) for p, r in after[split]] == [(p.name, r) for p, r in before[split]]
+    old = {p.name: r for p, r in before["train"]}
+    assert [r for p, r in after["train"] if p.name in old] == [old[p.name] for p, _ in before["train"]]
+    swapped = [(p, r) for p, r in after["train"] if p.name not in old]
+    originals = {r["pair_id"] for r in old.values()}
+    assert {r["pair_id"] for _, r in swapped} == {f"swapped-{pair}" for pair in originals}
+    assert summary["pairs"] == {**plain_summary["pairs"], "train": 2 * plain_summary["pairs"]["train"]}
+    assert summary["samples"]["train"] == len(old) + len(swapped)
+    # Sorted by file name, the originals come first (train.py's training sample takes a split's first pairs).
+    assert [p.name for p, _ in after["train"]][:len(old)] == sorted(old)
+    # Seen backwards: water appeared where the building stood, and the lost class is the one that was built.
+    backwards = {"water": "decrease", "building": "increase", "ground": "decrease", "tree": "increase"}
+    regions = {"building": BUILDING_TO_WATER, "water": BUILDING_TO_WATER, "tree": TREE_TO_GROUND,
+               "ground": TREE_TO_GROUND}
+    for path, record in swapped:
+        source = record["pair_id"].removeprefix("swapped-")
+        assert record["img1_path"] == str((root / "im2" / f"{source}.png").resolve())
+        assert record["img2_path"] == str((root / "im1" / f"{source}.png").resolve())
+        if record["kind"] in ("explicit", "implicit", "explanation"):
+            assert record["direction"] in (backwards[record["croi"]], "any"), path.name
+            assert (_mask(output / "train" / record["mask_path"]) == _rectangle(regions[record["croi"]])).all()
+        elif record["kind"] == "absent":
+            assert record["croi"] not in _changed_classes(source)
+
+
 def test_second_class_maps():
     label = np.array([[UNCHANGED_COLOUR, *SECOND_COLOURS.values()]], np.uint8)
     assert second_class_maps(label).tolist() == [[-1, *range(len(CLASSES))]]

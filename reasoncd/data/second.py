@@ -46,6 +46,9 @@ FORMAT_VERSION = 4  # 2: plain answers name the CRoI; 3: right before [SEG]; 4: 
 THREE_PART_SHARE = 0.3
 # Share of combination questions that also ask about a change that did not happen.
 ABSENT_PART_SHARE = 0.5
+# A training pair's copy with its dates swapped (`swapped_training_pairs`) is named by this prefix and its pair's
+# name, so the copies sort after every original (a split's first pairs stay the originals).
+SWAPPED_PREFIX = "swapped-"
 CONVERTER = "prepare_data.py second"  # how output folders record this conversion (train.py's quickstart uses it too)
 
 _KEYS = np.array([(r << 16) | (g << 8) | b for r, g, b in (*SECOND_COLOURS.values(), UNCHANGED_COLOUR)])
@@ -297,6 +300,7 @@ def convert_second(
     negatives_per_pair: int = 1,
     multi_per_pair: int = 1,
     opposite_negatives_per_pair: int = 0,
+    swapped_training_pairs: bool = False,
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict:
@@ -308,6 +312,9 @@ def convert_second(
     On pairs where two or more classes changed, ``multi_per_pair`` questions about several changes (kind ``multi``)
     each list their ``targets`` (``croi``, ``direction``, ``label``, ``present``, and a present one's
     ``mask_path``, in the order of the answer's ``[SEG]`` tokens); their ``mask_path`` is the targets' union.
+    With ``swapped_training_pairs`` every training pair is written a second time with T1 and T2 swapped (and
+    label1 and label2, so each increase becomes the decrease it is seen backwards), under the pair id
+    ``swapped-<name>`` with questions drawn for it; validation and test pairs are never swapped.
 
     Every input is validated before anything is written (``PrepareError`` naming the files). The output folder
     follows reasoncd.io (new, empty, or written by this conversion before; ``overwrite`` writes
@@ -331,6 +338,7 @@ def convert_second(
         "negatives_per_pair": negatives_per_pair,
         "multi_per_pair": multi_per_pair,
         "opposite_negatives_per_pair": opposite_negatives_per_pair,
+        "swapped_training_pairs": swapped_training_pairs,
         "format_version": FORMAT_VERSION,
         "min_change_fraction": MIN_CHANGE_FRACTION,
     }
@@ -345,14 +353,25 @@ def convert_second(
 
     with output.staged() as staging:
         summary = _write(files, splits, sizes, staging, output_dir, seed, explanations, negatives_per_pair,
-                         multi_per_pair, opposite_negatives_per_pair, progress)
+                         multi_per_pair, opposite_negatives_per_pair, swapped_training_pairs, progress)
         manifest = {"fingerprint": fingerprint, "root": str(root), "settings": settings, "summary": summary}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return summary
 
 
+def _pairs_to_write(files, splits, swapped_training_pairs: bool) -> list[tuple[str, str, str, dict[str, Path]]]:
+    """``(pair id, split, source pair, files)`` for every pair to write: the originals in name order, then, with
+    ``swapped_training_pairs``, each training pair's copy with T1 and T2 (and their labels) swapped."""
+    pairs = [(stem, splits[stem], stem, files[stem]) for stem in sorted(files)]
+    if swapped_training_pairs:
+        pairs += [(SWAPPED_PREFIX + stem, split, stem, {"im1": paths["im2"], "im2": paths["im1"],
+                                                        "label1": paths["label2"], "label2": paths["label1"]})
+                  for stem, split, _, paths in list(pairs) if split == "train"]
+    return pairs
+
+
 def _write(files, splits, sizes, staging: Path, output_dir: Path, seed, explanations, negatives_per_pair,
-           multi_per_pair, opposite_negatives_per_pair, progress):
+           multi_per_pair, opposite_negatives_per_pair, swapped_training_pairs, progress):
     """Write masks and JSONs into ``staging``, with paths computed as if it were already ``output_dir``."""
     (staging / "masks").mkdir(parents=True)
     for name in SPLITS:
@@ -361,10 +380,10 @@ def _write(files, splits, sizes, staging: Path, output_dir: Path, seed, explanat
     changed_pixels = total_pixels = mismatch_pixels = 0
     empty_masks: set[tuple[int, int]] = set()
 
-    for stem in _progress(sorted(files), progress, "writing samples"):
-        split_name = splits[stem]
-        label1 = _load_label(files[stem]["label1"])
-        label2 = _load_label(files[stem]["label2"])
+    for stem, split_name, source, paths in _progress(_pairs_to_write(files, splits, swapped_training_pairs), progress,
+                                             "writing samples"):
+        label1 = _load_label(paths["label1"])
+        label2 = _load_label(paths["label2"])
         pairs[split_name] += 1
         changed_pixels += int(((label1 >= 0) | (label2 >= 0)).sum())
         mismatch_pixels += int(((label1 >= 0) != (label2 >= 0)).sum())
@@ -377,7 +396,7 @@ def _write(files, splits, sizes, staging: Path, output_dir: Path, seed, explanat
         mask_names = {key: mask_file_name(stem, *key.split("/")) for key in masks}
         for key, mask in masks.items():
             _save_mask(mask, staging / "masks" / mask_names[key])
-        width, height = sizes[stem]
+        width, height = sizes[source]
         empty_name = f"empty_{width}x{height}.png"
         if samples and any("mask_key" in s and s["mask_key"] is None for s in samples) and (width, height) not in empty_masks:
             _save_mask(np.zeros((height, width), dtype=bool), staging / "masks" / empty_name)
@@ -410,7 +429,7 @@ def _write(files, splits, sizes, staging: Path, output_dir: Path, seed, explanat
                     if other.split("/")[0] != sample["croi"] and not other.endswith("/any")
                 }
                 name = f"{stem}__{sample['croi']}__{sample['direction']}.json"
-            write_sample(staging / split_name / name, json_dir, img1=files[stem]["im1"], img2=files[stem]["im2"],
+            write_sample(staging / split_name / name, json_dir, img1=paths["im1"], img2=paths["im2"],
                          mask=output_dir / "masks" / mask_name, question=sample["question"],
                          answer=sample["answer"], kind=sample["kind"], croi=sample["croi"],
                          direction=sample["direction"], heldout=sample["heldout"], pair_id=stem, other_masks=others,
@@ -444,13 +463,17 @@ def _arguments(parser) -> None:
     parser.add_argument("--opposite_negatives_per_pair", type=int, default=0,
                         help="training pairs only: absent questions about the direction a changed class did not "
                              "change in (e.g. demolished buildings where buildings were only built; default 0)")
+    parser.add_argument("--swapped_training_pairs", action="store_true",
+                        help="also write every training pair with T1 and T2 swapped (new buildings seen backwards "
+                             "are demolished ones), as a pair of its own with its own questions")
     add_overwrite(parser)
 
 
 def _run(args) -> dict:
     return convert_second(args.root, args.output_dir, seed=args.seed, explanations=not args.no_explanations,
                           negatives_per_pair=args.negatives_per_pair, multi_per_pair=args.multi_per_pair,
-                          opposite_negatives_per_pair=args.opposite_negatives_per_pair, overwrite=args.overwrite)
+                          opposite_negatives_per_pair=args.opposite_negatives_per_pair,
+                          swapped_training_pairs=args.swapped_training_pairs, overwrite=args.overwrite)
 
 
 SECOND = Subcommand("second", "make CRoI samples from SECOND's semantic change labels", _arguments, _run)

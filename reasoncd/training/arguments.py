@@ -66,6 +66,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--opposite_negatives_per_pair", type=int,
                         help="quickstart: absent questions per training pair about the direction a changed class did "
                         "not change in (prepare_data.py second's option; default 0)")
+    parser.add_argument("--swapped_training_pairs", action=argparse.BooleanOptionalAction, default=None,
+                        help="quickstart: also train on every training pair with T1 and T2 swapped, as a pair of its "
+                        "own with its own questions (prepare_data.py second's option; default: the quickstart's)")
     parser.add_argument("--augment", choices=sorted(AUGMENTATIONS),
                         help="turn or mirror each training pair by a transform drawn per pair and batch: flip "
                         "(mirrored half of the time) or dihedral (any of the 4 quarter turns, mirrored or not); "

@@ -240,6 +240,10 @@ class ReasonCDConfig(PretrainedConfig):
             to name the units each question asks about (present or absent; multi-label), so that the state the
             presence decision and the question mask read encodes what was asked. Empty: no head (the paper).
         croi_loss_weight (`float`): weight of that head's binary cross-entropy.
+        presence_reads_croi (`bool`, needs `presence_head` and `croi_units`): the presence decision and the question
+            mask read the CRoI head's probabilities (mapped by a linear layer to the state's width, gradients
+            stopped) instead of the state at `</p>`: they see which change was asked, not the question's wording, so
+            they cannot learn a training question's answer by heart.
         question_mask_loss_weight (`float`): weight of the question mask's BCE and Dice, relative to the `[SEG]`
             masks' (`bce_loss_weight`, `dice_loss_weight`).
     """
@@ -282,6 +286,7 @@ class ReasonCDConfig(PretrainedConfig):
         question_mask_loss_weight=1.0,
         croi_units=(),
         croi_loss_weight=1.0,
+        presence_reads_croi=False,
         initializer_range=0.02,
         tie_word_embeddings=False,
         **kwargs,
@@ -347,6 +352,10 @@ class ReasonCDConfig(PretrainedConfig):
         self.question_mask_loss_weight = question_mask_loss_weight
         self.croi_units = list(croi_units)
         self.croi_loss_weight = croi_loss_weight
+        if presence_reads_croi and not (presence_head and croi_units):
+            raise ValueError("presence_reads_croi=True needs presence_head=True and croi_units: the decision reads the "
+                             "CRoI head's probabilities")
+        self.presence_reads_croi = bool(presence_reads_croi)
         self.initializer_range = initializer_range
         super().__init__(
             pad_token_id=pad_token_id,

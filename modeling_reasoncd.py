@@ -564,7 +564,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
     trainable_module_names = ("multi_modal_projector", "text_hidden_fc", "sam_mask_decoder", "feature_fusion")
     # Trained in full too when the config switches them on (options beyond the paper).
     optional_module_names = ("seg_state_norm", "prompt_film", "change_projector", "presence", "question_mask",
-                             "croi_head")
+                             "croi_head", "croi_reader")
     frozen_module_names = ("vision_tower", "sam_image_encoder", "sam_prompt_encoder")
     # Teacher-forced passes run the prompt up to `<p>` once per pair (`_run_language_model`); False: once per row.
     share_prompt_prefix = True
@@ -668,6 +668,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         self.presence = PresenceHead(text_hidden, prompt_dim) if config.presence_head else None
         self.question_mask = QuestionMask(text_hidden) if config.question_mask else None
         self.croi_head = nn.Linear(text_hidden, len(config.croi_units)) if config.croi_units else None
+        self.croi_reader = nn.Linear(len(config.croi_units), text_hidden) if config.presence_reads_croi else None
         self.trainable_module_names = type(self).trainable_module_names + tuple(
             name for name in self.optional_module_names if getattr(self, name) is not None)
         self.unused_module_names = self._unused_module_names()
@@ -911,6 +912,10 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         embedding `(N, C, h, w)`: logits `(N,)`, and with `question_mask` the question masks' low-resolution logits
         `(N, 4h, 4w)` whose evidence the logits include (else None).
         """
+        if self.croi_reader is not None:
+            # What was asked, not how: the wording of a training question cannot carry its answer.
+            asked = torch.sigmoid(self.croi_head(states)).detach()
+            states = self.croi_reader(asked.to(self.croi_reader.weight.dtype))
         logits = self.presence(states, change_embeddings)
         if self.question_mask is None:
             return logits, None

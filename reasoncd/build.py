@@ -281,7 +281,7 @@ def print_report(rows, lora_rank: int) -> None:
 
 # --- the architecture and loss options, as command-line flags (build_reasoncd.py and train.py) ---
 ARCHITECTURE_OPTIONS = ("use_feature_fusion", "seg_state_norm", "mask_conditioning", "change_tokens", "presence_head",
-                        "question_mask")
+                        "question_mask", "presence_reads_croi")
 LOSS_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight", "presence_loss_weight",
                 "question_mask_loss_weight", "croi_loss_weight")
 # The flag of an option whose name on the command line is not the config field's.
@@ -319,6 +319,9 @@ def add_option_arguments(parser) -> None:
     group.add_argument("--question_mask_loss_weight", type=float, help="weight of the question mask's loss")
     group.add_argument("--croi_loss_weight", type=float,
                        help="weight of the CRoI head's loss (0: the state at </p> is not taught what was asked)")
+    group.add_argument("--presence_reads_croi", action=argparse.BooleanOptionalAction, default=None,
+                       help="the presence decision and the question mask read the CRoI head's probabilities instead "
+                       "of the state at </p> (what was asked, not its wording)")
 
 
 def option_flags(names) -> str:

@@ -467,6 +467,40 @@ def test_the_question_masks_evidence_enters_the_presence_decision(tiny):
     assert question_masks.shape == (3, sam.low_res_mask_size, sam.low_res_mask_size)
 
 
+def _same_croi_different_wording(model, generator):
+    """Two states at `</p>` that differ (as two wordings would) but give the CRoI head the same logits: the second
+    is the first plus a vector the head's weights cannot see."""
+    weight = model.croi_head.weight.detach()  # (units, hidden)
+    first = torch.randn(1, weight.shape[1], generator=generator)
+    other = torch.randn(1, weight.shape[1], generator=generator)
+    unseen = other - (other @ torch.linalg.pinv(weight)) @ weight  # its projection onto the head's rows removed
+    return torch.cat([first, first + 3.0 * unseen])
+
+
+def test_a_presence_decision_that_reads_the_croi_sees_what_was_asked_not_the_wording():
+    generator = torch.Generator().manual_seed(0)
+    model, _ = build_tiny(0, presence_reads_croi=True)
+    plain, _ = build_tiny(0)
+    states = _same_croi_different_wording(model, generator)
+    sam = model.config.sam_config
+    change = torch.randn(1, sam.prompt_embed_dim, sam.embedding_grid, sam.embedding_grid,
+                         generator=generator).expand(2, -1, -1, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(model.croi_head(states)[0], model.croi_head(states)[1])
+        logits, question_masks = model.question_presence(states, change)
+        plain_logits, _ = plain.question_presence(states, change)
+    torch.testing.assert_close(logits[0], logits[1])
+    torch.testing.assert_close(question_masks[0], question_masks[1])
+    assert abs(float(plain_logits[0] - plain_logits[1])) > 1e-3  # reading the state, the wording counts
+    # The decision's loss does not reach the CRoI head: what was asked is learned from the question alone.
+    logits, _ = model.question_presence(states.requires_grad_(), change)
+    logits.sum().backward()
+    assert model.croi_head.weight.grad is None and states.grad is None
+    assert model.croi_reader.weight.grad is not None and model.croi_reader.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="presence_reads_croi=True needs presence_head=True and croi_units"):
+        ReasonCDConfig.from_preset("tiny", presence_reads_croi=True)  # no croi_units given
+
+
 # --- the CRoI head (`croi_units`): the state at </p> names what was asked ---
 def test_the_croi_head_learns_from_known_rows_only(tiny):
     model, processor = tiny

@@ -287,6 +287,15 @@ def test_swapped_training_pairs_are_their_pairs_seen_backwards(converted, tmp_pa
             assert (_mask(output / "train" / record["mask_path"]) == _rectangle(regions[record["croi"]])).all()
         elif record["kind"] == "absent":
             assert record["croi"] not in _changed_classes(source)
+    # A pair already named like a swapped copy would be overwritten by one: refused before anything is written.
+    clash = tmp_path / "clash"
+    for folder in ("im1", "im2", "label1", "label2"):
+        (clash / folder).mkdir(parents=True)
+        for name in ("pair00.png", "swapped-pair00.png"):
+            (clash / folder / name).write_bytes((root / folder / "pair00.png").read_bytes())
+    with pytest.raises(PrepareError, match="'swapped-pair00' already starts with 'swapped-'"):
+        convert_second(clash, tmp_path / "clash-out", seed=0, swapped_training_pairs=True, progress=False)
+    assert not (tmp_path / "clash-out").exists()
 
 
 def test_second_class_maps():

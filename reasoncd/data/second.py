@@ -331,6 +331,11 @@ def convert_second(
     output_dir = output.path
     manifest_path = output_dir / "manifest.json"
     files = _list_pairs(root)
+    if swapped_training_pairs:
+        taken = sorted(stem for stem in files if stem.startswith(SWAPPED_PREFIX))
+        if taken:
+            raise PrepareError(f"{root}: pair {taken[0]!r} already starts with {SWAPPED_PREFIX!r}, the name of the "
+                               "swapped copies; rename it or convert without swapped_training_pairs")
     settings = {
         "seed": seed,
         "split": list(split),

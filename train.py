@@ -29,7 +29,7 @@ from reasoncd.exits import run_command
 from reasoncd.training.arguments import argument_problem, build_parser
 from reasoncd.training.checkpoints import resume_point
 from reasoncd.training.lora import apply_lora, trainable_parameter_groups
-from reasoncd.training.recipes import apply_recipe, prepare_quickstart_data
+from reasoncd.training.recipes import DATA_OPTIONS, apply_recipe, prepare_quickstart_data
 from reasoncd.training.start import check_start, load_start_model
 from reasoncd.training.trainer import SaveOnInterrupt, load_unsharded, make_trainer, whole_parameters
 from reasoncd.write_faults import WriteFault
@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace, output) -> int:
     try:
         data_seed = args.seed if args.synthetic_seed is None else args.synthetic_seed
-        data = (prepare_quickstart_data(REPO, args.synthetic_pairs, data_seed, args.opposite_negatives_per_pair,
-                                        args.swapped_training_pairs)
+        data = (prepare_quickstart_data(REPO, args.synthetic_pairs, data_seed,
+                                        **{name: getattr(args, name) for name in DATA_OPTIONS})
                 if args.quickstart else args.data)
         train_samples = load_split(data, "train")
         val_samples = load_split(data, "val", limit=args.max_val_samples)

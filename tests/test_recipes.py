@@ -2,6 +2,8 @@
 the paper with it; the quickstart keeps its data and run under the repository."""
 from pathlib import Path
 
+import pytest
+
 from reasoncd.training.arguments import build_parser
 from reasoncd.training.recipes import PAPER, QUICKSTART, apply_recipe
 
@@ -34,12 +36,13 @@ def test_with_data_the_papers_values_and_what_is_given_wins():
     assert parsed("--data", "d", "--augment", "dihedral").augment == "dihedral"
 
 
-def test_the_quickstarts_data_takes_opposite_direction_negatives_on_request(tmp_path):
+def test_the_quickstarts_data_takes_its_conversion_options_on_request(tmp_path):
     from reasoncd.data.samples import load_split
     from reasoncd.training.recipes import prepare_quickstart_data
 
     plain = prepare_quickstart_data(tmp_path, 12, 0)
     counts = {split: len(load_split(plain, split)) for split in ("train", "test")}
+    originals = {sample["pair_id"] for sample in load_split(plain, "train")}
     absent = sum(sample["kind"] == "absent" for sample in load_split(plain, "train"))
     opposite = prepare_quickstart_data(tmp_path, 12, 0, opposite_negatives_per_pair=1)
     assert opposite == plain  # the quickstart's own cache, rewritten for the new setting
@@ -47,3 +50,13 @@ def test_the_quickstarts_data_takes_opposite_direction_negatives_on_request(tmp_
     assert len(load_split(opposite, "test")) == counts["test"]
     added = len(train) - counts["train"]
     assert added > 0 and sum(sample["kind"] == "absent" for sample in train) == absent + added
+    # None keeps the quickstart's setting (train.py passes every flag, given or not); swapped pairs are added to
+    # training only, and the opposite-direction negatives given again stay off unless asked for.
+    swapped = prepare_quickstart_data(tmp_path, 12, 0, opposite_negatives_per_pair=None, swapped_training_pairs=True)
+    pairs = {sample["pair_id"] for sample in load_split(swapped, "train")}
+    assert pairs == originals | {f"swapped-{pair}" for pair in originals}
+    assert len(load_split(swapped, "test")) == counts["test"]
+    kept = [sample for sample in load_split(swapped, "train") if not sample["pair_id"].startswith("swapped-")]
+    assert len(kept) == counts["train"] and sum(sample["kind"] == "absent" for sample in kept) == absent
+    with pytest.raises(TypeError, match="unknown option"):
+        prepare_quickstart_data(tmp_path, 12, 0, negatives_per_pair=2)

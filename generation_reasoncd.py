@@ -79,6 +79,12 @@ def _per_row(per_pair_or_row: torch.Tensor | None, pair_index: torch.Tensor) -> 
     return per_pair_or_row[pair_index]
 
 
+def per_prompt(date_features: torch.Tensor | None, pairs: torch.Tensor) -> torch.Tensor | None:
+    """`fusion_film`'s per-date features `(2, P, C, h, w)` of each prompt's pair (`pairs` `(N,)`): `(2, N, C, h, w)`;
+    None stays None (no `fusion_film`)."""
+    return None if date_features is None else date_features[:, pairs]
+
+
 def question_end_positions(input_ids: torch.Tensor, p_end_token_id: int) -> torch.Tensor:
     """Per row, the position of the last `</p>` (the end of the question); every row must hold one."""
     is_end = input_ids == p_end_token_id
@@ -153,13 +159,13 @@ class ReasonCDGenerationMixin:
         )
         # The fusion module is question-independent: with change tokens or the presence head the language model's
         # input depends on it, so it runs first.
-        mask_embeds = None
+        mask_embeds = date_features = None
         if self.change_projector is not None or self.presence is not None:
-            mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
+            mask_embeds, date_features = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
         prefix_length = use_cache and share_prefix and self._shared_prefix_length(input_ids, attention_mask)
         if prefix_length:
             input_ids, attention_mask = self._shared_prefix_layout(input_ids, attention_mask, prefix_length)
-        presence = None if self.presence is None else _PresenceDecision(self, input_ids, mask_embeds, pair_index)
+        presence = None if self.presence is None else _PresenceDecision(self, input_ids, mask_embeds, pair_index, date_features)
         own_loop = use_cache and set(generate_kwargs) <= {"logits_processor", "min_new_tokens"}
         # Our loop writes into a preallocated cache (no copy of every row's keys and values per step); the language
         # model's `generate` gets the dynamic cache it expects.
@@ -199,8 +205,9 @@ class ReasonCDGenerationMixin:
             sequences, step_states, step_seg_probabilities)
         if bool(target_present.any()):
             if mask_embeds is None:
-                mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
-            target_masks = self._masks_for_targets(mask_embeds, pair_index, target_present, target_hidden)
+                mask_embeds, date_features = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
+            target_masks = self._masks_for_targets(mask_embeds, pair_index, target_present, target_hidden,
+                                                   date_features)
         else:  # every answer says the change is absent: no need to run the fusion module and decoder
             side = self.config.sam_config.low_res_mask_size
             target_masks = target_hidden.new_zeros(*target_present.shape, side, side)
@@ -349,18 +356,19 @@ class _PresenceDecision:
     `</p>` runs first, the head reads its last state, and the decision vector is added to every later token.
     """
 
-    def __init__(self, model, input_ids, mask_embeds, pair_index):
+    def __init__(self, model, input_ids, mask_embeds, pair_index, date_features=None):
         from_end = input_ids.shape[1] - question_end_positions(input_ids, model.config.p_end_token_id)
         if bool((from_end != from_end[0]).any()):
             raise ValueError("presence_head: every prompt must end with the same tokens after </p> (the processor's "
                              f"chat template); found {sorted(set(from_end.tolist()))} tokens after it")
         self.model, self.change_embeddings = model, mask_embeds[pair_index]
+        self.date_features = per_prompt(date_features, pair_index)
         self.tail = int(from_end[0]) - 1  # tokens after </p>
         self.present = self.probabilities = None
 
 
     def _decide(self, states):
-        logits = self.model.question_presence(states, self.change_embeddings)[0].float()
+        logits = self.model.question_presence(states, self.change_embeddings, self.date_features)[0].float()
         self.probabilities = logits.sigmoid()
         self.present = logits > 0
         return self.model.presence.decision(self.present)

@@ -32,12 +32,12 @@ try:
     from .configuration_reasoncd import ReasonCDConfig, ReasonCDFusionConfig
     from .geometry_reasoncd import upscale_mask_logits
     from .generation_reasoncd import (ReasonCDGenerateOutput, ReasonCDGenerationMixin, _per_row, pair_rows,
-                                      question_end_positions, seg_token_positions)
+                                      per_prompt, question_end_positions, seg_token_positions)
 except ImportError:
     from configuration_reasoncd import ReasonCDConfig, ReasonCDFusionConfig
     from geometry_reasoncd import upscale_mask_logits
     from generation_reasoncd import (ReasonCDGenerateOutput, ReasonCDGenerationMixin, _per_row, pair_rows,
-                                     question_end_positions, seg_token_positions)
+                                     per_prompt, question_end_positions, seg_token_positions)
 
 
 # Answer tokens that `answer_decision_loss_weight` weighs (see `answer_loss`).
@@ -141,6 +141,22 @@ def question_truths(masks: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
 
 
 # --- losses (weights and options from `ReasonCDConfig`) ---
+def noised_question_tokens(input_ids: torch.Tensor, config: ReasonCDConfig) -> torch.Tensor:
+    """
+    `input_ids` with each token strictly between a row's last `<p>` and last `</p>` replaced, with probability
+    `config.question_token_dropout`, by an ordinary token drawn uniformly (ids above `eos_token_id`, below the new
+    tokens'); a row whose every question token was drawn keeps its question. Rows without the two tokens are left.
+    """
+    columns = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+    last = lambda token_id: torch.where(input_ids == token_id, columns, -1).amax(dim=1, keepdim=True)
+    question = (columns > last(config.p_start_token_id)) & (columns < last(config.p_end_token_id))
+    drawn = question & (torch.rand(input_ids.shape, device=input_ids.device) < config.question_token_dropout)
+    drawn &= (drawn != question).any(dim=1, keepdim=True)
+    ordinary = torch.randint(config.eos_token_id + 1, min(config.new_token_ids), input_ids.shape,
+                             device=input_ids.device)
+    return torch.where(drawn, ordinary, input_ids)
+
+
 def answer_logit_count(labels: torch.Tensor) -> int:
     """How many last positions of `(B, L)` labels hold every answer token's logits (the ones predicting them)."""
     answered = (labels != -100).any(dim=0)
@@ -372,12 +388,14 @@ class MultiScaleFeatureFusion(nn.Module):
         pixel_values_t1: torch.Tensor | None = None,
         pixel_values_t2: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        # Cached or frozen-encoder features may come in another dtype than this module's (e.g. float32 features
-        # into a module DeepSpeed cast to bf16).
-        dtype = self.ffn.layers[0].weight.dtype
-        sam_features_t1, sam_features_t2 = sam_features_t1.to(dtype), sam_features_t2.to(dtype)
         if not self.enabled:
-            return self.ffn(torch.cat([sam_features_t1, sam_features_t2], dim=1))
+            return self.ffn(self._module_dtype(torch.cat([sam_features_t1, sam_features_t2], dim=1)))
+        return self.fuse(*self.date_features(sam_features_t1, sam_features_t2, pixel_values_t1, pixel_values_t2))
+
+    def date_features(self, sam_features_t1, sam_features_t2, pixel_values_t1, pixel_values_t2):
+        """Per date, SAM's features with the FPN levels resized to SAM's grid, before any attention: `(P, C, h, w)`
+        twice, C = SAM's channels + `fpn_levels` x `fpn_channels` (the fusion module must be enabled)."""
+        sam_features_t1, sam_features_t2 = self._module_dtype(sam_features_t1), self._module_dtype(sam_features_t2)
         if pixel_values_t1 is None or pixel_values_t2 is None:
             raise ValueError("the fusion module needs sam_pixel_values_t1/t2 for its ResNet branch")
         pairs = sam_features_t1.shape[0]
@@ -389,10 +407,19 @@ class MultiScaleFeatureFusion(nn.Module):
         grid = sam_features_t1.shape[-2:]
         levels = [F.interpolate(level, size=grid, mode="bilinear", align_corners=False)
                   for level in self.resnet_fpn(pixels)]
-        sam_features = torch.cat([sam_features_t1, sam_features_t2], dim=0)
-        per_image = self.image_attention(torch.cat([sam_features, *levels], dim=1))
-        pair = torch.cat([per_image[:pairs], per_image[pairs:]], dim=1)
-        return self.ffn(self.pair_attention(pair))
+        per_date = torch.cat([torch.cat([sam_features_t1, sam_features_t2], dim=0), *levels], dim=1)
+        return per_date[:pairs], per_date[pairs:]
+
+    def _module_dtype(self, features: torch.Tensor) -> torch.Tensor:
+        # Cached or frozen-encoder features may come in another dtype than this module's (e.g. float32 features
+        # into a module DeepSpeed cast to bf16).
+        return features.to(self.ffn.layers[0].weight.dtype)
+
+    def fuse(self, date_features_t1: torch.Tensor, date_features_t2: torch.Tensor) -> torch.Tensor:
+        """`date_features` of both dates (one row per pair, or per question) -> the mask decoder's embedding."""
+        rows = date_features_t1.shape[0]
+        per_image = self.image_attention(torch.cat([date_features_t1, date_features_t2], dim=0))
+        return self.ffn(self.pair_attention(torch.cat([per_image[:rows], per_image[rows:]], dim=1)))
 
 
 class SegStateStandardizer(Float32Buffers, nn.Module):
@@ -564,7 +591,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
     trainable_module_names = ("multi_modal_projector", "text_hidden_fc", "sam_mask_decoder", "feature_fusion")
     # Trained in full too when the config switches them on (options beyond the paper).
     optional_module_names = ("seg_state_norm", "prompt_film", "change_projector", "presence", "question_mask",
-                             "croi_head", "croi_reader")
+                             "croi_head", "croi_reader", "fusion_film")
     frozen_module_names = ("vision_tower", "sam_image_encoder", "sam_prompt_encoder")
     # Teacher-forced passes run the prompt up to `<p>` once per pair (`_run_language_model`); False: once per row.
     share_prompt_prefix = True
@@ -669,6 +696,9 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         self.question_mask = QuestionMask(text_hidden) if config.question_mask else None
         self.croi_head = nn.Linear(text_hidden, len(config.croi_units)) if config.croi_units else None
         self.croi_reader = nn.Linear(len(config.croi_units), text_hidden) if config.presence_reads_croi else None
+        fusion = config.feature_fusion_config
+        self.fusion_film = (PromptFiLM(text_hidden, prompt_dim + fusion.fpn_levels * fusion.fpn_channels)
+                            if config.fusion_film else None)
         self.trainable_module_names = type(self).trainable_module_names + tuple(
             name for name in self.optional_module_names if getattr(self, name) is not None)
         self.unused_module_names = self._unused_module_names()
@@ -861,13 +891,21 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
 
     # --- 3./4. fused image embedding and mask decoding ---
     def mask_embeddings(self, features: ReasonCDFrozenFeatures, sam_pixel_values_t1, sam_pixel_values_t2):
-        """The mask decoder's image embedding per pair, `(P, prompt_embed_dim, h, w)`."""
-        return self.feature_fusion(
-            features.sam_features_t1, features.sam_features_t2, sam_pixel_values_t1, sam_pixel_values_t2
-        )
+        """
+        The question-independent image embedding per pair, `(P, prompt_embed_dim, h, w)` (the change tokens and the
+        presence decision read it; without `fusion_film`, the mask decoder too), and with `fusion_film` the fusion
+        module's per-date features `(2, P, C, h, w)`, which each question conditions before they are fused for its
+        mask (else None).
+        """
+        sam_t1, sam_t2 = features.sam_features_t1, features.sam_features_t2
+        if self.fusion_film is None:
+            return self.feature_fusion(sam_t1, sam_t2, sam_pixel_values_t1, sam_pixel_values_t2), None
+        date_features = torch.stack(self.feature_fusion.date_features(sam_t1, sam_t2, sam_pixel_values_t1,
+                                                                      sam_pixel_values_t2))
+        return self.feature_fusion.fuse(*date_features), date_features
 
     def decode_masks(self, image_embeddings: torch.Tensor, seg_hidden_states: torch.Tensor,
-                     standardized: bool = False) -> torch.Tensor:
+                     standardized: bool = False, date_features: torch.Tensor | None = None) -> torch.Tensor:
         """
         SAM's mask decoder for N prompts at once, each with its own image embedding.
 
@@ -882,11 +920,20 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             seg_hidden_states: `(N, hidden_size)`.
             standardized: the states are already prompts in the standardised space (the question mask's), so
                 `seg_state_norm` is skipped.
+            date_features: with `fusion_film` (required then), the fusion module's per-date features gathered per
+                prompt, `(2, N, C, h, w)`: each prompt scales and shifts both dates' features alike before they are
+                fused, and that fusion replaces `image_embeddings`.
         Returns: low-resolution change logits `(N, 4h, 4w)` (the single-mask output).
         """
         decoder = self.sam_mask_decoder
         if self.seg_state_norm is not None and not standardized:
             seg_hidden_states = self.seg_state_norm(seg_hidden_states)
+        if self.fusion_film is not None:
+            if date_features is None:
+                raise ValueError("fusion_film: decode_masks needs the per-date features (mask_embeddings' second "
+                                 "output, gathered per prompt)")
+            image_embeddings = self.feature_fusion.fuse(*(self.fusion_film(date, seg_hidden_states)
+                                                          for date in date_features))
         prompts = self.text_hidden_fc(seg_hidden_states.to(next(self.text_hidden_fc.parameters()).dtype))
         if self.prompt_film is not None:
             image_embeddings = self.prompt_film(image_embeddings, seg_hidden_states)
@@ -906,10 +953,12 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         b, c, uh, uw = upscaled.shape
         return (hyper.unsqueeze(1) @ upscaled.reshape(b, c, uh * uw)).reshape(b, uh, uw)
 
-    def question_presence(self, states: torch.Tensor, change_embeddings: torch.Tensor):
+    def question_presence(self, states: torch.Tensor, change_embeddings: torch.Tensor,
+                          date_features: torch.Tensor | None = None):
         """
         The presence decision of each question from its state at `</p>` `(N, hidden)` and its pair's fused
-        embedding `(N, C, h, w)`: logits `(N,)`, and with `question_mask` the question masks' low-resolution logits
+        embedding `(N, C, h, w)` (with `fusion_film`, also its pair's per-date features `(2, N, C', h, w)`, which
+        its question mask reads): logits `(N,)`, and with `question_mask` the question masks' low-resolution logits
         `(N, 4h, 4w)` whose evidence the logits include (else None).
         """
         if self.croi_reader is not None:
@@ -919,18 +968,22 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         logits = self.presence(states, change_embeddings)
         if self.question_mask is None:
             return logits, None
-        question_masks = self.decode_masks(change_embeddings, self.question_mask(states), standardized=True)
+        question_masks = self.decode_masks(change_embeddings, self.question_mask(states), standardized=True,
+                                           date_features=date_features)
         return logits + self.question_mask.evidence(question_masks).to(logits.dtype), question_masks
 
-    def _masks_for_targets(self, mask_embeds, pair_index, target_present, target_hidden):
+    def _masks_for_targets(self, mask_embeds, pair_index, target_present, target_hidden, date_features=None):
         """The logits `(B, K, h, w)` of every `[SEG]` state (`target_hidden` `(B, K, hidden)`), all decoded in one
-        batched call, each over its row's pair; zeros where `target_present` `(B, K)` is False."""
+        batched call, each over its row's pair; zeros where `target_present` `(B, K)` is False. `date_features`:
+        `mask_embeddings`' second output."""
         h, w = mask_embeds.shape[-2:]
         scale = self.config.sam_config.mask_upscale
         out = target_hidden.new_zeros(*target_present.shape, scale * h, scale * w, dtype=mask_embeds.dtype)
         rows, ks = target_present.nonzero(as_tuple=True)
         if rows.numel():
-            out[rows, ks] = self.decode_masks(mask_embeds[pair_index[rows]], target_hidden[rows, ks]).to(out.dtype)
+            pairs = pair_index[rows]
+            out[rows, ks] = self.decode_masks(mask_embeds[pairs], target_hidden[rows, ks],
+                                              date_features=per_prompt(date_features, pairs)).to(out.dtype)
         return out
 
     # --- the full teacher-forced pass ---
@@ -976,8 +1029,11 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             pixel_values_t1=pixel_values_t1, pixel_values_t2=pixel_values_t2,
             sam_pixel_values_t1=sam_pixel_values_t1, sam_pixel_values_t2=sam_pixel_values_t2,
         )
-        mask_embeds = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
-        inputs_embeds = self._merge_image_tokens(input_ids, features, pair_index, mask_embeds)
+        mask_embeds, date_features = self.mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
+        # Only the embeddings see a noised question: positions, labels and the prefix rule read the real tokens.
+        read_ids = (noised_question_tokens(input_ids, self.config)
+                    if self.training and self.config.question_token_dropout else input_ids)
+        inputs_embeds = self._merge_image_tokens(read_ids, features, pair_index, mask_embeds)
         kept_logits = answer_logit_count(labels) if answer_logits_only and labels is not None else 0
         run_language_model = partial(self._run_language_model, attention_mask=attention_mask, input_ids=input_ids,
                                      pair_index=pair_index, kept_logits=kept_logits)
@@ -997,15 +1053,15 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             after = after.unsqueeze(-1).to(inputs_embeds.dtype)
             decided = (input_ids[:, 1:] == self.config.seg_token_id).any(dim=1)
             logits, last_hidden = run_language_model(inputs_embeds + after * self.presence.decision(decided)[:, None])
-            presence_logits, question_masks = self.question_presence(last_hidden[rows, question_end],
-                                                                     mask_embeds[pair_index])
+            presence_logits, question_masks = self.question_presence(
+                last_hidden[rows, question_end], mask_embeds[pair_index], per_prompt(date_features, pair_index))
             own = presence_logits > 0
             if not self.training and bool((own != decided).any()):
                 logits, last_hidden = run_language_model(inputs_embeds + after * self.presence.decision(own)[:, None])
         croi_logits = None if self.croi_head is None else self.croi_head(last_hidden[rows, question_end])
         target_present, target_hidden = self._seg_states_teacher_forced(input_ids, last_hidden)
         seg_present, seg_hidden = target_present[:, 0], target_hidden[:, 0]
-        target_masks = self._masks_for_targets(mask_embeds, pair_index, target_present, target_hidden)
+        target_masks = self._masks_for_targets(mask_embeds, pair_index, target_present, target_hidden, date_features)
 
         loss = ce = bce = dice = presence_loss = question_mask_loss = croi_loss = None
         if labels is not None:
@@ -1031,7 +1087,9 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             if self.training and not bool(seg_present.any()):
                 # No mask to learn from in this batch (only absent CRoIs): the mask path still runs once, weighted
                 # zero, so that every process of a distributed run reduces gradients for the same parameters.
-                loss = loss + 0.0 * self.decode_masks(mask_embeds[:1], seg_hidden[:1]).sum()
+                first = pair_index[:1]
+                loss = loss + 0.0 * self.decode_masks(mask_embeds[first], seg_hidden[:1],
+                                                      date_features=per_prompt(date_features, first)).sum()
         return ReasonCDOutput(
             loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice, logits=logits,
             pred_masks=target_masks[:, 0], seg_present=seg_present, seg_hidden_states=seg_hidden,

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from reasoncd.build import LOSS_OPTIONS, option_overrides, save_checkpoint
+from reasoncd.build import TRAINING_OPTIONS, option_overrides, save_checkpoint
 from reasoncd.data.samples import SampleError, load_split
 from reasoncd.evaluation.evaluate import final_test
 from reasoncd.evaluation.figures import training_curves
@@ -78,7 +78,7 @@ def train(args: argparse.Namespace, output) -> int:
     model, processor = load_start_model(args)  # seeded by --seed, as is everything random below
     if args.bce_pos_weight is not None:
         model.config.bce_pos_weight = args.bce_pos_weight
-    for name, value in option_overrides(args, LOSS_OPTIONS).items():  # loss weights: any model may change them
+    for name, value in option_overrides(args, TRAINING_OPTIONS).items():  # training-only: any model may change them
         setattr(model.config, name, value)
     peft_model = apply_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
                             targets=tuple(args.lora_targets.split(",")), full_embeddings=args.full_embeddings,

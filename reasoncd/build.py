@@ -281,11 +281,22 @@ def print_report(rows, lora_rank: int) -> None:
 
 # --- the architecture and loss options, as command-line flags (build_reasoncd.py and train.py) ---
 ARCHITECTURE_OPTIONS = ("use_feature_fusion", "seg_state_norm", "mask_conditioning", "change_tokens", "presence_head",
-                        "question_mask", "presence_reads_croi")
-LOSS_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight", "presence_loss_weight",
-                "question_mask_loss_weight", "croi_loss_weight")
+                        "question_mask", "presence_reads_croi", "fusion_film")
+# Loss weights and the question's token dropout: they shape training only, so any model may change them.
+TRAINING_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight", "presence_loss_weight",
+                    "question_mask_loss_weight", "croi_loss_weight", "question_token_dropout")
 # The flag of an option whose name on the command line is not the config field's.
 OPTION_FLAGS = {"use_feature_fusion": "--no_fusion"}
+
+
+def dropout_probability(text: str) -> float:
+    """An argparse type: a probability in [0, 1)."""
+    import argparse
+
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability in [0, 1)")
+    return value
 
 
 def add_option_arguments(parser) -> None:
@@ -322,6 +333,12 @@ def add_option_arguments(parser) -> None:
     group.add_argument("--presence_reads_croi", action=argparse.BooleanOptionalAction, default=None,
                        help="the presence decision and the question mask read the CRoI head's probabilities instead "
                        "of the state at </p> (what was asked, not its wording)")
+    group.add_argument("--fusion_film", action=argparse.BooleanOptionalAction, default=None,
+                       help="each question also scales and shifts both dates' features inside the fusion module "
+                       "(SAM's and every FPN level's) before they are fused")
+    group.add_argument("--question_token_dropout", type=dropout_probability,
+                       help="in training, replace each token of the question with a random ordinary token with this "
+                       "probability (never the whole question)")
 
 
 def option_flags(names) -> str:
@@ -329,7 +346,7 @@ def option_flags(names) -> str:
     return " ".join(OPTION_FLAGS.get(name, f"--{name}") for name in names)
 
 
-def option_overrides(args, names=ARCHITECTURE_OPTIONS + LOSS_OPTIONS) -> dict:
+def option_overrides(args, names=ARCHITECTURE_OPTIONS + TRAINING_OPTIONS) -> dict:
     """The options given on the command line, as config overrides. Switching the presence head off switches off
     the question mask that feeds it, unless `--question_mask` is given too (which the config then refuses)."""
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}

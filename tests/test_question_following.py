@@ -238,7 +238,7 @@ def test_change_tokens_show_the_language_model_the_fused_change_embedding(tiny):
     with torch.no_grad():
         features = model.encode_frozen(inputs["pixel_values_t1"], inputs["pixel_values_t2"],
                                        inputs["sam_pixel_values_t1"], inputs["sam_pixel_values_t2"])
-        embeds = model.mask_embeddings(features, inputs["sam_pixel_values_t1"], inputs["sam_pixel_values_t2"])
+        embeds, _ = model.mask_embeddings(features, inputs["sam_pixel_values_t1"], inputs["sam_pixel_values_t2"])
         pair_index = torch.zeros(1, dtype=torch.long)
         before = model._merge_image_tokens(inputs["input_ids"], features, pair_index, embeds)
         saved = model.change_projector.weight.clone()
@@ -529,3 +529,99 @@ def test_the_papers_preset_has_no_croi_head_and_the_quickstarts_names_the_questi
     assert ReasonCDConfig.from_preset("reasoncd-7b").croi_units == []
     model, _ = build_tiny(0)
     assert model.croi_head is not None and len(model.config.croi_units) == 2 * len(CLASSES)
+
+
+# --- the question's token dropout: unseen phrasings, read as words seen in other phrasings plus noise ---
+def test_question_token_dropout_replaces_question_tokens_only_and_never_a_whole_question(tiny):
+    from modeling_reasoncd import noised_question_tokens
+
+    model, processor = tiny
+    config = ReasonCDConfig.from_dict({**model.config.to_dict(), "question_token_dropout": 0.3})
+    questions = ["new buildings near the old river bank", "trees", "changes that give more room to live"]
+    input_ids = processor(images_t1=np.zeros((64, 64, 3), np.uint8), images_t2=np.zeros((64, 64, 3), np.uint8),
+                          text=questions)["input_ids"].repeat(200, 1)
+    columns = torch.arange(input_ids.shape[1])
+    opening = (input_ids == config.p_start_token_id).int().argmax(dim=1, keepdim=True)
+    closing = (input_ids == config.p_end_token_id).int().argmax(dim=1, keepdim=True)
+    question = (columns > opening) & (columns < closing)
+    torch.manual_seed(0)
+    noised = noised_question_tokens(input_ids, config)
+    replaced = noised != input_ids
+    assert not replaced[~question].any()  # the prompt, the images' slots, </p> and the answer are untouched
+    assert ((noised[replaced] > config.eos_token_id) & (noised[replaced] < min(config.new_token_ids))).all()
+    assert (replaced.sum(dim=1) < question.sum(dim=1)).all()  # some token of every question is kept
+    rate = replaced.sum() / question.sum()  # a draw equal to the token it replaces counts as kept
+    assert 0.25 < float(rate) < 0.31
+    with pytest.raises(ValueError, match="question_token_dropout=1.0: a probability in"):
+        ReasonCDConfig.from_preset("tiny", question_token_dropout=1.0)
+
+
+def test_question_token_dropout_reaches_the_language_model_in_training_only(tiny):
+    model, processor = tiny
+    inputs = _pair_inputs(processor, ["new buildings", "new ponds and lakes"],
+                          ["It's the new buildings [SEG].", "There is no change of interest."],
+                          masks=[np.ones((96, 128), bool), np.zeros((96, 128), bool)])
+    seen = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    model.config.question_token_dropout = 0.5
+    try:
+        with torch.no_grad():
+            model.eval()
+            model(**inputs)
+            torch.manual_seed(0)
+            model.train()
+            out = model(**inputs)
+    finally:
+        hook.remove()
+        model.config.question_token_dropout = 0.0
+        model.eval()
+    evaluated, trained = seen
+    assert torch.equal(evaluated, inputs["input_ids"])
+    changed = (trained != inputs["input_ids"]).nonzero(as_tuple=True)[1]
+    assert changed.numel() > 0
+    # Only question positions changed, and the losses read the real answer: the labels are the reference's.
+    closing = (inputs["input_ids"] == model.config.p_end_token_id).int().argmax(dim=1)
+    assert int(changed.max()) < int(closing.max())
+    assert torch.isfinite(out.loss)
+
+
+# --- fusion_film: the question conditions the fusion module's levels, before the dates are fused ---
+def test_fusion_film_starts_as_the_shared_fusion_and_then_fuses_per_question(tiny):
+    _, processor = tiny
+    model, _ = build_tiny(0, fusion_film=True)
+    model.eval()
+    inputs = _pair_inputs(processor, ["new buildings", "new ponds"], ["It's the new buildings [SEG].",
+                                                                      "It's the new ponds [SEG]."])
+    pixels = inputs["sam_pixel_values_t1"], inputs["sam_pixel_values_t2"]
+    features = model.encode_frozen(pixel_values_t1=inputs["pixel_values_t1"], pixel_values_t2=inputs["pixel_values_t2"],
+                                   sam_pixel_values_t1=pixels[0], sam_pixel_values_t2=pixels[1])
+    states = torch.randn(2, model.config.text_config.hidden_size, generator=torch.Generator().manual_seed(0))
+    pairs = torch.zeros(2, dtype=torch.long)
+    with torch.no_grad():
+        embeds, date_features = model.mask_embeddings(features, *pixels)
+        assert date_features.shape[:2] == (2, 1)  # both dates of the one pair
+        torch.testing.assert_close(embeds, model.feature_fusion(features.sam_features_t1, features.sam_features_t2,
+                                                                *pixels))
+        conditioned = model.decode_masks(embeds[pairs], states, date_features=date_features[:, pairs])
+        fusion_film, model.fusion_film = model.fusion_film, None
+        shared = model.decode_masks(embeds[pairs], states)
+        model.fusion_film = fusion_film
+    torch.testing.assert_close(conditioned, shared)  # zero-initialised: the paper's shared fusion at first
+    with pytest.raises(ValueError, match="fusion_film: decode_masks needs the per-date features"):
+        model.decode_masks(embeds[pairs], states)
+    # What the decoder reads: one image embedding per question, the same for both until the FiLM is trained.
+    read = []
+    hook = model.sam_mask_decoder.transformer.register_forward_hook(lambda module, args, out: read.append(args[0]))
+    with torch.no_grad():
+        model.decode_masks(embeds[pairs], states, date_features=date_features[:, pairs])
+        model.fusion_film.out.weight.normal_(0, 0.5)
+    masks = model.decode_masks(embeds[pairs], states, date_features=date_features[:, pairs])
+    hook.remove()
+    untrained, trained = read
+    torch.testing.assert_close(untrained[0], untrained[1])
+    assert (trained[0] - trained[1]).abs().max() > 0.1 * trained.abs().max()
+    masks.sum().backward()
+    assert model.fusion_film.hidden.weight.grad.abs().sum() > 0
+    assert model.feature_fusion.pair_attention.mlp[0].weight.grad.abs().sum() > 0  # fused per question
+    with pytest.raises(ValueError, match="fusion_film=True needs use_feature_fusion=True"):
+        ReasonCDConfig.from_preset("tiny", fusion_film=True, use_feature_fusion=False)

@@ -207,8 +207,12 @@ def tiny():
     return model.eval(), processor
 
 
-def test_counterfactual_decoding_with_each_rows_own_state_gives_the_models_masks(tiny, synthetic_samples):
-    model, processor = tiny
+@pytest.mark.parametrize("fusion_film", [False, True])
+def test_counterfactual_decoding_with_each_rows_own_state_gives_the_models_masks(synthetic_samples, fusion_film):
+    from reasoncd.build import build_tiny
+
+    model, processor = build_tiny(seed=0, fusion_film=fusion_film)  # with it, each state fuses its pair's levels
+    model.eval()
     batch = [sample for sample in synthetic_samples if SEG in sample["answer"] and sample["kind"] != "multi"][:5]
     assert len({sample["pair_id"] for sample in batch}) > 1  # rows must find their own pair's embedding
     inputs = ReasonCDCollator(processor)(batch)

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modeling_reasoncd import ANSWER_DECISION_TOKENS
+from modeling_reasoncd import ANSWER_DECISION_TOKENS, per_prompt
 from reasoncd.data.images import read_mask
 from reasoncd.evaluation.metrics import ChangeMetrics, Steering, mask_iou
 from reasoncd.data.questions import MULTI_KIND, says_absent
@@ -185,11 +185,13 @@ def counterfactual_masks(model, processor, inputs, features, seg_hidden_states: 
     swapped: list[np.ndarray | None] = [None] * len(sources)
     if not rows:
         return swapped
-    embeddings = model.mask_embeddings(features, inputs["sam_pixel_values_t1"], inputs["sam_pixel_values_t2"])
+    embeddings, date_features = model.mask_embeddings(features, inputs["sam_pixel_values_t1"],
+                                                      inputs["sam_pixel_values_t2"])
     device = inputs["pair_index"].device
     pairs = inputs["pair_index"][torch.tensor(rows, device=device)]
     donors = torch.tensor([sources[row] for row in rows], device=seg_hidden_states.device)
-    logits = model.decode_masks(embeddings[pairs], seg_hidden_states[donors])
+    logits = model.decode_masks(embeddings[pairs], seg_hidden_states[donors],
+                                date_features=per_prompt(date_features, pairs))
     pairs = pairs.cpu()
     masks = processor.post_process_masks(logits, [True] * len(rows), inputs["reshaped_sizes"].cpu()[pairs],
                                          inputs["image_sizes"].cpu()[pairs].tolist())

@@ -165,7 +165,8 @@ class ReasonCDGenerationMixin:
         prefix_length = use_cache and share_prefix and self._shared_prefix_length(input_ids, attention_mask)
         if prefix_length:
             input_ids, attention_mask = self._shared_prefix_layout(input_ids, attention_mask, prefix_length)
-        presence = None if self.presence is None else _PresenceDecision(self, input_ids, mask_embeds, pair_index, date_features)
+        presence = (None if self.presence is None
+                    else _PresenceDecision(self, input_ids, mask_embeds, pair_index, date_features))
         own_loop = use_cache and set(generate_kwargs) <= {"logits_processor", "min_new_tokens"}
         # Our loop writes into a preallocated cache (no copy of every row's keys and values per step); the language
         # model's `generate` gets the dynamic cache it expects.

@@ -264,6 +264,7 @@ def test_answer_logits_only_gives_the_same_loss_and_gradients_for_less(checkpoin
         for module in model.modules():  # dropout off: the two passes must see the same network
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
+        model.config.question_token_dropout = 0.0  # and the same question
         out = model(**inputs, answer_logits_only=answer_logits_only)
         out.loss.backward()
         grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}

@@ -140,7 +140,7 @@ def question_truths(masks: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     return (union & present.to(union.device)[:, None, None])[:, None].to(masks.dtype)
 
 
-# --- losses (weights and options from `ReasonCDConfig`) ---
+# --- training-only input noise (`question_token_dropout`) ---
 def noised_question_tokens(input_ids: torch.Tensor, config: ReasonCDConfig) -> torch.Tensor:
     """
     `input_ids` with each token strictly between a row's last `<p>` and last `</p>` replaced, with probability
@@ -157,6 +157,7 @@ def noised_question_tokens(input_ids: torch.Tensor, config: ReasonCDConfig) -> t
     return torch.where(drawn, ordinary, input_ids)
 
 
+# --- losses (weights and options from `ReasonCDConfig`) ---
 def answer_logit_count(labels: torch.Tensor) -> int:
     """How many last positions of `(B, L)` labels hold every answer token's logits (the ones predicting them)."""
     answered = (labels != -100).any(dim=0)

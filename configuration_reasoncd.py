@@ -248,11 +248,25 @@ class ReasonCDConfig(PretrainedConfig):
             scales and shifts, per channel, both dates' features inside the fusion module (SAM's and every FPN
             level's) before the dates are fused, so the fusion runs once per question for the mask decoder; the
             change tokens and the presence head keep the question-independent fusion. Starts as the identity.
+        croi_plan (`bool`, needs `presence_head` and `croi_units`): the units the CRoI head names (the reference's
+            in training, the head's own, thresholded, in evaluation and generation), mapped by a zero-initialised
+            linear layer to the state's width, are added to every token after `</p>` with the presence decision,
+            so that a long answer (an explanation) keeps naming the change the question was read as.
         question_token_dropout (`float`, 0 to < 1): in training, each token of the question (between `<p>` and
             `</p>`) is replaced with this probability by a token drawn uniformly from the ordinary vocabulary (ids
             above `eos_token_id` and below the new tokens'), as the language model reads it; a question is never
             replaced whole. A language model trained from scratch otherwise learns each training phrasing as a
             whole, and an unseen phrasing (with words it has seen, and words it has not) reads as noise.
+        order_loss_weight (`float`, 0 = off): in training, the first `[SEG]` state of each question about an
+            increase or a decrease (one the converter named, whose opposite direction's mask file it can find) also
+            decodes a mask over its pair with T1 and T2 swapped, trained (BCE and Dice, weighed as the `[SEG]`
+            masks) toward the opposite direction's truth, empty where that direction did not change. Training
+            otherwise asks "new buildings" only where buildings appeared, so the mask path can learn "buildings
+            changed" and never tell which date came first.
+        image_token_dropout (`float`, 0 to < 1): in training, each of a pair's image tokens (the projected CLIP
+            features, with `change_tokens` also the change embedding they carry) reaches the language model as a
+            zero vector with this probability, drawn per pair and token. The image encoders train on a few hundred
+            pairs; an answer that reads every detail of a training pair's tokens reads an unseen pair's worse.
         question_mask_loss_weight (`float`): weight of the question mask's BCE and Dice, relative to the `[SEG]`
             masks' (`bce_loss_weight`, `dice_loss_weight`).
     """
@@ -297,7 +311,10 @@ class ReasonCDConfig(PretrainedConfig):
         croi_loss_weight=1.0,
         presence_reads_croi=False,
         fusion_film=False,
+        croi_plan=False,
         question_token_dropout=0.0,
+        image_token_dropout=0.0,
+        order_loss_weight=0.0,
         initializer_range=0.02,
         tie_word_embeddings=False,
         **kwargs,
@@ -370,9 +387,19 @@ class ReasonCDConfig(PretrainedConfig):
         if fusion_film and not use_feature_fusion:
             raise ValueError("fusion_film=True needs use_feature_fusion=True: it conditions the fusion module's levels")
         self.fusion_film = bool(fusion_film)
+        if croi_plan and not (presence_head and croi_units):
+            raise ValueError("croi_plan=True needs presence_head=True and croi_units: the CRoI head's units join the "
+                             "presence decision after </p>")
+        self.croi_plan = bool(croi_plan)
         if not 0.0 <= question_token_dropout < 1.0:
             raise ValueError(f"question_token_dropout={question_token_dropout!r}: a probability in [0, 1)")
         self.question_token_dropout = float(question_token_dropout)
+        if not 0.0 <= image_token_dropout < 1.0:
+            raise ValueError(f"image_token_dropout={image_token_dropout!r}: a probability in [0, 1)")
+        self.image_token_dropout = float(image_token_dropout)
+        if not order_loss_weight >= 0.0:
+            raise ValueError(f"order_loss_weight={order_loss_weight!r}: a weight of at least 0")
+        self.order_loss_weight = float(order_loss_weight)
         self.initializer_range = initializer_range
         super().__init__(
             pad_token_id=pad_token_id,

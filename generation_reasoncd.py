@@ -354,7 +354,8 @@ class _PresenceDecision:
     """
     The presence head's decision in generation (`ReasonCDConfig.presence_head`). Every row's prompt ends with the
     same tokens after `</p>` (the template's closing request; rows are aligned at their ends), so the prompt up to
-    `</p>` runs first, the head reads its last state, and the decision vector is added to every later token.
+    `</p>` runs first, the head reads its last state, and the decision vector (with `croi_plan`, plus the CRoI
+    head's units: `question_read`) is added to every later token.
     """
 
     def __init__(self, model, input_ids, mask_embeds, pair_index, date_features=None):
@@ -365,14 +366,16 @@ class _PresenceDecision:
         self.model, self.change_embeddings = model, mask_embeds[pair_index]
         self.date_features = per_prompt(date_features, pair_index)
         self.tail = int(from_end[0]) - 1  # tokens after </p>
-        self.present = self.probabilities = None
+        self.present = self.probabilities = self.vectors = None
 
 
     def _decide(self, states):
         logits = self.model.question_presence(states, self.change_embeddings, self.date_features)[0].float()
         self.probabilities = logits.sigmoid()
         self.present = logits > 0
-        return self.model.presence.decision(self.present)
+        units = None if self.model.croi_plan is None else self.model.croi_head(states) > 0
+        self.vectors = self.model.question_read(self.present, units)
+        return self.vectors
 
     def decide_cached(self, inputs_embeds, attention_mask, positions, cache, done):
         """Runs the prompt from `done` up to `</p>` into `cache`; returns where the rest starts and the decision
@@ -402,7 +405,7 @@ class _PresenceDecision:
     def following(self, embeddings):
         """While open, every token the language model embeds itself (the generated ones) gets the decision vector
         of its row (rows repeated for beams or several sequences per prompt)."""
-        decided = self.model.presence.decision(self.present)
+        decided = self.vectors
 
         def add_decision(module, args, output):
             return output + decided.repeat_interleave(output.shape[0] // decided.shape[0], dim=0)[:, None].to(

@@ -95,6 +95,8 @@ class ReasonCDOutput(ModelOutput):
         croi_loss (`torch.FloatTensor` of shape `()`, *optional*): with `croi_units` and `croi_targets`, that
             head's binary cross-entropy over the rows whose units are known (`loss` adds it times
             `croi_loss_weight`).
+        order_loss (`torch.FloatTensor` of shape `()`, *optional*): with `order_loss_weight` and rows that have a
+            truth with the dates swapped, the weighted BCE and Dice of their masks decoded in that order (in `loss`).
     """
 
     loss: torch.FloatTensor | None = None
@@ -111,6 +113,7 @@ class ReasonCDOutput(ModelOutput):
     question_mask_loss: torch.FloatTensor | None = None
     croi_logits: torch.FloatTensor | None = None
     croi_loss: torch.FloatTensor | None = None
+    order_loss: torch.FloatTensor | None = None
     target_masks: torch.FloatTensor | None = None
     target_present: torch.BoolTensor | None = None
     target_hidden_states: torch.FloatTensor | None = None
@@ -157,6 +160,13 @@ def noised_question_tokens(input_ids: torch.Tensor, config: ReasonCDConfig) -> t
     return torch.where(drawn, ordinary, input_ids)
 
 
+def reference_units(croi_targets: torch.Tensor | None, rows: int, units: int, device) -> torch.Tensor:
+    """The asked units `(rows, units)` as bools, from `croi_targets` (a row of -1: not known, so none asked)."""
+    if croi_targets is None:
+        return torch.zeros(rows, units, dtype=torch.bool, device=device)
+    return croi_targets > 0
+
+
 # --- losses (weights and options from `ReasonCDConfig`) ---
 def answer_logit_count(labels: torch.Tensor) -> int:
     """How many last positions of `(B, L)` labels hold every answer token's logits (the ones predicting them)."""
@@ -192,13 +202,13 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor, config: ReasonCDConf
 
 def mask_losses(target_masks: torch.Tensor, target_present: torch.Tensor, masks: torch.Tensor | None,
                 reshaped_sizes: torch.Tensor | None, pair_index: torch.Tensor,
-                config: ReasonCDConfig) -> tuple[torch.Tensor, torch.Tensor]:
+                config: ReasonCDConfig, changed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Mean BCE and Dice over every `[SEG]` of every row (`target_masks` `(B, K, h, w)`, `target_present` `(B, K)`),
     each against its own truth (`masks` `(B, K', H, W)`, or `(B, H, W)` for one per row) upscaled to the truth's
     size. The change class weighs `bce_pos_weight`; pixels that changed only for another question about the same
-    pair, or for another target of the same answer, weigh `other_change_bce_weight`. Both losses are a connected
-    zero when no row has a mask.
+    pair, or for another target of the same answer, weigh `other_change_bce_weight` (`changed`: those pixels per
+    row, when not the union of `masks` over each row's pair). Both losses are a connected zero when no row has a mask.
     """
     zero = target_masks.sum() * 0.0
     if masks is None or not bool(target_present.any()):
@@ -217,7 +227,8 @@ def mask_losses(target_masks: torch.Tensor, target_present: torch.Tensor, masks:
     pos_weight = torch.tensor(config.bce_pos_weight, device=target_masks.device)
     other_weight = config.other_change_bce_weight
     bce_terms, dice_terms = [], []
-    changed = changed_in_each_rows_pair(masks, pair_index) if other_weight != 1.0 else None
+    if changed is None and other_weight != 1.0:
+        changed = changed_in_each_rows_pair(masks, pair_index)
     for row, k in target_present.nonzero().tolist():
         logits = upscale_mask_logits(target_masks[row, k], reshaped_sizes[row], masks.shape[-2:], frame).float()
         target = (masks[row, k] > 0.5).float()
@@ -592,7 +603,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
     trainable_module_names = ("multi_modal_projector", "text_hidden_fc", "sam_mask_decoder", "feature_fusion")
     # Trained in full too when the config switches them on (options beyond the paper).
     optional_module_names = ("seg_state_norm", "prompt_film", "change_projector", "presence", "question_mask",
-                             "croi_head", "croi_reader", "fusion_film")
+                             "croi_head", "croi_reader", "fusion_film", "croi_plan")
     frozen_module_names = ("vision_tower", "sam_image_encoder", "sam_prompt_encoder")
     # Teacher-forced passes run the prompt up to `<p>` once per pair (`_run_language_model`); False: once per row.
     share_prompt_prefix = True
@@ -697,6 +708,9 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         self.question_mask = QuestionMask(text_hidden) if config.question_mask else None
         self.croi_head = nn.Linear(text_hidden, len(config.croi_units)) if config.croi_units else None
         self.croi_reader = nn.Linear(len(config.croi_units), text_hidden) if config.presence_reads_croi else None
+        self.croi_plan = nn.Linear(len(config.croi_units), text_hidden) if config.croi_plan else None
+        if self.croi_plan is not None:
+            self.croi_plan.zero_init = True  # starts as the presence decision alone
         fusion = config.feature_fusion_config
         self.fusion_film = (PromptFiLM(text_hidden, prompt_dim + fusion.fpn_levels * fusion.fpn_channels)
                             if config.fusion_film else None)
@@ -809,6 +823,9 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             tokens = self.multi_modal_projector(vision.to(self.multi_modal_projector.weight.dtype))
             if extra is not None:
                 tokens = tokens + extra.to(tokens.dtype)
+            if self.training and self.config.image_token_dropout:  # per pair, so a shared prompt stays shared
+                kept = torch.rand(tokens.shape[:2], device=tokens.device) >= self.config.image_token_dropout
+                tokens = tokens * kept.unsqueeze(-1).to(tokens.dtype)
             embeds = embeds.masked_scatter(slots.unsqueeze(-1), tokens[pair_index].to(embeds.dtype))
         return embeds
 
@@ -954,6 +971,34 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         b, c, uh, uw = upscaled.shape
         return (hyper.unsqueeze(1) @ upscaled.reshape(b, c, uh * uw)).reshape(b, uh, uw)
 
+    def _order_loss(self, features, sam_pixel_values_t1, sam_pixel_values_t2, date_features, rows, seg_hidden,
+                    order_masks, masks, reshaped_sizes, pair_index) -> torch.Tensor:
+        """
+        `order_loss_weight`'s term, unweighted: the first `[SEG]` state of each of `rows` decoded over its pair with
+        T1 and T2 swapped, against `order_masks` (the truth in that order). Every pixel that changed for a question
+        about the pair outside that truth (the asked change itself among them) is a hard negative, as in
+        `mask_losses`.
+        """
+        swapped = self.feature_fusion(features.sam_features_t2, features.sam_features_t1, sam_pixel_values_t2,
+                                      sam_pixel_values_t1)
+        pairs = pair_index[rows]
+        dates = None if date_features is None else date_features.flip(0)[:, pairs]
+        logits = self.decode_masks(swapped[pairs], seg_hidden[rows], date_features=dates)
+        changed = changed_in_each_rows_pair(masks if masks.dim() == 4 else masks[:, None], pair_index)[rows]
+        bce, dice = mask_losses(logits[:, None], torch.ones_like(rows, dtype=torch.bool)[:, None], order_masks[rows],
+                                reshaped_sizes, pairs, self.config, changed=changed)
+        return self.config.bce_loss_weight * bce + self.config.dice_loss_weight * dice
+
+    def question_read(self, present: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        The vectors `(N, hidden)` added to every token after `</p>`: the presence decision (`present`: bool `(N,)`)
+        and, with `croi_plan`, the asked units (`units`: `(N, len(croi_units))`, 0/1) mapped to the state's width.
+        """
+        vectors = self.presence.decision(present)
+        if self.croi_plan is None:
+            return vectors
+        return vectors + self.croi_plan(units.to(self.croi_plan.weight.dtype)).to(vectors.dtype)
+
     def question_presence(self, states: torch.Tensor, change_embeddings: torch.Tensor,
                           date_features: torch.Tensor | None = None):
         """
@@ -1003,6 +1048,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         image_sizes: torch.LongTensor | None = None,
         frozen_features: ReasonCDFrozenFeatures | None = None,
         croi_targets: torch.Tensor | None = None,
+        order_masks: torch.Tensor | None = None,
+        order_known: torch.Tensor | None = None,
         answer_logits_only: bool = False,
         return_dict: bool | None = None,
     ) -> ReasonCDOutput:
@@ -1018,6 +1065,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             frozen_features: precomputed CLIP/SAM features (the training cache); skips the frozen encoders.
             croi_targets (`(B, len(croi_units))`): with a CRoI head, 1 for each unit the question asks about, 0
                 for the others, a row of -1 where unknown (the collator builds it).
+            order_masks (`(B, H, W)`), order_known (`(B,)` bool): with `order_loss_weight`, each row's truth with T1
+                and T2 swapped, where it has one (the collator builds them with `order_truths`).
             image_sizes: accepted and unused, so that the processor's output can be passed as `**inputs`; masks are
                 compared with the ground truth at its own size.
             answer_logits_only: with `labels`, compute `logits` only for the last positions of every row, from the
@@ -1050,21 +1099,26 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             # In training, the reference's decision (whether its answer points at a mask) follows </p>, as its
             # tokens do. In evaluation, the head's own, as in generation: the states up to </p> do not depend on
             # the decision, so the head reads them from a first pass, and a second runs only if it disagrees.
+            # With `croi_plan` the reference's units (the head's own outside training) join the decision.
             after = (torch.arange(input_ids.shape[1], device=input_ids.device)[None] > question_end[:, None])
             after = after.unsqueeze(-1).to(inputs_embeds.dtype)
             decided = (input_ids[:, 1:] == self.config.seg_token_id).any(dim=1)
-            logits, last_hidden = run_language_model(inputs_embeds + after * self.presence.decision(decided)[:, None])
+            planned = None if self.croi_plan is None else reference_units(
+                croi_targets, input_ids.shape[0], len(self.config.croi_units), input_ids.device)
+            logits, last_hidden = run_language_model(inputs_embeds + after * self.question_read(decided, planned)[:, None])
             presence_logits, question_masks = self.question_presence(
                 last_hidden[rows, question_end], mask_embeds[pair_index], per_prompt(date_features, pair_index))
             own = presence_logits > 0
-            if not self.training and bool((own != decided).any()):
-                logits, last_hidden = run_language_model(inputs_embeds + after * self.presence.decision(own)[:, None])
+            own_units = None if self.croi_plan is None else self.croi_head(last_hidden[rows, question_end]) > 0
+            differs = bool((own != decided).any()) or (own_units is not None and bool((own_units != planned).any()))
+            if not self.training and differs:
+                logits, last_hidden = run_language_model(inputs_embeds + after * self.question_read(own, own_units)[:, None])
         croi_logits = None if self.croi_head is None else self.croi_head(last_hidden[rows, question_end])
         target_present, target_hidden = self._seg_states_teacher_forced(input_ids, last_hidden)
         seg_present, seg_hidden = target_present[:, 0], target_hidden[:, 0]
         target_masks = self._masks_for_targets(mask_embeds, pair_index, target_present, target_hidden, date_features)
 
-        loss = ce = bce = dice = presence_loss = question_mask_loss = croi_loss = None
+        loss = ce = bce = dice = presence_loss = question_mask_loss = croi_loss = order_loss = None
         if labels is not None:
             ce = answer_loss(logits, labels[:, labels.shape[1] - logits.shape[1]:], self.config)
             bce, dice = mask_losses(target_masks, target_present, masks, reshaped_sizes, pair_index, self.config)
@@ -1085,6 +1139,12 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                 loss = loss + cfg.croi_loss_weight * croi_loss
             elif croi_logits is not None:  # nothing known to learn from: reached with weight zero, as the mask path
                 loss = loss + 0.0 * croi_logits.sum()
+            order_rows = None if order_known is None else (order_known.to(seg_present.device) & seg_present)
+            if cfg.order_loss_weight and masks is not None and order_rows is not None and bool(order_rows.any()):
+                order_loss = cfg.order_loss_weight * self._order_loss(
+                    features, sam_pixel_values_t1, sam_pixel_values_t2, date_features, order_rows.nonzero()[:, 0],
+                    seg_hidden, order_masks, masks, reshaped_sizes, pair_index)
+                loss = loss + order_loss
             if self.training and not bool(seg_present.any()):
                 # No mask to learn from in this batch (only absent CRoIs): the mask path still runs once, weighted
                 # zero, so that every process of a distributed run reduces gradients for the same parameters.
@@ -1095,7 +1155,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice, logits=logits,
             pred_masks=target_masks[:, 0], seg_present=seg_present, seg_hidden_states=seg_hidden,
             presence_logits=presence_logits, presence_loss=presence_loss, question_masks=question_masks,
-            question_mask_loss=question_mask_loss, croi_logits=croi_logits, croi_loss=croi_loss,
+            question_mask_loss=question_mask_loss, croi_logits=croi_logits, croi_loss=croi_loss, order_loss=order_loss,
             target_masks=target_masks,
             target_present=target_present, target_hidden_states=target_hidden,
         )

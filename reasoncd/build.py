@@ -281,10 +281,11 @@ def print_report(rows, lora_rank: int) -> None:
 
 # --- the architecture and loss options, as command-line flags (build_reasoncd.py and train.py) ---
 ARCHITECTURE_OPTIONS = ("use_feature_fusion", "seg_state_norm", "mask_conditioning", "change_tokens", "presence_head",
-                        "question_mask", "presence_reads_croi", "fusion_film")
-# Loss weights and the question's token dropout: they shape training only, so any model may change them.
+                        "question_mask", "presence_reads_croi", "fusion_film", "croi_plan")
+# Loss weights and the token dropouts: they shape training only, so any model may change them.
 TRAINING_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight", "presence_loss_weight",
-                    "question_mask_loss_weight", "croi_loss_weight", "question_token_dropout")
+                    "question_mask_loss_weight", "croi_loss_weight", "order_loss_weight",
+                    "question_token_dropout", "image_token_dropout")
 # The flag of an option whose name on the command line is not the config field's.
 OPTION_FLAGS = {"use_feature_fusion": "--no_fusion"}
 
@@ -336,6 +337,14 @@ def add_option_arguments(parser) -> None:
     group.add_argument("--fusion_film", action=argparse.BooleanOptionalAction, default=None,
                        help="each question also scales and shifts both dates' features inside the fusion module "
                        "(SAM's and every FPN level's) before they are fused")
+    group.add_argument("--croi_plan", action=argparse.BooleanOptionalAction, default=None,
+                       help="the units the CRoI head names are added to every token after </p>, so that a long "
+                       "answer keeps naming the change the question was read as")
+    group.add_argument("--order_loss_weight", type=float,
+                       help="weight of a mask decoded for each increase or decrease question with T1 and T2 swapped, "
+                       "trained toward the opposite direction's truth (0: off)")
+    group.add_argument("--image_token_dropout", type=dropout_probability,
+                       help="in training, each image token reaches the language model as zeros with this probability")
     group.add_argument("--question_token_dropout", type=dropout_probability,
                        help="in training, replace each token of the question with a random ordinary token with this "
                        "probability (never the whole question)")

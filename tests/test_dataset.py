@@ -1,4 +1,6 @@
 """reasoncd.training.dataset: the collator's labels cover the answer only, and the mask travels with its question."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -122,3 +124,43 @@ def test_augmentation_turns_a_pairs_images_and_all_its_masks_alike(tiny, samples
         evaluation = collator.evaluation()(rows)
         assert all(torch.equal(evaluation[name], plain[name]) for name in plain)
     assert len(drawn) > 2  # pairs were turned and mirrored, not left alone
+
+
+def test_the_collator_brings_each_questions_truth_with_the_dates_swapped(tiny, samples_dir, tmp_path):
+    import shutil
+
+    import torch
+    from PIL import Image
+
+    from reasoncd.data.augment import transform_view
+    from reasoncd.data.second import swapped_order_truth_path
+    from reasoncd.training.dataset import as_dataset
+
+    _, processor = tiny
+    samples = load_split(samples_dir, "train")
+    row = next(r for r in as_dataset(samples) if any(r["order_mask_paths"]))
+    questions = [s for s in samples if (s["img1_path"], s["img2_path"]) == (row["img1_path"], row["img2_path"])]
+    assert "order_masks" not in ReasonCDCollator(processor)([row])  # only for a model that trains it
+    batch = ReasonCDCollator(processor, order_truths=True)([row])
+    assert batch["order_masks"].shape == batch["masks"].shape[:1] + batch["masks"].shape[-2:]
+    known = [swapped_order_truth_path(sample) is not None for sample in questions]
+    assert batch["order_known"].tolist() == known and any(known) and not all(known)
+    # No file for the opposite direction: that change did not happen, so the swapped truth is empty.
+    assert not batch["order_masks"].any()
+    # Where the opposite direction changed too, its mask is the truth, turned with the pair.
+    asked = questions[known.index(True)]
+    copied = tmp_path / Path(asked["mask_path"]).name
+    shutil.copy(asked["mask_path"], copied)
+    opposite = np.zeros((256, 256), np.uint8)
+    opposite[10:60, 100:130] = 255
+    Image.fromarray(opposite).save(swapped_order_truth_path({**asked, "mask_path": str(copied)}))
+    sample = {**asked, "mask_path": str(copied)}
+    collated = ReasonCDCollator(processor, order_truths=True)([sample])
+    assert collated["order_known"].tolist() == [True]
+    assert np.array_equal(collated["order_masks"][0].numpy() > 0, opposite > 0)
+    torch.manual_seed(1)
+    turned = ReasonCDCollator(processor, order_truths=True, augmentation="dihedral")([sample])
+    same_turn = [t for t in range(8) if np.array_equal(transform_view(collated["masks"][0].numpy(), t),
+                                                       turned["masks"][0].numpy())]
+    assert any(np.array_equal(transform_view(opposite > 0, t), turned["order_masks"][0].numpy() > 0)
+               for t in same_turn)

@@ -625,3 +625,137 @@ def test_fusion_film_starts_as_the_shared_fusion_and_then_fuses_per_question(tin
     assert model.feature_fusion.pair_attention.mlp[0].weight.grad.abs().sum() > 0  # fused per question
     with pytest.raises(ValueError, match="fusion_film=True needs use_feature_fusion=True"):
         ReasonCDConfig.from_preset("tiny", fusion_film=True, use_feature_fusion=False)
+
+
+# --- croi_plan: the units the CRoI head names follow the question into the answer ---
+def _plan_model():
+    model, processor = build_tiny(0, croi_plan=True)
+    model.config.question_token_dropout = 0.0  # two training passes must see the same question
+    with torch.no_grad():
+        model.croi_plan.weight.normal_(0, 1.0)  # zero-initialised: make the units matter
+        model.question_mask.evidence_scale.zero_()  # the presence head says "present" to every question, so
+        model.presence.classifier[-1].weight.zero_()  # only the units differ between the reference and the head
+        model.presence.classifier[-1].bias.fill_(5.0)
+    return model, processor
+
+
+def test_croi_plan_feeds_the_references_units_in_training_and_the_heads_own_in_evaluation():
+    model, processor = _plan_model()
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    inputs = processor(images_t1=image, images_t2=image, text=["changes caused by drought"] * 2,
+                       answers=["Drought leaves less land covered by water [SEG]."] * 2,
+                       masks=[np.zeros((64, 64))] * 2)
+    units = len(model.config.croi_units)
+    asked = torch.zeros(2, units)
+    asked[0, model.config.croi_units.index("water:decrease")] = 1
+    asked[1, model.config.croi_units.index("building:decrease")] = 1
+    end = int((inputs["input_ids"][0] == model.config.p_end_token_id).nonzero().max())
+    with torch.no_grad():
+        model.train()
+        trained = model(**inputs, croi_targets=asked).logits
+        # Up to </p> both rows read the same; after it, each its reference's units.
+        torch.testing.assert_close(trained[0, : end + 1], trained[1, : end + 1])
+        assert (trained[0, end + 1:] - trained[1, end + 1:]).abs().max() > 1e-2
+        model.eval()
+        evaluated = model(**inputs, croi_targets=asked)
+        torch.testing.assert_close(evaluated.logits[0], evaluated.logits[1])  # the head's own units for both
+        own = (evaluated.croi_logits > 0).float()
+        model.train()
+        as_own = model(**inputs, croi_targets=own).logits
+    torch.testing.assert_close(evaluated.logits, as_own, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="croi_plan=True needs presence_head=True and croi_units"):
+        ReasonCDConfig.from_preset("tiny", croi_plan=True, croi_units=())
+
+
+def test_croi_plan_reaches_generation_as_it_reaches_teacher_forcing():
+    model, processor = _plan_model()
+    model.eval()
+    image = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    answers = ["It's the new buildings [SEG].", "The change map shows the new trees [SEG]."]
+    questions = ["new buildings", "land covered by new trees"]
+    labels = processor(images_t1=image, images_t2=image, text=questions, answers=answers)["labels"]
+    rows = [row[row != -100].tolist() for row in labels]
+    from transformers import LogitsProcessorList
+    from helpers import ForceAnswers
+
+    forcing = LogitsProcessorList([ForceAnswers(rows, model.config.eos_token_id)])
+    with torch.no_grad():
+        generated = model.generate(**processor(images_t1=image, images_t2=image, text=questions),
+                                   max_new_tokens=max(map(len, rows)) + 1, logits_processor=forcing)
+        forward = model(**processor(images_t1=image, images_t2=image, text=questions, answers=answers))
+        model.croi_plan.weight.zero_()
+        unplanned = model(**processor(images_t1=image, images_t2=image, text=questions, answers=answers))
+    torch.testing.assert_close(generated.seg_hidden_states, forward.seg_hidden_states, rtol=1e-4, atol=1e-4)
+    assert (forward.seg_hidden_states - unplanned.seg_hidden_states).abs().max() > 1e-2  # the units were read
+
+
+def test_image_token_dropout_zeroes_whole_image_tokens_per_pair_in_training_only(tiny):
+    model, processor = tiny
+    inputs = _pair_inputs(processor, ["new buildings", "new ponds and lakes"],
+                          ["It's the new buildings [SEG].", "There is no change of interest."],
+                          masks=[np.ones((96, 128), bool), np.zeros((96, 128), bool)])
+    seen = []
+    hook = model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["inputs_embeds"]), with_kwargs=True)
+    model.config.image_token_dropout = 0.5
+    try:
+        with torch.no_grad():
+            model.eval()
+            model(**inputs)
+            torch.manual_seed(0)
+            model.train()
+            out = model(**inputs)
+            model.config.image_token_dropout = 0.0
+            model(**inputs)
+    finally:
+        hook.remove()
+        model.config.image_token_dropout = 0.0
+        model.eval()
+    evaluated, trained, undropped = seen[0], seen[-2], seen[-1]  # evaluation runs the pair's prompt once first
+    ids = inputs["input_ids"]
+    images = (ids == model.config.t1_token_id) | (ids == model.config.t2_token_id)
+    zeroed = trained.abs().amax(dim=-1) == 0
+    assert not (evaluated.abs().amax(dim=-1) == 0).any()  # evaluation reads every image token
+    text = ~images & inputs["attention_mask"].bool()  # padding reads the pad token's zero embedding
+    assert bool(zeroed[images].any()) and not bool(zeroed[text].any())  # only image tokens, whole vectors
+    assert 0.3 < zeroed[images].float().mean() < 0.7
+    # Drawn per pair: both questions of the pair see the same tokens dropped.
+    torch.testing.assert_close(zeroed[0][images[0]], zeroed[1][images[1]])
+    torch.testing.assert_close(trained[~zeroed & images], undropped[~zeroed & images])  # the rest unchanged
+    assert torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match="image_token_dropout=1.0: a probability in"):
+        ReasonCDConfig.from_preset("tiny", image_token_dropout=1.0)
+
+
+# --- order_loss_weight: each [SEG] state also decodes its pair with the dates swapped ---
+def test_the_order_loss_trains_the_swapped_pairs_mask_toward_the_swapped_truth_only_where_known(tiny):
+    model, processor = tiny
+    truth = np.zeros((96, 128), bool)
+    truth[20:60, 30:90] = True
+    inputs = _pair_inputs(processor, ["new buildings", "removed trees"],
+                          ["It's the new buildings [SEG].", "It's the removed trees [SEG]."], masks=[truth, truth])
+    known = torch.tensor([True, False])
+    empty, full = torch.zeros(2, 96, 128), torch.ones(2, 96, 128)
+    model.config.question_token_dropout = 0.0
+    try:
+        model.eval()  # no dropout: passes that differ only in their order truths give the same other terms
+        off = model(**inputs, order_masks=empty, order_known=known)
+        model.config.order_loss_weight = 2.0
+        with_empty = model(**inputs, order_masks=empty, order_known=known)
+        unknown_row_changed = model(**inputs, order_masks=torch.stack([empty[0], full[1]]), order_known=known)
+        with_full = model(**inputs, order_masks=full, order_known=known)
+        none_known = model(**inputs, order_masks=full, order_known=torch.tensor([False, False]))
+    finally:
+        model.config.order_loss_weight = 0.0
+        model.config.question_token_dropout = 0.15
+    assert off.order_loss is None and none_known.order_loss is None
+    torch.testing.assert_close(with_empty.loss, off.loss + with_empty.order_loss)
+    torch.testing.assert_close(unknown_row_changed.loss, with_empty.loss)  # a row without a swapped truth: no term
+    assert abs(float(with_full.order_loss - with_empty.order_loss)) > 1e-3  # the known row's truth is the target
+    model.zero_grad()
+    with_empty.order_loss.backward()
+    assert model.sam_mask_decoder.output_upscaling[0].weight.grad.abs().sum() > 0
+    assert model.feature_fusion.pair_attention.mlp[0].weight.grad.abs().sum() > 0
+    model.zero_grad()
+    with pytest.raises(ValueError, match="order_loss_weight=-1.0: a weight of at least 0"):
+        ReasonCDConfig.from_preset("tiny", order_loss_weight=-1.0)

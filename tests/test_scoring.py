@@ -274,8 +274,8 @@ def test_order_accuracy_needs_the_map_closer_to_the_swapped_truth():
 
 
 def test_order_truth_is_the_opposite_directions_mask_file(tmp_path):
-    from reasoncd.data.second import mask_file_name
-    from reasoncd.evaluation.scoring import swapped_order_truth_path, with_dates_swapped
+    from reasoncd.data.second import mask_file_name, swapped_order_truth_path
+    from reasoncd.evaluation.scoring import with_dates_swapped
 
     own = tmp_path / mask_file_name("007", "building", "increase")
     sample = {"mask_path": str(own), "answer": f"It's {SEG}.", "pair_id": "007", "croi": "building",

@@ -5,7 +5,8 @@ import torch
 
 from reasoncd.data.questions import says_absent
 from reasoncd.data.samples import SEG, load_split, training_sample
-from reasoncd.evaluation.scoring import score, swapped_order_truth_path
+from reasoncd.data.second import swapped_order_truth_path
+from reasoncd.evaluation.scoring import score
 from reasoncd.evaluation.specialist import SIDE, SpecialistUNet, croi_index, predict_specialist, train_specialist
 
 

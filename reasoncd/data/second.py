@@ -21,7 +21,7 @@ from PIL import Image
 
 from reasoncd.data.commands import Subcommand, add_overwrite
 from reasoncd.data.images import IMAGE_SUFFIXES
-from reasoncd.data.samples import SPLITS, PrepareError, relative_path, split_pairs, write_sample
+from reasoncd.data.samples import SEG, SPLITS, PrepareError, relative_path, split_pairs, write_sample
 from reasoncd.io import OutputDir
 from reasoncd.messages import listed, size_mismatch
 from reasoncd.data.questions import (CLASSES, DIRECTIONS, GROUPS, MULTI_KIND, combination_question, corpus, group_covers,
@@ -155,9 +155,27 @@ def _progress(items, enabled: bool, description: str):
     return tqdm(items, desc=description)
 
 
+OPPOSITE_DIRECTION = {"increase": "decrease", "decrease": "increase"}
+
+
 def mask_file_name(stem: str, croi: str, direction: str) -> str:
     """The file name of a pair's mask for one CRoI and direction (in the converted set's masks/ folder)."""
     return f"{stem}__{croi}__{direction}.png"
+
+
+def swapped_order_truth_path(sample: dict) -> Path | None:
+    """
+    The mask file of the sample's CRoI in the opposite direction (its truth once T1 and T2 are swapped), for a
+    present increase or decrease question of a converted SECOND-layout set; None for any other sample. The file may
+    not exist: that direction changed too little to be asked about, and its truth counts as empty.
+    """
+    opposite = OPPOSITE_DIRECTION.get(sample.get("direction"))
+    if opposite is None or SEG not in sample["answer"] or not sample.get("pair_id") or not sample.get("croi"):
+        return None
+    path = Path(sample["mask_path"])
+    if path.name != mask_file_name(sample["pair_id"], sample["croi"], sample["direction"]):
+        return None  # not named by the converter: the opposite direction's file cannot be found
+    return path.with_name(mask_file_name(sample["pair_id"], sample["croi"], opposite))
 
 
 def _save_mask(mask: np.ndarray, path: Path) -> None:

@@ -40,12 +40,11 @@ from reasoncd.data.images import read_mask
 from reasoncd.evaluation.metrics import ChangeMetrics, Steering, mask_iou
 from reasoncd.data.questions import MULTI_KIND, says_absent
 from reasoncd.data.samples import SEG, load_images, load_mask
-from reasoncd.data.second import mask_file_name
+from reasoncd.data.second import swapped_order_truth_path
 from reasoncd.evaluation.targets import MultiTargetScore
 
 GROUPS = ("explicit", "implicit_seen", "implicit_heldout", "explanation", "absent", MULTI_KIND)
 # With T1 and T2 swapped, an increase becomes a decrease of the same class and the other way round.
-OPPOSITE_DIRECTION = {"increase": "decrease", "decrease": "increase"}
 
 
 def group_of(sample: dict) -> str:
@@ -80,21 +79,6 @@ def truth_key(truth: np.ndarray) -> str:
     "tree removed") get the same key."""
     truth = np.asarray(truth, dtype=bool)
     return f"{truth.shape}:{hashlib.blake2b(np.packbits(truth).tobytes(), digest_size=16).hexdigest()}"
-
-
-def swapped_order_truth_path(sample: dict) -> Path | None:
-    """
-    The mask file of the sample's CRoI in the opposite direction (its truth once T1 and T2 are swapped), for a
-    present increase or decrease question of a converted SECOND-layout set; None for any other sample. The file may
-    not exist: that direction changed too little to be asked about, and its truth counts as empty.
-    """
-    opposite = OPPOSITE_DIRECTION.get(sample.get("direction"))
-    if opposite is None or SEG not in sample["answer"] or not sample.get("pair_id") or not sample.get("croi"):
-        return None
-    path = Path(sample["mask_path"])
-    if path.name != mask_file_name(sample["pair_id"], sample["croi"], sample["direction"]):
-        return None  # not named by the converter: the opposite direction's file cannot be found
-    return path.with_name(mask_file_name(sample["pair_id"], sample["croi"], opposite))
 
 
 def with_dates_swapped(sample: dict) -> dict:

@@ -25,8 +25,8 @@ from torch import nn
 from reasoncd.data.images import read_mask
 from reasoncd.data.questions import CLASSES, DIRECTIONS, MULTI_KIND, absent_answer, multi_answer, plain_answers
 from reasoncd.data.samples import SEG, load_images, load_mask
-from reasoncd.evaluation.scoring import (batches_by_pair, pair_key, swap_sources, swapped_order_truth_path,
-                                         truth_key)
+from reasoncd.data.second import swapped_order_truth_path
+from reasoncd.evaluation.scoring import batches_by_pair, pair_key, swap_sources, truth_key
 
 SIDE = 128  # input side: T1 and T2 are resized to it
 WIDTHS = (32, 64, 128, 128)

@@ -28,6 +28,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--num_train_epochs", type=float)
     parser.add_argument("--learning_rate", type=float)
     parser.add_argument("--warmup_steps", type=int)
+    parser.add_argument("--weight_decay", type=float,
+                        help="AdamW's decoupled weight decay (not on biases and norms; default 0, as the paper)")
     parser.add_argument("--per_device_train_batch_size", type=int,
                         help="image pairs per device and step (all questions about a pair share its encoding)")
     parser.add_argument("--batch_size", type=int, help="effective batch in image pairs (gradient accumulation)")
@@ -95,6 +97,8 @@ def argument_problem(args) -> str | None:
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             return f"--{name} {value}: must be a positive number"
+    if args.weight_decay is not None and not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        return f"--weight_decay {args.weight_decay}: must be a number of at least 0"
     if args.max_steps == 0 or args.max_steps < -1:
         return f"--max_steps {args.max_steps}: give a positive number of steps, or -1 to train --num_train_epochs"
     if not 0 <= args.lora_dropout < 1:
@@ -117,6 +121,7 @@ def training_arguments(args) -> TrainingArguments:
         gradient_accumulation_steps=accumulation,
         learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
         lr_scheduler_type="linear",
         # One kernel over all parameters: the per-tensor loop took about half of a quickstart step on the CPU.
         optim="adamw_torch_fused",

@@ -1,12 +1,17 @@
 """Samples as training data: a `datasets.Dataset` with one row per image pair, and the collator that decodes a batch
 and builds the model's inputs with the processor."""
 
+from pathlib import Path
+
 import datasets
+import numpy as np
 import torch
 
 from reasoncd.data.augment import draw_transform, transform_view
+from reasoncd.data.images import read_mask
 from reasoncd.data.questions import asked_units
-from reasoncd.data.samples import group_by_pair, load_images, load_mask, load_target_masks
+from reasoncd.data.samples import SampleError, group_by_pair, load_images, load_mask, load_target_masks
+from reasoncd.data.second import swapped_order_truth_path
 from reasoncd.training.feature_cache import image_keys
 
 
@@ -22,6 +27,11 @@ def as_dataset(samples: list[dict]) -> datasets.Dataset:
     for sample in samples:
         asked.setdefault((sample["img1_path"], sample["img2_path"]), []).append(asked_units(sample))
     table["asked_units"] = [asked[(g["img1_path"], g["img2_path"])] for g in groups]
+    swapped: dict[tuple[str, str], list[str]] = {}  # "" where the question has no truth with the dates swapped
+    for sample in samples:
+        path = swapped_order_truth_path(sample)
+        swapped.setdefault((sample["img1_path"], sample["img2_path"]), []).append("" if path is None else str(path))
+    table["order_mask_paths"] = [swapped[(g["img1_path"], g["img2_path"])] for g in groups]
     return datasets.Dataset.from_dict(table)
 
 
@@ -31,9 +41,11 @@ def _as_samples(item: dict) -> list[dict]:
         return [item]
     return [{"img1_path": item["img1_path"], "img2_path": item["img2_path"], "mask_path": mask,
              "question": question, "answer": answer,
-             "targets": [{"present": True, "mask_path": path} for path in targets], "asked_units": units}
-            for question, answer, mask, targets, units in zip(item["questions"], item["answers"], item["mask_paths"],
-                                                              item["target_mask_paths"], item["asked_units"])]
+             "targets": [{"present": True, "mask_path": path} for path in targets], "asked_units": units,
+             "order_mask_path": swapped or None}
+            for question, answer, mask, targets, units, swapped in zip(
+                item["questions"], item["answers"], item["mask_paths"], item["target_mask_paths"],
+                item["asked_units"], item["order_mask_paths"])]
 
 
 class ReasonCDCollator:
@@ -44,9 +56,10 @@ class ReasonCDCollator:
     it)."""
 
     def __init__(self, processor, *, cache_keys: bool = False, croi_units: tuple[str, ...] = (),
-                 augmentation: str = "none"):
+                 augmentation: str = "none", order_truths: bool = False):
         self.processor = processor
         self.augmentation = augmentation
+        self.order_truths = order_truths  # the model trains `order_loss_weight`: each row's truth, dates swapped
         self.cache_keys = cache_keys  # content keys for the frozen-feature cache, hashed here on the CPU
         self.croi_units = tuple(croi_units)  # the model's CRoI head labels (`ReasonCDConfig.croi_units`), if any
 
@@ -66,13 +79,26 @@ class ReasonCDCollator:
                 targets[row, self.croi_units.index(unit)] = 1.0
         return targets
 
+    @staticmethod
+    def _order_truth(sample: dict, size: tuple[int, int], transform: int):
+        """The sample's truth with T1 and T2 swapped (its opposite direction's mask; empty where that file does not
+        exist, as that direction did not change), under the pair's transform; None where it has none."""
+        path = sample.get("order_mask_path") if "order_mask_path" in sample else swapped_order_truth_path(sample)
+        if not path:
+            return None
+        truth = read_mask(path) if Path(path).is_file() else np.zeros(size, dtype=bool)
+        if truth.shape != tuple(size):
+            raise SampleError(f"{path}: mask {truth.shape} does not match the images {tuple(size)}")
+        return transform_view(truth, transform) if transform else truth
+
     def evaluation(self) -> "ReasonCDCollator":
         """The same collator without augmentation, for validation batches."""
-        return ReasonCDCollator(self.processor, cache_keys=self.cache_keys, croi_units=self.croi_units)
+        return ReasonCDCollator(self.processor, cache_keys=self.cache_keys, croi_units=self.croi_units,
+                                order_truths=self.order_truths)
 
     def __call__(self, batch: list[dict]) -> dict:
         samples = [sample for item in batch for sample in _as_samples(item)]
-        pair_of, pairs, transforms, pair_index, masks = {}, [], [], [], []
+        pair_of, pairs, transforms, pair_index, masks, order_masks = {}, [], [], [], [], []
         for sample in samples:
             key = (sample["img1_path"], sample["img2_path"])
             if key not in pair_of:  # each pair is decoded (and later encoded) once, however many questions
@@ -87,6 +113,8 @@ class ReasonCDCollator:
                 mask = ([transform_view(m, transforms[pair]) for m in mask] if isinstance(mask, list)
                         else transform_view(mask, transforms[pair]))
             masks.append(mask)
+            if self.order_truths:
+                order_masks.append(self._order_truth(sample, size, transforms[pair]))
         pairs = [tuple(transform_view(image, t) for image in pair) if t else pair for pair, t in zip(pairs, transforms)]
         inputs = dict(self.processor(
             images_t1=[p[0] for p in pairs],
@@ -99,6 +127,11 @@ class ReasonCDCollator:
         ))
         if self.croi_units:
             inputs["croi_targets"] = self._croi_targets(samples)
+        if self.order_truths:
+            inputs["order_known"] = torch.tensor([truth is not None for truth in order_masks])
+            size = inputs["masks"].shape[-2:]
+            inputs["order_masks"] = torch.stack([torch.zeros(size) if truth is None else torch.from_numpy(truth)
+                                                 for truth in order_masks]).float()
         if self.cache_keys:
             inputs["cache_keys"] = image_keys(inputs)
         return inputs

@@ -19,6 +19,7 @@ QUICKSTART = {
     "num_train_epochs": 8,
     "learning_rate": 1e-3,
     "warmup_steps": 30,
+    "weight_decay": 0.0,
     "per_device_train_batch_size": 2,  # image pairs, about 7 questions
     "batch_size": 2,
     "lora_rank": 16,
@@ -36,8 +37,8 @@ QUICKSTART = {
     "early_stopping_patience": 0,
     "augment": "none",
 }
-PAPER = {"num_train_epochs": 100, "learning_rate": 5e-5, "warmup_steps": 100, "per_device_train_batch_size": 4,
-         "batch_size": 16, "lora_rank": 8, "lora_targets": "q_proj,v_proj", "eval_steps": 200,
+PAPER = {"num_train_epochs": 100, "learning_rate": 5e-5, "warmup_steps": 100, "weight_decay": 0.0,
+         "per_device_train_batch_size": 4, "batch_size": 16, "lora_rank": 8, "lora_targets": "q_proj,v_proj", "eval_steps": 200,
          "full_embeddings": False, "train_vision_tower": False, "early_stopping_patience": 5,
          "augment": "none"}
 

@@ -207,11 +207,12 @@ def tiny():
     return model.eval(), processor
 
 
-@pytest.mark.parametrize("fusion_film", [False, True])
-def test_counterfactual_decoding_with_each_rows_own_state_gives_the_models_masks(synthetic_samples, fusion_film):
+@pytest.mark.parametrize("release", ["shared fusion", "fusion_film", "saved before fusion_film"])
+def test_counterfactual_decoding_with_each_rows_own_state_gives_the_models_masks(synthetic_samples, release):
     from reasoncd.build import build_tiny
 
-    model, processor = build_tiny(seed=0, fusion_film=fusion_film)  # with it, each state fuses its pair's levels
+    # With fusion_film each state fuses its pair's levels.
+    model, processor = build_tiny(seed=0, fusion_film=release == "fusion_film")
     model.eval()
     batch = [sample for sample in synthetic_samples if SEG in sample["answer"] and sample["kind"] != "multi"][:5]
     assert len({sample["pair_id"] for sample in batch}) > 1  # rows must find their own pair's embedding
@@ -219,6 +220,10 @@ def test_counterfactual_decoding_with_each_rows_own_state_gives_the_models_masks
     with torch.no_grad():
         features = encode_batch(model, inputs)
         outputs = model(**inputs, frozen_features=features)
+    if release == "saved before fusion_film":  # its modeling code: the embedding alone, no per-date features
+        embeddings, decode = model.mask_embeddings, model.decode_masks
+        model.mask_embeddings = lambda *args: embeddings(*args)[0]
+        model.decode_masks = lambda image_embeddings, seg_hidden_states: decode(image_embeddings, seg_hidden_states)
     rows = inputs["pair_index"]
     own = processor.post_process_masks(outputs.pred_masks, outputs.seg_present, inputs["reshaped_sizes"][rows],
                                        inputs["image_sizes"][rows].tolist())

@@ -169,13 +169,14 @@ def counterfactual_masks(model, processor, inputs, features, seg_hidden_states: 
     swapped: list[np.ndarray | None] = [None] * len(sources)
     if not rows:
         return swapped
-    embeddings, date_features = model.mask_embeddings(features, inputs["sam_pixel_values_t1"],
-                                                      inputs["sam_pixel_values_t2"])
+    embeddings = model.mask_embeddings(features, inputs["sam_pixel_values_t1"], inputs["sam_pixel_values_t2"])
+    # A checkpoint saved before `fusion_film` existed brings modeling code that returns the embedding alone.
+    embeddings, date_features = embeddings if isinstance(embeddings, tuple) else (embeddings, None)
     device = inputs["pair_index"].device
     pairs = inputs["pair_index"][torch.tensor(rows, device=device)]
     donors = torch.tensor([sources[row] for row in rows], device=seg_hidden_states.device)
-    logits = model.decode_masks(embeddings[pairs], seg_hidden_states[donors],
-                                date_features=per_prompt(date_features, pairs))
+    per_date = {} if date_features is None else {"date_features": per_prompt(date_features, pairs)}
+    logits = model.decode_masks(embeddings[pairs], seg_hidden_states[donors], **per_date)
     pairs = pairs.cpu()
     masks = processor.post_process_masks(logits, [True] * len(rows), inputs["reshaped_sizes"].cpu()[pairs],
                                          inputs["image_sizes"].cpu()[pairs].tolist())

@@ -1105,14 +1105,16 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             decided = (input_ids[:, 1:] == self.config.seg_token_id).any(dim=1)
             planned = None if self.croi_plan is None else reference_units(
                 croi_targets, input_ids.shape[0], len(self.config.croi_units), input_ids.device)
-            logits, last_hidden = run_language_model(inputs_embeds + after * self.question_read(decided, planned)[:, None])
+            read = self.question_read(decided, planned)
+            logits, last_hidden = run_language_model(inputs_embeds + after * read[:, None])
             presence_logits, question_masks = self.question_presence(
                 last_hidden[rows, question_end], mask_embeds[pair_index], per_prompt(date_features, pair_index))
             own = presence_logits > 0
             own_units = None if self.croi_plan is None else self.croi_head(last_hidden[rows, question_end]) > 0
             differs = bool((own != decided).any()) or (own_units is not None and bool((own_units != planned).any()))
             if not self.training and differs:
-                logits, last_hidden = run_language_model(inputs_embeds + after * self.question_read(own, own_units)[:, None])
+                read = self.question_read(own, own_units)
+                logits, last_hidden = run_language_model(inputs_embeds + after * read[:, None])
         croi_logits = None if self.croi_head is None else self.croi_head(last_hidden[rows, question_end])
         target_present, target_hidden = self._seg_states_teacher_forced(input_ids, last_hidden)
         seg_present, seg_hidden = target_present[:, 0], target_hidden[:, 0]

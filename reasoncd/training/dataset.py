@@ -23,15 +23,17 @@ def as_dataset(samples: list[dict]) -> datasets.Dataset:
     groups = group_by_pair(samples)
     columns = ("img1_path", "img2_path", "pair_id", "questions", "answers", "mask_paths", "target_mask_paths")
     table = {key: [g[key] for g in groups] for key in columns}
-    asked: dict[tuple[str, str], list[list[str]]] = {}  # in the order group_by_pair lists each pair's questions
+    # Per question, in the order group_by_pair lists each pair's questions: the units it asks about, and the mask
+    # file of its truth with the dates swapped ("" where it has none).
+    per_pair: dict[tuple[str, str], dict[str, list]] = {}
     for sample in samples:
-        asked.setdefault((sample["img1_path"], sample["img2_path"]), []).append(asked_units(sample))
-    table["asked_units"] = [asked[(g["img1_path"], g["img2_path"])] for g in groups]
-    swapped: dict[tuple[str, str], list[str]] = {}  # "" where the question has no truth with the dates swapped
-    for sample in samples:
-        path = swapped_order_truth_path(sample)
-        swapped.setdefault((sample["img1_path"], sample["img2_path"]), []).append("" if path is None else str(path))
-    table["order_mask_paths"] = [swapped[(g["img1_path"], g["img2_path"])] for g in groups]
+        pair = per_pair.setdefault((sample["img1_path"], sample["img2_path"]),
+                                   {"asked_units": [], "order_mask_paths": []})
+        pair["asked_units"].append(asked_units(sample))
+        swapped = swapped_order_truth_path(sample)
+        pair["order_mask_paths"].append("" if swapped is None else str(swapped))
+    for column in ("asked_units", "order_mask_paths"):
+        table[column] = [per_pair[(g["img1_path"], g["img2_path"])][column] for g in groups]
     return datasets.Dataset.from_dict(table)
 
 

@@ -38,8 +38,8 @@ QUICKSTART = {
     "augment": "none",
 }
 PAPER = {"num_train_epochs": 100, "learning_rate": 5e-5, "warmup_steps": 100, "weight_decay": 0.0,
-         "per_device_train_batch_size": 4, "batch_size": 16, "lora_rank": 8, "lora_targets": "q_proj,v_proj", "eval_steps": 200,
-         "full_embeddings": False, "train_vision_tower": False, "early_stopping_patience": 5,
+         "per_device_train_batch_size": 4, "batch_size": 16, "lora_rank": 8, "lora_targets": "q_proj,v_proj",
+         "eval_steps": 200, "full_embeddings": False, "train_vision_tower": False, "early_stopping_patience": 5,
          "augment": "none"}
 
 

@@ -290,6 +290,17 @@ TRAINING_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight", "p
 OPTION_FLAGS = {"use_feature_fusion": "--no_fusion"}
 
 
+def loss_weight(text: str) -> float:
+    """An argparse type: a finite weight of at least 0."""
+    import argparse
+    import math
+
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0.0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a weight of at least 0")
+    return value
+
+
 def dropout_probability(text: str) -> float:
     """An argparse type: a probability in [0, 1)."""
     import argparse
@@ -318,18 +329,18 @@ def add_option_arguments(parser) -> None:
                        "image embedding's channels")
     group.add_argument("--change_tokens", action=argparse.BooleanOptionalAction, default=None,
                        help="add the fusion module's change embedding to the later image's tokens")
-    group.add_argument("--other_change_bce_weight", type=float,
+    group.add_argument("--other_change_bce_weight", type=loss_weight,
                        help="BCE weight of pixels that changed for another question about the pair but not this one")
-    group.add_argument("--answer_decision_loss_weight", type=float,
+    group.add_argument("--answer_decision_loss_weight", type=loss_weight,
                        help="CE weight of an answer's first two (present/absent) tokens")
     group.add_argument("--presence_head", action=argparse.BooleanOptionalAction, default=None,
                        help="a presence decision learned on every question, which the answer follows")
-    group.add_argument("--presence_loss_weight", type=float, help="weight of the presence head's loss")
+    group.add_argument("--presence_loss_weight", type=loss_weight, help="weight of the presence head's loss")
     group.add_argument("--question_mask", action=argparse.BooleanOptionalAction, default=None,
                        help="every question, absent ones included, also gets a mask from its state at </p>, "
                        "trained toward its truth (empty when absent); the presence decision reads its evidence")
-    group.add_argument("--question_mask_loss_weight", type=float, help="weight of the question mask's loss")
-    group.add_argument("--croi_loss_weight", type=float,
+    group.add_argument("--question_mask_loss_weight", type=loss_weight, help="weight of the question mask's loss")
+    group.add_argument("--croi_loss_weight", type=loss_weight,
                        help="weight of the CRoI head's loss (0: the state at </p> is not taught what was asked)")
     group.add_argument("--presence_reads_croi", action=argparse.BooleanOptionalAction, default=None,
                        help="the presence decision and the question mask read the CRoI head's probabilities instead "
@@ -340,7 +351,7 @@ def add_option_arguments(parser) -> None:
     group.add_argument("--croi_plan", action=argparse.BooleanOptionalAction, default=None,
                        help="the units the CRoI head names are added to every token after </p>, so that a long "
                        "answer keeps naming the change the question was read as")
-    group.add_argument("--order_loss_weight", type=float,
+    group.add_argument("--order_loss_weight", type=loss_weight,
                        help="weight of a mask decoded for each increase or decrease question with T1 and T2 swapped, "
                        "trained toward the opposite direction's truth (0: off)")
     group.add_argument("--image_token_dropout", type=dropout_probability,

@@ -43,6 +43,8 @@ def refused(args: list[str], capsys) -> str:
     (["--lora_dropout", "1.5"], "--lora_dropout 1.5: must be in [0, 1)"),
     (["--warmup_steps", "-5"], "--warmup_steps -5: must be at least 0"),
     (["--weight_decay", "-0.1"], "--weight_decay -0.1: must be a number of at least 0"),
+    (["--order_loss_weight", "-1"], "--order_loss_weight: '-1' is not a weight of at least 0"),
+    (["--croi_loss_weight", "inf"], "--croi_loss_weight: 'inf' is not a weight of at least 0"),
     (["--eval_steps", "0"], "--eval_steps 0: must be at least 1"),
     (["--lora_targets", "q_proj,,v_proj"], "give comma-separated module names"),
     (["--lora_targets", "q_proj,query"], "the language model has no query layer; its linear layers are"),

@@ -155,6 +155,7 @@ def _progress(items, enabled: bool, description: str):
     return tqdm(items, desc=description)
 
 
+# With T1 and T2 swapped, an increase becomes a decrease of the same class and the other way round.
 OPPOSITE_DIRECTION = {"increase": "decrease", "decrease": "increase"}
 
 

@@ -44,7 +44,6 @@ from reasoncd.data.second import swapped_order_truth_path
 from reasoncd.evaluation.targets import MultiTargetScore
 
 GROUPS = ("explicit", "implicit_seen", "implicit_heldout", "explanation", "absent", MULTI_KIND)
-# With T1 and T2 swapped, an increase becomes a decrease of the same class and the other way round.
 
 
 def group_of(sample: dict) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from reasoncd.stopping import Stopped, note, stoppable
+from reasoncd.stopping import note, raised, stoppable
 from reasoncd.write_faults import WriteFault
 
 REFUSED = 2
@@ -24,13 +24,20 @@ WRITE_REFUSED = 3
 
 
 def run_command(command: str, work: Callable[[], int]) -> int:
-    """`work()`'s status; a refused write or a stop signal in it ends the command with its message and status."""
+    """`work()`'s status; a refused write or a stop signal in it ends the command with its message and status. A
+    stop counts even where a library turned it into an error of its own (reasoncd/stopping.py)."""
     with stoppable():
         try:
-            return work()
+            status = work()
         except WriteFault as error:
-            print(f"{command}: error: {error}", file=sys.stderr)
-            return WRITE_REFUSED
-        except Stopped as stop:
-            print(f"{command}: stopped by {stop.name}: {note()}", file=sys.stderr)
-            return stop.code
+            if raised() is None:
+                print(f"{command}: error: {error}", file=sys.stderr)
+                return WRITE_REFUSED
+        except BaseException:  # a stop, as such or as whatever a library made of it
+            if raised() is None:
+                raise
+        stop = raised()
+        if stop is None:
+            return status
+        print(f"{command}: stopped by {stop.name}: {note()}", file=sys.stderr)
+        return stop.code

@@ -8,6 +8,10 @@ finished tiles stay for the next run (reasoncd/io.py). Steps that must not be cu
 place) run under `deferred()`: a signal that arrives there is acted on once they are done. Further signals while
 the command is already stopping are ignored, so that its clean-up is not cut short either.
 
+A library may catch the `Stopped` raised inside its own code and raise an error of its own instead (pybind11 turns
+any exception during an extension module's import into "ImportError: initialization failed"), which the command may
+then refuse as bad input. `raised()` keeps the stop that was raised, so the command still ends as stopped.
+
 `note()` says, for the stop message, where the outputs stand; reasoncd/io.py keeps it up to date.
 """
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Iterator
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 NOTHING_WRITTEN = "nothing was written"
 
-_state = {"deferring": 0, "pending": None, "stopping": False, "installed": 0, "note": NOTHING_WRITTEN}
+_state = {"deferring": 0, "pending": None, "stopping": False, "raised": None, "installed": 0, "note": NOTHING_WRITTEN}
 
 
 class Stopped(SystemExit):
@@ -38,8 +42,8 @@ def _handle(signum, frame) -> None:
     if _state["deferring"]:
         _state["pending"] = signum
         return
-    _state["stopping"] = True
-    raise Stopped(signum)
+    _state.update(stopping=True, raised=Stopped(signum))
+    raise _state["raised"]
 
 
 @contextlib.contextmanager
@@ -50,13 +54,13 @@ def stoppable() -> Iterator[None]:
         yield
         return
     previous = {sig: signal.signal(sig, _handle) for sig in SIGNALS}
-    _state.update(installed=_state["installed"] + 1, stopping=False, pending=None, note=NOTHING_WRITTEN)
+    _state.update(installed=_state["installed"] + 1, stopping=False, pending=None, raised=None, note=NOTHING_WRITTEN)
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _state.update(installed=_state["installed"] - 1, stopping=False, pending=None)
+        _state.update(installed=_state["installed"] - 1, stopping=False, pending=None, raised=None)
 
 
 @contextlib.contextmanager
@@ -69,8 +73,13 @@ def deferred() -> Iterator[None]:
         _state["deferring"] -= 1
         signum = _state["pending"]
         if not _state["deferring"] and signum is not None and _state["installed"]:
-            _state.update(pending=None, stopping=True)
-            raise Stopped(signum)
+            _state.update(pending=None, stopping=True, raised=Stopped(signum))
+            raise _state["raised"]
+
+
+def raised() -> Stopped | None:
+    """The stop raised inside the current `stoppable()` block, whatever became of it on its way out."""
+    return _state["raised"]
 
 
 def set_note(text: str) -> None:

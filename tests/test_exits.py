@@ -3,6 +3,9 @@ with one line that says what happened and where the outputs stand."""
 import errno
 import os
 import signal
+import sys
+
+import pytest
 
 from reasoncd import stopping
 from reasoncd.exits import REFUSED, WRITE_REFUSED, run_command
@@ -45,3 +48,38 @@ def test_a_stop_before_any_output_says_so(capsys):
 
     assert run_command("export.py", work) == 130
     assert capsys.readouterr().err == "export.py: stopped by SIGINT: nothing was written\n"
+
+
+def _import_that_turns_the_stop_into_its_own_error():
+    """As a pybind11 extension module does when the signal's exception is raised during its import."""
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+    except stopping.Stopped as stop:
+        raise ImportError("initialization failed") from stop
+
+
+def test_a_stop_that_a_library_turned_into_an_error_the_command_refuses_still_ends_as_stopped(capsys):
+    def work():
+        stopping.set_note("runs/eval was left as it was")
+        try:
+            _import_that_turns_the_stop_into_its_own_error()
+        except ImportError as error:
+            print(f"eval.py: error: {error}", file=sys.stderr)
+            return REFUSED
+
+    assert run_command("eval.py", work) == 143
+    assert capsys.readouterr().err.endswith("eval.py: stopped by SIGTERM: runs/eval was left as it was\n")
+    assert run_command("eval.py", lambda: REFUSED) == 2  # the next command starts with no stop on record
+
+
+def test_a_stop_that_a_library_turned_into_an_uncaught_error_ends_as_stopped(capsys):
+    assert run_command("export.py", _import_that_turns_the_stop_into_its_own_error) == 143
+    assert capsys.readouterr().err == "export.py: stopped by SIGTERM: nothing was written\n"
+
+
+def test_errors_without_a_stop_are_not_swallowed():
+    def work():
+        raise ImportError("no module named bitsandbytes")
+
+    with pytest.raises(ImportError, match="bitsandbytes"):
+        run_command("eval.py", work)

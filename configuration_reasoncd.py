@@ -263,6 +263,11 @@ class ReasonCDConfig(PretrainedConfig):
             masks) toward the opposite direction's truth, empty where that direction did not change. Training
             otherwise asks "new buildings" only where buildings appeared, so the mask path can learn "buildings
             changed" and never tell which date came first.
+        order_presence_loss_weight (`float`, 0 = off; needs `presence_head`): in training, the same questions'
+            presence decision (and, with `question_mask`, their question mask) also read their pair fused with T1
+            and T2 swapped, trained toward the opposite direction's truth: absent (and an empty mask) where that
+            direction did not change. Asked "new buildings" of a pair whose buildings were torn down, the decision,
+            which chooses between pointing at a mask and "no change of interest", must read which date came first.
         image_token_dropout (`float`, 0 to < 1): in training, each of a pair's image tokens (the projected CLIP
             features, with `change_tokens` also the change embedding they carry) reaches the language model as a
             zero vector with this probability, drawn per pair and token. The image encoders train on a few hundred
@@ -315,6 +320,7 @@ class ReasonCDConfig(PretrainedConfig):
         question_token_dropout=0.0,
         image_token_dropout=0.0,
         order_loss_weight=0.0,
+        order_presence_loss_weight=0.0,
         initializer_range=0.02,
         tie_word_embeddings=False,
         **kwargs,
@@ -400,6 +406,11 @@ class ReasonCDConfig(PretrainedConfig):
         if not order_loss_weight >= 0.0:
             raise ValueError(f"order_loss_weight={order_loss_weight!r}: a weight of at least 0")
         self.order_loss_weight = float(order_loss_weight)
+        if not order_presence_loss_weight >= 0.0:
+            raise ValueError(f"order_presence_loss_weight={order_presence_loss_weight!r}: a weight of at least 0")
+        if order_presence_loss_weight and not presence_head:
+            raise ValueError("order_presence_loss_weight needs presence_head=True: it trains the presence decision")
+        self.order_presence_loss_weight = float(order_presence_loss_weight)
         self.initializer_range = initializer_range
         super().__init__(
             pad_token_id=pad_token_id,
@@ -421,6 +432,12 @@ class ReasonCDConfig(PretrainedConfig):
             else:
                 kwargs[key] = value
         return cls(**kwargs)
+
+    @property
+    def learns_date_order(self) -> bool:
+        """Whether training reads each question's truth with T1 and T2 swapped (`order_loss_weight`,
+        `order_presence_loss_weight`)."""
+        return self.order_loss_weight > 0 or self.order_presence_loss_weight > 0
 
     @property
     def new_token_ids(self) -> list[int]:

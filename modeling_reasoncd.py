@@ -95,8 +95,10 @@ class ReasonCDOutput(ModelOutput):
         croi_loss (`torch.FloatTensor` of shape `()`, *optional*): with `croi_units` and `croi_targets`, that
             head's binary cross-entropy over the rows whose units are known (`loss` adds it times
             `croi_loss_weight`).
-        order_loss (`torch.FloatTensor` of shape `()`, *optional*): with `order_loss_weight` and rows that have a
-            truth with the dates swapped, the weighted BCE and Dice of their masks decoded in that order (in `loss`).
+        order_loss (`torch.FloatTensor` of shape `()`, *optional*): with `order_loss_weight` or
+            `order_presence_loss_weight` and rows that have a truth with the dates swapped, the weighted terms of
+            those rows read in that order (in `loss`): their masks' BCE and Dice, their presence decisions' BCE and
+            their question masks' BCE and Dice.
     """
 
     loss: torch.FloatTensor | None = None
@@ -972,22 +974,39 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         return (hyper.unsqueeze(1) @ upscaled.reshape(b, c, uh * uw)).reshape(b, uh, uw)
 
     def _order_loss(self, features, sam_pixel_values_t1, sam_pixel_values_t2, date_features, rows, seg_hidden,
-                    order_masks, masks, reshaped_sizes, pair_index) -> torch.Tensor:
+                    question_states, order_masks, masks, reshaped_sizes, pair_index) -> torch.Tensor:
         """
-        `order_loss_weight`'s term, unweighted: the first `[SEG]` state of each of `rows` decoded over its pair with
-        T1 and T2 swapped, against `order_masks` (the truth in that order). Every pixel that changed for a question
-        about the pair outside that truth (the asked change itself among them) is a hard negative, as in
-        `mask_losses`.
+        The order terms of `rows`, weighted: each row's pair is fused with T1 and T2 swapped, and its truth in that
+        order is `order_masks`. With `order_loss_weight`, the row's first `[SEG]` state decodes a mask over it
+        (BCE and Dice); with `order_presence_loss_weight`, its presence decision reads it from the row's state at
+        `</p>` (`question_states`) and is trained toward "present" only where that truth is not empty (BCE), and
+        its question mask toward that truth (BCE and Dice). Every pixel that changed for a question about the pair
+        outside that truth (the asked change itself among them) is a hard negative, as in `mask_losses`.
         """
+        cfg = self.config
         swapped = self.feature_fusion(features.sam_features_t2, features.sam_features_t1, sam_pixel_values_t2,
                                       sam_pixel_values_t1)
         pairs = pair_index[rows]
         dates = None if date_features is None else date_features.flip(0)[:, pairs]
-        logits = self.decode_masks(swapped[pairs], seg_hidden[rows], date_features=dates)
         changed = changed_in_each_rows_pair(masks if masks.dim() == 4 else masks[:, None], pair_index)[rows]
-        bce, dice = mask_losses(logits[:, None], torch.ones_like(rows, dtype=torch.bool)[:, None], order_masks[rows],
-                                reshaped_sizes, pairs, self.config, changed=changed)
-        return self.config.bce_loss_weight * bce + self.config.dice_loss_weight * dice
+        truths, every_row = order_masks[rows], torch.ones_like(rows, dtype=torch.bool)[:, None]
+
+        def mask_term(logits):
+            bce, dice = mask_losses(logits[:, None], every_row, truths, reshaped_sizes, pairs, cfg, changed=changed)
+            return cfg.bce_loss_weight * bce + cfg.dice_loss_weight * dice
+
+        loss = 0.0
+        if cfg.order_loss_weight:
+            loss = loss + cfg.order_loss_weight * mask_term(
+                self.decode_masks(swapped[pairs], seg_hidden[rows], date_features=dates))
+        if cfg.order_presence_loss_weight:
+            logits, question_masks = self.question_presence(question_states[rows], swapped[pairs], dates)
+            present = (truths > 0.5).flatten(1).any(dim=1)
+            term = F.binary_cross_entropy_with_logits(logits.float(), present.float())
+            if question_masks is not None:
+                term = term + cfg.question_mask_loss_weight * mask_term(question_masks)
+            loss = loss + cfg.order_presence_loss_weight * term
+        return loss
 
     def question_read(self, present: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
         """
@@ -1065,7 +1084,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             frozen_features: precomputed CLIP/SAM features (the training cache); skips the frozen encoders.
             croi_targets (`(B, len(croi_units))`): with a CRoI head, 1 for each unit the question asks about, 0
                 for the others, a row of -1 where unknown (the collator builds it).
-            order_masks (`(B, H, W)`), order_known (`(B,)` bool): with `order_loss_weight`, each row's truth with T1
+            order_masks (`(B, H, W)`), order_known (`(B,)` bool): with `learns_date_order`, each row's truth with T1
                 and T2 swapped, where it has one (the collator builds them with `order_truths`).
             image_sizes: accepted and unused, so that the processor's output can be passed as `**inputs`; masks are
                 compared with the ground truth at its own size.
@@ -1142,10 +1161,11 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             elif croi_logits is not None:  # nothing known to learn from: reached with weight zero, as the mask path
                 loss = loss + 0.0 * croi_logits.sum()
             order_rows = None if order_known is None else (order_known.to(seg_present.device) & seg_present)
-            if cfg.order_loss_weight and masks is not None and order_rows is not None and bool(order_rows.any()):
-                order_loss = cfg.order_loss_weight * self._order_loss(
+            if cfg.learns_date_order and masks is not None and order_rows is not None and bool(order_rows.any()):
+                order_loss = self._order_loss(
                     features, sam_pixel_values_t1, sam_pixel_values_t2, date_features, order_rows.nonzero()[:, 0],
-                    seg_hidden, order_masks, masks, reshaped_sizes, pair_index)
+                    seg_hidden, None if question_end is None else last_hidden[rows, question_end], order_masks,
+                    masks, reshaped_sizes, pair_index)
                 loss = loss + order_loss
             if self.training and not bool(seg_present.any()):
                 # No mask to learn from in this batch (only absent CRoIs): the mask path still runs once, weighted

@@ -284,7 +284,7 @@ ARCHITECTURE_OPTIONS = ("use_feature_fusion", "seg_state_norm", "mask_conditioni
                         "question_mask", "presence_reads_croi", "fusion_film", "croi_plan")
 # Loss weights and the token dropouts: they shape training only, so any model may change them.
 TRAINING_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight", "presence_loss_weight",
-                    "question_mask_loss_weight", "croi_loss_weight", "order_loss_weight",
+                    "question_mask_loss_weight", "croi_loss_weight", "order_loss_weight", "order_presence_loss_weight",
                     "question_token_dropout", "image_token_dropout")
 # The flag of an option whose name on the command line is not the config field's.
 OPTION_FLAGS = {"use_feature_fusion": "--no_fusion"}
@@ -354,6 +354,9 @@ def add_option_arguments(parser) -> None:
     group.add_argument("--order_loss_weight", type=loss_weight,
                        help="weight of a mask decoded for each increase or decrease question with T1 and T2 swapped, "
                        "trained toward the opposite direction's truth (0: off)")
+    group.add_argument("--order_presence_loss_weight", type=loss_weight,
+                       help="weight of the presence decision (and question mask) of each increase or decrease "
+                       "question read with T1 and T2 swapped, trained toward the opposite direction's truth (0: off)")
     group.add_argument("--image_token_dropout", type=dropout_probability,
                        help="in training, each image token reaches the language model as zeros with this probability")
     group.add_argument("--question_token_dropout", type=dropout_probability,

@@ -711,9 +711,12 @@ def test_image_token_dropout_zeroes_whole_image_tokens_per_pair_in_training_only
         ReasonCDConfig.from_preset("tiny", image_token_dropout=1.0)
 
 
-# --- order_loss_weight: each [SEG] state also decodes its pair with the dates swapped ---
-def test_the_order_loss_trains_the_swapped_pairs_mask_toward_the_swapped_truth_only_where_known(tiny):
-    model, processor = tiny
+# --- order_loss_weight and order_presence_loss_weight: each question also read with its pair's dates swapped ---
+def _order_passes(model, processor, weight_field: str) -> dict:
+    """Two questions about a pair, the first with a truth in the swapped order (known), the second without: the
+    outputs without the order term ("off"), with it and the known row's swapped truth empty ("empty"), with the
+    unknown row's truth changed too ("unknown row changed"), with the known row's truth full ("full"), with no row
+    known ("none known"), and with twice the weight ("doubled"); evaluation mode, so no dropout differs."""
     truth = np.zeros((96, 128), bool)
     truth[20:60, 30:90] = True
     inputs = _pair_inputs(processor, ["new buildings", "removed trees"],
@@ -721,25 +724,85 @@ def test_the_order_loss_trains_the_swapped_pairs_mask_toward_the_swapped_truth_o
     known = torch.tensor([True, False])
     empty, full = torch.zeros(2, 96, 128), torch.ones(2, 96, 128)
     model.config.question_token_dropout = 0.0
+    model.eval()
     try:
-        model.eval()  # no dropout: passes that differ only in their order truths give the same other terms
-        off = model(**inputs, order_masks=empty, order_known=known)
-        model.config.order_loss_weight = 2.0
-        with_empty = model(**inputs, order_masks=empty, order_known=known)
-        unknown_row_changed = model(**inputs, order_masks=torch.stack([empty[0], full[1]]), order_known=known)
-        with_full = model(**inputs, order_masks=full, order_known=known)
-        none_known = model(**inputs, order_masks=full, order_known=torch.tensor([False, False]))
+        outputs = {"off": model(**inputs, order_masks=empty, order_known=known)}
+        setattr(model.config, weight_field, 1.0)
+        outputs["empty"] = model(**inputs, order_masks=empty, order_known=known)
+        outputs["unknown row changed"] = model(**inputs, order_masks=torch.stack([empty[0], full[1]]),
+                                               order_known=known)
+        outputs["full"] = model(**inputs, order_masks=full, order_known=known)
+        outputs["none known"] = model(**inputs, order_masks=full, order_known=torch.tensor([False, False]))
+        setattr(model.config, weight_field, 2.0)
+        outputs["doubled"] = model(**inputs, order_masks=empty, order_known=known)
     finally:
-        model.config.order_loss_weight = 0.0
+        setattr(model.config, weight_field, 0.0)
         model.config.question_token_dropout = 0.15
-    assert off.order_loss is None and none_known.order_loss is None
-    torch.testing.assert_close(with_empty.loss, off.loss + with_empty.order_loss)
-    torch.testing.assert_close(unknown_row_changed.loss, with_empty.loss)  # a row without a swapped truth: no term
-    assert abs(float(with_full.order_loss - with_empty.order_loss)) > 1e-3  # the known row's truth is the target
+    assert outputs["off"].order_loss is None and outputs["none known"].order_loss is None
+    torch.testing.assert_close(outputs["empty"].loss, outputs["off"].loss + outputs["empty"].order_loss)
+    torch.testing.assert_close(outputs["doubled"].order_loss, 2 * outputs["empty"].order_loss)
+    # a row without a swapped truth adds no term; the known row's truth is the target
+    torch.testing.assert_close(outputs["unknown row changed"].loss, outputs["empty"].loss)
+    assert abs(float(outputs["full"].order_loss - outputs["empty"].order_loss)) > 1e-3
+    return outputs
+
+
+def _reached(model, loss, modules) -> list[bool]:
+    """Whether `loss`'s gradient reaches each of `modules`."""
     model.zero_grad()
-    with_empty.order_loss.backward()
-    assert model.sam_mask_decoder.output_upscaling[0].weight.grad.abs().sum() > 0
-    assert model.feature_fusion.pair_attention.mlp[0].weight.grad.abs().sum() > 0
+    loss.backward()
+    reached = [bool(sum(p.grad.abs().sum() for p in module.parameters() if p.grad is not None) > 0)
+               for module in modules]
     model.zero_grad()
+    return reached
+
+
+def test_the_order_loss_trains_the_swapped_pairs_mask_toward_the_swapped_truth_only_where_known(tiny):
+    model, processor = tiny
+    order_loss = _order_passes(model, processor, "order_loss_weight")["doubled"].order_loss
+    assert _reached(model, order_loss, (model.sam_mask_decoder.output_upscaling[0],
+                                        model.feature_fusion.pair_attention.mlp[0], model.presence.classifier)) == [
+        True, True, False]  # the mask path and the fusion module, not the presence decision
     with pytest.raises(ValueError, match="order_loss_weight=-1.0: a weight of at least 0"):
         ReasonCDConfig.from_preset("tiny", order_loss_weight=-1.0)
+
+
+def test_the_order_presence_loss_trains_the_decision_and_question_mask_on_the_swapped_pair_only_where_known(tiny):
+    model, processor = tiny
+    order_loss = _order_passes(model, processor, "order_presence_loss_weight")["doubled"].order_loss
+    assert _reached(model, order_loss, (model.presence.classifier, model.question_mask,
+                                        model.sam_mask_decoder.output_upscaling[0],
+                                        model.feature_fusion.pair_attention.mlp[0])) == [True] * 4
+
+
+def test_the_order_presence_loss_reads_the_swapped_pair_and_wants_absent_where_the_swapped_truth_is_empty(tiny,
+                                                                                                   monkeypatch):
+    model, processor = tiny
+    truth = np.zeros((96, 128), bool)
+    truth[20:60, 30:90] = True
+    inputs = _pair_inputs(processor, ["new buildings"], ["It's the new buildings [SEG]."], masks=[truth])
+    calls = []
+
+    def sure_it_is_there(states, change_embeddings, date_features=None):  # a decision of logit 3, no question mask
+        calls.append(change_embeddings.detach().clone())
+        return torch.full((states.shape[0],), 3.0), None
+
+    monkeypatch.setattr(model, "question_presence", sure_it_is_there)
+    monkeypatch.setattr(model.config, "question_token_dropout", 0.0)
+    monkeypatch.setattr(model.config, "order_presence_loss_weight", 1.0)
+    model.eval()
+    absent = model(**inputs, order_masks=torch.zeros(1, 96, 128), order_known=torch.tensor([True])).order_loss
+    present = model(**inputs, order_masks=torch.ones(1, 96, 128), order_known=torch.tensor([True])).order_loss
+    expected = F.binary_cross_entropy_with_logits(torch.tensor(3.0), torch.tensor(0.0))
+    torch.testing.assert_close(absent, expected)  # an empty swapped truth: the decision is trained toward absent
+    torch.testing.assert_close(present, F.binary_cross_entropy_with_logits(torch.tensor(3.0), torch.tensor(1.0)))
+    assert not torch.allclose(calls[0], calls[1])  # the pair's fusion with T1 first, then with T2 first
+
+
+def test_the_order_presence_loss_needs_the_presence_head_and_a_weight_of_at_least_0():
+    with pytest.raises(ValueError, match="order_presence_loss_weight=-0.5: a weight of at least 0"):
+        ReasonCDConfig.from_preset("tiny", order_presence_loss_weight=-0.5)
+    with pytest.raises(ValueError, match="order_presence_loss_weight needs presence_head=True"):
+        ReasonCDConfig.from_preset("tiny", presence_head=False, question_mask=False, order_presence_loss_weight=1.0)
+    assert ReasonCDConfig.from_preset("tiny", order_presence_loss_weight=1.0).learns_date_order
+    assert not ReasonCDConfig.from_preset("tiny").learns_date_order

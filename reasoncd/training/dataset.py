@@ -61,7 +61,7 @@ class ReasonCDCollator:
                  augmentation: str = "none", order_truths: bool = False):
         self.processor = processor
         self.augmentation = augmentation
-        self.order_truths = order_truths  # the model trains `order_loss_weight`: each row's truth, dates swapped
+        self.order_truths = order_truths  # the model learns the order of the dates: each row's truth, dates swapped
         self.cache_keys = cache_keys  # content keys for the frozen-feature cache, hashed here on the CPU
         self.croi_units = tuple(croi_units)  # the model's CRoI head labels (`ReasonCDConfig.croi_units`), if any
 

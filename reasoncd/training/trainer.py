@@ -248,7 +248,7 @@ def make_trainer(args, model, peft_model, processor, train_samples: list[dict], 
         eval_dataset=as_dataset(val_samples),  # scored by ReasonCDTrainer.evaluate
         data_collator=ReasonCDCollator(processor, cache_keys=cache is not None,
                                        croi_units=model.config.croi_units, augmentation=args.augment,
-                                       order_truths=model.config.order_loss_weight > 0),
+                                       order_truths=model.config.learns_date_order),
         processing_class=processor.tokenizer,
         callbacks=[interrupt] + ([EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience)]
                                  if args.early_stopping_patience else []),

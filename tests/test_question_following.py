@@ -562,26 +562,45 @@ def test_question_token_dropout_replaces_question_tokens_only_and_never_a_whole_
         ReasonCDConfig.from_preset("tiny", question_token_dropout=1.0)
 
 
-def test_question_token_dropout_reaches_the_language_model_in_training_only(tiny):
-    model, processor = tiny
-    inputs = _pair_inputs(processor, ["new buildings", "new ponds and lakes"],
-                          ["It's the new buildings [SEG].", "There is no change of interest."],
-                          masks=[np.ones((96, 128), bool), np.zeros((96, 128), bool)])
-    seen = []
-    hook = model.get_input_embeddings().register_forward_hook(lambda module, args, out: seen.append(args[0]))
-    model.config.question_token_dropout = 0.5
+def _present_and_absent_questions(processor):
+    return _pair_inputs(processor, ["new buildings", "new ponds and lakes"],
+                        ["It's the new buildings [SEG].", "There is no change of interest."],
+                        masks=[np.ones((96, 128), bool), np.zeros((96, 128), bool)])
+
+
+def _read_with_dropout(model, inputs, field: str, module, read) -> tuple[list, list, list, object]:
+    """What `module` is called with (`read(args, kwargs)`, every call) in an evaluation pass, in a training pass
+    with the dropout `field` at 0.5 (seed 0) and in a training pass with it at 0; and the dropped pass's output."""
+    calls = {"evaluation": [], "dropped": [], "undropped": []}
+    phase = ["evaluation"]
+    hook = module.register_forward_pre_hook(lambda _, args, kwargs: calls[phase[0]].append(read(args, kwargs)),
+                                            with_kwargs=True)
+    before = getattr(model.config, field)
+    setattr(model.config, field, 0.5)
     try:
         with torch.no_grad():
             model.eval()
             model(**inputs)
+            phase[0] = "dropped"
             torch.manual_seed(0)
             model.train()
             out = model(**inputs)
+            phase[0] = "undropped"
+            setattr(model.config, field, 0.0)
+            model(**inputs)
     finally:
         hook.remove()
-        model.config.question_token_dropout = 0.0
+        setattr(model.config, field, before)
         model.eval()
-    evaluated, trained = seen
+    return calls["evaluation"], calls["dropped"], calls["undropped"], out
+
+
+def test_question_token_dropout_reaches_the_language_model_in_training_only(tiny):
+    model, processor = tiny
+    inputs = _present_and_absent_questions(processor)
+    evaluated, dropped, _, out = _read_with_dropout(model, inputs, "question_token_dropout",
+                                                    model.get_input_embeddings(), lambda args, kwargs: args[0])
+    evaluated, trained = evaluated[0], dropped[0]
     assert torch.equal(evaluated, inputs["input_ids"])
     changed = (trained != inputs["input_ids"]).nonzero(as_tuple=True)[1]
     assert changed.numel() > 0
@@ -675,27 +694,11 @@ def test_croi_plan_feeds_the_references_units_in_training_and_the_heads_own_in_e
 
 def test_image_token_dropout_zeroes_whole_image_tokens_per_pair_in_training_only(tiny):
     model, processor = tiny
-    inputs = _pair_inputs(processor, ["new buildings", "new ponds and lakes"],
-                          ["It's the new buildings [SEG].", "There is no change of interest."],
-                          masks=[np.ones((96, 128), bool), np.zeros((96, 128), bool)])
-    seen = []
-    hook = model.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["inputs_embeds"]), with_kwargs=True)
-    model.config.image_token_dropout = 0.5
-    try:
-        with torch.no_grad():
-            model.eval()
-            model(**inputs)
-            torch.manual_seed(0)
-            model.train()
-            out = model(**inputs)
-            model.config.image_token_dropout = 0.0
-            model(**inputs)
-    finally:
-        hook.remove()
-        model.config.image_token_dropout = 0.0
-        model.eval()
-    evaluated, trained, undropped = seen[0], seen[-2], seen[-1]  # evaluation runs the pair's prompt once first
+    inputs = _present_and_absent_questions(processor)
+    evaluated, dropped, undropped, out = _read_with_dropout(model, inputs, "image_token_dropout", model.language_model,
+                                                            lambda args, kwargs: kwargs["inputs_embeds"])
+    # Evaluation runs the pair's prompt once first; training runs every row in one pass.
+    evaluated, trained, undropped = evaluated[0], dropped[0], undropped[0]
     ids = inputs["input_ids"]
     images = (ids == model.config.t1_token_id) | (ids == model.config.t2_token_id)
     zeroed = trained.abs().amax(dim=-1) == 0

@@ -1,6 +1,6 @@
 """Train ReasonCD with the Hugging Face Trainer, PEFT LoRA and (optionally) DeepSpeed.
 
-    python train.py                                   # the quickstart: synthetic data, tiny model, 12-15 min, 2 CPU cores
+    python train.py                                   # the quickstart: synthetic data, tiny model, 8-14 min, 2 CPU cores
     python train.py --data DATA --model CKPT --output_dir runs/mine [--bf16] [--deepspeed configs/ds_zero2.json]
     accelerate launch --config_file configs/accelerate_zero2.yaml train.py --data DATA --model CKPT ...
 

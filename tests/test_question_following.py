@@ -719,14 +719,13 @@ def _order_passes(model, processor, weight_field: str) -> dict:
     """Two questions about a pair, the first with a truth in the swapped order (known), the second without: the
     outputs without the order term ("off"), with it and the known row's swapped truth empty ("empty"), with the
     unknown row's truth changed too ("unknown row changed"), with the known row's truth full ("full"), with no row
-    known ("none known"), and with twice the weight ("doubled"); evaluation mode, so no dropout differs."""
+    known ("none known"), and with twice the weight ("doubled"); in evaluation mode, where no dropout draws."""
     truth = np.zeros((96, 128), bool)
     truth[20:60, 30:90] = True
     inputs = _pair_inputs(processor, ["new buildings", "removed trees"],
                           ["It's the new buildings [SEG].", "It's the removed trees [SEG]."], masks=[truth, truth])
     known = torch.tensor([True, False])
     empty, full = torch.zeros(2, 96, 128), torch.ones(2, 96, 128)
-    model.config.question_token_dropout = 0.0
     model.eval()
     try:
         outputs = {"off": model(**inputs, order_masks=empty, order_known=known)}
@@ -740,7 +739,6 @@ def _order_passes(model, processor, weight_field: str) -> dict:
         outputs["doubled"] = model(**inputs, order_masks=empty, order_known=known)
     finally:
         setattr(model.config, weight_field, 0.0)
-        model.config.question_token_dropout = 0.15
     assert outputs["off"].order_loss is None and outputs["none known"].order_loss is None
     torch.testing.assert_close(outputs["empty"].loss, outputs["off"].loss + outputs["empty"].order_loss)
     torch.testing.assert_close(outputs["doubled"].order_loss, 2 * outputs["empty"].order_loss)
@@ -791,7 +789,6 @@ def test_the_order_presence_loss_reads_the_swapped_pair_and_wants_absent_where_t
         return torch.full((states.shape[0],), 3.0), None
 
     monkeypatch.setattr(model, "question_presence", sure_it_is_there)
-    monkeypatch.setattr(model.config, "question_token_dropout", 0.0)
     monkeypatch.setattr(model.config, "order_presence_loss_weight", 1.0)
     model.eval()
     absent = model(**inputs, order_masks=torch.zeros(1, 96, 128), order_known=torch.tensor([True])).order_loss

@@ -272,6 +272,13 @@ class ReasonCDConfig(PretrainedConfig):
             features, with `change_tokens` also the change embedding they carry) reaches the language model as a
             zero vector with this probability, drawn per pair and token. The image encoders train on a few hundred
             pairs; an answer that reads every detail of a training pair's tokens reads an unseen pair's worse.
+        scheduled_sampling (`float`, 0 to 1): in training, a pass without gradients first predicts every answer
+            token from the reference's before it; each ordinary answer token it predicts wrongly is then replaced
+            by that prediction, with this probability, as the language model reads it (labels, `[SEG]` and `</s>`
+            stay the reference's). Teacher forcing alone shows the `[SEG]` state only the reference's words, while
+            generation writes its own, and an explanation's own (the land cover the other date shows, say) are
+            often not the reference's; the mask then follows the words. This costs a forward pass of the language
+            model per step.
         question_mask_loss_weight (`float`): weight of the question mask's BCE and Dice, relative to the `[SEG]`
             masks' (`bce_loss_weight`, `dice_loss_weight`).
     """
@@ -319,6 +326,7 @@ class ReasonCDConfig(PretrainedConfig):
         croi_plan=False,
         question_token_dropout=0.0,
         image_token_dropout=0.0,
+        scheduled_sampling=0.0,
         order_loss_weight=0.0,
         order_presence_loss_weight=0.0,
         initializer_range=0.02,
@@ -403,6 +411,9 @@ class ReasonCDConfig(PretrainedConfig):
         if not 0.0 <= image_token_dropout < 1.0:
             raise ValueError(f"image_token_dropout={image_token_dropout!r}: a probability in [0, 1)")
         self.image_token_dropout = float(image_token_dropout)
+        if not 0.0 <= scheduled_sampling <= 1.0:
+            raise ValueError(f"scheduled_sampling={scheduled_sampling!r}: a probability in [0, 1]")
+        self.scheduled_sampling = float(scheduled_sampling)
         if not order_loss_weight >= 0.0:
             raise ValueError(f"order_loss_weight={order_loss_weight!r}: a weight of at least 0")
         self.order_loss_weight = float(order_loss_weight)

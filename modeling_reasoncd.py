@@ -162,6 +162,27 @@ def noised_question_tokens(input_ids: torch.Tensor, config: ReasonCDConfig) -> t
     return torch.where(drawn, ordinary, input_ids)
 
 
+def self_fed_answer_tokens(read_ids: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor,
+                           logits: torch.Tensor, config: ReasonCDConfig) -> torch.Tensor:
+    """
+    `read_ids` with each answer token (`labels` != -100) that the model predicts wrongly replaced, with probability
+    `config.scheduled_sampling`, by its prediction (`logits` `(B, k, vocab)`: a pass over the same rows, its last k
+    positions). Only ordinary tokens are replaced, and only by ordinary tokens (ids above `eos_token_id`, below the
+    new tokens'): `[SEG]`, `</s>` and the other new tokens stay where the reference has them. The answer's opening
+    (`ANSWER_DECISION_TOKENS`) stays too: it says what the presence decision after `</p>` decided, the reference's in
+    training, and an opening that contradicts it is not an answer generation writes.
+    """
+    length, kept = input_ids.shape[1], logits.shape[1]
+    predicted = torch.full_like(input_ids, -1)
+    predicted[:, length - kept + 1:] = logits[:, :-1].argmax(dim=-1)  # the token at t is predicted at t - 1
+    ordinary = lambda ids: (ids > config.eos_token_id) & (ids < min(config.new_token_ids))
+    answer = labels != -100
+    answer &= answer.long().cumsum(dim=1) > ANSWER_DECISION_TOKENS
+    wrong = answer & ordinary(input_ids) & ordinary(predicted) & (predicted != input_ids)
+    drawn = wrong & (torch.rand(input_ids.shape, device=input_ids.device) < config.scheduled_sampling)
+    return torch.where(drawn, predicted, read_ids)
+
+
 def reference_units(croi_targets: torch.Tensor | None, rows: int, units: int, device) -> torch.Tensor:
     """The asked units `(rows, units)` as bools, from `croi_targets` (a row of -1: not known, so none asked)."""
     if croi_targets is None:
@@ -1112,9 +1133,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         question_end = None
         if self.presence is not None or self.croi_head is not None:
             question_end = question_end_positions(input_ids, self.config.p_end_token_id)
-        if self.presence is None:
-            logits, last_hidden = run_language_model(inputs_embeds)
-        else:
+        read_after = None  # (B, L, hidden): what the presence decision adds to every token after </p>
+        if self.presence is not None:
             # In training, the reference's decision (whether its answer points at a mask) follows </p>, as its
             # tokens do. In evaluation, the head's own, as in generation: the states up to </p> do not depend on
             # the decision, so the head reads them from a first pass, and a second runs only if it disagrees.
@@ -1124,8 +1144,21 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             decided = (input_ids[:, 1:] == self.config.seg_token_id).any(dim=1)
             planned = None if self.croi_plan is None else reference_units(
                 croi_targets, input_ids.shape[0], len(self.config.croi_units), input_ids.device)
-            read = self.question_read(decided, planned)
-            logits, last_hidden = run_language_model(inputs_embeds + after * read[:, None])
+            read_after = after * self.question_read(decided, planned)[:, None]
+        if self.training and self.config.scheduled_sampling and labels is not None:
+            # The answer as the model goes on from the reference: a pass without gradients predicts every answer
+            # token, and a share of those it gets wrong replace the reference's tokens in the pass that learns,
+            # so that the `[SEG]` state learns from words as generation gives them (a cover the images do not show
+            # the language model, a direction it mistakes), not only from the reference's.
+            with torch.no_grad():
+                first_logits, _ = run_language_model(
+                    inputs_embeds if read_after is None else inputs_embeds + read_after)
+            read_ids = self_fed_answer_tokens(read_ids, input_ids, labels, first_logits, self.config)
+            inputs_embeds = self._merge_image_tokens(read_ids, features, pair_index, mask_embeds)
+        if self.presence is None:
+            logits, last_hidden = run_language_model(inputs_embeds)
+        else:
+            logits, last_hidden = run_language_model(inputs_embeds + read_after)
             presence_logits, question_masks = self.question_presence(
                 last_hidden[rows, question_end], mask_embeds[pair_index], per_prompt(date_features, pair_index))
             own = presence_logits > 0

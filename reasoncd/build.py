@@ -285,7 +285,7 @@ ARCHITECTURE_OPTIONS = ("use_feature_fusion", "seg_state_norm", "mask_conditioni
 # Loss weights and the token dropouts: they shape training only, so any model may change them.
 TRAINING_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight", "presence_loss_weight",
                     "question_mask_loss_weight", "croi_loss_weight", "order_loss_weight", "order_presence_loss_weight",
-                    "question_token_dropout", "image_token_dropout")
+                    "question_token_dropout", "image_token_dropout", "scheduled_sampling")
 # The flag of an option whose name on the command line is not the config field's.
 OPTION_FLAGS = {"use_feature_fusion": "--no_fusion"}
 
@@ -301,12 +301,22 @@ def loss_weight(text: str) -> float:
     return value
 
 
-def dropout_probability(text: str) -> float:
-    """An argparse type: a probability in [0, 1)."""
+def probability(text: str) -> float:
+    """An argparse type: a probability in [0, 1]."""
     import argparse
 
     value = float(text)
-    if not 0.0 <= value < 1.0:
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability in [0, 1]")
+    return value
+
+
+def dropout_probability(text: str) -> float:
+    """An argparse type: a probability in [0, 1) (a dropout of 1 would leave nothing to read)."""
+    import argparse
+
+    value = probability(text)
+    if value == 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a probability in [0, 1)")
     return value
 
@@ -362,6 +372,9 @@ def add_option_arguments(parser) -> None:
     group.add_argument("--question_token_dropout", type=dropout_probability,
                        help="in training, replace each token of the question with a random ordinary token with this "
                        "probability (never the whole question)")
+    group.add_argument("--scheduled_sampling", type=probability,
+                       help="in training, replace each answer token the model predicts wrongly by its prediction with "
+                       "this probability, as the language model reads it (a forward pass more per step)")
 
 
 def option_flags(names) -> str:

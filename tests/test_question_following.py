@@ -610,6 +610,58 @@ def test_question_token_dropout_reaches_the_language_model_in_training_only(tiny
     assert torch.isfinite(out.loss)
 
 
+# --- scheduled sampling: the [SEG] state learns from the words generation writes, not only the reference's ---
+def test_scheduled_sampling_replaces_wrongly_predicted_ordinary_answer_tokens_only(tiny):
+    from modeling_reasoncd import self_fed_answer_tokens
+
+    model, processor = tiny
+    config = ReasonCDConfig.from_dict({**model.config.to_dict(), "scheduled_sampling": 1.0})
+    inputs = _pair_inputs(processor, ["new buildings, and explain why."] * 2,
+                          ["The question is about new houses. In the later image (T2) there are buildings where the "
+                           "earlier image (T1) had bare ground; the change map marks these new buildings [SEG]."] * 2,
+                          masks=[np.ones((96, 128), bool)] * 2)
+    input_ids, labels = inputs["input_ids"], inputs["labels"]
+    vocab, seg, eos = model.config.text_config.vocab_size, config.seg_token_id, config.eos_token_id
+    ordinary = min(config.new_token_ids) - 1
+    # Predictions: the reference everywhere, except the highest ordinary id at every position, and [SEG] at one.
+    predicted = input_ids.roll(-1, dims=1).clone()
+    wrong = torch.rand(input_ids.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    answer_start = int((labels[0] != -100).nonzero()[0])
+    wrong[:, answer_start - 1 : answer_start - 1 + ANSWER_DECISION_TOKENS] = True  # the opening, predicted wrongly
+    predicted[wrong] = ordinary
+    predicted[:, answer_start + 2] = seg
+    logits = F.one_hot(predicted, vocab).float()
+    fed = self_fed_answer_tokens(input_ids, input_ids, labels, logits, config)
+    replaced = fed != input_ids
+    expected = wrong.roll(1, dims=1) & (labels != -100) & (input_ids > eos) & (input_ids < ordinary + 1)
+    expected[:, answer_start : answer_start + ANSWER_DECISION_TOKENS] = False  # the opening says the decision
+    expected[:, answer_start + 3] = False  # a new token is never read in place of a word
+    assert torch.equal(replaced, expected) and int(replaced.sum()) > 10
+    assert (fed[replaced] == ordinary).all()
+    assert torch.equal(fed == seg, input_ids == seg) and torch.equal(fed == eos, input_ids == eos)
+    # Logits of the last positions only (the trainer's `answer_logits_only`) give the same answer tokens.
+    kept = input_ids.shape[1] - answer_start + 1
+    assert torch.equal(self_fed_answer_tokens(input_ids, input_ids, labels, logits[:, -kept:], config), fed)
+    config.scheduled_sampling = 0.0
+    assert torch.equal(self_fed_answer_tokens(input_ids, input_ids, labels, logits, config), input_ids)
+    with pytest.raises(ValueError, match="scheduled_sampling=1.5: a probability in"):
+        ReasonCDConfig.from_preset("tiny", scheduled_sampling=1.5)
+
+
+def test_scheduled_sampling_runs_a_first_pass_in_training_only(tiny):
+    model, processor = tiny
+    inputs = _present_and_absent_questions(processor)
+    evaluated, sampled, plain, out = _read_with_dropout(model, inputs, "scheduled_sampling",
+                                                        model.get_input_embeddings(), lambda args, kwargs: args[0])
+    assert len(evaluated) == len(plain) == 1  # without it, or outside training: one pass
+    assert len(sampled) == 2  # the pass without gradients, on the reference's tokens, then the one that learns
+    assert torch.equal(sampled[0][inputs["labels"] != -100], inputs["input_ids"][inputs["labels"] != -100])
+    changed = sampled[1] != sampled[0]
+    assert changed.any()  # an untrained model predicts most answer words wrongly
+    assert (inputs["labels"][changed] != -100).all()  # only answer tokens: the losses still read the reference's
+    assert torch.isfinite(out.loss)
+
+
 # --- fusion_film: the question conditions the fusion module's levels, before the dates are fused ---
 def test_fusion_film_starts_as_the_shared_fusion_and_then_fuses_per_question(tiny):
     _, processor = tiny

@@ -1153,8 +1153,12 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             with torch.no_grad():
                 first_logits, _ = run_language_model(
                     inputs_embeds if read_after is None else inputs_embeds + read_after)
-            read_ids = self_fed_answer_tokens(read_ids, input_ids, labels, first_logits, self.config)
-            inputs_embeds = self._merge_image_tokens(read_ids, features, pair_index, mask_embeds)
+            fed_ids = self_fed_answer_tokens(read_ids, input_ids, labels, first_logits, self.config)
+            # Only answer words change: their embeddings are looked up again, the image tokens (and the draw of
+            # their dropout) are the first pass's.
+            fed = (fed_ids != read_ids).unsqueeze(-1)
+            inputs_embeds = torch.where(fed, self.get_input_embeddings()(fed_ids).to(inputs_embeds.dtype),
+                                        inputs_embeds)
         if self.presence is None:
             logits, last_hidden = run_language_model(inputs_embeds)
         else:

@@ -570,7 +570,8 @@ def _present_and_absent_questions(processor):
 
 def _read_with_dropout(model, inputs, field: str, module, read) -> tuple[list, list, list, object]:
     """What `module` is called with (`read(args, kwargs)`, every call) in an evaluation pass, in a training pass
-    with the dropout `field` at 0.5 (seed 0) and in a training pass with it at 0; and the dropped pass's output."""
+    with the option `field` (a dropout, or `scheduled_sampling`) at 0.5 (seed 0) and in a training pass with it at
+    0; and the dropped pass's output."""
     calls = {"evaluation": [], "dropped": [], "undropped": []}
     phase = ["evaluation"]
     hook = module.register_forward_pre_hook(lambda _, args, kwargs: calls[phase[0]].append(read(args, kwargs)),
@@ -660,6 +661,10 @@ def test_scheduled_sampling_runs_a_first_pass_in_training_only(tiny):
     assert changed.any()  # an untrained model predicts most answer words wrongly
     assert (inputs["labels"][changed] != -100).all()  # only answer tokens: the losses still read the reference's
     assert torch.isfinite(out.loss)
+    # The image tokens are projected once per pass, as without it: the second pass only looks up the new words.
+    _, projected, unsampled, _ = _read_with_dropout(model, inputs, "scheduled_sampling", model.multi_modal_projector,
+                                                    lambda args, kwargs: args[0])
+    assert len(projected) == len(unsampled) == 2  # T1's and T2's
 
 
 # --- fusion_film: the question conditions the fusion module's levels, before the dates are fused ---

@@ -281,6 +281,13 @@ class ReasonCDConfig(PretrainedConfig):
             model per step.
         question_mask_loss_weight (`float`): weight of the question mask's BCE and Dice, relative to the `[SEG]`
             masks' (`bce_loss_weight`, `dice_loss_weight`).
+        land_cover_classes (`list[str]`): the land-cover classes of per-date labels in SECOND's convention (each
+            changed pixel labelled with its class at T1 and at T2, unchanged pixels unlabelled); when given, a head
+            on the fused change embedding is trained to name, at every cell, the class at T1 and the class at T2 of
+            a changed pixel, or "unchanged". Every question-conditioned path reads that embedding, and telling a
+            removed playground from a removed building is what a question about one and not the other needs.
+            Empty: no head (the paper). Trained only on pairs whose samples have such labels.
+        land_cover_loss_weight (`float`): weight of that head's cross-entropy.
     """
 
     model_type = "reasoncd"
@@ -319,6 +326,8 @@ class ReasonCDConfig(PretrainedConfig):
         presence_loss_weight=1.0,
         question_mask=False,
         question_mask_loss_weight=1.0,
+        land_cover_classes=(),
+        land_cover_loss_weight=1.0,
         croi_units=(),
         croi_loss_weight=1.0,
         presence_reads_croi=False,
@@ -392,6 +401,8 @@ class ReasonCDConfig(PretrainedConfig):
                              "presence decision")
         self.question_mask = bool(question_mask)
         self.question_mask_loss_weight = question_mask_loss_weight
+        self.land_cover_classes = list(land_cover_classes)
+        self.land_cover_loss_weight = land_cover_loss_weight
         self.croi_units = list(croi_units)
         self.croi_loss_weight = croi_loss_weight
         if presence_reads_croi and not (presence_head and croi_units):

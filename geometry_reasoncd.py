@@ -15,9 +15,11 @@ def sam_resized_shape(height: int, width: int, longest_side: int) -> tuple[int, 
 
 
 def upscale_mask_logits(low_res: torch.Tensor, reshaped_size, target_size, frame: int) -> torch.Tensor:
-    """Low-res logits `(h, w)` -> SAM's padded `frame` -> un-padded to `reshaped_size` -> `target_size` `(H, W)`."""
+    """Low-res logits `(..., h, w)` -> SAM's padded `frame` -> un-padded to `reshaped_size` -> `target_size`
+    `(..., H, W)`."""
     rh, rw = (int(v) for v in reshaped_size)
-    full = F.interpolate(low_res[None, None], size=(frame, frame), mode="bilinear", align_corners=False)
+    maps = low_res.reshape(1, -1, *low_res.shape[-2:])
+    full = F.interpolate(maps, size=(frame, frame), mode="bilinear", align_corners=False)
     full = full[..., :rh, :rw]
     target = tuple(int(v) for v in target_size)
-    return F.interpolate(full, size=target, mode="bilinear", align_corners=False)[0, 0]
+    return F.interpolate(full, size=target, mode="bilinear", align_corners=False).reshape(*low_res.shape[:-2], *target)

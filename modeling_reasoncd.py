@@ -99,6 +99,9 @@ class ReasonCDOutput(ModelOutput):
             `order_presence_loss_weight` and rows that have a truth with the dates swapped, the weighted terms of
             those rows read in that order (in `loss`): their masks' BCE and Dice, their presence decisions' BCE and
             their question masks' BCE and Dice.
+        land_cover_loss (`torch.FloatTensor` of shape `()`, *optional*): with `land_cover_classes` and
+            `land_cover` labels, the land-cover head's cross-entropy over both dates' labelled pixels (`loss` adds
+            it times `land_cover_loss_weight`).
     """
 
     loss: torch.FloatTensor | None = None
@@ -116,6 +119,7 @@ class ReasonCDOutput(ModelOutput):
     croi_logits: torch.FloatTensor | None = None
     croi_loss: torch.FloatTensor | None = None
     order_loss: torch.FloatTensor | None = None
+    land_cover_loss: torch.FloatTensor | None = None
     target_masks: torch.FloatTensor | None = None
     target_present: torch.BoolTensor | None = None
     target_hidden_states: torch.FloatTensor | None = None
@@ -545,6 +549,40 @@ class PresenceHead(nn.Module):
         return self.decision_embeddings(present.long())
 
 
+class LandCoverHead(nn.Module):
+    """
+    What each changed cell was and became (an option beyond the paper): from the fused change embedding, per cell,
+    logits over the land-cover classes plus "unchanged", once for T1 and once for T2. SECOND-style labels name both
+    classes of every changed pixel; taught them, the embedding every question-conditioned path reads keeps apart
+    changes that look alike as changes (a building and a playground both turned to bare ground).
+    """
+
+    def __init__(self, channels: int, classes: int) -> None:
+        super().__init__()
+        self.classes = classes + 1  # the last: unchanged
+        self.hidden = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.out = nn.Conv2d(channels, 2 * self.classes, kernel_size=1)
+
+    def forward(self, change_embeddings: torch.Tensor) -> torch.Tensor:
+        """`change_embeddings` `(P, C, h, w)`: logits `(P, 2, classes + 1, h, w)` (T1's, then T2's)."""
+        logits = self.out(F.gelu(self.hidden(change_embeddings.to(self.hidden.weight.dtype))))
+        return logits.unflatten(1, (2, self.classes))
+
+
+def land_cover_loss(logits: torch.Tensor, labels: torch.Tensor, reshaped_sizes: torch.Tensor,
+                    frame: int) -> torch.Tensor:
+    """Cross-entropy of `LandCoverHead` logits `(P, 2, K + 1, h, w)` against per-date labels `(P, 2, H, W)` (class
+    indices, K = unchanged, -100 = unknown), the logits upscaled to each pair's labels as masks are (`reshaped_sizes`
+    `(P, 2)`); a connected zero when no pixel is labelled."""
+    terms = []
+    for pair in range(labels.shape[0]):
+        if not bool((labels[pair] >= 0).any()):
+            continue
+        upscaled = upscale_mask_logits(logits[pair], reshaped_sizes[pair], labels.shape[-2:], frame).float()
+        terms.append(F.cross_entropy(upscaled, labels[pair].long(), ignore_index=-100))
+    return torch.stack(terms).mean() if terms else logits.sum() * 0.0
+
+
 class QuestionMask(nn.Module):
     """
     A mask for every question, absent ones included, and the presence evidence read off it (an option beyond the
@@ -626,7 +664,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
     trainable_module_names = ("multi_modal_projector", "text_hidden_fc", "sam_mask_decoder", "feature_fusion")
     # Trained in full too when the config switches them on (options beyond the paper).
     optional_module_names = ("seg_state_norm", "prompt_film", "change_projector", "presence", "question_mask",
-                             "croi_head", "croi_reader", "fusion_film", "croi_plan")
+                             "croi_head", "croi_reader", "fusion_film", "croi_plan", "land_cover")
     frozen_module_names = ("vision_tower", "sam_image_encoder", "sam_prompt_encoder")
     # Teacher-forced passes run the prompt up to `<p>` once per pair (`_run_language_model`); False: once per row.
     share_prompt_prefix = True
@@ -730,6 +768,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         self.presence = PresenceHead(text_hidden, prompt_dim) if config.presence_head else None
         self.question_mask = QuestionMask(text_hidden) if config.question_mask else None
         self.croi_head = nn.Linear(text_hidden, len(config.croi_units)) if config.croi_units else None
+        self.land_cover = (LandCoverHead(prompt_dim, len(config.land_cover_classes))
+                           if config.land_cover_classes else None)
         self.croi_reader = nn.Linear(len(config.croi_units), text_hidden) if config.presence_reads_croi else None
         self.croi_plan = nn.Linear(len(config.croi_units), text_hidden) if config.croi_plan else None
         if self.croi_plan is not None:
@@ -1090,6 +1130,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         croi_targets: torch.Tensor | None = None,
         order_masks: torch.Tensor | None = None,
         order_known: torch.Tensor | None = None,
+        land_cover: torch.Tensor | None = None,
         answer_logits_only: bool = False,
         return_dict: bool | None = None,
     ) -> ReasonCDOutput:
@@ -1107,6 +1148,9 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                 for the others, a row of -1 where unknown (the collator builds it).
             order_masks (`(B, H, W)`), order_known (`(B,)` bool): with `learns_date_order`, each row's truth with T1
                 and T2 swapped, where it has one (the collator builds them with `order_truths`).
+            land_cover (`(P, 2, H, W)`): with `land_cover_classes`, each pair's per-date labels: an index into
+                `land_cover_classes` where the pixel changed, `len(land_cover_classes)` where it did not, -100 where
+                unknown (the collator builds them).
             image_sizes: accepted and unused, so that the processor's output can be passed as `**inputs`; masks are
                 compared with the ground truth at its own size.
             answer_logits_only: with `labels`, compute `logits` only for the last positions of every row, from the
@@ -1177,6 +1221,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         target_masks = self._masks_for_targets(mask_embeds, pair_index, target_present, target_hidden, date_features)
 
         loss = ce = bce = dice = presence_loss = question_mask_loss = croi_loss = order_loss = None
+        land_cover_term = None
         if labels is not None:
             ce = answer_loss(logits, labels[:, labels.shape[1] - logits.shape[1]:], self.config)
             bce, dice = mask_losses(target_masks, target_present, masks, reshaped_sizes, pair_index, self.config)
@@ -1204,6 +1249,12 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                     seg_hidden, None if question_end is None else last_hidden[rows, question_end], order_masks,
                     masks, reshaped_sizes, pair_index)
                 loss = loss + order_loss
+            if self.land_cover is not None and land_cover is not None:
+                pair_sizes = reshaped_sizes.new_zeros(mask_embeds.shape[0], 2)
+                pair_sizes[pair_index] = _per_row(reshaped_sizes, pair_index)
+                land_cover_term = land_cover_loss(self.land_cover(mask_embeds), land_cover.to(mask_embeds.device),
+                                                  pair_sizes, cfg.sam_config.image_size)
+                loss = loss + cfg.land_cover_loss_weight * land_cover_term
             if self.training and not bool(seg_present.any()):
                 # No mask to learn from in this batch (only absent CRoIs): the mask path still runs once, weighted
                 # zero, so that every process of a distributed run reduces gradients for the same parameters.
@@ -1215,6 +1266,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             pred_masks=target_masks[:, 0], seg_present=seg_present, seg_hidden_states=seg_hidden,
             presence_logits=presence_logits, presence_loss=presence_loss, question_masks=question_masks,
             question_mask_loss=question_mask_loss, croi_logits=croi_logits, croi_loss=croi_loss, order_loss=order_loss,
+            land_cover_loss=land_cover_term,
             target_masks=target_masks,
             target_present=target_present, target_hidden_states=target_hidden,
         )

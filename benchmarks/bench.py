@@ -745,6 +745,55 @@ def proxy_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+# The decision set: synthetic pairs no quickstart trains on (another seed), five times the test split's questions.
+DECISION_PAIRS, DECISION_SEED = 1000, 7
+
+
+def bench_decide(variants: dict[str, list[Path]], pairs: int, seed: int) -> dict:
+    """Trained models (several seeds per variant) scored by eval.py's code, free generation, on the validation and
+    test splits of a synthetic set drawn with `seed` (pairs no quickstart saw), pooled; each figure's mean and spread
+    (max - min) over a variant's models."""
+    sys.path.insert(0, str(REPO))
+    from reasoncd.evaluation.report import split_figures
+    from reasoncd.evaluation.scoring import predict_samples, score
+    from reasoncd.data.samples import load_split
+    from reasoncd.loading import check_checkpoint, load_model
+    from reasoncd.training.recipes import prepare_quickstart_data
+
+    for models in variants.values():
+        for model in models:
+            check_checkpoint(model)  # every folder before the first hour of scoring
+    data = prepare_quickstart_data(REPO, pairs, seed)
+    samples = load_split(data, "val") + load_split(data, "test")
+    results = {}
+    for name, models in variants.items():
+        runs = []
+        for model in models:
+            network, processor = load_model(model)
+            figures = dict(split_figures(score(samples, predict_samples(network, processor, samples))))
+            runs.append({"model": str(model), "figures": figures})
+        summary = {}
+        for figure in runs[0]["figures"]:
+            values = [run["figures"][figure] for run in runs if run["figures"][figure] is not None]
+            summary[figure] = None if not values else {"mean": float(np.mean(values)),
+                                                       "spread": float(max(values) - min(values))}
+        results[name] = {"runs": runs, "summary": summary}
+    absent = sum("[SEG]" not in sample["answer"] for sample in samples)
+    return {"data": str(data), "n_questions": len(samples), "n_absent": absent, "variants": results}
+
+
+def decide_table(report: dict) -> str:
+    names = list(report["variants"])
+    lines = [f"| {report['n_questions']} questions ({report['n_absent']} absent): mean ± spread | "
+             + " | ".join(f"{name} ({len(report['variants'][name]['runs'])})" for name in names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for figure in report["variants"][names[0]]["summary"]:
+        values = [report["variants"][name]["summary"][figure] for name in names]
+        lines.append(f"| {figure} | " + " | ".join("–" if v is None else f"{v['mean']:.3f} ± {v['spread']:.3f}"
+                                                   for v in values) + " |")
+    return "\n".join(lines)
+
+
 def validation_history(run: Path) -> list[float]:
     """The validation fidelity scores of a train.py run, in order: its newest checkpoint's log history."""
     checkpoints = sorted((run / "checkpoints").glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]))
@@ -1011,6 +1060,14 @@ def main(argv=None) -> int:
                        help='a name and the train.py flags of one variant, e.g. no-presence="--no-presence_head"')
     proxy.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     proxy.add_argument("--steps", type=int, default=150)
+    decide = sub.add_parser("decide", help="trained models, several seeds per variant, scored on a larger synthetic "
+                            "set no quickstart trains on (the test split is too small to rank variants)")
+    decide.add_argument("--variant", action="append", required=True, metavar="NAME=MODEL[,MODEL...]",
+                        help="a name and its trained models (train.py's model/ folders), e.g. "
+                        "base=runs/a/model,runs/b/model")
+    decide.add_argument("--pairs", type=int, default=DECISION_PAIRS)
+    decide.add_argument("--data_seed", type=int, default=DECISION_SEED,
+                        help="the synthetic set's seed (the quickstart's are the model seeds: 0 and up)")
     agreement = sub.add_parser("agreement", help="how well each validation of finished quickstart runs ranks them "
                                "as their test fidelity does (what a shorter proxy run could tell)")
     agreement.add_argument("runs", type=Path, nargs="+", help="train.py output folders (metrics.json, checkpoints/)")
@@ -1058,6 +1115,11 @@ def main(argv=None) -> int:
         variants = dict(item.partition("=")[::2] for item in args.variant)
         report["proxy"] = bench_proxy(variants, args.seeds, args.steps)
         table = proxy_table(report["proxy"])
+    elif args.command == "decide":
+        variants = {name: [Path(model) for model in models.split(",")]
+                    for name, models in (item.partition("=")[::2] for item in args.variant)}
+        report["decide"] = bench_decide(variants, args.pairs, args.data_seed)
+        table = decide_table(report["decide"])
     elif args.command == "agreement":
         report["agreement"] = bench_agreement(args.runs, args.margin)
         table = agreement_table(report["agreement"])

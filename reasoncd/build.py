@@ -281,13 +281,13 @@ def print_report(rows, lora_rank: int) -> None:
 
 # --- the architecture and loss options, as command-line flags (build_reasoncd.py and train.py) ---
 ARCHITECTURE_OPTIONS = ("use_feature_fusion", "seg_state_norm", "mask_conditioning", "change_tokens", "presence_head",
-                        "question_mask", "presence_reads_croi", "fusion_film", "croi_plan")
+                        "question_mask", "presence_reads_croi", "fusion_film", "croi_plan", "land_cover_head")
 # Loss weights and the token dropouts: they shape training only, so any model may change them.
 TRAINING_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight", "presence_loss_weight",
                     "question_mask_loss_weight", "croi_loss_weight", "order_loss_weight", "order_presence_loss_weight",
-                    "question_token_dropout", "image_token_dropout", "scheduled_sampling")
+                    "question_token_dropout", "image_token_dropout", "scheduled_sampling", "land_cover_loss_weight")
 # The flag of an option whose name on the command line is not the config field's.
-OPTION_FLAGS = {"use_feature_fusion": "--no_fusion"}
+OPTION_FLAGS = {"use_feature_fusion": "--no_fusion", "land_cover_classes": "--land_cover_head"}
 
 
 def loss_weight(text: str) -> float:
@@ -372,6 +372,10 @@ def add_option_arguments(parser) -> None:
     group.add_argument("--question_token_dropout", type=dropout_probability,
                        help="in training, replace each token of the question with a random ordinary token with this "
                        "probability (never the whole question)")
+    group.add_argument("--land_cover_head", action=argparse.BooleanOptionalAction, default=None,
+                       help="a head on the change embedding trained to name each changed pixel's land cover at T1 and "
+                       "at T2, from SECOND-style label1/label2 maps beside the images (where a data set has them)")
+    group.add_argument("--land_cover_loss_weight", type=loss_weight, help="weight of the land-cover head's loss")
     group.add_argument("--scheduled_sampling", type=probability,
                        help="in training, replace each answer token the model predicts wrongly by its prediction with "
                        "this probability, as the language model reads it (a forward pass more per step)")
@@ -386,6 +390,10 @@ def option_overrides(args, names=ARCHITECTURE_OPTIONS + TRAINING_OPTIONS) -> dic
     """The options given on the command line, as config overrides. Switching the presence head off switches off
     the question mask that feeds it, unless `--question_mask` is given too (which the config then refuses)."""
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if "land_cover_head" in overrides:  # the flag stands for the config's class list: SECOND's classes, or none
+        from reasoncd.data.questions import CLASSES
+
+        overrides["land_cover_classes"] = list(CLASSES) if overrides.pop("land_cover_head") else []
     if overrides.get("presence_head") is False and "question_mask" in names:
         overrides.setdefault("question_mask", False)
     return overrides

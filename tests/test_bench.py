@@ -117,3 +117,34 @@ def test_agreement_refuses_too_few_or_unfinished_runs(tmp_path):
 
 def test_ranks_share_ties():
     assert bench.ranks([3.0, 1.0, 3.0, 2.0]).tolist() == [2.5, 0.0, 2.5, 1.0]
+
+
+def test_decide_scores_every_model_on_the_decision_sets_validation_and_test_splits_pooled(tmp_path,
+                                                                                          tmp_path_factory,
+                                                                                          monkeypatch):
+    from helpers import tiny_checkpoint
+    from reasoncd.data.samples import load_split
+    from reasoncd.evaluation.report import split_figures
+    from reasoncd.evaluation.scoring import predict_samples, score
+    from reasoncd.loading import load_model
+
+    checkpoint = tiny_checkpoint(tmp_path_factory)
+    monkeypatch.setattr(bench, "REPO", tmp_path)  # the decision set is cached under the repository's data/
+    report = bench.bench_decide({"twice": [checkpoint, checkpoint], "once": [checkpoint]}, pairs=30, seed=5)
+    samples = load_split(report["data"], "val") + load_split(report["data"], "test")
+    assert str(tmp_path) in report["data"] and report["n_questions"] == len(samples) > 0
+    assert report["n_absent"] == sum("[SEG]" not in sample["answer"] for sample in samples)
+    model, processor = load_model(checkpoint)
+    expected = dict(split_figures(score(samples, predict_samples(model, processor, samples, progress=False))))
+    for name in ("twice", "once"):
+        summary = report["variants"][name]["summary"]
+        for figure, value in expected.items():
+            if value is None:
+                assert summary[figure] is None
+            else:
+                assert summary[figure]["mean"] == pytest.approx(value) and summary[figure]["spread"] == 0.0
+    assert len(report["variants"]["twice"]["runs"]) == 2
+    table = bench.decide_table(report)
+    assert f"| {len(samples)} questions ({report['n_absent']} absent)" in table and "| twice (2) | once (1) |" in table
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        bench.bench_decide({"missing": [tmp_path / "nowhere"]}, pairs=30, seed=5)

@@ -164,3 +164,43 @@ def test_the_collator_brings_each_questions_truth_with_the_dates_swapped(tiny, s
                                                        turned["masks"][0].numpy())]
     assert any(np.array_equal(transform_view(opposite > 0, t), turned["order_masks"][0].numpy() > 0)
                for t in same_turn)
+
+
+def test_the_collator_brings_each_pairs_land_cover_turned_with_the_pair(tiny, samples_dir, tmp_path):
+    import shutil
+
+    import torch
+
+    from reasoncd.data.augment import transform_view
+    from reasoncd.data.questions import CLASSES
+    from reasoncd.data.second import land_cover_label_paths, read_land_cover
+    from reasoncd.training.dataset import as_dataset
+
+    _, processor = tiny
+    samples = load_split(samples_dir, "train")
+    rows = list(as_dataset(samples))[:2]
+    assert "land_cover" not in ReasonCDCollator(processor)(rows)  # only for a model that trains it
+    batch = ReasonCDCollator(processor, land_cover_classes=CLASSES)(rows)
+    assert batch["land_cover"].shape == (2, 2, 256, 256) and batch["land_cover"].dtype == torch.long
+    for pair, row in enumerate(rows):
+        t1, t2 = land_cover_label_paths(row)
+        for date, path in enumerate((t1, t2)):
+            assert np.array_equal(batch["land_cover"][pair, date].numpy(), read_land_cover(path, CLASSES))
+    # Changed pixels carry a class, the others "unchanged" (the last index).
+    assert (batch["land_cover"] < len(CLASSES)).any() and (batch["land_cover"] == len(CLASSES)).any()
+    # Turned with the pair's images.
+    torch.manual_seed(0)
+    turned = ReasonCDCollator(processor, land_cover_classes=CLASSES, augmentation="dihedral")(rows)
+    for pair in range(2):
+        moved = [t for t in range(8) if torch.equal(
+            torch.from_numpy(transform_view(batch["sam_pixel_values_t1"][pair].permute(1, 2, 0).numpy(), t)),
+            turned["sam_pixel_values_t1"][pair].permute(1, 2, 0))]
+        assert any(np.array_equal(transform_view(batch["land_cover"][pair, 0].numpy(), t),
+                                  turned["land_cover"][pair, 0].numpy()) for t in moved)
+    # A pair without labels beside its images: unknown everywhere (the loss skips it).
+    images = tmp_path / "A"
+    images.mkdir()
+    for key in ("img1_path", "img2_path"):
+        shutil.copy(rows[0][key], images / f"{key}.png")
+    lone = {**rows[0], "img1_path": str(images / "img1_path.png"), "img2_path": str(images / "img2_path.png")}
+    assert (ReasonCDCollator(processor, land_cover_classes=CLASSES)([lone])["land_cover"] == -100).all()

@@ -863,3 +863,54 @@ def test_the_order_presence_loss_needs_the_presence_head_and_a_weight_of_at_leas
         ReasonCDConfig.from_preset("tiny", presence_head=False, question_mask=False, order_presence_loss_weight=1.0)
     assert ReasonCDConfig.from_preset("tiny", order_presence_loss_weight=1.0).learns_date_order
     assert not ReasonCDConfig.from_preset("tiny").learns_date_order
+
+
+# --- the land-cover head: what each changed cell was and became ---
+def test_the_land_cover_loss_reads_both_dates_labels_at_their_own_size_and_reaches_the_fusion():
+    from reasoncd.data.questions import CLASSES
+
+    model, processor = build_tiny(0, land_cover_classes=list(CLASSES))
+    inputs = _pair_inputs(processor, ["new buildings"], ["It's the new buildings [SEG]."],
+                          masks=[np.zeros((96, 128), bool)])
+    unchanged = len(CLASSES)
+    labels = torch.full((1, 2, 96, 128), unchanged)
+    labels[0, 0, 20:60, 30:90] = CLASSES.index("ground")
+    labels[0, 1, 20:60, 30:90] = CLASSES.index("building")
+    captured = []
+    handle = model.land_cover.register_forward_hook(lambda module, args, output: captured.append(output))
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(**inputs, land_cover=labels)
+            without = model(**inputs)
+    finally:
+        handle.remove()
+    low = captured[0][0].float()  # (2, K + 1, h, w): the 96 x 128 pair fills the top 192 rows of SAM's 256 frame
+    full = F.interpolate(low, size=(SIZE, SIZE), mode="bilinear", align_corners=False)[..., :192, :]
+    expected = F.cross_entropy(F.interpolate(full, size=(96, 128), mode="bilinear", align_corners=False), labels[0])
+    torch.testing.assert_close(out.land_cover_loss, expected)
+    torch.testing.assert_close(out.loss - without.loss, model.config.land_cover_loss_weight * out.land_cover_loss)
+    assert without.land_cover_loss is None
+    # Unknown labels teach nothing; known ones reach the fusion module every question reads.
+    with torch.no_grad():
+        assert float(model(**inputs, land_cover=torch.full_like(labels, -100)).land_cover_loss) == 0.0
+    model.train()
+    model.zero_grad()
+    model(**inputs, land_cover=labels).land_cover_loss.backward()
+    assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.feature_fusion.parameters())
+    model.eval()
+
+
+def test_the_papers_preset_has_no_land_cover_head_and_the_flag_names_the_second_classes():
+    import argparse
+
+    from reasoncd.build import add_option_arguments, option_overrides
+    from reasoncd.data.questions import CLASSES
+
+    assert ReasonCDConfig.from_preset("reasoncd-7b").land_cover_classes == []
+    assert build_tiny(0)[0].land_cover is None
+    parser = argparse.ArgumentParser()
+    add_option_arguments(parser)
+    assert option_overrides(parser.parse_args(["--land_cover_head"]))["land_cover_classes"] == list(CLASSES)
+    assert option_overrides(parser.parse_args(["--no-land_cover_head"]))["land_cover_classes"] == []
+    assert "land_cover_classes" not in option_overrides(parser.parse_args([]))

@@ -366,3 +366,26 @@ def test_a_negative_count_of_questions_about_several_changes_is_refused(tmp_path
     with pytest.raises(PrepareError, match="multi_per_pair must be >= 0, got -1"):
         convert_second(root, tmp_path / "out", multi_per_pair=-1, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_land_cover_labels_are_read_in_the_models_class_order_with_unchanged_last(tmp_path):
+    from reasoncd.data.second import land_cover_label_paths, read_land_cover
+
+    label = np.full((4, 6, 3), UNCHANGED_COLOUR, np.uint8)
+    label[0, :2] = SECOND_COLOURS["building"]
+    label[3, 5] = SECOND_COLOURS["water"]
+    _save(label, tmp_path / "raw" / "label1" / "a.png")
+    _save(label, tmp_path / "raw" / "label2" / "a.png")
+    classes = ("building", "water")  # not CLASSES' order: indices follow the model's list
+    read = read_land_cover(tmp_path / "raw" / "label1" / "a.png", classes)
+    expected = np.full((4, 6), 2)
+    expected[0, :2], expected[3, 5] = 0, 1
+    assert read.dtype == np.int64 and np.array_equal(read, expected)
+    with pytest.raises(PrepareError, match=r"a\.png: class 'water' is not one of"):
+        read_land_cover(tmp_path / "raw" / "label1" / "a.png", ("building",))
+    # Found beside a SECOND layout's images only, and only where both dates' labels exist.
+    sample = {"img1_path": str(tmp_path / "raw" / "im1" / "a.png"), "img2_path": str(tmp_path / "raw" / "im2" / "a.png")}
+    assert land_cover_label_paths(sample) == (tmp_path / "raw" / "label1" / "a.png",
+                                              tmp_path / "raw" / "label2" / "a.png")
+    assert land_cover_label_paths({**sample, "img2_path": str(tmp_path / "raw" / "im2" / "b.png")}) is None
+    assert land_cover_label_paths({**sample, "img1_path": str(tmp_path / "raw" / "A" / "a.png")}) is None

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from reasoncd.data.commands import Subcommand, add_overwrite
-from reasoncd.data.images import IMAGE_SUFFIXES
+from reasoncd.data.images import IMAGE_SUFFIXES, read_rgb
 from reasoncd.data.samples import SEG, SPLITS, PrepareError, relative_path, split_pairs, write_sample
 from reasoncd.io import OutputDir
 from reasoncd.messages import listed, size_mismatch
@@ -177,6 +177,38 @@ def swapped_order_truth_path(sample: dict) -> Path | None:
     if path.name != mask_file_name(sample["pair_id"], sample["croi"], sample["direction"]):
         return None  # not named by the converter: the opposite direction's file cannot be found
     return path.with_name(mask_file_name(sample["pair_id"], sample["croi"], opposite))
+
+
+def land_cover_label_paths(sample: dict) -> tuple[Path, Path] | None:
+    """
+    The per-date label maps (``label1``, ``label2``) of a sample whose images sit in a SECOND layout's ``im1`` and
+    ``im2`` folders, where both exist; None for any other sample.
+    """
+    paths = []
+    for key, images, labels in (("img1_path", "im1", "label1"), ("img2_path", "im2", "label2")):
+        image = Path(sample[key])
+        if image.parent.name != images:
+            return None
+        label = image.parent.parent / labels / image.name
+        if not label.is_file():
+            return None
+        paths.append(label)
+    return paths[0], paths[1]
+
+
+def read_land_cover(path, classes: tuple[str, ...] | list[str]) -> np.ndarray:
+    """A SECOND label map as indices into ``classes`` (H, W) int64: ``len(classes)`` where the pixel did not change.
+    Raises ``PrepareError`` naming the file for a colour outside the palette or a class missing from ``classes``."""
+    rgb, _ = read_rgb(path)
+    try:
+        class_map = second_class_maps(rgb)
+    except PrepareError as error:
+        raise PrepareError(f"{path}: {error}") from error
+    missing = sorted({CLASSES[i] for i in np.unique(class_map) if i >= 0} - set(classes))
+    if missing:
+        raise PrepareError(f"{path}: class {missing[0]!r} is not one of the model's land_cover_classes {list(classes)}")
+    lookup = np.array([list(classes).index(name) if name in classes else -1 for name in CLASSES] + [len(classes)])
+    return lookup[class_map]  # -1 (unchanged) picks the last entry
 
 
 def _save_mask(mask: np.ndarray, path: Path) -> None:

@@ -11,7 +11,7 @@ from reasoncd.data.augment import draw_transform, transform_view
 from reasoncd.data.images import read_mask
 from reasoncd.data.questions import asked_units
 from reasoncd.data.samples import SampleError, group_by_pair, load_images, load_mask, load_target_masks
-from reasoncd.data.second import swapped_order_truth_path
+from reasoncd.data.second import land_cover_label_paths, read_land_cover, swapped_order_truth_path
 from reasoncd.training.feature_cache import image_keys
 
 
@@ -55,11 +55,13 @@ class ReasonCDCollator:
     about several changes gets one mask per `[SEG]` of its answer, any other question its one mask. With
     `augmentation` (`reasoncd.data.augment.AUGMENTATIONS`), each pair is turned or mirrored by a transform drawn for
     it, its images and all its questions' masks alike (training batches only: `evaluation` is this collator without
-    it)."""
+    it). With `land_cover_classes` (`ReasonCDConfig.land_cover_classes`), each pair's per-date land-cover labels too,
+    where its images sit in a SECOND layout with ``label1``/``label2`` beside them."""
 
     def __init__(self, processor, *, cache_keys: bool = False, croi_units: tuple[str, ...] = (),
-                 augmentation: str = "none", order_truths: bool = False):
+                 augmentation: str = "none", order_truths: bool = False, land_cover_classes: tuple[str, ...] = ()):
         self.processor = processor
+        self.land_cover_classes = tuple(land_cover_classes)
         self.augmentation = augmentation
         self.order_truths = order_truths  # the model learns the order of the dates: each row's truth, dates swapped
         self.cache_keys = cache_keys  # content keys for the frozen-feature cache, hashed here on the CPU
@@ -96,7 +98,20 @@ class ReasonCDCollator:
     def evaluation(self) -> "ReasonCDCollator":
         """The same collator without augmentation, for validation batches."""
         return ReasonCDCollator(self.processor, cache_keys=self.cache_keys, croi_units=self.croi_units,
-                                order_truths=self.order_truths)
+                                order_truths=self.order_truths, land_cover_classes=self.land_cover_classes)
+
+    def _land_cover(self, sample: dict, size: tuple[int, int], transform: int) -> torch.Tensor:
+        """`(2, H, W)` int64: the pair's land cover at T1 and T2 (`read_land_cover`), -100 where it has no labels."""
+        paths = land_cover_label_paths(sample)
+        if paths is None:
+            return torch.full((2, *size), -100, dtype=torch.long)
+        labels = []
+        for path in paths:
+            label = read_land_cover(path, self.land_cover_classes)
+            if label.shape != tuple(size):
+                raise SampleError(f"{path}: label {label.shape} does not match the images {tuple(size)}")
+            labels.append(torch.from_numpy(transform_view(label, transform) if transform else label))
+        return torch.stack(labels)
 
     def __call__(self, batch: list[dict]) -> dict:
         samples = [sample for item in batch for sample in _as_samples(item)]
@@ -129,6 +144,10 @@ class ReasonCDCollator:
         ))
         if self.croi_units:
             inputs["croi_targets"] = self._croi_targets(samples)
+        if self.land_cover_classes:
+            first = {pair: sample for sample, pair in zip(reversed(samples), reversed(pair_index))}
+            inputs["land_cover"] = torch.stack([self._land_cover(first[pair], pairs[pair][0].shape[:2], transforms[pair])
+                                                for pair in range(len(pairs))])
         if self.order_truths:
             inputs["order_known"] = torch.tensor([truth is not None for truth in order_masks])
             size = inputs["masks"].shape[-2:]

@@ -143,8 +143,8 @@ class ReasonCDTrainer(Trainer):
         outputs = model(**inputs, answer_logits_only=model.training)
         if model.training:
             for term in ("ce_loss", "bce_loss", "dice_loss", "presence_loss", "question_mask_loss",
-                         "croi_loss", "order_loss"):
-                if outputs.get(term) is not None:  # the last four: only with their options
+                         "croi_loss", "order_loss", "land_cover_loss"):
+                if outputs.get(term) is not None:  # the last five: only with their options
                     self._terms[term] += float(outputs[term].detach())
             self._term_count += 1
         return (outputs.loss, outputs) if return_outputs else outputs.loss
@@ -248,7 +248,8 @@ def make_trainer(args, model, peft_model, processor, train_samples: list[dict], 
         eval_dataset=as_dataset(val_samples),  # scored by ReasonCDTrainer.evaluate
         data_collator=ReasonCDCollator(processor, cache_keys=cache is not None,
                                        croi_units=model.config.croi_units, augmentation=args.augment,
-                                       order_truths=model.config.learns_date_order),
+                                       order_truths=model.config.learns_date_order,
+                                       land_cover_classes=model.config.land_cover_classes),
         processing_class=processor.tokenizer,
         callbacks=[interrupt] + ([EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience)]
                                  if args.early_stopping_patience else []),

@@ -698,6 +698,17 @@ PROXY_FLAGS = ["--max_val_samples", "32", "--max_eval_samples", "154", "--train_
                "--synthetic_seed", "0"]
 
 
+def mean_and_spread(figures: list[dict]) -> dict:
+    """Each figure's mean and spread (max - min) over runs (`figures`: one `split_figures` dict per run); None for
+    a figure no run measured."""
+    summary = {}
+    for figure in figures[0]:
+        values = [run[figure] for run in figures if run[figure] is not None]
+        summary[figure] = None if not values else {"mean": float(np.mean(values)),
+                                                   "spread": float(max(values) - min(values))}
+    return summary
+
+
 def bench_proxy(variants: dict[str, str], seeds: list[int], steps: int) -> dict:
     """Short train.py runs per variant and seed; each figure's mean and spread (max - min) over seeds."""
     sys.path.insert(0, str(REPO))
@@ -718,13 +729,7 @@ def bench_proxy(variants: dict[str, str], seeds: list[int], steps: int) -> dict:
             metrics = json.loads((output / "metrics.json").read_text())
             runs.append({"seed": seed, "seconds": round(time.perf_counter() - start, 1),
                          "test": dict(split_figures(metrics)), "train": dict(split_figures(metrics["train_split"]))})
-        summary = {}
-        for split in ("test", "train"):
-            summary[split] = {}
-            for figure in runs[0][split]:
-                values = [run[split][figure] for run in runs if run[split][figure] is not None]
-                summary[split][figure] = None if not values else {
-                    "mean": float(np.mean(values)), "spread": float(max(values) - min(values))}
+        summary = {split: mean_and_spread([run[split] for run in runs]) for split in ("test", "train")}
         results[name] = {"flags": flags, "runs": runs, "summary": summary}
     return {"steps": steps, "seeds": seeds, "variants": results}
 
@@ -772,12 +777,7 @@ def bench_decide(variants: dict[str, list[Path]], pairs: int, seed: int) -> dict
             network, processor = load_model(model)
             figures = dict(split_figures(score(samples, predict_samples(network, processor, samples))))
             runs.append({"model": str(model), "figures": figures})
-        summary = {}
-        for figure in runs[0]["figures"]:
-            values = [run["figures"][figure] for run in runs if run["figures"][figure] is not None]
-            summary[figure] = None if not values else {"mean": float(np.mean(values)),
-                                                       "spread": float(max(values) - min(values))}
-        results[name] = {"runs": runs, "summary": summary}
+        results[name] = {"runs": runs, "summary": mean_and_spread([run["figures"] for run in runs])}
     absent = sum("[SEG]" not in sample["answer"] for sample in samples)
     return {"data": str(data), "n_questions": len(samples), "n_absent": absent, "variants": results}
 

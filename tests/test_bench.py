@@ -148,3 +148,11 @@ def test_decide_scores_every_model_on_the_decision_sets_validation_and_test_spli
     assert f"| {len(samples)} questions ({report['n_absent']} absent)" in table and "| twice (2) | once (1) |" in table
     with pytest.raises(FileNotFoundError, match="no such folder"):
         bench.bench_decide({"missing": [tmp_path / "nowhere"]}, pairs=30, seed=5)
+
+
+def test_mean_and_spread_summarises_each_figure_over_the_runs_that_measured_it():
+    summary = bench.mean_and_spread([{"steering": 0.5, "order": None, "absent": None},
+                                     {"steering": 0.8, "order": 0.2, "absent": None}])
+    assert summary["steering"] == {"mean": pytest.approx(0.65), "spread": pytest.approx(0.3)}
+    assert summary["order"] == {"mean": pytest.approx(0.2), "spread": 0.0}
+    assert summary["absent"] is None

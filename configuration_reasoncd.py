@@ -268,6 +268,17 @@ class ReasonCDConfig(PretrainedConfig):
             and T2 swapped, trained toward the opposite direction's truth: absent (and an empty mask) where that
             direction did not change. Asked "new buildings" of a pair whose buildings were torn down, the decision,
             which chooses between pointing at a mask and "no change of interest", must read which date came first.
+        order_head (`bool`, needs `presence_head`): a decision of its own on whether the asked change holds in the
+            order the dates are given rather than the other. It reads the question's state at `</p>` and the pair
+            fused in both orders: a score of each order as the presence decision scores a pair (FiLM, pooling, a
+            small classifier), the other order's score subtracted, plus a bias read from the question alone (a
+            question that names no direction holds in both orders). In training it learns from every present
+            question about an increase or a decrease in both orders (the given order holds, the swapped order only
+            where the opposite direction changed too) and from every present question that names no direction
+            (both orders hold); the presence decision itself learns only the order given. In evaluation and
+            generation a question counts as present only where both decisions say so, so the presence decision is
+            not taught to doubt present changes to learn the order.
+        order_head_loss_weight (`float`): the weight of the order head's binary cross-entropy.
         image_token_dropout (`float`, 0 to < 1): in training, each of a pair's image tokens (the projected CLIP
             features, with `change_tokens` also the change embedding they carry) reaches the language model as a
             zero vector with this probability, drawn per pair and token. The image encoders train on a few hundred
@@ -338,6 +349,8 @@ class ReasonCDConfig(PretrainedConfig):
         scheduled_sampling=0.0,
         order_loss_weight=0.0,
         order_presence_loss_weight=0.0,
+        order_head=False,
+        order_head_loss_weight=1.0,
         initializer_range=0.02,
         tie_word_embeddings=False,
         **kwargs,
@@ -433,6 +446,13 @@ class ReasonCDConfig(PretrainedConfig):
         if order_presence_loss_weight and not presence_head:
             raise ValueError("order_presence_loss_weight needs presence_head=True: it trains the presence decision")
         self.order_presence_loss_weight = float(order_presence_loss_weight)
+        if order_head and not presence_head:
+            raise ValueError("order_head=True needs presence_head=True: a question counts as present where both "
+                             "decisions say so")
+        self.order_head = bool(order_head)
+        if not order_head_loss_weight >= 0.0:
+            raise ValueError(f"order_head_loss_weight={order_head_loss_weight!r}: a weight of at least 0")
+        self.order_head_loss_weight = float(order_head_loss_weight)
         self.initializer_range = initializer_range
         super().__init__(
             pad_token_id=pad_token_id,
@@ -458,8 +478,8 @@ class ReasonCDConfig(PretrainedConfig):
     @property
     def learns_date_order(self) -> bool:
         """Whether training reads each question's truth with T1 and T2 swapped (`order_loss_weight`,
-        `order_presence_loss_weight`)."""
-        return self.order_loss_weight > 0 or self.order_presence_loss_weight > 0
+        `order_presence_loss_weight`, `order_head`)."""
+        return self.order_loss_weight > 0 or self.order_presence_loss_weight > 0 or self.order_head
 
     @property
     def new_token_ids(self) -> list[int]:

@@ -42,7 +42,8 @@ class ReasonCDGenerateOutput(ModelOutput):
         reshaped_sizes (`torch.LongTensor` of shape `(B, 2)`): each input's size after SAM's longest-side resize.
         image_sizes (`torch.LongTensor` of shape `(B, 2)`): each input's original `(height, width)`.
         presence_probabilities (`torch.FloatTensor` of shape `(B,)`, *optional*): with `presence_head`, the head's
-            probability that the asked change is there; the answer followed its decision (above 0.5: present).
+            probability that the asked change is there (with `order_head`, the lower of its and the order head's);
+            the answer followed its decision (above 0.5: present).
     """
 
     sequences: torch.LongTensor | None = None
@@ -165,8 +166,11 @@ class ReasonCDGenerationMixin:
         prefix_length = use_cache and share_prefix and self._shared_prefix_length(input_ids, attention_mask)
         if prefix_length:
             input_ids, attention_mask = self._shared_prefix_layout(input_ids, attention_mask, prefix_length)
-        presence = (None if self.presence is None
-                    else _PresenceDecision(self, input_ids, mask_embeds, pair_index, date_features))
+        presence = None
+        if self.presence is not None:
+            swapped = (None if self.order_head is None
+                       else self.swapped_mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2))
+            presence = _PresenceDecision(self, input_ids, mask_embeds, pair_index, date_features, swapped)
         own_loop = use_cache and set(generate_kwargs) <= {"logits_processor", "min_new_tokens"}
         # Our loop writes into a preallocated cache (no copy of every row's keys and values per step); the language
         # model's `generate` gets the dynamic cache it expects.
@@ -355,22 +359,27 @@ class _PresenceDecision:
     The presence head's decision in generation (`ReasonCDConfig.presence_head`). Every row's prompt ends with the
     same tokens after `</p>` (the template's closing request; rows are aligned at their ends), so the prompt up to
     `</p>` runs first, the head reads its last state, and the decision vector (with `croi_plan`, plus the CRoI
-    head's units: `question_read`) is added to every later token.
+    head's units: `question_read`) is added to every later token. With `order_head`, a question is present where
+    the order head agrees (`swapped_embeddings`: each pair fused with the dates swapped).
     """
 
-    def __init__(self, model, input_ids, mask_embeds, pair_index, date_features=None):
+    def __init__(self, model, input_ids, mask_embeds, pair_index, date_features=None, swapped_embeddings=None):
         from_end = input_ids.shape[1] - question_end_positions(input_ids, model.config.p_end_token_id)
         if bool((from_end != from_end[0]).any()):
             raise ValueError("presence_head: every prompt must end with the same tokens after </p> (the processor's "
                              f"chat template); found {sorted(set(from_end.tolist()))} tokens after it")
         self.model, self.change_embeddings = model, mask_embeds[pair_index]
         self.date_features = per_prompt(date_features, pair_index)
+        self.swapped_embeddings = None if swapped_embeddings is None else swapped_embeddings[pair_index]
         self.tail = int(from_end[0]) - 1  # tokens after </p>
         self.present = self.probabilities = self.vectors = None
 
 
     def _decide(self, states):
         logits = self.model.question_presence(states, self.change_embeddings, self.date_features)[0].float()
+        if self.model.order_head is not None:  # present only where the order head agrees the change holds
+            logits = torch.minimum(logits, self.model.order_head(states, self.change_embeddings,
+                                                                 self.swapped_embeddings).float())
         self.probabilities = logits.sigmoid()
         self.present = logits > 0
         units = None if self.model.croi_plan is None else self.model.croi_head(states) > 0

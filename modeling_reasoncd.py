@@ -95,10 +95,13 @@ class ReasonCDOutput(ModelOutput):
         croi_loss (`torch.FloatTensor` of shape `()`, *optional*): with `croi_units` and `croi_targets`, that
             head's binary cross-entropy over the rows whose units are known (`loss` adds it times
             `croi_loss_weight`).
-        order_loss (`torch.FloatTensor` of shape `()`, *optional*): with `order_loss_weight` or
-            `order_presence_loss_weight` and rows that have a truth with the dates swapped, the weighted terms of
-            those rows read in that order (in `loss`): their masks' BCE and Dice, their presence decisions' BCE and
-            their question masks' BCE and Dice.
+        order_logits (`torch.FloatTensor` of shape `(B,)`, *optional*): with `order_head`, that head's logit that
+            the asked change holds in the order the dates are given; a question counts as present in evaluation
+            where both it and `presence_logits` are positive.
+        order_loss (`torch.FloatTensor` of shape `()`, *optional*): with `order_loss_weight`,
+            `order_presence_loss_weight` or `order_head` and rows that have a truth with the dates swapped, the
+            weighted terms of those rows read in that order (in `loss`): their masks' BCE and Dice, their presence
+            decisions' BCE and their question masks' BCE and Dice, the order head's BCE in both orders.
         land_cover_loss (`torch.FloatTensor` of shape `()`, *optional*): with `land_cover_classes` and
             `land_cover` labels, the land-cover head's cross-entropy over both dates' labelled pixels (`loss` adds
             it times `land_cover_loss_weight`).
@@ -118,6 +121,7 @@ class ReasonCDOutput(ModelOutput):
     question_mask_loss: torch.FloatTensor | None = None
     croi_logits: torch.FloatTensor | None = None
     croi_loss: torch.FloatTensor | None = None
+    order_logits: torch.FloatTensor | None = None
     order_loss: torch.FloatTensor | None = None
     land_cover_loss: torch.FloatTensor | None = None
     target_masks: torch.FloatTensor | None = None
@@ -514,16 +518,10 @@ class PromptFiLM(nn.Module):
         return image_embeddings * (1 + gamma) + beta
 
 
-class PresenceHead(nn.Module):
-    """
-    Whether the asked change is there (an option beyond the paper), decided apart from the wording of the answer.
-
-    A logit per question from the language model's last-layer state at `</p>` (the question read, after both
-    images) and the fused change embedding as that state modulates it (FiLM, then average and max pooling), so the
-    decision looks at the change the question names. It is trained on every question, absent ones included. The
-    decision enters the language model as one of two learned vectors added to every token after `</p>` (the
-    reference's decision in training, the head's in generation), so the answer opens as the head decided.
-    """
+class QuestionedChangeScore(nn.Module):
+    """A logit per question from the language model's last-layer state at `</p>` and a fused change embedding as
+    that state modulates it (FiLM, then average and max pooling, then a small classifier), so the score looks at
+    the change the question names."""
 
     def __init__(self, hidden_size: int, channels: int) -> None:
         super().__init__()
@@ -533,10 +531,9 @@ class PresenceHead(nn.Module):
         self.film = nn.Linear(hidden_size, 2 * channels)
         self.classifier = nn.Sequential(nn.Linear(hidden_size + 2 * channels, channels), nn.ReLU(),
                                         nn.Linear(channels, 1))
-        self.decision_embeddings = nn.Embedding(2, hidden_size)  # row 0: absent, row 1: present
 
     def forward(self, states: torch.Tensor, change_embeddings: torch.Tensor) -> torch.Tensor:
-        """`states` `(N, hidden)` at `</p>`, `change_embeddings` `(N, C, h, w)`: presence logits `(N,)`."""
+        """`states` `(N, hidden)` at `</p>`, `change_embeddings` `(N, C, h, w)`: logits `(N,)`."""
         question = self.norm(states.to(self.norm.weight.dtype))
         gamma, beta = self.film(question).chunk(2, dim=-1)
         change = self.change_norm(change_embeddings.to(gamma.dtype))
@@ -544,9 +541,44 @@ class PresenceHead(nn.Module):
         pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=-1)
         return self.classifier(torch.cat([question, pooled], dim=-1)).squeeze(-1)
 
+
+class PresenceHead(QuestionedChangeScore):
+    """
+    Whether the asked change is there (an option beyond the paper), decided apart from the wording of the answer.
+
+    A `QuestionedChangeScore` of the pair as given (the state at `</p>` is the question read, after both images),
+    trained on every question, absent ones included. The decision enters the language model as one of two learned
+    vectors added to every token after `</p>` (the reference's decision in training, the head's in generation), so
+    the answer opens as the head decided.
+    """
+
+    def __init__(self, hidden_size: int, channels: int) -> None:
+        super().__init__(hidden_size, channels)
+        self.decision_embeddings = nn.Embedding(2, hidden_size)  # row 0: absent, row 1: present
+
     def decision(self, present: torch.Tensor) -> torch.Tensor:
         """The vectors `(N, hidden)` that tell the language model the decision (`present`: bool `(N,)`)."""
         return self.decision_embeddings(present.long())
+
+
+class OrderHead(QuestionedChangeScore):
+    """
+    Whether the asked change holds in the order the dates are given rather than the other (an option beyond the
+    paper, `ReasonCDConfig.order_head`): the score of the pair fused as given minus its score fused with T1 and T2
+    swapped, plus a bias read from the question alone. Swapping the dates flips the sign of the difference, so a
+    question about an increase learns one side of it; a question that names no direction, the bias.
+    """
+
+    def __init__(self, hidden_size: int, channels: int) -> None:
+        super().__init__(hidden_size, channels)
+        self.bias = nn.Linear(hidden_size, 1)
+        self.bias.zero_init = True  # starts undecided between the orders
+
+    def forward(self, states: torch.Tensor, given: torch.Tensor, swapped: torch.Tensor) -> torch.Tensor:
+        """`states` `(N, hidden)` at `</p>`; each question's pair fused as given and swapped, `(N, C, h, w)` each:
+        logits `(N,)`."""
+        difference = super().forward(states, given) - super().forward(states, swapped)
+        return difference + self.bias(self.norm(states.to(self.norm.weight.dtype))).squeeze(-1)
 
 
 class LandCoverHead(nn.Module):
@@ -664,7 +696,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
     trainable_module_names = ("multi_modal_projector", "text_hidden_fc", "sam_mask_decoder", "feature_fusion")
     # Trained in full too when the config switches them on (options beyond the paper).
     optional_module_names = ("seg_state_norm", "prompt_film", "change_projector", "presence", "question_mask",
-                             "croi_head", "croi_reader", "fusion_film", "croi_plan", "land_cover")
+                             "croi_head", "croi_reader", "fusion_film", "croi_plan", "land_cover", "order_head")
     frozen_module_names = ("vision_tower", "sam_image_encoder", "sam_prompt_encoder")
     # Teacher-forced passes run the prompt up to `<p>` once per pair (`_run_language_model`); False: once per row.
     share_prompt_prefix = True
@@ -766,6 +798,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         if self.change_projector is not None:
             self.change_projector.zero_init = True  # starts as the paper's image tokens
         self.presence = PresenceHead(text_hidden, prompt_dim) if config.presence_head else None
+        self.order_head = OrderHead(text_hidden, prompt_dim) if config.order_head else None
         self.question_mask = QuestionMask(text_hidden) if config.question_mask else None
         self.croi_head = nn.Linear(text_hidden, len(config.croi_units)) if config.croi_units else None
         self.land_cover = (LandCoverHead(prompt_dim, len(config.land_cover_classes))
@@ -1034,19 +1067,33 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         b, c, uh, uw = upscaled.shape
         return (hyper.unsqueeze(1) @ upscaled.reshape(b, c, uh * uw)).reshape(b, uh, uw)
 
-    def _order_loss(self, features, sam_pixel_values_t1, sam_pixel_values_t2, date_features, rows, seg_hidden,
-                    question_states, order_masks, masks, reshaped_sizes, pair_index) -> torch.Tensor:
+    def swapped_mask_embeddings(self, features: ReasonCDFrozenFeatures, sam_pixel_values_t1, sam_pixel_values_t2):
+        """Each pair fused with T1 and T2 swapped, `(P, prompt_embed_dim, h, w)` (what the order is learned from)."""
+        return self.feature_fusion(features.sam_features_t2, features.sam_features_t1, sam_pixel_values_t2,
+                                   sam_pixel_values_t1)
+
+    def _order_loss(self, swapped, mask_embeds, date_features, rows, seg_hidden, question_states, order_logits,
+                    order_masks, order_symmetric, masks, reshaped_sizes, pair_index) -> torch.Tensor:
         """
         The order terms of `rows`, weighted: each row's pair is fused with T1 and T2 swapped, and its truth in that
         order is `order_masks`. With `order_loss_weight`, the row's first `[SEG]` state decodes a mask over it
         (BCE and Dice); with `order_presence_loss_weight`, its presence decision reads it from the row's state at
         `</p>` (`question_states`) and is trained toward "present" only where that truth is not empty (BCE), and
         its question mask toward that truth (BCE and Dice). Every pixel that changed for a question about the pair
-        outside that truth (the asked change itself among them) is a hard negative, as in `mask_losses`.
+        outside that truth (the asked change itself among them) is a hard negative, as in `mask_losses`. With
+        `order_head`, that head learns these rows (given order: holds; swapped: holds where that truth is not
+        empty) and the rows of `order_symmetric` (both orders hold), from its logits in the given order
+        (`order_logits`). `swapped`: `swapped_mask_embeddings`.
         """
         cfg = self.config
-        swapped = self.feature_fusion(features.sam_features_t2, features.sam_features_t1, sam_pixel_values_t2,
-                                      sam_pixel_values_t1)
+        if self.order_head is not None:
+            loss = cfg.order_head_loss_weight * self._order_head_loss(
+                order_logits, swapped, mask_embeds, question_states, rows, order_masks, order_symmetric, pair_index)
+            rows = rows[~order_symmetric[rows]]  # the terms below need the opposite direction's truth
+        else:
+            loss = 0.0
+        if not rows.numel():
+            return loss
         pairs = pair_index[rows]
         dates = None if date_features is None else date_features.flip(0)[:, pairs]
         changed = changed_in_each_rows_pair(masks if masks.dim() == 4 else masks[:, None], pair_index)[rows]
@@ -1056,7 +1103,6 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             bce, dice = mask_losses(logits[:, None], every_row, truths, reshaped_sizes, pairs, cfg, changed=changed)
             return cfg.bce_loss_weight * bce + cfg.dice_loss_weight * dice
 
-        loss = 0.0
         if cfg.order_loss_weight:
             loss = loss + cfg.order_loss_weight * mask_term(
                 self.decode_masks(swapped[pairs], seg_hidden[rows], date_features=dates))
@@ -1068,6 +1114,16 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                 term = term + cfg.question_mask_loss_weight * mask_term(question_masks)
             loss = loss + cfg.order_presence_loss_weight * term
         return loss
+
+    def _order_head_loss(self, order_logits, swapped, mask_embeds, question_states, rows, order_masks,
+                         order_symmetric, pair_index) -> torch.Tensor:
+        """The order head's BCE over `rows` read in both orders (see `_order_loss`); `order_logits` `(B,)`: its
+        logits in the given order."""
+        pairs, given = pair_index[rows], order_logits[rows]
+        other = self.order_head(question_states[rows], swapped[pairs], mask_embeds[pairs])
+        holds_swapped = order_symmetric[rows] | (order_masks[rows] > 0.5).flatten(1).any(dim=1)
+        logits = torch.cat([given, other]).float()
+        return F.binary_cross_entropy_with_logits(logits, torch.cat([torch.ones_like(given), holds_swapped]).float())
 
     def question_read(self, present: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
         """
@@ -1130,6 +1186,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         croi_targets: torch.Tensor | None = None,
         order_masks: torch.Tensor | None = None,
         order_known: torch.Tensor | None = None,
+        order_symmetric: torch.Tensor | None = None,
         land_cover: torch.Tensor | None = None,
         answer_logits_only: bool = False,
         return_dict: bool | None = None,
@@ -1148,6 +1205,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                 for the others, a row of -1 where unknown (the collator builds it).
             order_masks (`(B, H, W)`), order_known (`(B,)` bool): with `learns_date_order`, each row's truth with T1
                 and T2 swapped, where it has one (the collator builds them with `order_truths`).
+            order_symmetric (`(B,)` bool): with `order_head`, the present rows whose question names no direction
+                (the same truth in either order; the collator builds it with `order_truths`).
             land_cover (`(P, 2, H, W)`): with `land_cover_classes`, each pair's per-date labels: an index into
                 `land_cover_classes` where the pixel changed, `len(land_cover_classes)` where it did not, -100 where
                 unknown (the collator builds them).
@@ -1171,7 +1230,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         kept_logits = answer_logit_count(labels) if answer_logits_only and labels is not None else 0
         run_language_model = partial(self._run_language_model, attention_mask=attention_mask, input_ids=input_ids,
                                      pair_index=pair_index, kept_logits=kept_logits)
-        presence_logits = question_masks = None
+        presence_logits = question_masks = order_logits = swapped = None
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         # The presence decision and the CRoI head both read the state at </p> (the question read).
         question_end = None
@@ -1207,9 +1266,14 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             logits, last_hidden = run_language_model(inputs_embeds)
         else:
             logits, last_hidden = run_language_model(inputs_embeds + read_after)
+            question_states = last_hidden[rows, question_end]
             presence_logits, question_masks = self.question_presence(
-                last_hidden[rows, question_end], mask_embeds[pair_index], per_prompt(date_features, pair_index))
+                question_states, mask_embeds[pair_index], per_prompt(date_features, pair_index))
             own = presence_logits > 0
+            if self.order_head is not None:
+                swapped = self.swapped_mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
+                order_logits = self.order_head(question_states, mask_embeds[pair_index], swapped[pair_index])
+                own = own & (order_logits > 0)
             own_units = None if self.croi_plan is None else self.croi_head(last_hidden[rows, question_end]) > 0
             differs = bool((own != decided).any()) or (own_units is not None and bool((own_units != planned).any()))
             if not self.training and differs:
@@ -1242,13 +1306,24 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                 loss = loss + cfg.croi_loss_weight * croi_loss
             elif croi_logits is not None:  # nothing known to learn from: reached with weight zero, as the mask path
                 loss = loss + 0.0 * croi_logits.sum()
-            order_rows = None if order_known is None else (order_known.to(seg_present.device) & seg_present)
+            order_rows = None if order_known is None else order_known.to(seg_present.device)
+            if order_rows is not None and self.order_head is not None:
+                if order_symmetric is None:
+                    order_symmetric = torch.zeros_like(order_rows)
+                order_symmetric = order_symmetric.to(order_rows.device)
+                order_rows = order_rows | order_symmetric
+            if order_rows is not None:
+                order_rows = order_rows & seg_present
             if cfg.learns_date_order and masks is not None and order_rows is not None and bool(order_rows.any()):
+                if swapped is None:
+                    swapped = self.swapped_mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
                 order_loss = self._order_loss(
-                    features, sam_pixel_values_t1, sam_pixel_values_t2, date_features, order_rows.nonzero()[:, 0],
-                    seg_hidden, None if question_end is None else last_hidden[rows, question_end], order_masks,
-                    masks, reshaped_sizes, pair_index)
+                    swapped, mask_embeds, date_features, order_rows.nonzero()[:, 0], seg_hidden,
+                    None if question_end is None else last_hidden[rows, question_end], order_logits, order_masks,
+                    order_symmetric, masks, reshaped_sizes, pair_index)
                 loss = loss + order_loss
+            elif self.training and order_logits is not None:  # no row to learn the order from: as the mask path
+                loss = loss + 0.0 * order_logits.sum()
             if self.land_cover is not None and land_cover is not None:
                 pair_sizes = reshaped_sizes.new_zeros(mask_embeds.shape[0], 2)
                 pair_sizes[pair_index] = _per_row(reshaped_sizes, pair_index)
@@ -1265,7 +1340,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice, logits=logits,
             pred_masks=target_masks[:, 0], seg_present=seg_present, seg_hidden_states=seg_hidden,
             presence_logits=presence_logits, presence_loss=presence_loss, question_masks=question_masks,
-            question_mask_loss=question_mask_loss, croi_logits=croi_logits, croi_loss=croi_loss, order_loss=order_loss,
+            question_mask_loss=question_mask_loss, croi_logits=croi_logits, croi_loss=croi_loss,
+            order_logits=order_logits, order_loss=order_loss,
             land_cover_loss=land_cover_term,
             target_masks=target_masks,
             target_present=target_present, target_hidden_states=target_hidden,

@@ -116,6 +116,10 @@ def make_seg_the_only_answer(model) -> None:
         if model.question_mask is not None:  # its mask's evidence must not overturn that
             model.question_mask.evidence_scale.zero_()
             model.question_mask.evidence_offset.zero_()
+        if model.order_head is not None:  # nor the order head: every question holds in either order
+            model.order_head.classifier[-1].weight.zero_()
+            model.order_head.bias.weight.zero_()
+            model.order_head.bias.bias.fill_(10.0)
 
 
 # --- real components -------------------------------------------------------------------------------------------
@@ -281,11 +285,13 @@ def print_report(rows, lora_rank: int) -> None:
 
 # --- the architecture and loss options, as command-line flags (build_reasoncd.py and train.py) ---
 ARCHITECTURE_OPTIONS = ("use_feature_fusion", "seg_state_norm", "mask_conditioning", "change_tokens", "presence_head",
-                        "question_mask", "presence_reads_croi", "fusion_film", "croi_plan", "land_cover_head")
+                        "question_mask", "presence_reads_croi", "fusion_film", "croi_plan", "land_cover_head",
+                        "order_head")
 # Loss weights and the token dropouts: they shape training only, so any model may change them.
 TRAINING_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight", "presence_loss_weight",
                     "question_mask_loss_weight", "croi_loss_weight", "order_loss_weight", "order_presence_loss_weight",
-                    "question_token_dropout", "image_token_dropout", "scheduled_sampling", "land_cover_loss_weight")
+                    "order_head_loss_weight", "question_token_dropout", "image_token_dropout", "scheduled_sampling",
+                    "land_cover_loss_weight")
 # The flag of an option whose name on the command line is not the config field's.
 OPTION_FLAGS = {"use_feature_fusion": "--no_fusion", "land_cover_classes": "--land_cover_head"}
 
@@ -367,6 +373,11 @@ def add_option_arguments(parser) -> None:
     group.add_argument("--order_presence_loss_weight", type=loss_weight,
                        help="weight of the presence decision (and question mask) of each increase or decrease "
                        "question read with T1 and T2 swapped, trained toward the opposite direction's truth (0: off)")
+    group.add_argument("--order_head", action=argparse.BooleanOptionalAction, default=None,
+                       help="a decision of its own on whether the asked change holds in the order the dates are given, "
+                       "learned from each question in both orders; a question is present where it and the presence "
+                       "decision agree")
+    group.add_argument("--order_head_loss_weight", type=loss_weight, help="weight of the order head's loss")
     group.add_argument("--image_token_dropout", type=dropout_probability,
                        help="in training, each image token reaches the language model as zeros with this probability")
     group.add_argument("--question_token_dropout", type=dropout_probability,

@@ -179,6 +179,12 @@ def swapped_order_truth_path(sample: dict) -> Path | None:
     return path.with_name(mask_file_name(sample["pair_id"], sample["croi"], opposite))
 
 
+def holds_in_both_orders(sample: dict) -> bool:
+    """Whether the sample is a present question about one change that names no direction (``any``): its truth is
+    the same with T1 and T2 swapped."""
+    return sample.get("direction") == "any" and not sample.get("targets") and SEG in sample["answer"]
+
+
 def land_cover_label_paths(sample: dict) -> tuple[Path, Path] | None:
     """
     The per-date label maps (``label1``, ``label2``) of a sample whose images sit in a SECOND layout's ``im1`` and

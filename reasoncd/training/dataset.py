@@ -11,7 +11,8 @@ from reasoncd.data.augment import draw_transform, transform_view
 from reasoncd.data.images import read_mask
 from reasoncd.data.questions import asked_units
 from reasoncd.data.samples import SampleError, group_by_pair, load_images, load_mask, load_target_masks
-from reasoncd.data.second import land_cover_label_paths, read_land_cover, swapped_order_truth_path
+from reasoncd.data.second import (holds_in_both_orders, land_cover_label_paths, read_land_cover,
+                                  swapped_order_truth_path)
 from reasoncd.training.feature_cache import image_keys
 
 
@@ -150,6 +151,7 @@ class ReasonCDCollator:
                                                 for pair in range(len(pairs))])
         if self.order_truths:
             inputs["order_known"] = torch.tensor([truth is not None for truth in order_masks])
+            inputs["order_symmetric"] = torch.tensor([holds_in_both_orders(sample) for sample in samples])
             size = inputs["masks"].shape[-2:]
             inputs["order_masks"] = torch.stack([torch.zeros(size) if truth is None else torch.from_numpy(truth)
                                                  for truth in order_masks]).float()

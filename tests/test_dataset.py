@@ -133,7 +133,7 @@ def test_the_collator_brings_each_questions_truth_with_the_dates_swapped(tiny, s
     from PIL import Image
 
     from reasoncd.data.augment import transform_view
-    from reasoncd.data.second import swapped_order_truth_path
+    from reasoncd.data.second import holds_in_both_orders, swapped_order_truth_path
     from reasoncd.training.dataset import as_dataset
 
     _, processor = tiny
@@ -145,6 +145,10 @@ def test_the_collator_brings_each_questions_truth_with_the_dates_swapped(tiny, s
     assert batch["order_masks"].shape == batch["masks"].shape[:1] + batch["masks"].shape[-2:]
     known = [swapped_order_truth_path(sample) is not None for sample in questions]
     assert batch["order_known"].tolist() == known and any(known) and not all(known)
+    # the questions that name no direction hold in both orders (the order head learns them so)
+    assert batch["order_symmetric"].tolist() == [holds_in_both_orders(sample) for sample in questions]
+    assert batch["order_symmetric"].any()
+    assert not (batch["order_symmetric"] & batch["order_known"]).any()
     # No file for the opposite direction: that change did not happen, so the swapped truth is empty.
     assert not batch["order_masks"].any()
     # Where the opposite direction changed too, its mask is the truth, turned with the pair.

@@ -865,6 +865,108 @@ def test_the_order_presence_loss_needs_the_presence_head_and_a_weight_of_at_leas
     assert not ReasonCDConfig.from_preset("tiny").learns_date_order
 
 
+# --- order_head: a decision of its own on whether the asked change holds in the order the dates are given ---
+@pytest.fixture(scope="module")
+def tiny_with_order_head():
+    torch.manual_seed(0)
+    return build_tiny(0, order_head=True)
+
+
+def test_the_order_head_flips_with_the_dates_around_a_bias_read_from_the_question(tiny_with_order_head):
+    model, _ = tiny_with_order_head
+    head = model.order_head
+    generator = torch.Generator().manual_seed(0)
+    states = torch.randn(3, model.config.text_config.hidden_size, generator=generator)
+    given, swapped = (torch.randn(3, model.config.sam_config.prompt_embed_dim, 8, 8, generator=generator)
+                      for _ in range(2))
+    with torch.no_grad():
+        head.bias.weight.normal_()
+        forward, backward = head(states, given, swapped), head(states, swapped, given)
+        bias = head.bias(head.norm(states)).squeeze(-1)
+    torch.testing.assert_close(forward + backward, 2 * bias)
+    assert (forward - backward).abs().min() > 1e-4  # the order is read, not only the question
+    with torch.no_grad():
+        head.bias.weight.zero_()
+        head.bias.bias.zero_()
+
+
+def test_the_order_head_learns_each_known_question_in_both_orders_and_a_directionless_one_as_holding_in_both(
+        tiny_with_order_head):
+    model, processor = tiny_with_order_head
+    truth = np.zeros((96, 128), bool)
+    truth[20:60, 30:90] = True
+    inputs = _pair_inputs(processor, ["new buildings", "removed trees", "changed water"],
+                          ["It's the new buildings [SEG].", "It's the removed trees [SEG].", "It's the water [SEG]."],
+                          masks=[truth] * 3)
+    known, symmetric = torch.tensor([True, False, False]), torch.tensor([False, False, True])
+    calls = []
+    hook = model.order_head.register_forward_hook(lambda module, args, output: calls.append((args, output)))
+    model.eval()
+    try:
+        empty = model(**inputs, order_masks=torch.zeros(3, 96, 128), order_known=known, order_symmetric=symmetric)
+        (states, given, swapped), as_given = calls[0]
+        (other_states, other_given, other_swapped), as_swapped = calls[1]
+        full = model(**inputs, order_masks=torch.ones(3, 96, 128), order_known=known, order_symmetric=symmetric)
+        nothing = model(**inputs, order_masks=torch.ones(3, 96, 128), order_known=torch.zeros(3, dtype=torch.bool),
+                        order_symmetric=torch.zeros(3, dtype=torch.bool))
+        model.config.order_head_loss_weight = 2.0
+        doubled = model(**inputs, order_masks=torch.zeros(3, 96, 128), order_known=known, order_symmetric=symmetric)
+    finally:
+        hook.remove()
+        model.config.order_head_loss_weight = 1.0
+    torch.testing.assert_close(empty.order_logits, as_given)
+    # the second reading: the first and third rows (the second names a direction but has no swapped truth), with
+    # the dates' fusions exchanged
+    torch.testing.assert_close(other_states, states[[0, 2]])
+    torch.testing.assert_close(other_given, swapped[[0, 2]])
+    torch.testing.assert_close(other_swapped, given[[0, 2]])
+    both = torch.cat([as_given[[0, 2]], as_swapped])
+    # the first row holds as given, not swapped (its swapped truth is empty); the third holds in both orders
+    torch.testing.assert_close(empty.order_loss, F.binary_cross_entropy_with_logits(both, torch.tensor([1., 1, 0, 1])))
+    # with the first row's swapped truth not empty, it holds in both orders too
+    torch.testing.assert_close(full.order_loss, F.binary_cross_entropy_with_logits(both, torch.ones(4)))
+    assert nothing.order_loss is None
+    torch.testing.assert_close(doubled.order_loss, 2 * empty.order_loss)
+    # the head and the fusion module learn from it; the presence decision does not
+    assert _reached(model, doubled.order_loss, (model.order_head, model.feature_fusion.pair_attention.mlp[0],
+                                                model.presence.classifier)) == [True, True, False]
+
+
+def test_a_question_is_present_in_generation_and_evaluation_only_where_the_order_head_agrees():
+    from reasoncd.build import make_seg_the_only_answer
+
+    model, processor = build_tiny(0, order_head=True)
+    make_seg_the_only_answer(model)  # both decisions say "present" for every question
+    model.eval()
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    inputs = processor(images_t1=image, images_t2=image, text=["new buildings", "river"], pair_index=[0, 0])
+    reference = processor(images_t1=image, images_t2=image, text=["new buildings"],
+                          answers=["It's the new buildings [SEG]."])
+    with torch.no_grad():
+        agreed = model.generate(**inputs, max_new_tokens=4)
+        agreed_forward = model(**reference)
+        model.order_head.bias.bias.fill_(-10.0)  # the order head says the asked change does not hold
+        vetoed = model.generate(**inputs, max_new_tokens=4)
+        vetoed_forward = model(**reference)
+        model.presence.classifier[-1].bias.fill_(-10.0)  # the presence decision says "absent" too
+        absent_forward = model(**reference)
+    assert agreed.seg_present.all() and bool((agreed.presence_probabilities > 0.5).all())
+    assert not vetoed.seg_present.any() and bool((vetoed.presence_probabilities < 0.5).all())
+    assert bool((vetoed_forward.presence_logits > 0).all()) and bool((vetoed_forward.order_logits < 0).all())
+    # evaluation's teacher-forced pass reads the answer after the same decision as generation: "absent"
+    torch.testing.assert_close(vetoed_forward.logits, absent_forward.logits)
+    assert not torch.allclose(vetoed_forward.logits, agreed_forward.logits)
+
+
+def test_the_order_head_needs_the_presence_head_and_a_weight_of_at_least_0():
+    with pytest.raises(ValueError, match="order_head=True needs presence_head=True"):
+        ReasonCDConfig.from_preset("tiny", presence_head=False, question_mask=False, order_head=True)
+    with pytest.raises(ValueError, match="order_head_loss_weight=-1.0: a weight of at least 0"):
+        ReasonCDConfig.from_preset("tiny", order_head=True, order_head_loss_weight=-1.0)
+    assert ReasonCDConfig.from_preset("tiny", order_head=True).learns_date_order
+    assert ReasonCDConfig.from_preset("tiny").order_head is False
+
+
 # --- the land-cover head: what each changed cell was and became ---
 def test_the_land_cover_loss_reads_both_dates_labels_at_their_own_size_and_reaches_the_fusion():
     from reasoncd.data.questions import CLASSES

@@ -292,6 +292,16 @@ def test_order_truth_is_the_opposite_directions_mask_file(tmp_path):
     assert (with_dates_swapped(sample)["img1_path"], with_dates_swapped(sample)["img2_path"]) == ("b.png", "a.png")
 
 
+def test_only_a_present_question_about_one_change_in_any_direction_holds_in_both_orders():
+    from reasoncd.data.second import holds_in_both_orders
+
+    sample = {"answer": f"It's {SEG}.", "croi": "building", "direction": "any"}
+    assert holds_in_both_orders(sample)
+    assert not holds_in_both_orders({**sample, "direction": "increase"})  # its truth changes with the order
+    assert not holds_in_both_orders({**sample, "answer": "There are none."})  # absent: the presence decision's
+    assert not holds_in_both_orders({**sample, "targets": [{"croi": "building", "direction": "any"}]})
+
+
 def test_score_reports_order_accuracy_and_answer_map_agreement(pair_samples, tmp_path):
     from reasoncd.data.second import mask_file_name
 

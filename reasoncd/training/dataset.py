@@ -24,16 +24,17 @@ def as_dataset(samples: list[dict]) -> datasets.Dataset:
     groups = group_by_pair(samples)
     columns = ("img1_path", "img2_path", "pair_id", "questions", "answers", "mask_paths", "target_mask_paths")
     table = {key: [g[key] for g in groups] for key in columns}
-    # Per question, in the order group_by_pair lists each pair's questions: the units it asks about, and the mask
-    # file of its truth with the dates swapped ("" where it has none).
+    # Per question, in the order group_by_pair lists each pair's questions: the units it asks about, the mask file
+    # of its truth with the dates swapped ("" where it has none), and whether it holds in both orders.
     per_pair: dict[tuple[str, str], dict[str, list]] = {}
+    extra_columns = ("asked_units", "order_mask_paths", "holds_in_both_orders")
     for sample in samples:
-        pair = per_pair.setdefault((sample["img1_path"], sample["img2_path"]),
-                                   {"asked_units": [], "order_mask_paths": []})
+        pair = per_pair.setdefault((sample["img1_path"], sample["img2_path"]), {column: [] for column in extra_columns})
         pair["asked_units"].append(asked_units(sample))
         swapped = swapped_order_truth_path(sample)
         pair["order_mask_paths"].append("" if swapped is None else str(swapped))
-    for column in ("asked_units", "order_mask_paths"):
+        pair["holds_in_both_orders"].append(holds_in_both_orders(sample))
+    for column in extra_columns:
         table[column] = [per_pair[(g["img1_path"], g["img2_path"])][column] for g in groups]
     return datasets.Dataset.from_dict(table)
 
@@ -45,10 +46,10 @@ def _as_samples(item: dict) -> list[dict]:
     return [{"img1_path": item["img1_path"], "img2_path": item["img2_path"], "mask_path": mask,
              "question": question, "answer": answer,
              "targets": [{"present": True, "mask_path": path} for path in targets], "asked_units": units,
-             "order_mask_path": swapped or None}
-            for question, answer, mask, targets, units, swapped in zip(
+             "order_mask_path": swapped or None, "holds_in_both_orders": symmetric}
+            for question, answer, mask, targets, units, swapped, symmetric in zip(
                 item["questions"], item["answers"], item["mask_paths"], item["target_mask_paths"],
-                item["asked_units"], item["order_mask_paths"])]
+                item["asked_units"], item["order_mask_paths"], item["holds_in_both_orders"])]
 
 
 class ReasonCDCollator:
@@ -151,7 +152,8 @@ class ReasonCDCollator:
                                                 for pair in range(len(pairs))])
         if self.order_truths:
             inputs["order_known"] = torch.tensor([truth is not None for truth in order_masks])
-            inputs["order_symmetric"] = torch.tensor([holds_in_both_orders(sample) for sample in samples])
+            inputs["order_symmetric"] = torch.tensor([sample["holds_in_both_orders"] if "holds_in_both_orders" in sample
+                                                      else holds_in_both_orders(sample) for sample in samples])
             size = inputs["masks"].shape[-2:]
             inputs["order_masks"] = torch.stack([torch.zeros(size) if truth is None else torch.from_numpy(truth)
                                                  for truth in order_masks]).float()

@@ -152,8 +152,9 @@ class ReasonCDCollator:
                                                 for pair in range(len(pairs))])
         if self.order_truths:
             inputs["order_known"] = torch.tensor([truth is not None for truth in order_masks])
-            inputs["order_symmetric"] = torch.tensor([sample["holds_in_both_orders"] if "holds_in_both_orders" in sample
-                                                      else holds_in_both_orders(sample) for sample in samples])
+            inputs["order_symmetric"] = torch.tensor([
+                sample["holds_in_both_orders"] if "holds_in_both_orders" in sample else holds_in_both_orders(sample)
+                for sample in samples])
             size = inputs["masks"].shape[-2:]
             inputs["order_masks"] = torch.stack([torch.zeros(size) if truth is None else torch.from_numpy(truth)
                                                  for truth in order_masks]).float()

@@ -534,7 +534,10 @@ class QuestionedChangeScore(nn.Module):
 
     def forward(self, states: torch.Tensor, change_embeddings: torch.Tensor) -> torch.Tensor:
         """`states` `(N, hidden)` at `</p>`, `change_embeddings` `(N, C, h, w)`: logits `(N,)`."""
-        question = self.norm(states.to(self.norm.weight.dtype))
+        return self.score(self.norm(states.to(self.norm.weight.dtype)), change_embeddings)
+
+    def score(self, question: torch.Tensor, change_embeddings: torch.Tensor) -> torch.Tensor:
+        """`forward` from the normalised states."""
         gamma, beta = self.film(question).chunk(2, dim=-1)
         change = self.change_norm(change_embeddings.to(gamma.dtype))
         features = F.relu(change * (1 + gamma[..., None, None]) + beta[..., None, None])
@@ -577,8 +580,9 @@ class OrderHead(QuestionedChangeScore):
     def forward(self, states: torch.Tensor, given: torch.Tensor, swapped: torch.Tensor) -> torch.Tensor:
         """`states` `(N, hidden)` at `</p>`; each question's pair fused as given and swapped, `(N, C, h, w)` each:
         logits `(N,)`."""
-        difference = super().forward(states, given) - super().forward(states, swapped)
-        return difference + self.bias(self.norm(states.to(self.norm.weight.dtype))).squeeze(-1)
+        question = self.norm(states.to(self.norm.weight.dtype))
+        difference = self.score(question, given) - self.score(question, swapped)
+        return difference + self.bias(question).squeeze(-1)
 
 
 class LandCoverHead(nn.Module):

@@ -181,6 +181,8 @@ FUSION_TINY = {
 
 # How the [SEG] state conditions the mask decoder: the paper's sparse prompt, or that plus FiLM of the image embedding.
 MASK_CONDITIONINGS = ("sparse", "film")
+# Where the order head pools the fused pair: over the whole image, or inside the question's own mask.
+ORDER_HEAD_POOLINGS = ("image", "question_mask")
 
 # LLaMA-2's tokenizer has 32,000 entries; the five new tokens follow in this order.
 NEW_TOKENS = ("<T1>", "<T2>", "<p>", "</p>", "[SEG]")
@@ -279,6 +281,11 @@ class ReasonCDConfig(PretrainedConfig):
             generation a question counts as present only where both decisions say so, so the presence decision is
             not taught to doubt present changes to learn the order.
         order_head_loss_weight (`float`): the weight of the order head's binary cross-entropy.
+        order_head_pooling (`str`): where the order head pools the pair fused in each order: `"image"` over the
+            whole image (average and max), `"question_mask"` (needs `question_mask`) weighted by the question's own
+            mask (its probabilities, without gradients), so that each order is scored by the cells where the asked
+            class changed and not by what else the pair shows: a reading of a date that can hold on unseen pairs,
+            where the whole image lets the head learn which training pair shows which direction.
         image_token_dropout (`float`, 0 to < 1): in training, each of a pair's image tokens (the projected CLIP
             features, with `change_tokens` also the change embedding they carry) reaches the language model as a
             zero vector with this probability, drawn per pair and token. The image encoders train on a few hundred
@@ -351,6 +358,7 @@ class ReasonCDConfig(PretrainedConfig):
         order_presence_loss_weight=0.0,
         order_head=False,
         order_head_loss_weight=1.0,
+        order_head_pooling="image",
         initializer_range=0.02,
         tie_word_embeddings=False,
         **kwargs,
@@ -453,6 +461,12 @@ class ReasonCDConfig(PretrainedConfig):
         if not order_head_loss_weight >= 0.0:
             raise ValueError(f"order_head_loss_weight={order_head_loss_weight!r}: a weight of at least 0")
         self.order_head_loss_weight = float(order_head_loss_weight)
+        if order_head_pooling not in ORDER_HEAD_POOLINGS:
+            raise ValueError(f"order_head_pooling={order_head_pooling!r}: choose one of {ORDER_HEAD_POOLINGS}")
+        if order_head_pooling == "question_mask" and not (order_head and question_mask):
+            raise ValueError("order_head_pooling='question_mask' needs order_head=True and question_mask=True: it "
+                             "pools the order head's reading inside the question's own mask")
+        self.order_head_pooling = order_head_pooling
         self.initializer_range = initializer_range
         super().__init__(
             pad_token_id=pad_token_id,

@@ -376,10 +376,12 @@ class _PresenceDecision:
 
 
     def _decide(self, states):
-        logits = self.model.question_presence(states, self.change_embeddings, self.date_features)[0].float()
+        logits, question_masks = self.model.question_presence(states, self.change_embeddings, self.date_features)
+        logits = logits.float()
         if self.model.order_head is not None:  # present only where the order head agrees the change holds
-            logits = torch.minimum(logits, self.model.order_head(states, self.change_embeddings,
-                                                                 self.swapped_embeddings).float())
+            order = self.model.order_head(states, self.change_embeddings, self.swapped_embeddings,
+                                          question_masks=self.model.order_head_within(question_masks))
+            logits = torch.minimum(logits, order.float())
         self.probabilities = logits.sigmoid()
         self.present = logits > 0
         units = None if self.model.croi_plan is None else self.model.croi_head(states) > 0

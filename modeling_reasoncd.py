@@ -536,12 +536,20 @@ class QuestionedChangeScore(nn.Module):
         """`states` `(N, hidden)` at `</p>`, `change_embeddings` `(N, C, h, w)`: logits `(N,)`."""
         return self.score(self.norm(states.to(self.norm.weight.dtype)), change_embeddings)
 
-    def score(self, question: torch.Tensor, change_embeddings: torch.Tensor) -> torch.Tensor:
-        """`forward` from the normalised states."""
+    def score(self, question: torch.Tensor, change_embeddings: torch.Tensor,
+              within: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward` from the normalised states; `within` `(N, h, w)` (0 to 1), where given, weighs the cells both
+        poolings read (a weighted average, and the largest weighted feature)."""
         gamma, beta = self.film(question).chunk(2, dim=-1)
         change = self.change_norm(change_embeddings.to(gamma.dtype))
         features = F.relu(change * (1 + gamma[..., None, None]) + beta[..., None, None])
-        pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=-1)
+        if within is None:
+            pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=-1)
+        else:
+            weights = within.to(features.dtype)[:, None]
+            weighted = features * weights
+            average = weighted.sum(dim=(2, 3)) / weights.sum(dim=(2, 3)).clamp_min(1e-6)
+            pooled = torch.cat([average, weighted.amax(dim=(2, 3))], dim=-1)
         return self.classifier(torch.cat([question, pooled], dim=-1)).squeeze(-1)
 
 
@@ -577,11 +585,17 @@ class OrderHead(QuestionedChangeScore):
         self.bias = nn.Linear(hidden_size, 1)
         self.bias.zero_init = True  # starts undecided between the orders
 
-    def forward(self, states: torch.Tensor, given: torch.Tensor, swapped: torch.Tensor) -> torch.Tensor:
-        """`states` `(N, hidden)` at `</p>`; each question's pair fused as given and swapped, `(N, C, h, w)` each:
-        logits `(N,)`."""
+    def forward(self, states: torch.Tensor, given: torch.Tensor, swapped: torch.Tensor,
+                question_masks: torch.Tensor | None = None) -> torch.Tensor:
+        """`states` `(N, hidden)` at `</p>`; each question's pair fused as given and swapped, `(N, C, h, w)` each;
+        with `question_masks` (each question's own mask logits, `(N, h', w')`), both orders are read inside that
+        mask (`ReasonCDConfig.order_head_pooling`): logits `(N,)`."""
         question = self.norm(states.to(self.norm.weight.dtype))
-        difference = self.score(question, given) - self.score(question, swapped)
+        within = None
+        if question_masks is not None:
+            # The cells where the asked class changed; the mask learns from its own loss, not from the order.
+            within = F.adaptive_avg_pool2d(question_masks.detach().float().sigmoid()[:, None], given.shape[-2:])[:, 0]
+        difference = self.score(question, given, within) - self.score(question, swapped, within)
         return difference + self.bias(question).squeeze(-1)
 
 
@@ -1077,7 +1091,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                                    sam_pixel_values_t1)
 
     def _order_loss(self, swapped, mask_embeds, date_features, rows, seg_hidden, question_states, order_logits,
-                    order_masks, order_symmetric, masks, reshaped_sizes, pair_index) -> torch.Tensor:
+                    order_masks, order_symmetric, masks, reshaped_sizes, pair_index,
+                    question_masks=None) -> torch.Tensor:
         """
         The order terms of `rows`, weighted: each row's pair is fused with T1 and T2 swapped, and its truth in that
         order is `order_masks`. With `order_loss_weight`, the row's first `[SEG]` state decodes a mask over it
@@ -1087,12 +1102,14 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         outside that truth (the asked change itself among them) is a hard negative, as in `mask_losses`. With
         `order_head`, that head learns these rows (given order: holds; swapped: holds where that truth is not
         empty) and the rows of `order_symmetric` (both orders hold), from its logits in the given order
-        (`order_logits`). `swapped`: `swapped_mask_embeddings`.
+        (`order_logits`), inside `question_masks` (the rows' own masks in the given order) where
+        `order_head_pooling` says so. `swapped`: `swapped_mask_embeddings`.
         """
         cfg = self.config
         if self.order_head is not None:
             loss = cfg.order_head_loss_weight * self._order_head_loss(
-                order_logits, swapped, mask_embeds, question_states, rows, order_masks, order_symmetric, pair_index)
+                order_logits, swapped, mask_embeds, question_states, rows, order_masks, order_symmetric, pair_index,
+                question_masks)
             rows = rows[~order_symmetric[rows]]  # the terms below need the opposite direction's truth
         else:
             loss = 0.0
@@ -1120,14 +1137,21 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         return loss
 
     def _order_head_loss(self, order_logits, swapped, mask_embeds, question_states, rows, order_masks,
-                         order_symmetric, pair_index) -> torch.Tensor:
+                         order_symmetric, pair_index, question_masks=None) -> torch.Tensor:
         """The order head's BCE over `rows` read in both orders (see `_order_loss`); `order_logits` `(B,)`: its
         logits in the given order."""
         pairs, given = pair_index[rows], order_logits[rows]
-        other = self.order_head(question_states[rows], swapped[pairs], mask_embeds[pairs])
+        within = self.order_head_within(question_masks)
+        # The same cells in both orders, so that the swapped reading stays the given one's opposite.
+        other = self.order_head(question_states[rows], swapped[pairs], mask_embeds[pairs],
+                                question_masks=None if within is None else within[rows])
         holds_swapped = order_symmetric[rows] | (order_masks[rows] > 0.5).flatten(1).any(dim=1)
         logits = torch.cat([given, other]).float()
         return F.binary_cross_entropy_with_logits(logits, torch.cat([torch.ones_like(given), holds_swapped]).float())
+
+    def order_head_within(self, question_masks: torch.Tensor | None) -> torch.Tensor | None:
+        """The question masks the order head reads inside (`order_head_pooling="question_mask"`), else None."""
+        return question_masks if self.config.order_head_pooling == "question_mask" else None
 
     def question_read(self, present: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
         """
@@ -1276,7 +1300,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             own = presence_logits > 0
             if self.order_head is not None:
                 swapped = self.swapped_mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
-                order_logits = self.order_head(question_states, mask_embeds[pair_index], swapped[pair_index])
+                order_logits = self.order_head(question_states, mask_embeds[pair_index], swapped[pair_index],
+                                               question_masks=self.order_head_within(question_masks))
                 own = own & (order_logits > 0)
             own_units = None if self.croi_plan is None else self.croi_head(last_hidden[rows, question_end]) > 0
             differs = bool((own != decided).any()) or (own_units is not None and bool((own_units != planned).any()))
@@ -1324,7 +1349,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                 order_loss = self._order_loss(
                     swapped, mask_embeds, date_features, order_rows.nonzero()[:, 0], seg_hidden,
                     None if question_end is None else last_hidden[rows, question_end], order_logits, order_masks,
-                    order_symmetric, masks, reshaped_sizes, pair_index)
+                    order_symmetric, masks, reshaped_sizes, pair_index, question_masks)
                 loss = loss + order_loss
             elif self.training and order_logits is not None:  # no row to learn the order from: as the mask path
                 loss = loss + 0.0 * order_logits.sum()

@@ -932,10 +932,11 @@ def test_the_order_head_learns_each_known_question_in_both_orders_and_a_directio
                                                 model.presence.classifier)) == [True, True, False]
 
 
-def test_a_question_is_present_in_generation_and_evaluation_only_where_the_order_head_agrees():
+@pytest.mark.parametrize("pooling", ["image", "question_mask"])
+def test_a_question_is_present_in_generation_and_evaluation_only_where_the_order_head_agrees(pooling):
     from reasoncd.build import make_seg_the_only_answer
 
-    model, processor = build_tiny(0, order_head=True)
+    model, processor = build_tiny(0, order_head=True, order_head_pooling=pooling)
     make_seg_the_only_answer(model)  # both decisions say "present" for every question
     model.eval()
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
@@ -958,6 +959,60 @@ def test_a_question_is_present_in_generation_and_evaluation_only_where_the_order
     assert not torch.allclose(vetoed_forward.logits, agreed_forward.logits)
 
 
+def test_the_order_head_pooled_in_the_question_mask_reads_only_the_cells_the_mask_covers(tiny_with_order_head):
+    model, _ = tiny_with_order_head
+    head = model.order_head
+    generator = torch.Generator().manual_seed(1)
+    states = torch.randn(2, model.config.text_config.hidden_size, generator=generator)
+    given, swapped = (torch.randn(2, model.config.sam_config.prompt_embed_dim, 8, 8, generator=generator)
+                      for _ in range(2))
+    question_masks = torch.full((2, 32, 32), -40.0)
+    question_masks[:, :16, :16] = 40.0  # the top-left quarter of the grid: cells [0:4, 0:4] of the 8 x 8 embedding
+    # Outside the mask, each pair's values shuffled across channels and cells: each pair's statistics (which its
+    # GroupNorm reads) stay, the features the whole image pools do not. Inside, values changed.
+    outside, inside = given.clone(), given.clone()
+    values = given[..., 4:, :].flatten(1)
+    shuffled = values[:, torch.randperm(values.shape[1], generator=generator)]
+    outside[..., 4:, :] = shuffled.view_as(given[..., 4:, :])
+    inside[..., :4, :4] += 5 * torch.randn(2, given.shape[1], 4, 4, generator=generator)
+    with torch.no_grad():
+        head.bias.weight.normal_()
+        reference = head(states, given, swapped, question_masks=question_masks)
+        moved_outside = head(states, outside, swapped, question_masks=question_masks)
+        moved_inside = head(states, inside, swapped, question_masks=question_masks)
+        backward = head(states, swapped, given, question_masks=question_masks)
+        whole_image, whole_image_moved = head(states, given, swapped), head(states, outside, swapped)
+        bias = head.bias(head.norm(states)).squeeze(-1)
+        head.bias.weight.zero_()
+    torch.testing.assert_close(moved_outside, reference)
+    assert (moved_inside - reference).abs().min() > 1e-3
+    assert (whole_image_moved - whole_image).abs().min() > 1e-3
+    torch.testing.assert_close(reference + backward, 2 * bias)  # still antisymmetric around the question's bias
+
+
+def test_the_order_head_reads_both_orders_inside_the_questions_own_mask_when_asked():
+    model, processor = build_tiny(0, order_head=True, order_head_pooling="question_mask")
+    truth = np.zeros((96, 128), bool)
+    truth[20:60, 30:90] = True
+    inputs = _pair_inputs(processor, ["new buildings", "removed trees"],
+                          ["It's the new buildings [SEG].", "It's the removed trees [SEG]."], masks=[truth] * 2)
+    calls = []
+    hook = model.order_head.register_forward_hook(
+        lambda module, args, kwargs, output: calls.append(kwargs["question_masks"]), with_kwargs=True)
+    model.eval()
+    try:
+        output = model(**inputs, order_masks=torch.zeros(2, 96, 128), order_known=torch.tensor([True, False]))
+    finally:
+        hook.remove()
+    assert len(calls) == 2  # the given order for every row, then the known row swapped
+    torch.testing.assert_close(calls[0], output.question_masks)
+    torch.testing.assert_close(calls[1], output.question_masks[[0]])  # the same cells in the swapped order
+    # the mask tells the head where to look; the head's loss does not teach the mask
+    assert _reached(model, output.order_loss, (model.order_head, model.question_mask.prompt)) == [True, False]
+    image_pooled, _ = build_tiny(0, order_head=True)
+    assert image_pooled.order_head_within(output.question_masks) is None
+
+
 def test_the_order_head_needs_the_presence_head_and_a_weight_of_at_least_0():
     with pytest.raises(ValueError, match="order_head=True needs presence_head=True"):
         ReasonCDConfig.from_preset("tiny", presence_head=False, question_mask=False, order_head=True)
@@ -965,6 +1020,12 @@ def test_the_order_head_needs_the_presence_head_and_a_weight_of_at_least_0():
         ReasonCDConfig.from_preset("tiny", order_head=True, order_head_loss_weight=-1.0)
     assert ReasonCDConfig.from_preset("tiny", order_head=True).learns_date_order
     assert ReasonCDConfig.from_preset("tiny").order_head is False
+    with pytest.raises(ValueError, match="order_head_pooling='cells': choose one of"):
+        ReasonCDConfig.from_preset("tiny", order_head=True, order_head_pooling="cells")
+    with pytest.raises(ValueError, match="needs order_head=True and question_mask=True"):
+        ReasonCDConfig.from_preset("tiny", order_head_pooling="question_mask")
+    with pytest.raises(ValueError, match="needs order_head=True and question_mask=True"):
+        ReasonCDConfig.from_preset("tiny", order_head=True, question_mask=False, order_head_pooling="question_mask")
 
 
 # --- the land-cover head: what each changed cell was and became ---

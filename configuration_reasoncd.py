@@ -183,6 +183,8 @@ FUSION_TINY = {
 MASK_CONDITIONINGS = ("sparse", "film")
 # Where the order head pools the fused pair: over the whole image, or inside the question's own mask.
 ORDER_HEAD_POOLINGS = ("image", "question_mask")
+# What the order head compares: the pair fused in both orders, or each date's own features before the fusion.
+ORDER_HEAD_READINGS = ("fused", "dates")
 
 # LLaMA-2's tokenizer has 32,000 entries; the five new tokens follow in this order.
 NEW_TOKENS = ("<T1>", "<T2>", "<p>", "</p>", "[SEG]")
@@ -286,6 +288,10 @@ class ReasonCDConfig(PretrainedConfig):
             mask (its probabilities, without gradients), so that each order is scored by the cells where the asked
             class changed and not by what else the pair shows: a reading of a date that can hold on unseen pairs,
             where the whole image lets the head learn which training pair shows which direction.
+        order_head_reads (`str`): what the order head compares: `"fused"` the pair fused as given and fused with
+            the dates swapped, `"dates"` (needs the fusion module) the later date's own features (SAM's and the
+            ResNet-FPN's, before the fusion module, through a 1 x 1 convolution) against the earlier date's: a score
+            of "this date shows the asked change's outcome", which swapping the dates exchanges as well.
         image_token_dropout (`float`, 0 to < 1): in training, each of a pair's image tokens (the projected CLIP
             features, with `change_tokens` also the change embedding they carry) reaches the language model as a
             zero vector with this probability, drawn per pair and token. The image encoders train on a few hundred
@@ -359,6 +365,7 @@ class ReasonCDConfig(PretrainedConfig):
         order_head=False,
         order_head_loss_weight=1.0,
         order_head_pooling="image",
+        order_head_reads="fused",
         initializer_range=0.02,
         tie_word_embeddings=False,
         **kwargs,
@@ -467,6 +474,12 @@ class ReasonCDConfig(PretrainedConfig):
             raise ValueError("order_head_pooling='question_mask' needs order_head=True and question_mask=True: it "
                              "pools the order head's reading inside the question's own mask")
         self.order_head_pooling = order_head_pooling
+        if order_head_reads not in ORDER_HEAD_READINGS:
+            raise ValueError(f"order_head_reads={order_head_reads!r}: choose one of {ORDER_HEAD_READINGS}")
+        if order_head_reads == "dates" and not (order_head and use_feature_fusion):
+            raise ValueError("order_head_reads='dates' needs order_head=True and use_feature_fusion=True: it reads "
+                             "the fusion module's per-date features")
+        self.order_head_reads = order_head_reads
         self.initializer_range = initializer_range
         super().__init__(
             pad_token_id=pad_token_id,

@@ -168,9 +168,9 @@ class ReasonCDGenerationMixin:
             input_ids, attention_mask = self._shared_prefix_layout(input_ids, attention_mask, prefix_length)
         presence = None
         if self.presence is not None:
-            swapped = (None if self.order_head is None
-                       else self.swapped_mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2))
-            presence = _PresenceDecision(self, input_ids, mask_embeds, pair_index, date_features, swapped)
+            readings = (None if self.order_head is None
+                        else self.order_readings(features, sam_pixel_values_t1, sam_pixel_values_t2, mask_embeds))
+            presence = _PresenceDecision(self, input_ids, mask_embeds, pair_index, date_features, readings)
         own_loop = use_cache and set(generate_kwargs) <= {"logits_processor", "min_new_tokens"}
         # Our loop writes into a preallocated cache (no copy of every row's keys and values per step); the language
         # model's `generate` gets the dynamic cache it expects.
@@ -360,17 +360,17 @@ class _PresenceDecision:
     same tokens after `</p>` (the template's closing request; rows are aligned at their ends), so the prompt up to
     `</p>` runs first, the head reads its last state, and the decision vector (with `croi_plan`, plus the CRoI
     head's units: `question_read`) is added to every later token. With `order_head`, a question is present where
-    the order head agrees (`swapped_embeddings`: each pair fused with the dates swapped).
+    the order head agrees (`order_readings`: what it compares per pair, as given and swapped).
     """
 
-    def __init__(self, model, input_ids, mask_embeds, pair_index, date_features=None, swapped_embeddings=None):
+    def __init__(self, model, input_ids, mask_embeds, pair_index, date_features=None, order_readings=None):
         from_end = input_ids.shape[1] - question_end_positions(input_ids, model.config.p_end_token_id)
         if bool((from_end != from_end[0]).any()):
             raise ValueError("presence_head: every prompt must end with the same tokens after </p> (the processor's "
                              f"chat template); found {sorted(set(from_end.tolist()))} tokens after it")
         self.model, self.change_embeddings = model, mask_embeds[pair_index]
         self.date_features = per_prompt(date_features, pair_index)
-        self.swapped_embeddings = None if swapped_embeddings is None else swapped_embeddings[pair_index]
+        self.order_readings = None if order_readings is None else [r[pair_index] for r in order_readings]
         self.tail = int(from_end[0]) - 1  # tokens after </p>
         self.present = self.probabilities = self.vectors = None
 
@@ -379,7 +379,7 @@ class _PresenceDecision:
         logits, question_masks = self.model.question_presence(states, self.change_embeddings, self.date_features)
         logits = logits.float()
         if self.model.order_head is not None:  # present only where the order head agrees the change holds
-            order = self.model.order_head(states, self.change_embeddings, self.swapped_embeddings,
+            order = self.model.order_head(states, *self.order_readings,
                                           question_masks=self.model.order_head_within(question_masks))
             logits = torch.minimum(logits, order.float())
         self.probabilities = logits.sigmoid()

@@ -580,17 +580,23 @@ class OrderHead(QuestionedChangeScore):
     question about an increase learns one side of it; a question that names no direction, the bias.
     """
 
-    def __init__(self, hidden_size: int, channels: int) -> None:
+    def __init__(self, hidden_size: int, channels: int, date_channels: int | None = None) -> None:
         super().__init__(hidden_size, channels)
         self.bias = nn.Linear(hidden_size, 1)
         self.bias.zero_init = True  # starts undecided between the orders
+        # With `order_head_reads="dates"`: each date's own features, brought to the scoring layers' width.
+        self.date_projection = None if date_channels is None else nn.Conv2d(date_channels, channels, kernel_size=1)
 
     def forward(self, states: torch.Tensor, given: torch.Tensor, swapped: torch.Tensor,
                 question_masks: torch.Tensor | None = None) -> torch.Tensor:
-        """`states` `(N, hidden)` at `</p>`; each question's pair fused as given and swapped, `(N, C, h, w)` each;
-        with `question_masks` (each question's own mask logits, `(N, h', w')`), both orders are read inside that
-        mask (`ReasonCDConfig.order_head_pooling`): logits `(N,)`."""
+        """`states` `(N, hidden)` at `</p>`; each question's pair read as given and swapped (`order_readings`:
+        fused in both orders, `(N, C, h, w)` each, or the later and the earlier date's own features); with
+        `question_masks` (each question's own mask logits, `(N, h', w')`), both are read inside that mask
+        (`ReasonCDConfig.order_head_pooling`): logits `(N,)`."""
         question = self.norm(states.to(self.norm.weight.dtype))
+        if self.date_projection is not None:
+            given = self.date_projection(given.to(self.date_projection.weight.dtype))
+            swapped = self.date_projection(swapped.to(self.date_projection.weight.dtype))
         within = None
         if question_masks is not None:
             # The cells where the asked class changed; the mask learns from its own loss, not from the order.
@@ -816,7 +822,12 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         if self.change_projector is not None:
             self.change_projector.zero_init = True  # starts as the paper's image tokens
         self.presence = PresenceHead(text_hidden, prompt_dim) if config.presence_head else None
-        self.order_head = OrderHead(text_hidden, prompt_dim) if config.order_head else None
+        fusion = config.feature_fusion_config
+        date_channels = prompt_dim + fusion.fpn_levels * fusion.fpn_channels  # the fusion module's per-date features
+        self.order_head = None
+        if config.order_head:
+            self.order_head = OrderHead(text_hidden, prompt_dim,
+                                        date_channels if config.order_head_reads == "dates" else None)
         self.question_mask = QuestionMask(text_hidden) if config.question_mask else None
         self.croi_head = nn.Linear(text_hidden, len(config.croi_units)) if config.croi_units else None
         self.land_cover = (LandCoverHead(prompt_dim, len(config.land_cover_classes))
@@ -825,9 +836,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         self.croi_plan = nn.Linear(len(config.croi_units), text_hidden) if config.croi_plan else None
         if self.croi_plan is not None:
             self.croi_plan.zero_init = True  # starts as the presence decision alone
-        fusion = config.feature_fusion_config
-        self.fusion_film = (PromptFiLM(text_hidden, prompt_dim + fusion.fpn_levels * fusion.fpn_channels)
-                            if config.fusion_film else None)
+        self.fusion_film = PromptFiLM(text_hidden, date_channels) if config.fusion_film else None
         self.trainable_module_names = type(self).trainable_module_names + tuple(
             name for name in self.optional_module_names if getattr(self, name) is not None)
         self.unused_module_names = self._unused_module_names()
@@ -1090,9 +1099,20 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         return self.feature_fusion(features.sam_features_t2, features.sam_features_t1, sam_pixel_values_t2,
                                    sam_pixel_values_t1)
 
+    def order_readings(self, features: ReasonCDFrozenFeatures, sam_pixel_values_t1, sam_pixel_values_t2,
+                       mask_embeds: torch.Tensor):
+        """What the order head compares per pair, as given and with the dates swapped (`order_head_reads`): the
+        pair fused in both orders (`mask_embeds` and `swapped_mask_embeddings`), or the later date's own features
+        and the earlier's (`date_features`), `(P, C, h, w)` each. Swapping the dates exchanges the two."""
+        if self.config.order_head_reads == "fused":
+            return mask_embeds, self.swapped_mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
+        earlier, later = self.feature_fusion.date_features(features.sam_features_t1, features.sam_features_t2,
+                                                           sam_pixel_values_t1, sam_pixel_values_t2)
+        return later, earlier
+
     def _order_loss(self, swapped, mask_embeds, date_features, rows, seg_hidden, question_states, order_logits,
                     order_masks, order_symmetric, masks, reshaped_sizes, pair_index,
-                    question_masks=None) -> torch.Tensor:
+                    question_masks=None, order_readings=None) -> torch.Tensor:
         """
         The order terms of `rows`, weighted: each row's pair is fused with T1 and T2 swapped, and its truth in that
         order is `order_masks`. With `order_loss_weight`, the row's first `[SEG]` state decodes a mask over it
@@ -1103,12 +1123,12 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         `order_head`, that head learns these rows (given order: holds; swapped: holds where that truth is not
         empty) and the rows of `order_symmetric` (both orders hold), from its logits in the given order
         (`order_logits`), inside `question_masks` (the rows' own masks in the given order) where
-        `order_head_pooling` says so. `swapped`: `swapped_mask_embeddings`.
+        `order_head_pooling` says so, from `order_readings`. `swapped`: `swapped_mask_embeddings`.
         """
         cfg = self.config
         if self.order_head is not None:
             loss = cfg.order_head_loss_weight * self._order_head_loss(
-                order_logits, swapped, mask_embeds, question_states, rows, order_masks, order_symmetric, pair_index,
+                order_logits, *order_readings, question_states, rows, order_masks, order_symmetric, pair_index,
                 question_masks)
             rows = rows[~order_symmetric[rows]]  # the terms below need the opposite direction's truth
         else:
@@ -1136,14 +1156,14 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             loss = loss + cfg.order_presence_loss_weight * term
         return loss
 
-    def _order_head_loss(self, order_logits, swapped, mask_embeds, question_states, rows, order_masks,
+    def _order_head_loss(self, order_logits, as_given, as_swapped, question_states, rows, order_masks,
                          order_symmetric, pair_index, question_masks=None) -> torch.Tensor:
         """The order head's BCE over `rows` read in both orders (see `_order_loss`); `order_logits` `(B,)`: its
         logits in the given order."""
         pairs, given = pair_index[rows], order_logits[rows]
         within = self.order_head_within(question_masks)
         # The same cells in both orders, so that the swapped reading stays the given one's opposite.
-        other = self.order_head(question_states[rows], swapped[pairs], mask_embeds[pairs],
+        other = self.order_head(question_states[rows], as_swapped[pairs], as_given[pairs],
                                 question_masks=None if within is None else within[rows])
         holds_swapped = order_symmetric[rows] | (order_masks[rows] > 0.5).flatten(1).any(dim=1)
         logits = torch.cat([given, other]).float()
@@ -1258,7 +1278,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         kept_logits = answer_logit_count(labels) if answer_logits_only and labels is not None else 0
         run_language_model = partial(self._run_language_model, attention_mask=attention_mask, input_ids=input_ids,
                                      pair_index=pair_index, kept_logits=kept_logits)
-        presence_logits = question_masks = order_logits = swapped = None
+        presence_logits = question_masks = order_logits = swapped = order_readings = None
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         # The presence decision and the CRoI head both read the state at </p> (the question read).
         question_end = None
@@ -1299,8 +1319,10 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                 question_states, mask_embeds[pair_index], per_prompt(date_features, pair_index))
             own = presence_logits > 0
             if self.order_head is not None:
-                swapped = self.swapped_mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
-                order_logits = self.order_head(question_states, mask_embeds[pair_index], swapped[pair_index],
+                order_readings = self.order_readings(features, sam_pixel_values_t1, sam_pixel_values_t2, mask_embeds)
+                if self.config.order_head_reads == "fused":
+                    swapped = order_readings[1]  # the other order terms read it too
+                order_logits = self.order_head(question_states, *(r[pair_index] for r in order_readings),
                                                question_masks=self.order_head_within(question_masks))
                 own = own & (order_logits > 0)
             own_units = None if self.croi_plan is None else self.croi_head(last_hidden[rows, question_end]) > 0
@@ -1344,12 +1366,12 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             if order_rows is not None:
                 order_rows = order_rows & seg_present
             if cfg.learns_date_order and masks is not None and order_rows is not None and bool(order_rows.any()):
-                if swapped is None:
+                if swapped is None and (cfg.order_loss_weight or cfg.order_presence_loss_weight):
                     swapped = self.swapped_mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
                 order_loss = self._order_loss(
                     swapped, mask_embeds, date_features, order_rows.nonzero()[:, 0], seg_hidden,
                     None if question_end is None else last_hidden[rows, question_end], order_logits, order_masks,
-                    order_symmetric, masks, reshaped_sizes, pair_index, question_masks)
+                    order_symmetric, masks, reshaped_sizes, pair_index, question_masks, order_readings)
                 loss = loss + order_loss
             elif self.training and order_logits is not None:  # no row to learn the order from: as the mask path
                 loss = loss + 0.0 * order_logits.sum()

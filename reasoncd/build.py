@@ -286,7 +286,7 @@ def print_report(rows, lora_rank: int) -> None:
 # --- the architecture and loss options, as command-line flags (build_reasoncd.py and train.py) ---
 ARCHITECTURE_OPTIONS = ("use_feature_fusion", "seg_state_norm", "mask_conditioning", "change_tokens", "presence_head",
                         "question_mask", "presence_reads_croi", "fusion_film", "croi_plan", "land_cover_head",
-                        "order_head", "order_head_pooling")
+                        "order_head", "order_head_pooling", "order_head_reads")
 # Loss weights and the token dropouts: they shape training only, so any model may change them.
 TRAINING_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight", "presence_loss_weight",
                     "question_mask_loss_weight", "croi_loss_weight", "order_loss_weight", "order_presence_loss_weight",
@@ -333,7 +333,7 @@ def add_option_arguments(parser) -> None:
     are off in `reasoncd-7b` and `medium`, on in `tiny`."""
     import argparse
 
-    from configuration_reasoncd import MASK_CONDITIONINGS, ORDER_HEAD_POOLINGS
+    from configuration_reasoncd import MASK_CONDITIONINGS, ORDER_HEAD_POOLINGS, ORDER_HEAD_READINGS
 
     group = parser.add_argument_group("architecture and loss options (default: the preset's)")
     group.add_argument("--no_fusion", dest="use_feature_fusion", action="store_false", default=None,
@@ -381,6 +381,9 @@ def add_option_arguments(parser) -> None:
     group.add_argument("--order_head_pooling", choices=ORDER_HEAD_POOLINGS,
                        help="where the order head reads each order of the pair: the whole image, or inside the "
                        "question's own mask (needs --question_mask)")
+    group.add_argument("--order_head_reads", choices=ORDER_HEAD_READINGS,
+                       help="what the order head compares: the pair fused in both orders, or the later date's own "
+                       "features against the earlier's (needs the fusion module)")
     group.add_argument("--image_token_dropout", type=dropout_probability,
                        help="in training, each image token reaches the language model as zeros with this probability")
     group.add_argument("--question_token_dropout", type=dropout_probability,

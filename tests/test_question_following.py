@@ -932,11 +932,11 @@ def test_the_order_head_learns_each_known_question_in_both_orders_and_a_directio
                                                 model.presence.classifier)) == [True, True, False]
 
 
-@pytest.mark.parametrize("pooling", ["image", "question_mask"])
-def test_a_question_is_present_in_generation_and_evaluation_only_where_the_order_head_agrees(pooling):
+@pytest.mark.parametrize("pooling, reads", [("image", "fused"), ("question_mask", "dates")])
+def test_a_question_is_present_in_generation_and_evaluation_only_where_the_order_head_agrees(pooling, reads):
     from reasoncd.build import make_seg_the_only_answer
 
-    model, processor = build_tiny(0, order_head=True, order_head_pooling=pooling)
+    model, processor = build_tiny(0, order_head=True, order_head_pooling=pooling, order_head_reads=reads)
     make_seg_the_only_answer(model)  # both decisions say "present" for every question
     model.eval()
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
@@ -1013,6 +1013,31 @@ def test_the_order_head_reads_both_orders_inside_the_questions_own_mask_when_ask
     assert image_pooled.order_head_within(output.question_masks) is None
 
 
+def test_the_order_head_reading_the_dates_compares_the_later_dates_own_features_with_the_earliers():
+    model, processor = build_tiny(0, order_head=True, order_head_reads="dates")
+    inputs = _pair_inputs(processor, ["new buildings"], ["It's the new buildings [SEG]."],
+                          masks=[np.ones((96, 128), bool)])
+    calls = []
+    hook = model.order_head.register_forward_hook(lambda module, args, output: calls.append(args))
+    model.eval()
+    try:
+        output = model(**inputs, order_masks=torch.zeros(1, 96, 128), order_known=torch.tensor([True]))
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        features = model.encode_frozen(inputs["pixel_values_t1"], inputs["pixel_values_t2"],
+                                       inputs["sam_pixel_values_t1"], inputs["sam_pixel_values_t2"])
+        earlier, later = model.feature_fusion.date_features(features.sam_features_t1, features.sam_features_t2,
+                                                            inputs["sam_pixel_values_t1"], inputs["sam_pixel_values_t2"])
+    (_, given, swapped), (_, other_given, other_swapped) = calls
+    torch.testing.assert_close(given, later)  # as given: T2's own features against T1's
+    torch.testing.assert_close(swapped, earlier)
+    torch.testing.assert_close(other_given, earlier)  # the dates swapped: the two exchanged
+    torch.testing.assert_close(other_swapped, later)
+    assert output.order_loss is not None and model.order_head.date_projection is not None
+    assert build_tiny(0, order_head=True)[0].order_head.date_projection is None
+
+
 def test_the_order_head_needs_the_presence_head_and_a_weight_of_at_least_0():
     with pytest.raises(ValueError, match="order_head=True needs presence_head=True"):
         ReasonCDConfig.from_preset("tiny", presence_head=False, question_mask=False, order_head=True)
@@ -1026,6 +1051,10 @@ def test_the_order_head_needs_the_presence_head_and_a_weight_of_at_least_0():
         ReasonCDConfig.from_preset("tiny", order_head_pooling="question_mask")
     with pytest.raises(ValueError, match="needs order_head=True and question_mask=True"):
         ReasonCDConfig.from_preset("tiny", order_head=True, question_mask=False, order_head_pooling="question_mask")
+    with pytest.raises(ValueError, match="order_head_reads='pixels': choose one of"):
+        ReasonCDConfig.from_preset("tiny", order_head=True, order_head_reads="pixels")
+    with pytest.raises(ValueError, match="needs order_head=True and use_feature_fusion=True"):
+        ReasonCDConfig.from_preset("tiny", order_head=True, use_feature_fusion=False, order_head_reads="dates")
 
 
 # --- the land-cover head: what each changed cell was and became ---

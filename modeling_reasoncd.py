@@ -576,8 +576,9 @@ class OrderHead(QuestionedChangeScore):
     """
     Whether the asked change holds in the order the dates are given rather than the other (an option beyond the
     paper, `ReasonCDConfig.order_head`): the score of the pair fused as given minus its score fused with T1 and T2
-    swapped, plus a bias read from the question alone. Swapping the dates flips the sign of the difference, so a
-    question about an increase learns one side of it; a question that names no direction, the bias.
+    swapped (with `order_head_reads="dates"`, the later date's own features against the earlier's), plus a bias
+    read from the question alone. Swapping the dates flips the sign of the difference, so a question about an
+    increase learns one side of it; a question that names no direction, the bias.
     """
 
     def __init__(self, hidden_size: int, channels: int, date_channels: int | None = None) -> None:

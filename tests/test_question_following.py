@@ -872,13 +872,19 @@ def tiny_with_order_head():
     return build_tiny(0, order_head=True)
 
 
+def _random_order_head_inputs(model, rows: int, seed: int):
+    """A seeded generator, then random states at `</p>` and two random 8 x 8 embeddings (as given, swapped)."""
+    generator = torch.Generator().manual_seed(seed)
+    states = torch.randn(rows, model.config.text_config.hidden_size, generator=generator)
+    given, swapped = (torch.randn(rows, model.config.sam_config.prompt_embed_dim, 8, 8, generator=generator)
+                      for _ in range(2))
+    return generator, states, given, swapped
+
+
 def test_the_order_head_flips_with_the_dates_around_a_bias_read_from_the_question(tiny_with_order_head):
     model, _ = tiny_with_order_head
     head = model.order_head
-    generator = torch.Generator().manual_seed(0)
-    states = torch.randn(3, model.config.text_config.hidden_size, generator=generator)
-    given, swapped = (torch.randn(3, model.config.sam_config.prompt_embed_dim, 8, 8, generator=generator)
-                      for _ in range(2))
+    generator, states, given, swapped = _random_order_head_inputs(model, 3, 0)
     with torch.no_grad():
         head.bias.weight.normal_()
         forward, backward = head(states, given, swapped), head(states, swapped, given)
@@ -962,10 +968,7 @@ def test_a_question_is_present_in_generation_and_evaluation_only_where_the_order
 def test_the_order_head_pooled_in_the_question_mask_reads_only_the_cells_the_mask_covers(tiny_with_order_head):
     model, _ = tiny_with_order_head
     head = model.order_head
-    generator = torch.Generator().manual_seed(1)
-    states = torch.randn(2, model.config.text_config.hidden_size, generator=generator)
-    given, swapped = (torch.randn(2, model.config.sam_config.prompt_embed_dim, 8, 8, generator=generator)
-                      for _ in range(2))
+    generator, states, given, swapped = _random_order_head_inputs(model, 2, 1)
     question_masks = torch.full((2, 32, 32), -40.0)
     question_masks[:, :16, :16] = 40.0  # the top-left quarter of the grid: cells [0:4, 0:4] of the 8 x 8 embedding
     # Outside the mask, each pair's values shuffled across channels and cells: each pair's statistics (which its

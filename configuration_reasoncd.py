@@ -185,6 +185,8 @@ MASK_CONDITIONINGS = ("sparse", "film")
 ORDER_HEAD_POOLINGS = ("image", "question_mask")
 # What the order head compares: the pair fused in both orders, or each date's own features before the fusion.
 ORDER_HEAD_READINGS = ("fused", "dates")
+# What the land-cover head names each date's cover from: the fused change embedding, or each date's own features.
+LAND_COVER_READINGS = ("fused", "dates")
 
 # LLaMA-2's tokenizer has 32,000 entries; the five new tokens follow in this order.
 NEW_TOKENS = ("<T1>", "<T2>", "<p>", "</p>", "[SEG]")
@@ -312,6 +314,11 @@ class ReasonCDConfig(PretrainedConfig):
             removed playground from a removed building is what a question about one and not the other needs.
             Empty: no head (the paper). Trained only on pairs whose samples have such labels.
         land_cover_loss_weight (`float`): weight of that head's cross-entropy.
+        land_cover_reads (`str`): what the land-cover head reads: `"fused"` the fused change embedding (both dates'
+            classes and "unchanged" from it), `"dates"` (needs the fusion module) each date's own features before
+            the fusion module (those `order_head_reads="dates"` compares), naming that date's class of every changed
+            pixel from that date alone: the per-date features then learn what each date shows, which is what tells
+            an increase from a decrease.
     """
 
     model_type = "reasoncd"
@@ -352,6 +359,7 @@ class ReasonCDConfig(PretrainedConfig):
         question_mask_loss_weight=1.0,
         land_cover_classes=(),
         land_cover_loss_weight=1.0,
+        land_cover_reads="fused",
         croi_units=(),
         croi_loss_weight=1.0,
         presence_reads_croi=False,
@@ -431,6 +439,12 @@ class ReasonCDConfig(PretrainedConfig):
         self.question_mask_loss_weight = question_mask_loss_weight
         self.land_cover_classes = list(land_cover_classes)
         self.land_cover_loss_weight = land_cover_loss_weight
+        if land_cover_reads not in LAND_COVER_READINGS:
+            raise ValueError(f"land_cover_reads={land_cover_reads!r}: choose one of {LAND_COVER_READINGS}")
+        if land_cover_reads == "dates" and not (land_cover_classes and use_feature_fusion):
+            raise ValueError("land_cover_reads='dates' needs land_cover_classes and use_feature_fusion=True: it reads "
+                             "the fusion module's per-date features")
+        self.land_cover_reads = land_cover_reads
         self.croi_units = list(croi_units)
         self.croi_loss_weight = croi_loss_weight
         if presence_reads_croi and not (presence_head and croi_units):

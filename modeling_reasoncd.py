@@ -614,23 +614,34 @@ class LandCoverHead(nn.Module):
     changes that look alike as changes (a building and a playground both turned to bare ground).
     """
 
-    def __init__(self, channels: int, classes: int) -> None:
+    def __init__(self, channels: int, classes: int, date_channels: int | None = None) -> None:
         super().__init__()
         self.classes = classes + 1  # the last: unchanged
+        # With `land_cover_reads="dates"`: each date's own features, brought to the head's width; each date then
+        # names only its own class, and "unchanged" (which one date cannot show) is never taught.
+        self.date_projection = None if date_channels is None else nn.Conv2d(date_channels, channels, kernel_size=1)
         self.hidden = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
-        self.out = nn.Conv2d(channels, 2 * self.classes, kernel_size=1)
+        self.out = nn.Conv2d(channels, self.classes if date_channels else 2 * self.classes, kernel_size=1)
 
-    def forward(self, change_embeddings: torch.Tensor) -> torch.Tensor:
-        """`change_embeddings` `(P, C, h, w)`: logits `(P, 2, classes + 1, h, w)` (T1's, then T2's)."""
-        logits = self.out(F.gelu(self.hidden(change_embeddings.to(self.hidden.weight.dtype))))
-        return logits.unflatten(1, (2, self.classes))
+    def forward(self, change_embeddings: torch.Tensor, later: torch.Tensor | None = None) -> torch.Tensor:
+        """`change_embeddings` `(P, C, h, w)`, or with a date projection the earlier date's own features and
+        `later` the later's: logits `(P, 2, classes + 1, h, w)` (T1's, then T2's)."""
+        if self.date_projection is None:
+            logits = self.out(F.gelu(self.hidden(change_embeddings.to(self.hidden.weight.dtype))))
+            return logits.unflatten(1, (2, self.classes))
+        dates = torch.cat([change_embeddings, later], dim=0)
+        logits = self.out(F.gelu(self.hidden(self.date_projection(dates.to(self.date_projection.weight.dtype)))))
+        return torch.stack(logits.chunk(2, dim=0), dim=1)
 
 
 def land_cover_loss(logits: torch.Tensor, labels: torch.Tensor, reshaped_sizes: torch.Tensor,
-                    frame: int) -> torch.Tensor:
+                    frame: int, changed_only: bool = False) -> torch.Tensor:
     """Cross-entropy of `LandCoverHead` logits `(P, 2, K + 1, h, w)` against per-date labels `(P, 2, H, W)` (class
     indices, K = unchanged, -100 = unknown), the logits upscaled to each pair's labels as masks are (`reshaped_sizes`
-    `(P, 2)`); a connected zero when no pixel is labelled."""
+    `(P, 2)`); with `changed_only` (each date read alone) the unchanged pixels are not taught; a connected zero
+    when no pixel is labelled."""
+    if changed_only:
+        labels = labels.masked_fill(labels == logits.shape[2] - 1, -100)
     terms = []
     for pair in range(labels.shape[0]):
         if not bool((labels[pair] >= 0).any()):
@@ -831,7 +842,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                                         date_channels if config.order_head_reads == "dates" else None)
         self.question_mask = QuestionMask(text_hidden) if config.question_mask else None
         self.croi_head = nn.Linear(text_hidden, len(config.croi_units)) if config.croi_units else None
-        self.land_cover = (LandCoverHead(prompt_dim, len(config.land_cover_classes))
+        self.land_cover = (LandCoverHead(prompt_dim, len(config.land_cover_classes),
+                                         date_channels if config.land_cover_reads == "dates" else None)
                            if config.land_cover_classes else None)
         self.croi_reader = nn.Linear(len(config.croi_units), text_hidden) if config.presence_reads_croi else None
         self.croi_plan = nn.Linear(len(config.croi_units), text_hidden) if config.croi_plan else None
@@ -1111,6 +1123,23 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                                                            sam_pixel_values_t1, sam_pixel_values_t2)
         return later, earlier
 
+    def land_cover_logits(self, features: ReasonCDFrozenFeatures, sam_pixel_values_t1, sam_pixel_values_t2,
+                          mask_embeds: torch.Tensor, date_features: torch.Tensor | None = None,
+                          order_readings: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The land-cover head's logits per pair, `(P, 2, K + 1, h, w)`, from what `land_cover_reads` names: the
+        fused `mask_embeds`, or each date's own features (taken from `date_features` or the order head's readings
+        where this pass has them already, else computed)."""
+        if self.config.land_cover_reads == "fused":
+            return self.land_cover(mask_embeds)
+        if date_features is not None:
+            earlier, later = date_features
+        elif order_readings is not None and self.config.order_head_reads == "dates":
+            later, earlier = order_readings
+        else:
+            earlier, later = self.feature_fusion.date_features(features.sam_features_t1, features.sam_features_t2,
+                                                               sam_pixel_values_t1, sam_pixel_values_t2)
+        return self.land_cover(earlier, later)
+
     def _order_loss(self, swapped, mask_embeds, date_features, rows, seg_hidden, question_states, order_logits,
                     order_masks, order_symmetric, masks, reshaped_sizes, pair_index,
                     question_masks=None, order_readings=None) -> torch.Tensor:
@@ -1379,8 +1408,11 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             if self.land_cover is not None and land_cover is not None:
                 pair_sizes = reshaped_sizes.new_zeros(mask_embeds.shape[0], 2)
                 pair_sizes[pair_index] = _per_row(reshaped_sizes, pair_index)
-                land_cover_term = land_cover_loss(self.land_cover(mask_embeds), land_cover.to(mask_embeds.device),
-                                                  pair_sizes, cfg.sam_config.image_size)
+                land_cover_term = land_cover_loss(
+                    self.land_cover_logits(features, sam_pixel_values_t1, sam_pixel_values_t2, mask_embeds,
+                                           date_features, order_readings),
+                    land_cover.to(mask_embeds.device), pair_sizes, cfg.sam_config.image_size,
+                    changed_only=cfg.land_cover_reads == "dates")
                 loss = loss + cfg.land_cover_loss_weight * land_cover_term
             if self.training and not bool(seg_present.any()):
                 # No mask to learn from in this batch (only absent CRoIs): the mask path still runs once, weighted

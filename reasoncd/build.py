@@ -286,7 +286,7 @@ def print_report(rows, lora_rank: int) -> None:
 # --- the architecture and loss options, as command-line flags (build_reasoncd.py and train.py) ---
 ARCHITECTURE_OPTIONS = ("use_feature_fusion", "seg_state_norm", "mask_conditioning", "change_tokens", "presence_head",
                         "question_mask", "presence_reads_croi", "fusion_film", "croi_plan", "land_cover_head",
-                        "order_head", "order_head_pooling", "order_head_reads")
+                        "order_head", "order_head_pooling", "order_head_reads", "land_cover_reads")
 # Loss weights and the token dropouts: they shape training only, so any model may change them.
 TRAINING_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight", "presence_loss_weight",
                     "question_mask_loss_weight", "croi_loss_weight", "order_loss_weight", "order_presence_loss_weight",
@@ -333,7 +333,8 @@ def add_option_arguments(parser) -> None:
     are off in `reasoncd-7b` and `medium`, on in `tiny`."""
     import argparse
 
-    from configuration_reasoncd import MASK_CONDITIONINGS, ORDER_HEAD_POOLINGS, ORDER_HEAD_READINGS
+    from configuration_reasoncd import (LAND_COVER_READINGS, MASK_CONDITIONINGS, ORDER_HEAD_POOLINGS,
+                                        ORDER_HEAD_READINGS)
 
     group = parser.add_argument_group("architecture and loss options (default: the preset's)")
     group.add_argument("--no_fusion", dest="use_feature_fusion", action="store_false", default=None,
@@ -392,6 +393,9 @@ def add_option_arguments(parser) -> None:
     group.add_argument("--land_cover_head", action=argparse.BooleanOptionalAction, default=None,
                        help="a head on the change embedding trained to name each changed pixel's land cover at T1 and "
                        "at T2, from SECOND-style label1/label2 maps beside the images (where a data set has them)")
+    group.add_argument("--land_cover_reads", choices=LAND_COVER_READINGS,
+                       help="what the land-cover head reads: the fused change embedding, or each date's own features "
+                       "(naming that date's class of each changed pixel; needs the fusion module)")
     group.add_argument("--land_cover_loss_weight", type=loss_weight, help="weight of the land-cover head's loss")
     group.add_argument("--scheduled_sampling", type=probability,
                        help="in training, replace each answer token the model predicts wrongly by its prediction with "

@@ -1096,6 +1096,56 @@ def test_the_land_cover_loss_reads_both_dates_labels_at_their_own_size_and_reach
     model.eval()
 
 
+def test_the_land_cover_head_reading_the_dates_names_each_dates_changed_pixels_from_that_date_alone():
+    from reasoncd.data.questions import CLASSES
+
+    model, processor = build_tiny(0, land_cover_classes=list(CLASSES), land_cover_reads="dates")
+    inputs = _pair_inputs(processor, ["new buildings"], ["It's the new buildings [SEG]."],
+                          masks=[np.zeros((96, 128), bool)])
+    unchanged = len(CLASSES)
+    labels = torch.full((1, 2, 96, 128), unchanged)
+    labels[0, 0, 20:60, 30:90] = CLASSES.index("ground")
+    labels[0, 1, 20:60, 30:90] = CLASSES.index("building")
+    calls = []
+    handle = model.land_cover.register_forward_hook(lambda module, args, output: calls.append((args, output)))
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(**inputs, land_cover=labels)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        features = model.encode_frozen(inputs["pixel_values_t1"], inputs["pixel_values_t2"],
+                                       inputs["sam_pixel_values_t1"], inputs["sam_pixel_values_t2"])
+        earlier, later = model.feature_fusion.date_features(features.sam_features_t1, features.sam_features_t2,
+                                                            inputs["sam_pixel_values_t1"], inputs["sam_pixel_values_t2"])
+        (read_earlier, read_later), logits = calls[0]
+        torch.testing.assert_close(read_earlier, earlier)
+        torch.testing.assert_close(read_later, later)
+        # each date's logits come from that date alone: T2's are what T2's features give read as T1's
+        torch.testing.assert_close(logits[:, 1], model.land_cover(later, earlier)[:, 0])
+    # only the changed pixels teach: "unchanged" is not what one date can show
+    low = logits[0].float()
+    full = F.interpolate(low, size=(SIZE, SIZE), mode="bilinear", align_corners=False)[..., :192, :]
+    upscaled = F.interpolate(full, size=(96, 128), mode="bilinear", align_corners=False)
+    expected = F.cross_entropy(upscaled, labels[0].masked_fill(labels[0] == unchanged, -100), ignore_index=-100)
+    torch.testing.assert_close(out.land_cover_loss, expected)
+    with torch.no_grad():
+        assert float(model(**inputs, land_cover=torch.full_like(labels, unchanged)).land_cover_loss) == 0.0
+    # it teaches the ResNet branch each date goes through, and not the attention that fuses the dates
+    model.train()
+    fusion = model.feature_fusion
+    loss = model(**inputs, land_cover=labels).land_cover_loss
+    assert _reached(model, loss, (fusion.resnet_fpn, fusion.pair_attention, fusion.image_attention, fusion.ffn)) \
+        == [True, False, False, False]
+    model.eval()
+    assert build_tiny(0, land_cover_classes=list(CLASSES))[0].land_cover.date_projection is None
+    with pytest.raises(ValueError, match="land_cover_reads='pixels': choose one of"):
+        ReasonCDConfig.from_preset("tiny", land_cover_classes=list(CLASSES), land_cover_reads="pixels")
+    with pytest.raises(ValueError, match="needs land_cover_classes and use_feature_fusion=True"):
+        ReasonCDConfig.from_preset("tiny", land_cover_reads="dates")
+
+
 def test_the_papers_preset_has_no_land_cover_head_and_the_flag_names_the_second_classes():
     import argparse
 

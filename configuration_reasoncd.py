@@ -183,8 +183,9 @@ FUSION_TINY = {
 MASK_CONDITIONINGS = ("sparse", "film")
 # Where the order head pools the fused pair: over the whole image, or inside the question's own mask.
 ORDER_HEAD_POOLINGS = ("image", "question_mask")
-# What the order head compares: the pair fused in both orders, or each date's own features before the fusion.
-ORDER_HEAD_READINGS = ("fused", "dates")
+# What the order head compares: the pair fused in both orders, each date's own features before the fusion, or
+# the land-cover head's reading of each date.
+ORDER_HEAD_READINGS = ("fused", "dates", "land_cover")
 # What the land-cover head names each date's cover from: the fused change embedding, or each date's own features.
 LAND_COVER_READINGS = ("fused", "dates")
 
@@ -293,7 +294,10 @@ class ReasonCDConfig(PretrainedConfig):
         order_head_reads (`str`): what the order head compares: `"fused"` the pair fused as given and fused with
             the dates swapped, `"dates"` (needs the fusion module) the later date's own features (SAM's and the
             ResNet-FPN's, before the fusion module, through a 1 x 1 convolution) against the earlier date's: a score
-            of "this date shows the asked change's outcome", which swapping the dates exchanges as well.
+            of "this date shows the asked change's outcome", which swapping the dates exchanges as well;
+            `"land_cover"` (needs `land_cover_reads="dates"`) the land-cover head's log-probabilities of each class
+            at the later date against those at the earlier: what each date shows, named in the classes the
+            questions ask about and taught on every changed pixel.
         image_token_dropout (`float`, 0 to < 1): in training, each of a pair's image tokens (the projected CLIP
             features, with `change_tokens` also the change embedding they carry) reaches the language model as a
             zero vector with this probability, drawn per pair and token. The image encoders train on a few hundred
@@ -493,6 +497,9 @@ class ReasonCDConfig(PretrainedConfig):
         if order_head_reads == "dates" and not (order_head and use_feature_fusion):
             raise ValueError("order_head_reads='dates' needs order_head=True and use_feature_fusion=True: it reads "
                              "the fusion module's per-date features")
+        if order_head_reads == "land_cover" and not (order_head and land_cover_reads == "dates"):
+            raise ValueError("order_head_reads='land_cover' needs order_head=True and land_cover_reads='dates': it "
+                             "reads the land-cover head's reading of each date")
         self.order_head_reads = order_head_reads
         self.initializer_range = initializer_range
         super().__init__(

@@ -576,7 +576,8 @@ class OrderHead(QuestionedChangeScore):
     """
     Whether the asked change holds in the order the dates are given rather than the other (an option beyond the
     paper, `ReasonCDConfig.order_head`): the score of the pair fused as given minus its score fused with T1 and T2
-    swapped (with `order_head_reads="dates"`, the later date's own features against the earlier's), plus a bias
+    swapped (with `order_head_reads="dates"`, the later date's own features against the earlier's; with
+    `"land_cover"`, the land-cover head's reading of the later date against the earlier's), plus a bias
     read from the question alone. Swapping the dates flips the sign of the difference, so a question about an
     increase learns one side of it; a question that names no direction, the bias.
     """
@@ -585,7 +586,8 @@ class OrderHead(QuestionedChangeScore):
         super().__init__(hidden_size, channels)
         self.bias = nn.Linear(hidden_size, 1)
         self.bias.zero_init = True  # starts undecided between the orders
-        # With `order_head_reads="dates"`: each date's own features, brought to the scoring layers' width.
+        # With `order_head_reads="dates"` or `"land_cover"`: what each date shows, brought to the scoring layers'
+        # width.
         self.date_projection = None if date_channels is None else nn.Conv2d(date_channels, channels, kernel_size=1)
 
     def forward(self, states: torch.Tensor, given: torch.Tensor, swapped: torch.Tensor,
@@ -616,16 +618,16 @@ class LandCoverHead(nn.Module):
 
     def __init__(self, channels: int, classes: int, date_channels: int | None = None) -> None:
         super().__init__()
-        self.classes = classes + 1  # the last: unchanged
         # With `land_cover_reads="dates"`: each date's own features, brought to the head's width; each date then
-        # names only its own class, and "unchanged" (which one date cannot show) is never taught.
+        # names only its own class, without "unchanged" (which one date cannot show).
         self.date_projection = None if date_channels is None else nn.Conv2d(date_channels, channels, kernel_size=1)
+        self.classes = classes if date_channels else classes + 1  # the fused embedding's last: unchanged
         self.hidden = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
         self.out = nn.Conv2d(channels, self.classes if date_channels else 2 * self.classes, kernel_size=1)
 
     def forward(self, change_embeddings: torch.Tensor, later: torch.Tensor | None = None) -> torch.Tensor:
-        """`change_embeddings` `(P, C, h, w)`, or with a date projection the earlier date's own features and
-        `later` the later's: logits `(P, 2, classes + 1, h, w)` (T1's, then T2's)."""
+        """`change_embeddings` `(P, C, h, w)`: logits `(P, 2, classes + 1, h, w)` (T1's, then T2's); with a date
+        projection, the earlier date's own features and `later` the later's: logits `(P, 2, classes, h, w)`."""
         if self.date_projection is None:
             logits = self.out(F.gelu(self.hidden(change_embeddings.to(self.hidden.weight.dtype))))
             return logits.unflatten(1, (2, self.classes))
@@ -638,10 +640,10 @@ def land_cover_loss(logits: torch.Tensor, labels: torch.Tensor, reshaped_sizes: 
                     frame: int, changed_only: bool = False) -> torch.Tensor:
     """Cross-entropy of `LandCoverHead` logits `(P, 2, K + 1, h, w)` against per-date labels `(P, 2, H, W)` (class
     indices, K = unchanged, -100 = unknown), the logits upscaled to each pair's labels as masks are (`reshaped_sizes`
-    `(P, 2)`); with `changed_only` (each date read alone) the unchanged pixels are not taught; a connected zero
-    when no pixel is labelled."""
+    `(P, 2)`); with `changed_only` (each date read alone: logits `(P, 2, K, h, w)`) the unchanged pixels are not
+    taught; a connected zero when no pixel is labelled."""
     if changed_only:
-        labels = labels.masked_fill(labels == logits.shape[2] - 1, -100)
+        labels = labels.masked_fill(labels == logits.shape[2], -100)
     terms = []
     for pair in range(labels.shape[0]):
         if not bool((labels[pair] >= 0).any()):
@@ -838,8 +840,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         date_channels = prompt_dim + fusion.fpn_levels * fusion.fpn_channels  # the fusion module's per-date features
         self.order_head = None
         if config.order_head:
-            self.order_head = OrderHead(text_hidden, prompt_dim,
-                                        date_channels if config.order_head_reads == "dates" else None)
+            read_channels = {"dates": date_channels, "land_cover": len(config.land_cover_classes)}
+            self.order_head = OrderHead(text_hidden, prompt_dim, read_channels.get(config.order_head_reads))
         self.question_mask = QuestionMask(text_hidden) if config.question_mask else None
         self.croi_head = nn.Linear(text_hidden, len(config.croi_units)) if config.croi_units else None
         self.land_cover = (LandCoverHead(prompt_dim, len(config.land_cover_classes),
@@ -1115,12 +1117,16 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
     def order_readings(self, features: ReasonCDFrozenFeatures, sam_pixel_values_t1, sam_pixel_values_t2,
                        mask_embeds: torch.Tensor):
         """What the order head compares per pair, as given and with the dates swapped (`order_head_reads`): the
-        pair fused in both orders (`mask_embeds` and `swapped_mask_embeddings`), or the later date's own features
-        and the earlier's (`date_features`), `(P, C, h, w)` each. Swapping the dates exchanges the two."""
-        if self.config.order_head_reads == "fused":
+        pair fused in both orders (`mask_embeds` and `swapped_mask_embeddings`), the later date's own features
+        and the earlier's (`date_features`), or the land-cover head's log-probabilities for the later date and
+        the earlier, `(P, C, h, w)` each. Swapping the dates exchanges the two."""
+        reads = self.config.order_head_reads
+        if reads == "fused":
             return mask_embeds, self.swapped_mask_embeddings(features, sam_pixel_values_t1, sam_pixel_values_t2)
         earlier, later = self.feature_fusion.date_features(features.sam_features_t1, features.sam_features_t2,
                                                            sam_pixel_values_t1, sam_pixel_values_t2)
+        if reads == "land_cover":
+            earlier, later = self.land_cover(earlier, later).float().log_softmax(dim=2).unbind(dim=1)
         return later, earlier
 
     def land_cover_logits(self, features: ReasonCDFrozenFeatures, sam_pixel_values_t1, sam_pixel_values_t2,
@@ -1128,9 +1134,12 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                           order_readings: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The land-cover head's logits per pair, `(P, 2, K + 1, h, w)`, from what `land_cover_reads` names: the
         fused `mask_embeds`, or each date's own features (taken from `date_features` or the order head's readings
-        where this pass has them already, else computed)."""
+        where this pass has them already, else computed); where the order head reads this head, its readings."""
         if self.config.land_cover_reads == "fused":
             return self.land_cover(mask_embeds)
+        if order_readings is not None and self.config.order_head_reads == "land_cover":
+            # its log-probabilities: the same cross-entropy as the logits they come from
+            return torch.stack(order_readings[::-1], dim=1)
         if date_features is not None:
             earlier, later = date_features
         elif order_readings is not None and self.config.order_head_reads == "dates":

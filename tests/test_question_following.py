@@ -938,11 +938,15 @@ def test_the_order_head_learns_each_known_question_in_both_orders_and_a_directio
                                                 model.presence.classifier)) == [True, True, False]
 
 
-@pytest.mark.parametrize("pooling, reads", [("image", "fused"), ("question_mask", "dates")])
+@pytest.mark.parametrize("pooling, reads", [("image", "fused"), ("question_mask", "dates"),
+                                           ("question_mask", "land_cover")])
 def test_a_question_is_present_in_generation_and_evaluation_only_where_the_order_head_agrees(pooling, reads):
     from reasoncd.build import make_seg_the_only_answer
+    from reasoncd.data.questions import CLASSES
 
-    model, processor = build_tiny(0, order_head=True, order_head_pooling=pooling, order_head_reads=reads)
+    land_cover = {"land_cover_classes": list(CLASSES), "land_cover_reads": "dates"} if reads == "land_cover" else {}
+    model, processor = build_tiny(0, order_head=True, order_head_pooling=pooling, order_head_reads=reads,
+                                  **land_cover)
     make_seg_the_only_answer(model)  # both decisions say "present" for every question
     model.eval()
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
@@ -1041,6 +1045,46 @@ def test_the_order_head_reading_the_dates_compares_the_later_dates_own_features_
     assert build_tiny(0, order_head=True)[0].order_head.date_projection is None
 
 
+def test_the_order_head_reading_the_land_cover_compares_what_the_land_cover_head_names_at_each_date():
+    from reasoncd.data.questions import CLASSES
+
+    model, processor = build_tiny(0, order_head=True, order_head_reads="land_cover",
+                                  land_cover_classes=list(CLASSES), land_cover_reads="dates")
+    inputs = _pair_inputs(processor, ["new buildings"], ["It's the new buildings [SEG]."],
+                          masks=[np.ones((96, 128), bool)])
+    labels = torch.full((1, 2, 96, 128), len(CLASSES))
+    labels[0, 0, 20:60, 30:90] = CLASSES.index("ground")
+    labels[0, 1, 20:60, 30:90] = CLASSES.index("building")
+    calls, named = [], []
+    hooks = [model.order_head.register_forward_hook(lambda module, args, output: calls.append(args)),
+             model.land_cover.register_forward_hook(lambda module, args, output: named.append(output))]
+    model.eval()
+    try:
+        output = model(**inputs, order_masks=torch.zeros(1, 96, 128), order_known=torch.tensor([True]),
+                       land_cover=labels)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(named) == 1  # the land-cover loss reads the same pass of the head
+    log_probabilities = named[0].float().log_softmax(dim=2)
+    (_, given, swapped), (_, other_given, other_swapped) = calls
+    torch.testing.assert_close(given, log_probabilities[:, 1])  # as given: what T2 shows against T1
+    torch.testing.assert_close(swapped, log_probabilities[:, 0])
+    torch.testing.assert_close(other_given, log_probabilities[:, 0])
+    torch.testing.assert_close(other_swapped, log_probabilities[:, 1])
+    assert model.order_head.date_projection.in_channels == len(CLASSES)
+    # the land-cover loss is the cross-entropy of the head's own logits, the order loss teaches the head too
+    low = named[0][0].float()
+    full = F.interpolate(low, size=(SIZE, SIZE), mode="bilinear", align_corners=False)[..., :192, :]
+    upscaled = F.interpolate(full, size=(96, 128), mode="bilinear", align_corners=False)
+    expected = F.cross_entropy(upscaled, labels[0].masked_fill(labels[0] == len(CLASSES), -100), ignore_index=-100)
+    torch.testing.assert_close(output.land_cover_loss, expected)
+    assert _reached(model, output.order_loss, (model.land_cover, model.order_head)) == [True, True]
+    with pytest.raises(ValueError, match="needs order_head=True and land_cover_reads='dates'"):
+        ReasonCDConfig.from_preset("tiny", order_head=True, order_head_reads="land_cover",
+                                   land_cover_classes=list(CLASSES))
+
+
 def test_the_order_head_needs_the_presence_head_and_a_weight_of_at_least_0():
     with pytest.raises(ValueError, match="order_head=True needs presence_head=True"):
         ReasonCDConfig.from_preset("tiny", presence_head=False, question_mask=False, order_head=True)
@@ -1124,7 +1168,8 @@ def test_the_land_cover_head_reading_the_dates_names_each_dates_changed_pixels_f
         torch.testing.assert_close(read_later, later)
         # each date's logits come from that date alone: T2's are what T2's features give read as T1's
         torch.testing.assert_close(logits[:, 1], model.land_cover(later, earlier)[:, 0])
-    # only the changed pixels teach: "unchanged" is not what one date can show
+    # only the changed pixels teach: "unchanged" is not what one date can show, nor a class the head names
+    assert logits.shape[2] == len(CLASSES)
     low = logits[0].float()
     full = F.interpolate(low, size=(SIZE, SIZE), mode="bilinear", align_corners=False)[..., :192, :]
     upscaled = F.interpolate(full, size=(96, 128), mode="bilinear", align_corners=False)

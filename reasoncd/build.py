@@ -383,8 +383,9 @@ def add_option_arguments(parser) -> None:
                        help="where the order head reads each order of the pair: the whole image, or inside the "
                        "question's own mask (needs --question_mask)")
     group.add_argument("--order_head_reads", choices=ORDER_HEAD_READINGS,
-                       help="what the order head compares: the pair fused in both orders, or the later date's own "
-                       "features against the earlier's (needs the fusion module)")
+                       help="what the order head compares: the pair fused in both orders, the later date's own "
+                       "features against the earlier's (needs the fusion module), or the land-cover head's reading of "
+                       "each date (needs --land_cover_reads dates)")
     group.add_argument("--image_token_dropout", type=dropout_probability,
                        help="in training, each image token reaches the language model as zeros with this probability")
     group.add_argument("--question_token_dropout", type=dropout_probability,

@@ -1132,9 +1132,10 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
     def land_cover_logits(self, features: ReasonCDFrozenFeatures, sam_pixel_values_t1, sam_pixel_values_t2,
                           mask_embeds: torch.Tensor, date_features: torch.Tensor | None = None,
                           order_readings: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """The land-cover head's logits per pair, `(P, 2, K + 1, h, w)`, from what `land_cover_reads` names: the
-        fused `mask_embeds`, or each date's own features (taken from `date_features` or the order head's readings
-        where this pass has them already, else computed); where the order head reads this head, its readings."""
+        """The land-cover head's logits per pair from what `land_cover_reads` names: the fused `mask_embeds`
+        (`(P, 2, K + 1, h, w)`), or each date's own features (`(P, 2, K, h, w)`; taken from `date_features` or the
+        order head's readings where this pass has them already, else computed); where the order head reads this
+        head, its readings."""
         if self.config.land_cover_reads == "fused":
             return self.land_cover(mask_embeds)
         if order_readings is not None and self.config.order_head_reads == "land_cover":

@@ -13,6 +13,8 @@
 """
 from __future__ import annotations
 
+import atexit
+import logging
 import sys
 from typing import Callable
 
@@ -39,5 +41,9 @@ def run_command(command: str, work: Callable[[], int]) -> int:
         stop = raised()
         if stop is None:
             return status
+        # The signal may have landed inside a logging handler's constructor, which registers the handler before
+        # giving it a stream: the interpreter's last flush of it (logging's own exit hook, registered earlier, so
+        # run after this one) would end a clean stop with a traceback.
+        atexit.register(setattr, logging, "raiseExceptions", False)
         print(f"{command}: stopped by {stop.name}: {note()}", file=sys.stderr)
         return stop.code

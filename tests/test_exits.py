@@ -83,3 +83,25 @@ def test_errors_without_a_stop_are_not_swallowed():
 
     with pytest.raises(ImportError, match="bitsandbytes"):
         run_command("eval.py", work)
+
+
+def test_a_stop_inside_a_logging_handlers_constructor_ends_without_a_traceback_at_exit(tmp_path):
+    # Logging registers a handler before its constructor gives it a stream; a signal landing in between leaves one
+    # that the interpreter's last flush cannot flush.
+    import subprocess
+
+    script = tmp_path / "command.py"
+    script.write_text(
+        "import logging, os, signal, sys\n"
+        "from reasoncd.exits import run_command\n"
+        "def work():\n"
+        "    handler = logging.StreamHandler.__new__(logging.StreamHandler)\n"
+        "    logging.Handler.__init__(handler)  # registered, no stream yet\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    handler.stream = sys.stderr\n"
+        "    return 0\n"
+        "sys.exit(run_command('export.py', work))\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=repo)
+    assert done.returncode == 143
+    assert done.stderr == "export.py: stopped by SIGTERM: nothing was written\n"

@@ -1045,6 +1045,23 @@ def test_the_order_head_reading_the_dates_compares_the_later_dates_own_features_
     assert build_tiny(0, order_head=True)[0].order_head.date_projection is None
 
 
+def _ground_to_building_labels() -> torch.Tensor:
+    """Per-date labels of one 96 x 128 pair: a block of ground at T1 that is a building at T2, the rest unchanged."""
+    from reasoncd.data.questions import CLASSES
+
+    labels = torch.full((1, 2, 96, 128), len(CLASSES))
+    labels[0, 0, 20:60, 30:90] = CLASSES.index("ground")
+    labels[0, 1, 20:60, 30:90] = CLASSES.index("building")
+    return labels
+
+
+def _land_cover_at_label_size(logits: torch.Tensor) -> torch.Tensor:
+    """One pair's land-cover logits `(2, K, h, w)` at its labels' 96 x 128: the pair fills the top 192 rows of
+    SAM's 256 frame."""
+    full = F.interpolate(logits.float(), size=(SIZE, SIZE), mode="bilinear", align_corners=False)[..., :192, :]
+    return F.interpolate(full, size=(96, 128), mode="bilinear", align_corners=False)
+
+
 def test_the_order_head_reading_the_land_cover_compares_what_the_land_cover_head_names_at_each_date():
     from reasoncd.data.questions import CLASSES
 
@@ -1052,9 +1069,7 @@ def test_the_order_head_reading_the_land_cover_compares_what_the_land_cover_head
                                   land_cover_classes=list(CLASSES), land_cover_reads="dates")
     inputs = _pair_inputs(processor, ["new buildings"], ["It's the new buildings [SEG]."],
                           masks=[np.ones((96, 128), bool)])
-    labels = torch.full((1, 2, 96, 128), len(CLASSES))
-    labels[0, 0, 20:60, 30:90] = CLASSES.index("ground")
-    labels[0, 1, 20:60, 30:90] = CLASSES.index("building")
+    labels = _ground_to_building_labels()
     calls, named = [], []
     hooks = [model.order_head.register_forward_hook(lambda module, args, output: calls.append(args)),
              model.land_cover.register_forward_hook(lambda module, args, output: named.append(output))]
@@ -1074,9 +1089,7 @@ def test_the_order_head_reading_the_land_cover_compares_what_the_land_cover_head
     torch.testing.assert_close(other_swapped, log_probabilities[:, 1])
     assert model.order_head.date_projection.in_channels == len(CLASSES)
     # the land-cover loss is the cross-entropy of the head's own logits, the order loss teaches the head too
-    low = named[0][0].float()
-    full = F.interpolate(low, size=(SIZE, SIZE), mode="bilinear", align_corners=False)[..., :192, :]
-    upscaled = F.interpolate(full, size=(96, 128), mode="bilinear", align_corners=False)
+    upscaled = _land_cover_at_label_size(named[0][0])
     expected = F.cross_entropy(upscaled, labels[0].masked_fill(labels[0] == len(CLASSES), -100), ignore_index=-100)
     torch.testing.assert_close(output.land_cover_loss, expected)
     assert _reached(model, output.order_loss, (model.land_cover, model.order_head)) == [True, True]
@@ -1111,10 +1124,7 @@ def test_the_land_cover_loss_reads_both_dates_labels_at_their_own_size_and_reach
     model, processor = build_tiny(0, land_cover_classes=list(CLASSES))
     inputs = _pair_inputs(processor, ["new buildings"], ["It's the new buildings [SEG]."],
                           masks=[np.zeros((96, 128), bool)])
-    unchanged = len(CLASSES)
-    labels = torch.full((1, 2, 96, 128), unchanged)
-    labels[0, 0, 20:60, 30:90] = CLASSES.index("ground")
-    labels[0, 1, 20:60, 30:90] = CLASSES.index("building")
+    labels = _ground_to_building_labels()
     captured = []
     handle = model.land_cover.register_forward_hook(lambda module, args, output: captured.append(output))
     model.eval()
@@ -1124,9 +1134,7 @@ def test_the_land_cover_loss_reads_both_dates_labels_at_their_own_size_and_reach
             without = model(**inputs)
     finally:
         handle.remove()
-    low = captured[0][0].float()  # (2, K + 1, h, w): the 96 x 128 pair fills the top 192 rows of SAM's 256 frame
-    full = F.interpolate(low, size=(SIZE, SIZE), mode="bilinear", align_corners=False)[..., :192, :]
-    expected = F.cross_entropy(F.interpolate(full, size=(96, 128), mode="bilinear", align_corners=False), labels[0])
+    expected = F.cross_entropy(_land_cover_at_label_size(captured[0][0]), labels[0])
     torch.testing.assert_close(out.land_cover_loss, expected)
     torch.testing.assert_close(out.loss - without.loss, model.config.land_cover_loss_weight * out.land_cover_loss)
     assert without.land_cover_loss is None
@@ -1147,9 +1155,7 @@ def test_the_land_cover_head_reading_the_dates_names_each_dates_changed_pixels_f
     inputs = _pair_inputs(processor, ["new buildings"], ["It's the new buildings [SEG]."],
                           masks=[np.zeros((96, 128), bool)])
     unchanged = len(CLASSES)
-    labels = torch.full((1, 2, 96, 128), unchanged)
-    labels[0, 0, 20:60, 30:90] = CLASSES.index("ground")
-    labels[0, 1, 20:60, 30:90] = CLASSES.index("building")
+    labels = _ground_to_building_labels()
     calls = []
     handle = model.land_cover.register_forward_hook(lambda module, args, output: calls.append((args, output)))
     model.eval()
@@ -1170,9 +1176,7 @@ def test_the_land_cover_head_reading_the_dates_names_each_dates_changed_pixels_f
         torch.testing.assert_close(logits[:, 1], model.land_cover(later, earlier)[:, 0])
     # only the changed pixels teach: "unchanged" is not what one date can show, nor a class the head names
     assert logits.shape[2] == len(CLASSES)
-    low = logits[0].float()
-    full = F.interpolate(low, size=(SIZE, SIZE), mode="bilinear", align_corners=False)[..., :192, :]
-    upscaled = F.interpolate(full, size=(96, 128), mode="bilinear", align_corners=False)
+    upscaled = _land_cover_at_label_size(logits[0])
     expected = F.cross_entropy(upscaled, labels[0].masked_fill(labels[0] == unchanged, -100), ignore_index=-100)
     torch.testing.assert_close(out.land_cover_loss, expected)
     with torch.no_grad():

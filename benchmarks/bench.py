@@ -775,22 +775,39 @@ def bench_decide(variants: dict[str, list[Path]], pairs: int, seed: int) -> dict
         runs = []
         for model in models:
             network, processor = load_model(model)
-            figures = dict(split_figures(score(samples, predict_samples(network, processor, samples))))
-            runs.append({"model": str(model), "figures": figures})
-        results[name] = {"runs": runs, "summary": mean_and_spread([run["figures"] for run in runs])}
+            result = score(samples, predict_samples(network, processor, samples))
+            runs.append({"model": str(model), "figures": dict(split_figures(result)),
+                         "by_phrasing": {part: dict(split_figures(figures))
+                                         for part, figures in result["by_phrasing"].items()}})
+        results[name] = {"runs": runs, "summary": mean_and_spread([run["figures"] for run in runs]),
+                         "by_phrasing": {part: mean_and_spread([run["by_phrasing"][part] for run in runs])
+                                         for part in runs[0]["by_phrasing"]}}
     absent = sum("[SEG]" not in sample["answer"] for sample in samples)
     return {"data": str(data), "n_questions": len(samples), "n_absent": absent, "variants": results}
 
 
 def decide_table(report: dict) -> str:
-    names = list(report["variants"])
-    lines = [f"| {report['n_questions']} questions ({report['n_absent']} absent): mean ± spread | "
-             + " | ".join(f"{name} ({len(report['variants'][name]['runs'])})" for name in names) + " |",
-             "|---|" + "---:|" * len(names)]
-    for figure in report["variants"][names[0]]["summary"]:
-        values = [report["variants"][name]["summary"][figure] for name in names]
+    """Each variant's figures (mean ± spread over its models) in a column; then each variant's on the questions in
+    seen and in held-out phrasings, a column each."""
+    from reasoncd.evaluation.report import PHRASING_TITLES
+
+    variants = report["variants"]
+    columns = {f"{name} ({len(variant['runs'])})": variant["summary"] for name, variant in variants.items()}
+    parts = {f"{name}, {PHRASING_TITLES[part]}": summary for name, variant in variants.items()
+             for part, summary in variant.get("by_phrasing", {}).items()}
+    tables = [spread_table(f"{report['n_questions']} questions ({report['n_absent']} absent): mean ± spread", columns)]
+    if parts:
+        tables.append(spread_table("the same questions by phrasing: mean ± spread", parts))
+    return "\n\n".join(tables)
+
+
+def spread_table(title: str, columns: dict[str, dict]) -> str:
+    """A GitHub table of figures (rows) by column, each cell a `mean_and_spread` entry."""
+    lines = [f"| {title} | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for figure in next(iter(columns.values())):
+        cells = [column[figure] for column in columns.values()]
         lines.append(f"| {figure} | " + " | ".join("–" if v is None else f"{v['mean']:.3f} ± {v['spread']:.3f}"
-                                                   for v in values) + " |")
+                                                   for v in cells) + " |")
     return "\n".join(lines)
 
 

@@ -135,17 +135,23 @@ def test_decide_scores_every_model_on_the_decision_sets_validation_and_test_spli
     assert str(tmp_path) in report["data"] and report["n_questions"] == len(samples) > 0
     assert report["n_absent"] == sum("[SEG]" not in sample["answer"] for sample in samples)
     model, processor = load_model(checkpoint)
-    expected = dict(split_figures(score(samples, predict_samples(model, processor, samples, progress=False))))
+    result = score(samples, predict_samples(model, processor, samples, progress=False))
+    expected = {"all": dict(split_figures(result)),
+                **{part: dict(split_figures(figures)) for part, figures in result["by_phrasing"].items()}}
+    assert set(expected) == {"all", "seen", "heldout"}  # the decision set asks in both kinds of phrasing
     for name in ("twice", "once"):
-        summary = report["variants"][name]["summary"]
-        for figure, value in expected.items():
-            if value is None:
-                assert summary[figure] is None
-            else:
-                assert summary[figure]["mean"] == pytest.approx(value) and summary[figure]["spread"] == 0.0
+        variant = report["variants"][name]
+        for part, figures in expected.items():
+            summary = variant["summary"] if part == "all" else variant["by_phrasing"][part]
+            for figure, value in figures.items():
+                if value is None:
+                    assert summary[figure] is None
+                else:
+                    assert summary[figure]["mean"] == pytest.approx(value) and summary[figure]["spread"] == 0.0
     assert len(report["variants"]["twice"]["runs"]) == 2
     table = bench.decide_table(report)
     assert f"| {len(samples)} questions ({report['n_absent']} absent)" in table and "| twice (2) | once (1) |" in table
+    assert "| twice, seen phrasings | twice, held-out phrasings | once, seen phrasings |" in table
     with pytest.raises(FileNotFoundError, match="no such folder"):
         bench.bench_decide({"missing": [tmp_path / "nowhere"]}, pairs=30, seed=5)
 

@@ -350,3 +350,34 @@ def test_questions_about_several_changes_are_scored_target_by_target(synthetic_s
     assert result["multi_target"]["union_f1"] == 1.0 and result["multi_target"]["target_f1"] < 0.9
     assert result["groups"]["multi"]["f1"] == 1.0
     assert result["steering"]["n_comparisons"] == 0  # single-change steering leaves these questions out
+
+
+def test_questions_in_held_out_phrasings_are_scored_apart_from_seen_ones(pair_samples):
+    for sample in pair_samples:
+        sample["heldout"] = sample["question"] in ("a", "b", "absent")
+    truths = [A, B, C, A2, np.zeros_like(A)]
+    predictions = [{"text": "", "mask": truth, "seg": True, "swapped_mask": None, "swap_source": None}
+                   for truth in truths]
+    predictions[0]["mask"] = B  # a held-out "a" answered with b's change, the held-out absent one with a mask
+    predictions[4]["mask"] = C
+    predictions[2].update(swapped_mask=A, swap_source=0)  # a swap across the two parts takes no part in them
+    result = score(pair_samples, predictions)
+    seen, heldout = result["by_phrasing"]["seen"], result["by_phrasing"]["heldout"]
+    assert (seen["n_samples"], heldout["n_samples"]) == (2, 3)
+    assert seen["steering"]["accuracy"] == 1.0 and seen["text"]["absent_accuracy"] is None
+    assert heldout["steering"]["accuracy"] < 1.0 and heldout["text"]["absent_accuracy"] == 0.0
+    assert seen["counterfactual"]["n_rows"] == 0 and "per_sample" not in seen and "by_phrasing" not in seen
+    alone = score([pair_samples[i] for i in (2, 3)], [predictions[i] for i in (2, 3)])
+    assert seen["f1"] == alone["f1"] and alone["by_phrasing"] == {}  # one kind of phrasing: nothing to split
+
+    from reasoncd.evaluation.report import render_report, split_report, with_phrasings
+
+    summary = {**{k: v for k, v in result.items() if k != "per_sample"}, "mode": "free_generation",
+               "n_samples": 5, "data": "d", "split": "test"}
+    splits = with_phrasings("test", summary)
+    assert list(splits) == ["test", "test: seen phrasings", "test: held-out phrasings"]
+    table = split_report(splits)
+    assert "| absent-CRoI accuracy | 0.000 | – | 0.000 |" in table
+    per_sample = [{**row, "name": row["question"]} for row in result["per_sample"]]
+    report = render_report(summary, per_sample, [("best", 2)])
+    assert "## Seen and held-out phrasings" in report and "held-out phrasings (3 questions)" in report

@@ -19,7 +19,7 @@ from reasoncd.data.images import IMAGE_SUFFIXES, ImageReadError, image_size, ima
 from reasoncd.data.samples import SPLITS, PrepareError, training_sample
 from reasoncd.evaluation.figures import mask_panels, prediction_panels, samples_figure, targets_row
 from reasoncd.evaluation.metrics import ChangeMetrics
-from reasoncd.evaluation.report import best_median_worst, describe_data, split_report, write_outputs
+from reasoncd.evaluation.report import best_median_worst, describe_data, split_report, with_phrasings, write_outputs
 from reasoncd.io import OutputDir, write_json_atomic, write_png_atomic, write_text_atomic
 from reasoncd.messages import listed, size_mismatch
 from reasoncd.loading import require_bitsandbytes
@@ -291,7 +291,7 @@ def final_test(model, processor, samples: list[dict], output_dir: Path, *, batch
     predictions = predict_samples(model, processor, samples, batch_size=batch_size)
     metrics = score(samples, predictions)
     summary = {k: v for k, v in metrics.items() if k != "per_sample"}
-    splits = {"test": summary}
+    splits = with_phrasings("test", summary)
     seen = training_sample(train_samples or [], train_eval_samples)
     if seen:
         train_metrics = score(seen, predict_samples(model, processor, seen, batch_size=batch_size))

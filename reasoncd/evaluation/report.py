@@ -68,10 +68,21 @@ def render_report(summary: dict, per_sample: list[dict], chosen: list[tuple[str,
                       "is `[SEG]` (the masks come from the reference's `[SEG]`).", ""]
         lines += question_use_report(summary)
         lines += multi_target_report(summary)
+        lines += phrasing_report(summary)
     lines += ["## Panels", "", "| | sample | IoU |", "|---|---|---:|"]
     lines += [f"| [{label}](panels/{label}.png) | {per_sample[index]['name']} | {number(per_sample[index]['iou'])} |"
               for label, index in chosen]
     return "\n".join(lines) + "\n"
+
+
+def phrasing_report(summary: dict) -> list[str]:
+    """report.md's section on questions in seen and held-out phrasings; none where the samples hold one kind."""
+    if not summary.get("by_phrasing"):
+        return []
+    return ["## Seen and held-out phrasings", "",
+            "Questions phrased as some training question is, beside those phrased as none is: a gap here comes from "
+            "the wording, not from the pairs.", "",
+            *figures_table({PHRASING_TITLES[name]: part for name, part in summary["by_phrasing"].items()}), ""]
 
 
 def order_and_agreement_rows(summary: dict) -> list[str]:
@@ -200,15 +211,29 @@ def multi_target_figures(summary: dict) -> list[tuple[str, float | None]]:
     ]
 
 
-def split_report(splits: dict[str, dict]) -> str:
-    """train.py's report.md: the headline figures of each split side by side (the training split's sample beside
-    the test split: both low is under-fitting, a gap over-fitting)."""
+PHRASING_TITLES = {"seen": "seen phrasings", "heldout": "held-out phrasings"}
+
+
+def with_phrasings(name: str, summary: dict) -> dict[str, dict]:
+    """A split's summary followed by its parts in seen and held-out phrasings (`score_by_phrasing`), if any."""
+    parts = summary.get("by_phrasing") or {}
+    return {name: summary, **{f"{name}: {PHRASING_TITLES[part]}": parts[part] for part in parts}}
+
+
+def figures_table(splits: dict[str, dict]) -> list[str]:
+    """The headline figures of each split (a free-generation summary) side by side, as a GitHub table."""
     names = list(splits)
     rows = [dict(split_figures(summary)) for summary in splits.values()]
-    lines = ["# ReasonCD training run: free generation", "",
-             "| figure | " + " | ".join(f"{name} ({splits[name].get('n_samples', '?')} questions)"
-                                     for name in names) + " |",
+    lines = ["| figure | " + " | ".join(f"{name} ({splits[name].get('n_samples', '?')} questions)"
+                                       for name in names) + " |",
              "|---|" + "---:|" * len(names)]
     for figure in rows[0]:
         lines.append(f"| {figure} | " + " | ".join(number(row[figure]) for row in rows) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def split_report(splits: dict[str, dict]) -> str:
+    """train.py's report.md: the headline figures of each split side by side (the training split's sample beside
+    the test split: both low is under-fitting, a gap over-fitting; the test split's seen phrasings beside its
+    held-out ones: a gap there is the wording, not the pairs)."""
+    return "\n".join(["# ReasonCD training run: free generation", "", *figures_table(splits)]) + "\n"

@@ -44,6 +44,8 @@ from reasoncd.data.second import swapped_order_truth_path
 from reasoncd.evaluation.targets import MultiTargetScore
 
 GROUPS = ("explicit", "implicit_seen", "implicit_heldout", "explanation", "absent", MULTI_KIND)
+# Evaluation splits draw about half their questions in phrasings no training question uses (`heldout`).
+PHRASINGS = ("seen", "heldout")
 
 
 def group_of(sample: dict) -> str:
@@ -383,11 +385,32 @@ def question_use_figures(result: dict) -> dict[str, float | None]:
     }
 
 
-def score(samples: list[dict], predictions: list[dict]) -> dict:
+def phrasing_of(sample: dict) -> str:
+    """Whether a question is phrased as some training question is (`seen`) or as none is (`heldout`)."""
+    return "heldout" if sample.get("heldout") else "seen"
+
+
+def score_by_phrasing(samples: list[dict], predictions: list[dict]) -> dict[str, dict]:
+    """`score`'s figures (per-sample rows left out) over the questions phrased as training questions are beside
+    those phrased as none is, where the samples hold both: a model can fail on new pairs or on new wordings, and
+    only the two apart tell which. The counterfactual takes no part (its swaps reach across the two)."""
+    rows = {name: [i for i, sample in enumerate(samples) if phrasing_of(sample) == name] for name in PHRASINGS}
+    if not all(rows.values()):
+        return {}
+    parts = {}
+    for name, indices in rows.items():
+        own = [{**predictions[i], "swapped_mask": None, "swap_source": None} for i in indices]
+        result = score([samples[i] for i in indices], own, by_phrasing=False)
+        parts[name] = {**{k: v for k, v in result.items() if k != "per_sample"}, "n_samples": len(indices)}
+    return parts
+
+
+def score(samples: list[dict], predictions: list[dict], *, by_phrasing: bool = True) -> dict:
     """
     The metrics dict: overall pixel metrics, per group, text figures, steering, question sensitivity, the
     counterfactual, the fidelity score, the figures of questions about several changes (`multi_target`), and
-    per-sample IoU. Truths are read one pair at a time.
+    per-sample IoU. Truths are read one pair at a time. With `by_phrasing`, also `score_by_phrasing`'s split under
+    `by_phrasing` (empty where every question is phrased one way).
     """
     overall = ChangeMetrics()
     groups = {name: ChangeMetrics() for name in GROUPS}
@@ -447,5 +470,7 @@ def score(samples: list[dict], predictions: list[dict]) -> dict:
     result["counterfactual"] = counterfactual.compute()
     result["multi_target"] = multi.compute()
     result["fidelity_score"] = fidelity_score(result)
+    if by_phrasing:
+        result["by_phrasing"] = score_by_phrasing(samples, predictions)
     result["per_sample"] = per_sample
     return result

@@ -323,6 +323,14 @@ class ReasonCDConfig(PretrainedConfig):
             the fusion module (those `order_head_reads="dates"` compares), naming that date's class of every changed
             pixel from that date alone: the per-date features then learn what each date shows, which is what tells
             an increase from a decrease.
+        presence_reads_land_cover (`bool`, needs `presence_head`, `croi_units` and `land_cover_classes` read from the
+            fused embedding): the presence decision also adds the evidence of a map composed, not learned, from what
+            the land-cover head names at each cell and the units the CRoI head reads in the question: for an
+            increase of a class, the chance that a cell is that class at T2 and was not at T1 (a decrease: the
+            reverse), the largest over the asked units. A learned scale and offset of the log-odds of its strongest
+            cells' mean join the head's logit (gradients stopped at the map). Per-cell land cover reads new pairs
+            about as well as training pairs, where a decision learned from each training pair's answer does not;
+            swapping the dates turns an increase's map into a decrease's.
     """
 
     model_type = "reasoncd"
@@ -369,6 +377,7 @@ class ReasonCDConfig(PretrainedConfig):
         presence_reads_croi=False,
         fusion_film=False,
         croi_plan=False,
+        presence_reads_land_cover=False,
         question_token_dropout=0.0,
         image_token_dropout=0.0,
         scheduled_sampling=0.0,
@@ -462,6 +471,16 @@ class ReasonCDConfig(PretrainedConfig):
             raise ValueError("croi_plan=True needs presence_head=True and croi_units: the CRoI head's units join the "
                              "presence decision after </p>")
         self.croi_plan = bool(croi_plan)
+        if presence_reads_land_cover:
+            if not (presence_head and croi_units and land_cover_classes and land_cover_reads == "fused"):
+                raise ValueError("presence_reads_land_cover=True needs presence_head=True, croi_units and "
+                                 "land_cover_classes read from the fused embedding (land_cover_reads='fused'): it "
+                                 "composes the asked units' map from both dates' land cover")
+            unknown = sorted({unit.split(":")[0] for unit in croi_units} - set(land_cover_classes))
+            if unknown:
+                raise ValueError(f"presence_reads_land_cover=True: the CRoI units' classes {unknown} are not among "
+                                 f"land_cover_classes {list(land_cover_classes)}")
+        self.presence_reads_land_cover = bool(presence_reads_land_cover)
         if not 0.0 <= question_token_dropout < 1.0:
             raise ValueError(f"question_token_dropout={question_token_dropout!r}: a probability in [0, 1)")
         self.question_token_dropout = float(question_token_dropout)

@@ -636,6 +636,43 @@ class LandCoverHead(nn.Module):
         return torch.stack(logits.chunk(2, dim=0), dim=1)
 
 
+class LandCoverEvidence(nn.Module):
+    """
+    Presence evidence composed from the land-cover head (`ReasonCDConfig.presence_reads_land_cover`): at every cell,
+    the chance that an asked unit's transition happened there (an increase of class c: c at T2 and not at T1; a
+    decrease: the reverse), weighed by how surely the CRoI head reads that unit in the question, the largest over
+    the units; the log-odds of its `top_k` strongest cells' mean, scaled and shifted by two learned numbers. The
+    scale starts at zero: training starts from the head's decision alone.
+    """
+
+    top_k = 4  # cells of the fused grid (8 pixels wide in a 256-pixel frame): about a 16 x 16-pixel object
+
+    def __init__(self, croi_units: list[str], land_cover_classes: list[str]) -> None:
+        super().__init__()
+        pairs = [unit.split(":") for unit in croi_units]
+        self.register_buffer("unit_class", torch.tensor([land_cover_classes.index(c) for c, _ in pairs]),
+                             persistent=False)
+        self.register_buffer("unit_increases", torch.tensor([direction == "increase" for _, direction in pairs]),
+                             persistent=False)
+        # One-element vectors, not scalars: DeepSpeed's flattening cannot view 0-dim tensors.
+        self.evidence_scale = nn.Parameter(torch.zeros(1))
+        self.evidence_offset = nn.Parameter(torch.zeros(1))
+
+    def transition_maps(self, land_cover_logits: torch.Tensor) -> torch.Tensor:
+        """`land_cover_logits` `(N, 2, K + 1, h, w)` (`LandCoverHead` on the fused embedding): each unit's
+        transition probability `(N, U, h, w)`."""
+        probabilities = land_cover_logits.float().softmax(dim=2)[:, :, self.unit_class]  # (N, 2, U, h, w)
+        earlier, later = probabilities.unbind(dim=1)
+        return torch.where(self.unit_increases[:, None, None], later * (1 - earlier), earlier * (1 - later))
+
+    def forward(self, land_cover_logits: torch.Tensor, asked: torch.Tensor) -> torch.Tensor:
+        """`asked` `(N, U)`: the CRoI head's probabilities: evidence `(N,)` to add to the presence logit."""
+        maps = self.transition_maps(land_cover_logits.detach())
+        composed = (maps * asked.detach().float()[:, :, None, None]).amax(dim=1).flatten(1)
+        strongest = composed.topk(min(self.top_k, composed.shape[1]), dim=1).values.mean(dim=1)
+        return self.evidence_scale * torch.logit(strongest, eps=1e-4) + self.evidence_offset
+
+
 def land_cover_loss(logits: torch.Tensor, labels: torch.Tensor, reshaped_sizes: torch.Tensor,
                     frame: int, changed_only: bool = False) -> torch.Tensor:
     """Cross-entropy of `LandCoverHead` logits `(P, 2, K + 1, h, w)` against per-date labels `(P, 2, H, W)` (class
@@ -734,7 +771,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
     trainable_module_names = ("multi_modal_projector", "text_hidden_fc", "sam_mask_decoder", "feature_fusion")
     # Trained in full too when the config switches them on (options beyond the paper).
     optional_module_names = ("seg_state_norm", "prompt_film", "change_projector", "presence", "question_mask",
-                             "croi_head", "croi_reader", "fusion_film", "croi_plan", "land_cover", "order_head")
+                             "croi_head", "croi_reader", "fusion_film", "croi_plan", "land_cover", "order_head",
+                             "land_cover_evidence")
     frozen_module_names = ("vision_tower", "sam_image_encoder", "sam_prompt_encoder")
     # Teacher-forced passes run the prompt up to `<p>` once per pair (`_run_language_model`); False: once per row.
     share_prompt_prefix = True
@@ -852,6 +890,8 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         if self.croi_plan is not None:
             self.croi_plan.zero_init = True  # starts as the presence decision alone
         self.fusion_film = PromptFiLM(text_hidden, date_channels) if config.fusion_film else None
+        self.land_cover_evidence = (LandCoverEvidence(config.croi_units, config.land_cover_classes)
+                                    if config.presence_reads_land_cover else None)
         self.trainable_module_names = type(self).trainable_module_names + tuple(
             name for name in self.optional_module_names if getattr(self, name) is not None)
         self.unused_module_names = self._unused_module_names()
@@ -1229,13 +1269,20 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         The presence decision of each question from its state at `</p>` `(N, hidden)` and its pair's fused
         embedding `(N, C, h, w)` (with `fusion_film`, also its pair's per-date features `(2, N, C', h, w)`, which
         its question mask reads): logits `(N,)`, and with `question_mask` the question masks' low-resolution logits
-        `(N, 4h, 4w)` whose evidence the logits include (else None).
+        `(N, 4h, 4w)` whose evidence the logits include (else None). With `presence_reads_land_cover`, the logits
+        also include the evidence composed from the land-cover head and the CRoI head (`LandCoverEvidence`).
         """
+        asked = None
+        if self.croi_reader is not None or self.land_cover_evidence is not None:
+            asked = torch.sigmoid(self.croi_head(states)).detach()
+        if self.land_cover_evidence is not None:
+            evidence = self.land_cover_evidence(self.land_cover(change_embeddings), asked)
         if self.croi_reader is not None:
             # What was asked, not how: the wording of a training question cannot carry its answer.
-            asked = torch.sigmoid(self.croi_head(states)).detach()
             states = self.croi_reader(asked.to(self.croi_reader.weight.dtype))
         logits = self.presence(states, change_embeddings)
+        if self.land_cover_evidence is not None:
+            logits = logits + evidence.to(logits.dtype)
         if self.question_mask is None:
             return logits, None
         question_masks = self.decode_masks(change_embeddings, self.question_mask(states), standardized=True,

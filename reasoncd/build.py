@@ -286,7 +286,8 @@ def print_report(rows, lora_rank: int) -> None:
 # --- the architecture and loss options, as command-line flags (build_reasoncd.py and train.py) ---
 ARCHITECTURE_OPTIONS = ("use_feature_fusion", "seg_state_norm", "mask_conditioning", "change_tokens", "presence_head",
                         "question_mask", "presence_reads_croi", "fusion_film", "croi_plan", "land_cover_head",
-                        "order_head", "order_head_pooling", "order_head_reads", "land_cover_reads")
+                        "order_head", "order_head_pooling", "order_head_reads", "land_cover_reads",
+                        "presence_reads_land_cover")
 # Loss weights and the token dropouts: they shape training only, so any model may change them.
 TRAINING_OPTIONS = ("other_change_bce_weight", "answer_decision_loss_weight", "presence_loss_weight",
                     "question_mask_loss_weight", "croi_loss_weight", "order_loss_weight", "order_presence_loss_weight",
@@ -362,6 +363,9 @@ def add_option_arguments(parser) -> None:
     group.add_argument("--presence_reads_croi", action=argparse.BooleanOptionalAction, default=None,
                        help="the presence decision and the question mask read the CRoI head's probabilities instead "
                        "of the state at </p> (what was asked, not its wording)")
+    group.add_argument("--presence_reads_land_cover", action=argparse.BooleanOptionalAction, default=None,
+                       help="the presence decision also reads a map composed from the land-cover head (needs "
+                       "--land_cover_head) and the CRoI head's units: where an asked class appeared or vanished")
     group.add_argument("--fusion_film", action=argparse.BooleanOptionalAction, default=None,
                        help="each question also scales and shifts both dates' features inside the fusion module "
                        "(SAM's and every FPN level's) before they are fused")

@@ -641,8 +641,9 @@ class LandCoverEvidence(nn.Module):
     Presence evidence composed from the land-cover head (`ReasonCDConfig.presence_reads_land_cover`): at every cell,
     the chance that an asked unit's transition happened there (an increase of class c: c at T2 and not at T1; a
     decrease: the reverse), weighed by how surely the CRoI head reads that unit in the question, the largest over
-    the units; the log-odds of its `top_k` strongest cells' mean, scaled and shifted by two learned numbers. The
-    scale starts at zero: training starts from the head's decision alone.
+    the units; the log-odds of its `top_k` strongest cells' mean, scaled and shifted by two learned numbers (from 1
+    and 0, as the question mask's: these move by about the learning rate per step, so a scale started at zero would
+    stay near it).
     """
 
     top_k = 4  # cells of the fused grid (8 pixels wide in a 256-pixel frame): about a 16 x 16-pixel object
@@ -655,7 +656,7 @@ class LandCoverEvidence(nn.Module):
         self.register_buffer("unit_increases", torch.tensor([direction == "increase" for _, direction in pairs]),
                              persistent=False)
         # One-element vectors, not scalars: DeepSpeed's flattening cannot view 0-dim tensors.
-        self.evidence_scale = nn.Parameter(torch.zeros(1))
+        self.evidence_scale = nn.Parameter(torch.ones(1))
         self.evidence_offset = nn.Parameter(torch.zeros(1))
 
     def transition_maps(self, land_cover_logits: torch.Tensor) -> torch.Tensor:

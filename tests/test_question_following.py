@@ -1208,3 +1208,87 @@ def test_the_papers_preset_has_no_land_cover_head_and_the_flag_names_the_second_
     assert option_overrides(parser.parse_args(["--land_cover_head"]))["land_cover_classes"] == list(CLASSES)
     assert option_overrides(parser.parse_args(["--no-land_cover_head"]))["land_cover_classes"] == []
     assert "land_cover_classes" not in option_overrides(parser.parse_args([]))
+
+
+# --- the presence decision reading the land-cover head (`presence_reads_land_cover`) ---
+def _asking(model, unit: str) -> None:
+    """Makes the CRoI head read `unit`, and only it, in any question."""
+    with torch.no_grad():
+        model.croi_head.weight.zero_()
+        model.croi_head.bias.fill_(-20.0)
+        model.croi_head.bias[model.config.croi_units.index(unit)] = 20.0
+
+
+def _ground_became_building(grid: int, cells: int, swapped: bool = False) -> torch.Tensor:
+    """Land-cover logits `(1, 2, K + 1, grid, grid)`: a block of `cells` x `cells` cells that was ground and became
+    a building (the other way round with `swapped`), every other cell confidently unchanged."""
+    from reasoncd.data.questions import CLASSES
+
+    unchanged = len(CLASSES)
+    logits = torch.full((1, 2, unchanged + 1, grid, grid), -10.0)
+    logits[:, :, unchanged] = 10.0
+    block = (slice(2, 2 + cells), slice(3, 3 + cells))
+    dates = (CLASSES.index("ground"), CLASSES.index("building"))
+    for date, cover in enumerate(dates[::-1] if swapped else dates):
+        logits[0, date, unchanged][block] = -10.0
+        logits[0, date, cover][block] = 10.0
+    return logits
+
+
+def test_the_presence_decision_reading_the_land_cover_sees_where_the_asked_class_appeared_or_vanished():
+    from reasoncd.data.questions import CLASSES
+
+    model, _ = build_tiny(0, land_cover_classes=list(CLASSES), presence_reads_land_cover=True)
+    model.eval()
+    sam = model.config.sam_config
+    grid = sam.embedding_grid
+    states = torch.randn(1, model.config.text_config.hidden_size)
+    change = torch.randn(1, sam.prompt_embed_dim, grid, grid)
+    evidence = model.land_cover_evidence
+    assert float(evidence.evidence_scale) == 1.0 and float(evidence.evidence_offset) == 0.0
+
+    def read(unit, land_cover):
+        _asking(model, unit)
+        with torch.no_grad():
+            return float(evidence(land_cover, torch.sigmoid(model.croi_head(states)))[0])
+
+    appeared, vanished = _ground_became_building(grid, 2), _ground_became_building(grid, 2, swapped=True)
+    assert read("building:increase", appeared) > 5.0  # four cells surely became a building: log-odds near 9
+    assert read("building:decrease", appeared) < -5.0
+    assert read("ground:decrease", appeared) > 5.0  # the same cells lost their ground
+    assert read("water:increase", appeared) < -5.0
+    # Swapping the dates turns the increase into a decrease.
+    assert read("building:decrease", vanished) > 5.0 and read("building:increase", vanished) < -5.0
+    # One cell of four is not an object: the strongest four cells' mean stays below even odds.
+    assert read("building:increase", _ground_became_building(grid, 1)) < 0.0
+    # The composed evidence enters the decision; its gradient reaches only its scale and offset, not the heads
+    # whose outputs it composes (the land-cover head learns from its labels, the CRoI head from the question).
+    _asking(model, "building:increase")
+    handle = model.land_cover.register_forward_hook(lambda module, args, output: appeared.expand(len(args[0]), -1,
+                                                                                               -1, -1, -1))
+    try:
+        logits, question_masks = model.question_presence(states, change)
+        with torch.no_grad():
+            expected = (model.presence(states, change) + model.question_mask.evidence(question_masks)
+                        + read("building:increase", appeared))
+        torch.testing.assert_close(logits, expected)
+        model.zero_grad()
+        logits.sum().backward()
+    finally:
+        handle.remove()
+    assert model.croi_head.weight.grad is None and all(p.grad is None for p in model.land_cover.parameters())
+    assert evidence.evidence_scale.grad is not None and float(evidence.evidence_scale.grad.abs()) > 0
+
+
+def test_the_presence_decision_reads_the_land_cover_only_with_its_heads_and_their_classes():
+    from reasoncd.data.questions import CLASSES
+
+    assert build_tiny(0)[0].land_cover_evidence is None
+    assert ReasonCDConfig.from_preset("reasoncd-7b").presence_reads_land_cover is False
+    with pytest.raises(ValueError, match="presence_reads_land_cover=True needs presence_head=True, croi_units and "
+                                         "land_cover_classes read from the fused embedding"):
+        build_tiny(0, presence_reads_land_cover=True)  # no land-cover head
+    with pytest.raises(ValueError, match="read from the fused embedding"):
+        build_tiny(0, land_cover_classes=list(CLASSES), land_cover_reads="dates", presence_reads_land_cover=True)
+    with pytest.raises(ValueError, match=r"the CRoI units' classes \['playground'\] are not among land_cover_classes"):
+        build_tiny(0, land_cover_classes=[c for c in CLASSES if c != "playground"], presence_reads_land_cover=True)

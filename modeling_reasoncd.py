@@ -651,10 +651,10 @@ class LandCoverEvidence(nn.Module):
     def __init__(self, croi_units: list[str], land_cover_classes: list[str]) -> None:
         super().__init__()
         pairs = [unit.split(":") for unit in croi_units]
-        self.register_buffer("unit_class", torch.tensor([land_cover_classes.index(c) for c, _ in pairs]),
-                             persistent=False)
-        self.register_buffer("unit_increases", torch.tensor([direction == "increase" for _, direction in pairs]),
-                             persistent=False)
+        # Plain lists, not buffers: `from_pretrained` builds the model without running `__init__`'s fills, and a
+        # buffer kept out of the checkpoint would come back uninitialised.
+        self.unit_class = [land_cover_classes.index(cover) for cover, _ in pairs]
+        self.unit_increases = [direction == "increase" for _, direction in pairs]
         # One-element vectors, not scalars: DeepSpeed's flattening cannot view 0-dim tensors.
         self.evidence_scale = nn.Parameter(torch.ones(1))
         self.evidence_offset = nn.Parameter(torch.zeros(1))
@@ -662,9 +662,11 @@ class LandCoverEvidence(nn.Module):
     def transition_maps(self, land_cover_logits: torch.Tensor) -> torch.Tensor:
         """`land_cover_logits` `(N, 2, K + 1, h, w)` (`LandCoverHead` on the fused embedding): each unit's
         transition probability `(N, U, h, w)`."""
-        probabilities = land_cover_logits.float().softmax(dim=2)[:, :, self.unit_class]  # (N, 2, U, h, w)
-        earlier, later = probabilities.unbind(dim=1)
-        return torch.where(self.unit_increases[:, None, None], later * (1 - earlier), earlier * (1 - later))
+        device = land_cover_logits.device
+        probabilities = land_cover_logits.float().softmax(dim=2)[:, :, torch.tensor(self.unit_class, device=device)]
+        earlier, later = probabilities.unbind(dim=1)  # (N, U, h, w) each
+        increases = torch.tensor(self.unit_increases, device=device)[:, None, None]
+        return torch.where(increases, later * (1 - earlier), earlier * (1 - later))
 
     def forward(self, land_cover_logits: torch.Tensor, asked: torch.Tensor) -> torch.Tensor:
         """`asked` `(N, U)`: the CRoI head's probabilities: evidence `(N,)` to add to the presence logit."""

@@ -1245,7 +1245,7 @@ def test_the_presence_decision_reading_the_land_cover_sees_where_the_asked_class
     states = torch.randn(1, model.config.text_config.hidden_size)
     change = torch.randn(1, sam.prompt_embed_dim, grid, grid)
     evidence = model.land_cover_evidence
-    assert float(evidence.evidence_scale) == 1.0 and float(evidence.evidence_offset) == 0.0
+    assert evidence.evidence_scale.tolist() == [1.0] and evidence.evidence_offset.tolist() == [0.0]
 
     def read(unit, land_cover):
         _asking(model, unit)
@@ -1278,6 +1278,22 @@ def test_the_presence_decision_reading_the_land_cover_sees_where_the_asked_class
         handle.remove()
     assert model.croi_head.weight.grad is None and all(p.grad is None for p in model.land_cover.parameters())
     assert evidence.evidence_scale.grad is not None and float(evidence.evidence_scale.grad.abs()) > 0
+
+
+def test_a_saved_model_that_reads_the_land_cover_composes_the_same_evidence_when_loaded(tmp_path):
+    from reasoncd.data.questions import CLASSES
+
+    model, _ = build_tiny(0, land_cover_classes=list(CLASSES), presence_reads_land_cover=True)
+    model.save_pretrained(tmp_path)
+    loaded = ReasonCDForChangeDetection.from_pretrained(tmp_path).eval()
+    grid = model.config.sam_config.embedding_grid
+    land_cover = torch.cat([_ground_became_building(grid, 2), _ground_became_building(grid, 2, swapped=True)])
+    asked = torch.zeros(2, len(model.config.croi_units))
+    asked[:, model.config.croi_units.index("building:increase")] = 1.0
+    with torch.no_grad():
+        expected = model.land_cover_evidence(land_cover, asked)
+        torch.testing.assert_close(loaded.land_cover_evidence(land_cover, asked), expected)
+    assert expected[0] > 5.0 > -5.0 > expected[1]
 
 
 def test_the_presence_decision_reads_the_land_cover_only_with_its_heads_and_their_classes():

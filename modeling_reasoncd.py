@@ -1278,14 +1278,12 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
         asked = None
         if self.croi_reader is not None or self.land_cover_evidence is not None:
             asked = torch.sigmoid(self.croi_head(states)).detach()
-        if self.land_cover_evidence is not None:
-            evidence = self.land_cover_evidence(self.land_cover(change_embeddings), asked)
         if self.croi_reader is not None:
             # What was asked, not how: the wording of a training question cannot carry its answer.
             states = self.croi_reader(asked.to(self.croi_reader.weight.dtype))
         logits = self.presence(states, change_embeddings)
         if self.land_cover_evidence is not None:
-            logits = logits + evidence.to(logits.dtype)
+            logits = logits + self.land_cover_evidence(self.land_cover(change_embeddings), asked).to(logits.dtype)
         if self.question_mask is None:
             return logits, None
         question_masks = self.decode_masks(change_embeddings, self.question_mask(states), standardized=True,

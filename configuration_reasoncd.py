@@ -9,6 +9,7 @@ the modeling code needs is read from them.
 
 import copy
 import inspect
+import math
 
 from transformers import AutoConfig, CLIPVisionConfig, LlamaConfig, PretrainedConfig
 
@@ -238,6 +239,12 @@ class ReasonCDConfig(PretrainedConfig):
             the reference's decision in training, the head's in evaluation and generation, where an answer decided
             absent cannot emit `[SEG]` and one decided present cannot end before it.
         presence_loss_weight (`float`): weight of the presence head's binary cross-entropy in the loss.
+        presence_threshold (`float`): the presence logit above which a question is decided present, in evaluation
+            and generation (training reads the reference's decision). 0: the head's own (probability 0.5).
+            `train.py --calibrate_presence` sets it to the threshold of best balanced accuracy (the mean of the
+            present questions' and the absent questions' accuracy) on the validation split's questions: the head
+            learns from training pairs, where absent questions are a minority and are told apart more surely than
+            on new pairs.
         question_mask (`bool`, needs `presence_head`): every question, absent ones included, also gets a mask
             decoded from its state at `</p>` through the shared mask path, trained against the union of its
             targets' truths (empty when the asked change is absent); the presence decision adds the evidence of
@@ -367,6 +374,7 @@ class ReasonCDConfig(PretrainedConfig):
         change_tokens=False,
         presence_head=False,
         presence_loss_weight=1.0,
+        presence_threshold=0.0,
         question_mask=False,
         question_mask_loss_weight=1.0,
         land_cover_classes=(),
@@ -445,6 +453,9 @@ class ReasonCDConfig(PretrainedConfig):
         self.change_tokens = bool(change_tokens)
         self.presence_head = bool(presence_head)
         self.presence_loss_weight = presence_loss_weight
+        if not (isinstance(presence_threshold, (int, float)) and math.isfinite(presence_threshold)):
+            raise ValueError(f"presence_threshold={presence_threshold!r}: a finite number (a logit; 0 is the head's own)")
+        self.presence_threshold = float(presence_threshold)
         if question_mask and not presence_head:
             raise ValueError("question_mask=True needs presence_head=True: the question mask is evidence for the "
                              "presence decision")

@@ -42,8 +42,9 @@ class ReasonCDGenerateOutput(ModelOutput):
         reshaped_sizes (`torch.LongTensor` of shape `(B, 2)`): each input's size after SAM's longest-side resize.
         image_sizes (`torch.LongTensor` of shape `(B, 2)`): each input's original `(height, width)`.
         presence_probabilities (`torch.FloatTensor` of shape `(B,)`, *optional*): with `presence_head`, the head's
-            probability that the asked change is there (with `order_head`, the lower of its and the order head's);
-            the answer followed its decision (above 0.5: present).
+            probability that the asked change is there, read from its logit less `presence_threshold` (with
+            `order_head`, the lower of that and the order head's); the answer followed its decision (above 0.5:
+            present).
     """
 
     sequences: torch.LongTensor | None = None
@@ -377,7 +378,7 @@ class _PresenceDecision:
 
     def _decide(self, states):
         logits, question_masks = self.model.question_presence(states, self.change_embeddings, self.date_features)
-        logits = logits.float()
+        logits = self.model.presence_margin(logits.float())
         if self.model.order_head is not None:  # present only where the order head agrees the change holds
             order = self.model.order_head(states, *self.order_readings,
                                           question_masks=self.model.order_head_within(question_masks))

@@ -82,7 +82,7 @@ class ReasonCDOutput(ModelOutput):
         target_present (`torch.BoolTensor` of shape `(B, K)`): whether row b holds a (k+1)-th `[SEG]`.
         target_hidden_states (`torch.FloatTensor` of shape `(B, K, hidden_size)`): the state that predicts each.
         presence_logits (`torch.FloatTensor` of shape `(B,)`, *optional*): with `presence_head`, the head's logit
-            that the asked change is there.
+            that the asked change is there (decided present above `presence_threshold`).
         presence_loss (`torch.FloatTensor` of shape `()`, *optional*): with `presence_head` and labels, the head's
             binary cross-entropy (unweighted; `loss` adds it times `presence_loss_weight`).
         question_masks (`torch.FloatTensor` of shape `(B, h_low, w_low)`, *optional*): with `question_mask`, each
@@ -97,7 +97,7 @@ class ReasonCDOutput(ModelOutput):
             `croi_loss_weight`).
         order_logits (`torch.FloatTensor` of shape `(B,)`, *optional*): with `order_head`, that head's logit that
             the asked change holds in the order the dates are given; a question counts as present in evaluation
-            where both it and `presence_logits` are positive.
+            where it is positive and `presence_logits` is above `presence_threshold`.
         order_loss (`torch.FloatTensor` of shape `()`, *optional*): with `order_loss_weight`,
             `order_presence_loss_weight` or `order_head` and rows that have a truth with the dates swapped, the
             weighted terms of those rows read in that order (in `loss`): their masks' BCE and Dice, their presence
@@ -1290,6 +1290,10 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
                                            date_features=date_features)
         return logits + self.question_mask.evidence(question_masks).to(logits.dtype), question_masks
 
+    def presence_margin(self, presence_logits: torch.Tensor) -> torch.Tensor:
+        """The presence logits less `presence_threshold`: positive where a question is decided present."""
+        return presence_logits - self.config.presence_threshold
+
     def _masks_for_targets(self, mask_embeds, pair_index, target_present, target_hidden, date_features=None):
         """The logits `(B, K, h, w)` of every `[SEG]` state (`target_hidden` `(B, K, hidden)`), all decoded in one
         batched call, each over its row's pair; zeros where `target_present` `(B, K)` is False. `date_features`:
@@ -1405,7 +1409,7 @@ class ReasonCDForChangeDetection(ReasonCDGenerationMixin, ReasonCDPreTrainedMode
             question_states = last_hidden[rows, question_end]
             presence_logits, question_masks = self.question_presence(
                 question_states, mask_embeds[pair_index], per_prompt(date_features, pair_index))
-            own = presence_logits > 0
+            own = self.presence_margin(presence_logits) > 0
             if self.order_head is not None:
                 order_readings = self.order_readings(features, sam_pixel_values_t1, sam_pixel_values_t2, mask_embeds)
                 if self.config.order_head_reads == "fused":

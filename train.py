@@ -23,6 +23,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from reasoncd.build import TRAINING_OPTIONS, option_overrides, save_checkpoint
 from reasoncd.data.samples import SampleError, load_split
+from reasoncd.evaluation.calibration import CalibrationError, calibrate_presence, check_calibration_samples
 from reasoncd.evaluation.evaluate import final_test
 from reasoncd.evaluation.figures import training_curves
 from reasoncd.exits import run_command
@@ -30,7 +31,7 @@ from reasoncd.training.arguments import argument_problem, build_parser
 from reasoncd.training.checkpoints import resume_point
 from reasoncd.training.lora import apply_lora, trainable_parameter_groups
 from reasoncd.training.recipes import DATA_OPTIONS, apply_recipe, prepare_quickstart_data
-from reasoncd.training.start import check_start, load_start_model
+from reasoncd.training.start import check_land_cover_labels, check_start, load_start_model
 from reasoncd.training.trainer import SaveOnInterrupt, load_unsharded, make_trainer, whole_parameters
 from reasoncd.write_faults import WriteFault
 
@@ -70,12 +71,19 @@ def train(args: argparse.Namespace, output) -> int:
                                         **{name: getattr(args, name) for name in DATA_OPTIONS})
                 if args.quickstart else args.data)
         train_samples = load_split(data, "train")
+        check_land_cover_labels(args, train_samples, Path(data) / "train")
         val_samples = load_split(data, "val", limit=args.max_val_samples)
         test_samples = [] if args.skip_test else load_split(data, "test")
-    except SampleError as error:
+        if args.calibrate_presence:
+            check_calibration_samples(val_samples, f"--calibrate_presence, {Path(data) / 'val'}")
+    except (SampleError, CalibrationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     model, processor = load_start_model(args)  # seeded by --seed, as is everything random below
+    if args.calibrate_presence and model.presence is None:
+        print("error: --calibrate_presence: the model has no presence decision to calibrate (presence_head=False; "
+              "build one with --presence_head)", file=sys.stderr)
+        return 2
     if args.bce_pos_weight is not None:
         model.config.bce_pos_weight = args.bce_pos_weight
     for name, value in option_overrides(args, TRAINING_OPTIONS).items():  # training-only: any model may change them
@@ -95,18 +103,25 @@ def train(args: argparse.Namespace, output) -> int:
         print(f"stopped at step {trainer.state.global_step}; resume with --resume_from_checkpoint")
         return 130
     try:
-        return finish(args, trainer, processor, train_samples, test_samples)
+        return finish(args, trainer, processor, train_samples, val_samples, test_samples)
     except WriteFault as error:  # the model or the figures: the run itself is safe in its checkpoints
         raise error.adding(f"The checkpoints in {args.output_dir / 'checkpoints'} are intact: once there is space, "
                            "run again with --resume_from_checkpoint to write the model and the metrics") from error
 
 
-def finish(args: argparse.Namespace, trainer, processor, train_samples, test_samples) -> int:
-    """After training: the curves, the merged model, and the final test's metrics, report and samples."""
+def finish(args: argparse.Namespace, trainer, processor, train_samples, val_samples, test_samples) -> int:
+    """After training: the curves, the merged model (with --calibrate_presence, its presence threshold placed on the
+    validation split), and the final test's metrics, report and samples."""
+    calibration = None
     with whole_parameters(trainer.model):  # ZeRO-3: every process takes part in gathering the shards
         if trainer.is_world_process_zero():  # one process writes the model, the figures and the metrics
             training_curves(args.output_dir / "curves.png", trainer.state.log_history)
             merged = trainer.model.merge_and_unload()
+            if args.calibrate_presence:
+                calibration = calibrate_presence(merged, processor, val_samples, where="the validation split",
+                                                 batch_size=args.eval_batch_size)
+                merged.config.presence_threshold = calibration["threshold"]
+                print("presence decision calibrated:", json.dumps(calibration))
             # model/ is train.py's own entry (claimed above): replaced whatever an earlier run left in it.
             save_checkpoint(merged, processor, args.output_dir / "model", command="train.py", overwrite=True)
     if not trainer.is_world_process_zero():
@@ -117,7 +132,8 @@ def finish(args: argparse.Namespace, trainer, processor, train_samples, test_sam
             merged = load_unsharded(args.output_dir / "model")
         metrics = final_test(merged, processor, test_samples, args.output_dir, batch_size=args.eval_batch_size,
                              max_samples=args.max_eval_samples, train_samples=train_samples,
-                             train_eval_samples=args.train_eval_samples)
+                             train_eval_samples=args.train_eval_samples,
+                             extra={} if calibration is None else {"presence_calibration": calibration})
         print(json.dumps(metrics, indent=1))
     return 0
 

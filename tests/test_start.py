@@ -4,6 +4,7 @@ unless asked)."""
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import train
@@ -131,3 +132,26 @@ def test_overwrite_starts_over_but_keeps_the_users_files(tmp_path):
     assert (run / "model" / "model.safetensors").stat().st_size > 1000
     assert "train.py" in read_marker(run) and (run / MARKER).is_file()
     assert not [p for p in Path(run).parent.iterdir() if ".partial-" in p.name or ".replaced-" in p.name]
+
+
+def test_a_new_land_cover_head_on_data_without_per_date_labels_is_refused_before_any_output(tmp_path, capsys):
+    from PIL import Image
+
+    from reasoncd.data.folders import prepare_folder
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):  # a binary change data set (BCDD's layout): no land cover per date
+        for folder in ("A", "B", "label"):
+            (tmp_path / "cd" / split / folder).mkdir(parents=True)
+        for name in ("0", "1"):
+            for folder in ("A", "B"):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                    tmp_path / "cd" / split / folder / f"{name}.png")
+            label = np.zeros((32, 32), np.uint8)
+            label[8:16, 8:16] = 255
+            Image.fromarray(label).save(tmp_path / "cd" / split / "label" / f"{name}.png")
+    prepare_folder(tmp_path / "cd", "new buildings", tmp_path / "samples")
+    error = refused(["--data", str(tmp_path / "samples"), "--output_dir", str(tmp_path / "run"),
+                     "--land_cover_head"], capsys)
+    assert f"--land_cover_head: no training pair in {tmp_path / 'samples' / 'train'}" in error
+    assert "Traceback" not in error and not (tmp_path / "run").exists()

@@ -65,10 +65,17 @@ def test_resume_continues_from_the_saved_step(samples_dir, tmp_path):
 
 
 def test_train_script_writes_a_loadable_model_and_metrics(tmp_path):
-    result = _train(["--max_steps", "30", "--output_dir", str(tmp_path / "run"), "--train_eval_samples", "8"],
-                    cwd=tmp_path)
+    result = _train(["--max_steps", "30", "--output_dir", str(tmp_path / "run"), "--train_eval_samples", "8",
+                     "--calibrate_presence"], cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # the presence threshold placed on the validation split is the saved model's, and no worse there than 0
+    calibration = metrics["presence_calibration"]
+    config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert config["presence_threshold"] == calibration["threshold"]
+    assert 0 < calibration["absent_questions"] < calibration["questions"]
+    assert (calibration["at_threshold"]["balanced_accuracy"]
+            >= calibration["at_head_threshold"]["balanced_accuracy"])
     # the training split's sample beside the test split: whole pairs, scored alike
     assert metrics["train_split"]["n_samples"] >= 8 and "order" in metrics["train_split"]
     assert "| steering |" in (tmp_path / "run" / "report.md").read_text()
@@ -87,3 +94,18 @@ def test_train_script_writes_a_loadable_model_and_metrics(tmp_path):
     image = np.full((64, 64, 3), 120, np.uint8)
     out = model.generate(**processor(images_t1=image, images_t2=image, text="new buildings"), max_new_tokens=4)
     assert processor.post_process_generation(out)[0]["mask"].shape == (64, 64)
+
+
+def test_calibrating_the_presence_decision_is_refused_before_any_output(samples_dir, tmp_path):
+    run = tmp_path / "run"
+    # the small set's validation split asks only about present changes: nothing to place a threshold between
+    result = _train(["--data", str(samples_dir), "--output_dir", str(run), "--calibrate_presence"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"--calibrate_presence, {samples_dir / 'val'}" in result.stderr and "none of them absent" in result.stderr
+    assert not run.exists()
+    # a model without a presence decision has nothing to calibrate (the quickstart's data: absent questions in val)
+    result = _train(["--output_dir", str(run), "--calibrate_presence", "--no-presence_head", "--max_steps", "1"],
+                    cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--calibrate_presence" in result.stderr and "presence_head" in result.stderr
+    assert not run.exists()

@@ -279,10 +279,11 @@ def evaluate_predictions(output: OutputDir, pred_dir: Path, label_dir: Path, *, 
 
 def final_test(model, processor, samples: list[dict], output_dir: Path, *, batch_size: int,
                max_samples: int | None = None, train_samples: list[dict] | None = None,
-               train_eval_samples: int = 0) -> dict:
+               train_eval_samples: int = 0, extra: dict | None = None) -> dict:
     """
     train.py's evaluation in free generation: the test split and a fixed sample of the training split
-    (`training_sample`). Writes metrics.json (the test split's figures, the training sample's under "train_split"),
+    (`training_sample`). Writes metrics.json (the test split's figures, the training sample's under "train_split",
+    and `extra`'s entries),
     report.md (both side by side), predictions.json and samples.png in `output_dir`; returns metrics.json's content.
     """
     from reasoncd.evaluation.scoring import predict_samples, score
@@ -298,6 +299,7 @@ def final_test(model, processor, samples: list[dict], output_dir: Path, *, batch
         summary["train_split"] = splits["train"] = {k: v for k, v in train_metrics.items() if k != "per_sample"}
         summary["train_split"]["n_samples"] = len(seen)
     summary["n_samples"] = len(samples)
+    summary.update(extra or {})
     write_json_atomic(output_dir / "metrics.json", summary)
     write_json_atomic(output_dir / "predictions.json", metrics["per_sample"])
     write_text_atomic(output_dir / "report.md", split_report(splits))

@@ -123,14 +123,14 @@ def seg_predicted_teacher_forced(logits: torch.Tensor, labels: torch.Tensor, seg
     return torch.where(reference_has_seg, emits_seg, ~opens_as_reference)
 
 
-def seg_decided_teacher_forced(outputs, labels: torch.Tensor, seg_token_id: int) -> torch.Tensor:
+def seg_decided_teacher_forced(model, outputs, labels: torch.Tensor) -> torch.Tensor:
     """
-    Per row `(B,)`, whether the model would point at a mask, under teacher forcing: the presence head's decision
+    Per row `(B,)`, whether `model` would point at a mask, under teacher forcing: the presence head's decision
     where the model has one (generation follows it), else `seg_predicted_teacher_forced`.
     """
     if getattr(outputs, "presence_logits", None) is not None:
-        return outputs.presence_logits > 0
-    return seg_predicted_teacher_forced(outputs.logits, labels, seg_token_id)
+        return model.presence_margin(outputs.presence_logits) > 0
+    return seg_predicted_teacher_forced(outputs.logits, labels, model.config.seg_token_id)
 
 
 def swap_sources(pair_keys: list, truth_keys: list, has_seg: list[bool]) -> list[int | None]:
@@ -184,6 +184,25 @@ def counterfactual_masks(model, processor, inputs, features, seg_hidden_states: 
     for row, mask in zip(rows, masks):
         swapped[row] = mask
     return swapped
+
+
+def batch_inputs(model, processor, batch: list[dict], *, teacher_forced: bool = False):
+    """The processor's inputs for `batch` (questions grouped by pair, as `batches_by_pair` gives them), each pair's
+    images read once, on the model's device; with `teacher_forced`, the reference answers too. Returns the inputs,
+    the pairs' `(T1, T2)` images and each question's index into them."""
+    pair_keys, pairs, pair_index = {}, [], []
+    for sample in batch:
+        if pair_key(sample) not in pair_keys:
+            pair_keys[pair_key(sample)] = len(pairs)
+            pairs.append(load_images(sample))  # images only: masks are read when scoring (or swapping)
+        pair_index.append(pair_keys[pair_key(sample)])
+    inputs = processor(
+        images_t1=[p[0] for p in pairs], images_t2=[p[1] for p in pairs],
+        text=[sample["question"] for sample in batch], pair_index=pair_index,
+        answers=[sample["answer"] for sample in batch] if teacher_forced else None,
+        return_tensors="pt",
+    ).to(model.device)
+    return inputs, pairs, pair_index
 
 
 def encode_batch(model, inputs):
@@ -244,25 +263,14 @@ def predict_samples(model, processor, samples: list[dict], *, batch_size: int = 
     bar = tqdm(total=len(samples), desc="teacher-forced" if teacher_forced else "generating", disable=not progress)
     for indices in batches_by_pair(samples, batch_size):
         batch = [samples[i] for i in indices]
-        pair_keys, pairs, pair_index = {}, [], []
-        for sample in batch:
-            if pair_key(sample) not in pair_keys:
-                pair_keys[pair_key(sample)] = len(pairs)
-                pairs.append(load_images(sample))  # images only: masks are read when scoring (or swapping)
-            pair_index.append(pair_keys[pair_key(sample)])
-        inputs = processor(
-            images_t1=[p[0] for p in pairs], images_t2=[p[1] for p in pairs],
-            text=[sample["question"] for sample in batch], pair_index=pair_index,
-            answers=[sample["answer"] for sample in batch] if teacher_forced else None,
-            return_tensors="pt",
-        ).to(model.device)
+        inputs, pairs, pair_index = batch_inputs(model, processor, batch, teacher_forced=teacher_forced)
         features = encode_batch(model, inputs)
         if teacher_forced:
             labels = inputs.pop("labels")
             outputs = model(**inputs, frozen_features=features)
             texts = [sample["answer"] for sample in batch]
             masks, targets = teacher_forced_masks(processor, inputs, outputs, texts)
-            seg = seg_decided_teacher_forced(outputs, labels, model.config.seg_token_id).tolist()
+            seg = seg_decided_teacher_forced(model, outputs, labels).tolist()
         else:
             outputs = model.generate(**inputs, frozen_features=features, max_new_tokens=max_new_tokens)
             processed = processor.post_process_generation(outputs)

@@ -62,6 +62,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                         "pairs) beside the test split, so that under- and over-fitting show; 0: not")
     parser.add_argument("--max_val_samples", type=int, default=256)
     parser.add_argument("--skip_test", action="store_true", help="no test-split evaluation after training")
+    parser.add_argument("--calibrate_presence", action="store_true",
+                        help="after training, set the presence decision's threshold (presence_threshold) to the one "
+                        "of best balanced accuracy on the validation split's questions (needs a presence head and "
+                        "both present and absent questions there; reasoncd/evaluation/calibration.py)")
     parser.add_argument("--synthetic_pairs", type=int, help="quickstart: number of synthetic pairs")
     parser.add_argument("--synthetic_seed", type=int, help="quickstart: seed of the synthetic data (default: --seed); "
                         "fixed, runs of other --seed values train other initialisations on the same data")

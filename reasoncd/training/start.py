@@ -11,6 +11,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from modeling_reasoncd import ReasonCDForChangeDetection
 from processing_reasoncd import ReasonCDProcessor
 from reasoncd.build import ARCHITECTURE_OPTIONS, build_tiny, option_flags, option_overrides
+from reasoncd.data.samples import SampleError
+from reasoncd.data.second import land_cover_label_paths
 from reasoncd.io import OutputDir, OutputDirError, read_marker
 from reasoncd.loading import check_checkpoint
 from reasoncd.training.checkpoints import checkpoint_problem
@@ -89,6 +91,16 @@ def check_start(args) -> OutputDir:
                              "with --resume_from_checkpoint, start over with --overwrite (replaces train.py's outputs "
                              "there, keeps other files), or choose another --output_dir")
     return output
+
+
+def check_land_cover_labels(args, train_samples: list[dict], where: Path) -> None:
+    """A land-cover head built for this run (`--land_cover_head`) learns only from per-date land-cover labels (a
+    SECOND layout's label1/ and label2/ beside im1/ and im2/): refused, before anything is written, where no training
+    pair in `where` has them, since the head, and whatever reads it, would stay untrained."""
+    if args.model is None and args.land_cover_head and not any(map(land_cover_label_paths, train_samples)):
+        raise SampleError(f"--land_cover_head: no training pair in {where} has per-date land-cover labels (a SECOND "
+                          "layout's label1/ and label2/ beside im1/ and im2/), so the new head would learn nothing; "
+                          "train it on semantic change data such as SECOND (prepare_data.py second), or leave it off")
 
 
 def load_start_model(args):

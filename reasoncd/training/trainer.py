@@ -177,7 +177,7 @@ class ReasonCDTrainer(Trainer):
             losses.append(float(outputs.loss))
             masks, targets = teacher_forced_masks(self.reasoncd_processor, inputs, outputs,
                                                   [sample["answer"] for sample in batch])
-            emits_seg = seg_decided_teacher_forced(outputs, inputs["labels"], base.config.seg_token_id)
+            emits_seg = seg_decided_teacher_forced(base, outputs, inputs["labels"])
             # The counterfactual reuses the cached encodings; without the cache the encoders run once more.
             features = inputs.get("frozen_features")
             if features is None:

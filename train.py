@@ -6,7 +6,9 @@
 
 Outputs in --output_dir: `model/` (merged weights that AutoModel/AutoProcessor load with trust_remote_code=True),
 `checkpoints/` (resumable), `metrics.json` (test split, free generation, with a fixed sample of the training split
-beside it under "train_split"), `report.md` (both splits side by side), `samples.png`, `curves.png`.
+beside it under "train_split"; with --calibrate_presence, the presence threshold placed on the validation split
+under "presence_calibration", and `presence_calibration.png`), `report.md` (both splits side by side), `samples.png`,
+`curves.png`.
 --output_dir must be new or empty; a folder of an earlier run is continued with --resume_from_checkpoint or started
 over with --overwrite, which replaces only train.py's outputs (see reasoncd/io.py). Arguments, the
 starting checkpoint and the output folder are all checked before any data is generated or loaded.
@@ -119,7 +121,8 @@ def finish(args: argparse.Namespace, trainer, processor, train_samples, val_samp
             merged = trainer.model.merge_and_unload()
             if args.calibrate_presence:
                 calibration = calibrate_presence(merged, processor, val_samples, where="the validation split",
-                                                 batch_size=args.eval_batch_size)
+                                                 batch_size=args.eval_batch_size,
+                                                 figure=args.output_dir / "presence_calibration.png")
                 merged.config.presence_threshold = calibration["threshold"]
                 print("presence decision calibrated:", json.dumps(calibration))
             # model/ is train.py's own entry (claimed above): replaced whatever an earlier run left in it.

@@ -76,6 +76,7 @@ def test_train_script_writes_a_loadable_model_and_metrics(tmp_path):
     assert 0 < calibration["absent_questions"] < calibration["questions"]
     assert (calibration["at_threshold"]["balanced_accuracy"]
             >= calibration["at_head_threshold"]["balanced_accuracy"])
+    assert (tmp_path / "run" / "presence_calibration.png").stat().st_size > 10_000
     # the training split's sample beside the test split: whole pairs, scored alike
     assert metrics["train_split"]["n_samples"] >= 8 and "order" in metrics["train_split"]
     assert "| steering |" in (tmp_path / "run" / "report.md").read_text()

@@ -9,6 +9,8 @@ mean of the present questions' share decided present and the absent questions' s
 the two kinds of mistake alike whatever their counts.
 """
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -73,13 +75,18 @@ def balanced_threshold(logits: np.ndarray, present: np.ndarray) -> float:
 
 
 def calibrate_presence(model, processor, samples: list[dict], *, where: str, batch_size: int = 8,
-                       progress: bool = True) -> dict:
+                       figure: Path | None = None, progress: bool = True) -> dict:
     """The threshold of best balanced accuracy on `samples` (`where`: their source, for errors) and the figures
-    there at the head's own threshold (0) and at it. Does not change the model."""
+    there at the head's own threshold (0) and at it; with `figure`, a PNG of the logits and of those figures against
+    the threshold. Does not change the model."""
     check_calibration_samples(samples, where)
     logits = presence_logits(model, processor, samples, batch_size=batch_size, progress=progress)
     present = np.array([has_seg(sample) for sample in samples])
     threshold = balanced_threshold(logits, present)
+    if figure is not None:
+        from reasoncd.evaluation.figures import presence_threshold_figure
+
+        presence_threshold_figure(figure, logits, present, threshold, lambda t: decision_figures(logits, present, t))
     return {"threshold": threshold, "questions": len(samples), "absent_questions": int((~present).sum()),
             "at_head_threshold": decision_figures(logits, present, 0.0),
             "at_threshold": decision_figures(logits, present, threshold)}

@@ -1,4 +1,5 @@
-"""Figures a person would rather look at than read: prediction panels and training curves."""
+"""Figures a person would rather look at than read: prediction panels, training curves and where the presence
+decision's threshold sits."""
 
 import textwrap
 from collections import defaultdict
@@ -168,6 +169,36 @@ def training_curves(path, log_history: list[dict]) -> None:
             ax.legend(fontsize=8)
     axes[2].set_ylim(0, 1)
     axes[3].set_ylim(lowest - 0.05 if lowest < 0 else 0, 1)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def presence_threshold_figure(path, logits: np.ndarray, present: np.ndarray, threshold: float,
+                              figures_at) -> None:
+    """
+    Where the presence decision's threshold sits: the presence logits of present and absent questions (histograms),
+    and against the threshold the share of present questions decided present, of absent ones decided absent, and
+    their mean (`figures_at(threshold)` gives them), with the head's own threshold (0) and `threshold` marked.
+    """
+    fig, (spread, curves) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    bins = np.linspace(logits.min(), logits.max(), 40)
+    spread.hist(logits[present], bins=bins, alpha=0.6, label=f"present changes ({int(present.sum())})")
+    spread.hist(logits[~present], bins=bins, alpha=0.6, label=f"absent changes ({int((~present).sum())})")
+    spread.set_ylabel("questions")
+    spread.set_title("presence logits of the validation questions")
+    grid = np.linspace(logits.min() - 0.5, logits.max() + 0.5, 400)
+    at = [figures_at(t) for t in grid]
+    for key, label in (("present_recall", "present questions decided present"),
+                       ("absent_accuracy", "absent questions decided absent"),
+                       ("balanced_accuracy", "balanced accuracy (their mean)")):
+        curves.plot(grid, [figures[key] for figures in at], label=label)
+    curves.set_xlabel("threshold on the presence logit (a question above it is decided present)")
+    curves.set_ylim(0, 1.02)
+    for ax in (spread, curves):
+        ax.axvline(0.0, color="grey", linestyle="--", label="the head's own threshold (0)")
+        ax.axvline(threshold, color="black", label=f"the placed threshold ({threshold:.2f})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
 

@@ -19,7 +19,7 @@ from reasoncd.training.checkpoints import checkpoint_problem
 
 # Everything train.py writes into --output_dir: what it may replace there when it starts over.
 TRAIN_ENTRIES = ("checkpoints", "model", "metrics.json", "predictions.json", "samples.png", "curves.png",
-                 "feature_cache", "report.md")
+                 "feature_cache", "report.md", "presence_calibration.png")
 
 
 def language_model_linear_names(args) -> set[str]:

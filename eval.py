@@ -4,6 +4,7 @@
     python eval.py --model CKPT --data LEVIR-CD --question Building --output_dir OUT               # A/B/label folder
     python eval.py --model CKPT --data data/second --teacher_forced --output_dir OUT               # LISA-style
     python eval.py --model CKPT --data data/bcdd --quantize 4 --output_dir OUT     # LLM in 4 bits (bitsandbytes)
+    python eval.py --model CKPT --data data/second --presence_threshold 2 --output_dir OUT   # stricter "present"
     python eval.py --pred_dir runs/fc-ef/pred --label_dir LEVIR-CD/label --output_dir OUT [--threshold 127]
 
 --data is a folder of JSON samples (with train/ val/ test/, pick one with --split, or the JSON files directly in
@@ -31,7 +32,7 @@ from reasoncd.evaluation.evaluate import EvalError, evaluate
 from reasoncd.evaluation.report import summary_lines
 from reasoncd.exits import run_command
 from reasoncd.io import OutputDirError
-from reasoncd.loading import CheckpointError, add_quantize_argument
+from reasoncd.loading import CheckpointError, add_presence_threshold_argument, add_quantize_argument
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--max_new_tokens", type=int, default=48, help="answer length limit (default 48)")
     model.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     add_quantize_argument(model)
+    add_presence_threshold_argument(model)
     predictions = parser.add_argument_group("prediction mode")
     predictions.add_argument("--pred_dir", type=Path, help="predicted masks of any method, named like the labels")
     predictions.add_argument("--label_dir", type=Path, help="ground-truth change labels (0/1 or 0/255)")
@@ -65,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quantize is not None and args.pred_dir:
         parser.error("--quantize applies to model mode (--model/--data), not to --pred_dir")
+    if args.presence_threshold is not None and args.pred_dir:
+        parser.error("--presence_threshold applies to model mode (--model/--data), not to --pred_dir")
 
     if args.pred_dir or args.label_dir:
         if args.model or args.data:

@@ -20,7 +20,8 @@ import numpy as np
 from reasoncd.data.images import ImageReadError, read_rgb
 from reasoncd.exits import run_command
 from reasoncd.io import check_file_destination, write_png_atomic
-from reasoncd.loading import add_quantize_argument, check_checkpoint, load_model, predict, require_bitsandbytes
+from reasoncd.loading import (add_presence_threshold_argument, add_quantize_argument, check_checkpoint, load_model,
+                              predict, require_bitsandbytes)
 from reasoncd.messages import size_mismatch
 
 
@@ -36,6 +37,7 @@ def main(argv=None) -> int:
                         "[SEG] tokens), the mask path, the changed fraction, the mask's confidence and the "
                         "probability of [SEG] as JSON, and the same per target (label: the words naming it)")
     add_quantize_argument(parser)
+    add_presence_threshold_argument(parser)
     args = parser.parse_args(argv)
     return run_command("predict.py", lambda: run(args))
 
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         if mismatch:
             raise ValueError(f"{mismatch} (height x width); the two dates must be co-registered images of the same "
                              "size")
-        model, processor = load_model(args.model, quantize=args.quantize)
+        model, processor = load_model(args.model, quantize=args.quantize, presence_threshold=args.presence_threshold)
         result = predict(model, processor, image_t1, image_t2, [args.question], args.max_new_tokens)[0]
         clash = [path for path in target_paths(args.out, len(result["targets"])) if path.resolve() in inputs]
         if clash:

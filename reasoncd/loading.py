@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -94,6 +95,22 @@ def add_quantize_argument(parser: argparse.ArgumentParser, default: int | str | 
                              "the GPU when there is one")
 
 
+def _finite_logit(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def add_presence_threshold_argument(parser: argparse.ArgumentParser) -> None:
+    """`--presence_threshold`, the same in predict.py and eval.py."""
+    parser.add_argument("--presence_threshold", type=_finite_logit,
+                        help="the presence logit above which the asked change counts as there (default: the "
+                             "model's own, presence_threshold in its config.json, which train.py "
+                             "--calibrate_presence places); higher answers 'no change of interest' more often. "
+                             "Needs a model with a presence decision")
+
+
 def require_bitsandbytes(bits: int | None) -> None:
     """Fail fast (before the slow imports) on a bad `--quantize` value or a missing bitsandbytes."""
     if bits is None:
@@ -161,7 +178,8 @@ def finish_quantized_loading(model) -> None:
 # ----------------------------------------------------------------------------------------- loading, predicting
 
 
-def load_model(location: str | Path, quantize: int | None = None, device: str | None = None):
+def load_model(location: str | Path, quantize: int | None = None, device: str | None = None,
+               presence_threshold: float | None = None):
     """
     `AutoModel` / `AutoProcessor` with the checkpoint's own code, in eval mode; `location` is a checkpoint folder
     (checked first) or a Hub id.
@@ -170,6 +188,8 @@ def load_model(location: str | Path, quantize: int | None = None, device: str | 
         SAM, the fusion module, the projector, `text_hidden_fc` and `lm_head` unquantised: in bfloat16 on a GPU
         that supports it, else in float32.
     device: where the model runs. Default: the CPU; quantised, CUDA when available.
+    presence_threshold: replaces the config's `presence_threshold` (CheckpointError for a model without a presence
+        decision).
     """
     require_bitsandbytes(quantize)
     from transformers import AutoModel, AutoProcessor
@@ -183,6 +203,11 @@ def load_model(location: str | Path, quantize: int | None = None, device: str | 
         finish_quantized_loading(model)
     elif device is not None:
         model.to(device)
+    if presence_threshold is not None:
+        if getattr(model, "presence", None) is None:
+            raise CheckpointError(f"{location}: the model has no presence decision (presence_head is off), so there "
+                                  "is no threshold for --presence_threshold to set")
+        model.config.presence_threshold = float(presence_threshold)
     processor = AutoProcessor.from_pretrained(location, trust_remote_code=True)
     return model, processor
 

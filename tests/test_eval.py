@@ -240,6 +240,7 @@ def test_model_mode_reports_whether_the_mask_follows_the_question(tmp_path_facto
     assert counterfactual["f1_drop"] == pytest.approx(counterfactual["f1_original"] - counterfactual["f1_swapped"])
     # this model says [SEG] after any prompt, and teacher forcing reads that off its logits too
     assert metrics["text"]["seg_emission_rate"] == 1.0 and metrics["text"]["absent_accuracy"] == 0.0
+    assert metrics["presence_threshold"] == 0.0  # the decision these figures were read at
     expected = np.mean([metrics["f1"], metrics["steering"]["accuracy"], 0.0, 1 - sensitivity["mean_iou"]])
     assert metrics["fidelity_score"] == pytest.approx(expected)
     report = (out / "report.md").read_text()
@@ -321,3 +322,19 @@ def test_a_damaged_checkpoint_is_named(checkpoint, tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"{damaged / 'model.safetensors'}: not a readable safetensors file" in error
     assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("teacher_forced", [False, True])
+def test_model_mode_reads_the_presence_decision_at_the_threshold_given(tmp_path_factory, second_samples, tmp_path,
+                                                                      teacher_forced):
+    from helpers import seg_forcing_checkpoint
+
+    out = tmp_path / "out"
+    mode = ["--teacher_forced"] if teacher_forced else ["--max_new_tokens", "2"]
+    # the model above says [SEG] to every question (emission 1.0); above every logit, to none
+    assert eval_script.main(["--model", str(seg_forcing_checkpoint(tmp_path_factory)), "--data", str(second_samples),
+                             "--split", "train", "--output_dir", str(out), "--presence_threshold", "1e6",
+                             *mode]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["presence_threshold"] == 1e6
+    assert metrics["text"]["seg_emission_rate"] == 0.0 and metrics["text"]["absent_accuracy"] == 1.0

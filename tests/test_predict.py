@@ -62,6 +62,18 @@ def runs(request, tmp_path_factory, checkpoint):
     jobs["16bit"] = (predict_args(checkpoint, deep, rgb_path, work / "deep_map.png"), work / "deep_map.png",
                      (deep, rgb_path))
 
+    # A model whose presence decision says "present" to every question, asked with the threshold above any logit;
+    # and one without a presence decision, which has no threshold to set.
+    for name, threshold in (("strict", ["--presence_threshold", "1e6"]), ("lenient", [])):  # lenient: its own
+        jobs[name] = (predict_args(seg_forcing_checkpoint(tmp_path_factory), rgb_path, deep, work / f"{name}.png",
+                                   "new buildings", "--json", *threshold), work / f"{name}.png", (rgb_path, deep))
+    undecided = work / "no-presence-head"
+    from reasoncd.build import build_tiny, save_checkpoint
+
+    save_checkpoint(*build_tiny(0, presence_head=False, question_mask=False), undecided)
+    jobs["undecided"] = (predict_args(undecided, rgb_path, deep, work / "undecided.png", "new buildings",
+                                      "--presence_threshold", "2"), work / "undecided.png", (undecided,))
+
     broken = work / "broken"
     shutil.copytree(checkpoint, broken)
     (broken / "model.safetensors").unlink()
@@ -166,6 +178,28 @@ def test_size_mismatch(pngs, checkpoint, tmp_path):
 def test_empty_question(pngs, checkpoint, tmp_path, question):
     result = predict(checkpoint, pngs["a"], pngs["b"], tmp_path / "m.png", question)
     assert_clean_error(result, "empty")
+
+
+def test_the_presence_threshold_decides_the_answer(runs):
+    answers = {}
+    for name in ("lenient", "strict"):
+        result, out, _ = runs[name]
+        assert result.returncode == 0, result.stderr[-2000:]
+        answers[name] = json.loads(result.stdout)
+    # This model's language model says only [SEG]: at its own threshold it points at a mask; above every logit the
+    # decision forbids [SEG], so no mask is decoded and the map is empty.
+    assert "[SEG]" in answers["lenient"]["raw_text"]
+    assert "[SEG]" not in answers["strict"]["raw_text"] and answers["strict"]["changed_fraction"] == 0.0
+    assert not read_change_map(runs["strict"][1], (140, 100)).any()
+
+
+def test_a_presence_threshold_for_a_model_without_a_presence_decision_is_refused(runs, pngs, checkpoint, tmp_path):
+    result, out, (undecided,) = runs["undecided"]
+    assert_clean_error(result, str(undecided), "no presence decision", "--presence_threshold")
+    assert not out.exists()
+    result = predict(checkpoint, pngs["a"], pngs["b"], tmp_path / "m.png", "new buildings",
+                     "--presence_threshold", "nan")
+    assert result.returncode == 2 and "--presence_threshold: 'nan' is not a finite number" in result.stderr
 
 
 def test_checkpoint_without_weights(runs):

@@ -127,7 +127,7 @@ def prediction_names(samples: list[dict]) -> list[str]:
 def evaluate_model(output: OutputDir, model: Path, data: Path, *, split: str = "test", question: str = "Building",
                    threshold: int | None = None, teacher_forced: bool = False, batch_size: int = 8,
                    max_samples: int | None = None, max_new_tokens: int = 48, device: str | None = None,
-                   quantize: int | None = None) -> dict:
+                   quantize: int | None = None, presence_threshold: float | None = None) -> dict:
     """The checkpoint `model` on the samples of `data` (see load_samples): predictions/, panels/ and the metrics
     files in `output`; returns the summary."""
     import torch
@@ -148,7 +148,7 @@ def evaluate_model(output: OutputDir, model: Path, data: Path, *, split: str = "
         print(f"evaluating {len(samples)} samples from {describe_data(source)}", file=sys.stderr)
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        network, processor = load_model(model, quantize=quantize, device=device)
+        network, processor = load_model(model, quantize=quantize, device=device, presence_threshold=presence_threshold)
         predictions = predict_samples(network, processor, samples, batch_size=batch_size,
                                       teacher_forced=teacher_forced, max_new_tokens=max_new_tokens)
         metrics = score(samples, predictions)
@@ -167,6 +167,8 @@ def evaluate_model(output: OutputDir, model: Path, data: Path, *, split: str = "
         }
         if not teacher_forced:
             summary["max_new_tokens"] = max_new_tokens
+        if getattr(network, "presence", None) is not None:  # the decision's threshold these figures were read at
+            summary["presence_threshold"] = network.config.presence_threshold
         with output.staged() as staging:
             for name, prediction in zip(names, predictions):
                 write_png_atomic(staging / "predictions" / f"{name}.png", np.asarray(prediction["mask"], dtype=bool))

@@ -86,6 +86,9 @@ def train(args: argparse.Namespace, output) -> int:
         print("error: --calibrate_presence: the model has no presence decision to calibrate (presence_head=False; "
               "build one with --presence_head)", file=sys.stderr)
         return 2
+    if model.config.presence_threshold and not args.calibrate_presence:
+        print(f"note: the starting model's presence_threshold ({model.config.presence_threshold:g}) is kept, though "
+              "training moves the logits it was placed for; --calibrate_presence places it again", file=sys.stderr)
     if args.bce_pos_weight is not None:
         model.config.bce_pos_weight = args.bce_pos_weight
     for name, value in option_overrides(args, TRAINING_OPTIONS).items():  # training-only: any model may change them

@@ -1,4 +1,5 @@
-"""train.py: an interrupted run resumes from its saved step; the script writes a model that loads, and its metrics."""
+"""train.py: an interrupted run resumes from its saved step; the script writes a model that loads, its metrics and,
+on request, the presence threshold placed on the validation split (refused where it cannot be placed)."""
 
 import json
 import os

@@ -25,7 +25,8 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from reasoncd.build import TRAINING_OPTIONS, option_overrides, save_checkpoint
 from reasoncd.data.samples import SampleError, load_split
-from reasoncd.evaluation.calibration import CalibrationError, calibrate_presence, check_calibration_samples
+from reasoncd.evaluation.calibration import (CalibrationError, calibrate_presence, check_calibration_samples,
+                                             check_presence_decision)
 from reasoncd.evaluation.evaluate import final_test
 from reasoncd.evaluation.figures import training_curves
 from reasoncd.exits import run_command
@@ -82,10 +83,12 @@ def train(args: argparse.Namespace, output) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     model, processor = load_start_model(args)  # seeded by --seed, as is everything random below
-    if args.calibrate_presence and model.presence is None:
-        print("error: --calibrate_presence: the model has no presence decision to calibrate (presence_head=False; "
-              "build one with --presence_head)", file=sys.stderr)
-        return 2
+    if args.calibrate_presence:
+        try:
+            check_presence_decision(model)
+        except CalibrationError as error:
+            print(f"error: --calibrate_presence: {error}", file=sys.stderr)
+            return 2
     if model.config.presence_threshold and not args.calibrate_presence:
         print(f"note: the starting model's presence_threshold ({model.config.presence_threshold:g}) is kept, though "
               "training moves the logits it was placed for; --calibrate_presence places it again", file=sys.stderr)

@@ -22,13 +22,16 @@ class CalibrationError(ValueError):
     """Questions that cannot place a threshold (none present, or none absent)."""
 
 
-def has_seg(sample: dict) -> bool:
-    return SEG in sample["answer"]
+def check_presence_decision(model) -> None:
+    """Refuses a model without a presence decision: it has no threshold to place."""
+    if getattr(model, "presence", None) is None:
+        raise CalibrationError("the model has no presence decision to calibrate (presence_head=False; build one with "
+                               "--presence_head)")
 
 
 def check_calibration_samples(samples: list[dict], where: str) -> None:
     """Refuses question sets without both present and absent questions, naming `where` they come from."""
-    present = sum(has_seg(sample) for sample in samples)
+    present = sum(SEG in sample["answer"] for sample in samples)
     if present == 0 or present == len(samples):
         kind = "absent" if present == len(samples) else "present"
         raise CalibrationError(f"{where}: {len(samples)} questions, none of them {kind}; placing the presence "
@@ -42,8 +45,7 @@ def presence_logits(model, processor, samples: list[dict], *, batch_size: int = 
     """Each question's presence logit `(N,)`, as generation reads it."""
     from tqdm.auto import tqdm
 
-    if getattr(model, "presence", None) is None:
-        raise CalibrationError("the model has no presence decision to calibrate (presence_head=False)")
+    check_presence_decision(model)
     model.eval()
     logits = np.zeros(len(samples), dtype=np.float64)
     bar = tqdm(total=len(samples), desc="presence logits", disable=not progress)
@@ -81,7 +83,7 @@ def calibrate_presence(model, processor, samples: list[dict], *, where: str, bat
     the threshold. Does not change the model."""
     check_calibration_samples(samples, where)
     logits = presence_logits(model, processor, samples, batch_size=batch_size, progress=progress)
-    present = np.array([has_seg(sample) for sample in samples])
+    present = np.array([SEG in sample["answer"] for sample in samples])
     threshold = balanced_threshold(logits, present)
     if figure is not None:
         from reasoncd.evaluation.figures import presence_threshold_figure
